@@ -1,0 +1,53 @@
+"""Stepline: durable, event-driven functions for Python on SQLite or PostgreSQL."""
+
+from stepline.client import Stepline
+from stepline.core.backoff import Backoff
+from stepline.core.clock import Clock, FakeClock, SystemClock
+from stepline.core.context import AsyncStep, Context, Group, SyncStep
+from stepline.core.durations import DurationError
+from stepline.core.errors import (
+    EventValidationError,
+    NonRetriableError,
+    RetryAfterError,
+    SerializationError,
+    StepError,
+    StepIdConflictError,
+    SteplineError,
+    UnknownFunctionError,
+)
+from stepline.core.events import Event
+from stepline.core.expressions import ExpressionError
+from stepline.core.function import CancelOn, FunctionDef, Timeouts
+from stepline.core.triggers import CronTrigger, EventTrigger
+from stepline.core.worker import Worker
+
+__all__ = [
+    "AsyncStep",
+    "Backoff",
+    "CancelOn",
+    "Clock",
+    "Context",
+    "CronTrigger",
+    "DurationError",
+    "Event",
+    "EventTrigger",
+    "EventValidationError",
+    "ExpressionError",
+    "FakeClock",
+    "FunctionDef",
+    "Group",
+    "NonRetriableError",
+    "RetryAfterError",
+    "SerializationError",
+    "StepError",
+    "StepIdConflictError",
+    "Stepline",
+    "SteplineError",
+    "SyncStep",
+    "SystemClock",
+    "Timeouts",
+    "UnknownFunctionError",
+    "Worker",
+]
+
+__version__ = "0.1.0"

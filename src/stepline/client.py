@@ -1,0 +1,151 @@
+"""The Stepline client: define functions, send events, run a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+from stepline.core.backoff import Backoff
+from stepline.core.clock import Clock
+from stepline.core.engine import Engine, EventInput
+from stepline.core.function import (
+    CancelOn,
+    FunctionDef,
+    Timeouts,
+    TriggerInput,
+    build_function,
+    failure_function,
+)
+from stepline.core.worker import Worker
+from stepline.storage import Store, store_from_url
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """A private event loop in a daemon thread, so sync callers can use the async engine."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="stepline-client", daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class Stepline:
+    """One app's functions and its connection to a store.
+
+    ``store`` is a Store, a SQLite path, or None for ``STEPLINE_DB`` / ``.stepline/stepline.db``.
+    """
+
+    def __init__(self, app_id: str, store: Store | str | os.PathLike[str] | None = None, *,
+                 clock: Clock | None = None) -> None:  # fmt: skip
+        if not app_id or not isinstance(app_id, str):
+            raise ValueError("app_id must be a non-empty string")
+        self.app_id = app_id
+        self.store: Store = store if isinstance(store, Store) else store_from_url(store)
+        self.engine = Engine(self.store, clock)
+        self.functions: dict[str, FunctionDef] = {}
+        self._ready = False
+        self._ready_lock: asyncio.Lock | None = None
+        self._portal: _LoopThread | None = None
+        self._portal_lock = threading.Lock()
+
+    # --- definitions ---
+    def function(
+        self,
+        *,
+        id: str,
+        trigger: TriggerInput | Sequence[TriggerInput],
+        name: str | None = None,
+        retries: int = 4,
+        backoff: Backoff | None = None,
+        on_failure: Callable[..., Any] | None = None,
+        cancel_on: Sequence[CancelOn | Mapping[str, Any]] = (),
+        timeouts: Timeouts | Mapping[str, Any] | None = None,
+        idempotency: str | None = None,
+    ) -> Callable[[Callable[..., Any]], FunctionDef]:
+        """Declare a durable function. The handler takes ``ctx`` and may be ``async def`` or ``def``."""
+
+        def decorate(handler: Callable[..., Any]) -> FunctionDef:
+            fn = build_function(
+                app_id=self.app_id, slug=id, handler=handler, trigger=trigger, name=name, retries=retries,
+                backoff=backoff, idempotency=idempotency, cancel_on=cancel_on, timeouts=timeouts,
+            )  # fmt: skip
+            if fn.id in self.functions:
+                raise ValueError(f"function id {id!r} is defined twice in app {self.app_id!r}")
+            self.functions[fn.id] = fn
+            if on_failure is not None:
+                failure = failure_function(fn, on_failure)
+                self.functions[failure.id] = failure
+            self._ready = False
+            return fn
+
+        return decorate
+
+    # --- setup ---
+    async def ready(self) -> Engine:
+        """Open the store and register this app's functions (once)."""
+        if not self._ready:
+            await self.store.open()
+            await self.engine.register(self.app_id, [f.record() for f in self.functions.values()])
+            self._ready = True
+        return self.engine
+
+    # --- events ---
+    async def send(self, events: EventInput | Sequence[EventInput]) -> list[str]:
+        """Store events and start the runs they trigger. Returns the events' ids, in order."""
+        engine = await self.ready()
+        result = await engine.ingest(events)
+        return result.event_ids
+
+    def send_sync(self, events: EventInput | Sequence[EventInput]) -> list[str]:
+        """``send`` for synchronous code (web handlers, scripts)."""
+        return self._call(self.send(events))
+
+    async def cancel(self, run_id: str) -> bool:
+        engine = await self.ready()
+        return await engine.cancel_run(run_id)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            coro.close()
+            raise RuntimeError("inside async code, await the async method instead of calling the *_sync one")
+        with self._portal_lock:
+            if self._portal is None:
+                self._portal = _LoopThread()
+        return self._portal.call(coro)
+
+    # --- workers ---
+    def worker(self, **options: Any) -> Worker:
+        """A worker for this app's functions (see ``Worker`` for options). Call ``await client.ready()`` first."""
+        return Worker(self.engine, self.functions.values(), **options)
+
+    async def run_worker(self, **options: Any) -> None:
+        await self.ready()
+        await self.worker(**options).run()
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    def close_sync(self) -> None:
+        if self._portal is not None:
+            self._portal.call(self.store.close())
+            self._portal.close()
+            self._portal = None
+        else:
+            asyncio.run(self.store.close())

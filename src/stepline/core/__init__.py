@@ -1,0 +1,1 @@
+"""Core primitives: durations, ids, backoff and clocks."""

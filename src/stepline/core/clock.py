@@ -1,0 +1,110 @@
+"""Clocks: the real system clock and a controllable fake for tests."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import threading
+import time
+from typing import Protocol
+
+__all__ = ["EPOCH", "Clock", "FakeClock", "SystemClock", "from_ms", "to_ms"]
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_ONE_MS = datetime.timedelta(milliseconds=1)
+_DEFAULT_START = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def _require_aware(dt: datetime.datetime, what: str) -> datetime.datetime:
+    if not isinstance(dt, datetime.datetime):
+        raise ValueError(f"invalid {what} {dt!r}: expected a datetime")
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"invalid {what} {dt.isoformat()!r}: timezone-aware datetimes are required")
+    return dt.astimezone(datetime.UTC)
+
+
+def to_ms(dt: datetime.datetime) -> int:
+    """Milliseconds since the unix epoch (floored) for an aware datetime."""
+    return (_require_aware(dt, "datetime") - EPOCH) // _ONE_MS
+
+
+def from_ms(ms: int) -> datetime.datetime:
+    """The aware UTC datetime ``ms`` milliseconds after the unix epoch."""
+    if isinstance(ms, bool) or not isinstance(ms, int):
+        raise ValueError(f"invalid millisecond timestamp {ms!r}: expected an integer")
+    return EPOCH + datetime.timedelta(milliseconds=ms)
+
+
+class Clock(Protocol):
+    """A source of the current time."""
+
+    def now(self) -> datetime.datetime:
+        """The current time as an aware UTC datetime."""
+        ...
+
+    def now_ms(self) -> int:
+        """The current time in milliseconds since the unix epoch."""
+        ...
+
+
+class SystemClock:
+    """The real wall clock."""
+
+    def now(self) -> datetime.datetime:
+        return datetime.datetime.now(datetime.UTC)
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+class FakeClock:
+    """A manually driven, thread-safe clock that never moves backwards."""
+
+    def __init__(self, start: datetime.datetime = _DEFAULT_START) -> None:
+        self._now = _require_aware(start, "start time")
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime.datetime:
+        with self._lock:
+            return self._now
+
+    def now_ms(self) -> int:
+        return to_ms(self.now())
+
+    def advance(self, delta: datetime.timedelta | float) -> datetime.datetime:
+        """Move forward by ``delta`` (a timedelta or seconds) and return the new time."""
+        if isinstance(delta, bool):
+            raise ValueError(f"invalid clock advance {delta!r}: expected a timedelta or seconds")
+        if isinstance(delta, int | float):
+            if not math.isfinite(delta):
+                raise ValueError(f"invalid clock advance {delta!r}: must be finite")
+            try:
+                step = datetime.timedelta(seconds=delta)
+            except OverflowError as exc:
+                raise ValueError(f"invalid clock advance {delta!r}: too large") from exc
+        elif isinstance(delta, datetime.timedelta):
+            step = delta
+        else:
+            raise ValueError(f"invalid clock advance {delta!r}: expected a timedelta or seconds")
+        if step < datetime.timedelta(0):
+            raise ValueError(f"invalid clock advance {delta!r}: the clock cannot move backwards")
+        with self._lock:
+            self._now = self._now + step
+            return self._now
+
+    def set(self, dt: datetime.datetime) -> None:
+        """Jump to ``dt``; raises ValueError if that is earlier than the current time."""
+        target = _require_aware(dt, "clock time")
+        with self._lock:
+            if target < self._now:
+                raise ValueError(
+                    f"cannot set clock to {target.isoformat()}: it is earlier than the current time "
+                    f"{self._now.isoformat()} and the clock never moves backwards"
+                )
+            self._now = target
+
+    def __repr__(self) -> str:
+        return f"FakeClock({self.now().isoformat()})"

@@ -1,0 +1,170 @@
+"""What user code sees: ``ctx`` with ``ctx.step`` (async or sync flavour) and ``ctx.group.parallel``."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter
+
+from stepline.core.errors import Suspend, _RunSignal
+from stepline.core.events import Event, StoredEvent
+from stepline.core.function import FunctionDef
+from stepline.core.steps import Execute, Memo, StepDriver, sleep_until_ms
+
+T = TypeVar("T")
+Duration = str | int | float | dt.timedelta
+
+
+def _convert(value: Any, output_type: Any) -> Any:
+    if output_type is None or value is None:
+        return value
+    return TypeAdapter(output_type).validate_python(value)
+
+
+def _annotated_model(fn: Callable[..., Any]) -> Any:
+    try:
+        ann = inspect.signature(fn).return_annotation
+    except (TypeError, ValueError):
+        return None
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+class AsyncStep:
+    """Steps for ``async def`` functions: every method is awaited."""
+
+    def __init__(self, driver: StepDriver) -> None:
+        self._d = driver
+
+    async def run(self, id: str, fn: Callable[..., Any], *args: Any, output_type: Any = None, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` once per run (retried on error); its JSON result is memoised."""
+        plan = await self._d.plan_run(id)
+        out_type = output_type or _annotated_model(fn)
+        if isinstance(plan, Memo):
+            return _convert(plan.value, out_type)
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+        except _RunSignal:
+            await self._d.finish_run(plan, error=Suspend())  # pragma: no cover - nested steps are not supported
+            raise
+        except Exception as exc:
+            return _convert(await self._d.finish_run(plan, error=exc), out_type)
+        return _convert(await self._d.finish_run(plan, value=value), out_type)
+
+    async def sleep(self, id: str, duration: Duration) -> None:
+        await self._d.sleep(id, None, duration)
+
+    async def sleep_until(self, id: str, until: dt.datetime | str) -> None:
+        await self._d.sleep(id, sleep_until_ms(until))
+
+    async def wait_for_event(
+        self, id: str, *, event: str, timeout: Duration, if_exp: str | None = None, match: str | None = None
+    ) -> dict[str, Any] | None:
+        """The first matching event after this step starts, or None on timeout."""
+        return await self._d.wait_for_event(id, event, if_exp, match, timeout)
+
+    async def invoke(
+        self, id: str, *, function: FunctionDef | str, data: Any = None, timeout: Duration | None = None
+    ) -> Any:
+        """Start another function and return its result (raises StepError if it fails or times out)."""
+        return await self._d.invoke(id, function, data, timeout)
+
+    async def send_event(self, id: str, events: Event | dict[str, Any] | Sequence[Event | dict[str, Any]]) -> list[str]:
+        return await self._d.send_event(id, events)
+
+
+class SyncStep:
+    """Steps for plain ``def`` functions, which run in a worker thread; every method blocks."""
+
+    def __init__(self, driver: StepDriver, loop: asyncio.AbstractEventLoop) -> None:
+        self._d = driver
+        self._loop = loop
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def run(self, id: str, fn: Callable[..., Any], *args: Any, output_type: Any = None, **kwargs: Any) -> Any:
+        plan: Memo | Execute = self._call(self._d.plan_run(id))
+        out_type = output_type or _annotated_model(fn)
+        if isinstance(plan, Memo):
+            return _convert(plan.value, out_type)
+        try:
+            value = fn(*args, **kwargs)
+        except _RunSignal:
+            self._call(self._d.finish_run(plan, error=Suspend()))  # pragma: no cover
+            raise
+        except Exception as exc:
+            return _convert(self._call(self._d.finish_run(plan, error=exc)), out_type)
+        return _convert(self._call(self._d.finish_run(plan, value=value)), out_type)
+
+    def sleep(self, id: str, duration: Duration) -> None:
+        self._call(self._d.sleep(id, None, duration))
+
+    def sleep_until(self, id: str, until: dt.datetime | str) -> None:
+        self._call(self._d.sleep(id, sleep_until_ms(until)))
+
+    def wait_for_event(
+        self, id: str, *, event: str, timeout: Duration, if_exp: str | None = None, match: str | None = None
+    ) -> dict[str, Any] | None:
+        return self._call(self._d.wait_for_event(id, event, if_exp, match, timeout))
+
+    def invoke(self, id: str, *, function: FunctionDef | str, data: Any = None, timeout: Duration | None = None) -> Any:
+        return self._call(self._d.invoke(id, function, data, timeout))
+
+    def send_event(self, id: str, events: Event | dict[str, Any] | Sequence[Event | dict[str, Any]]) -> list[str]:
+        return self._call(self._d.send_event(id, events))
+
+
+class Group:
+    """Parallel steps for sync functions: ``ctx.group.parallel((lambda: ..., lambda: ...))``.
+
+    Async functions use ``asyncio.gather(ctx.step.run(...), ...)`` instead.
+    """
+
+    def parallel(self, callables: Sequence[Callable[[], T]]) -> list[T]:
+        if not callables:
+            return []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(callables)) as pool:
+            futures = [pool.submit(c) for c in callables]
+            concurrent.futures.wait(futures)
+        signals = [f.exception() for f in futures if isinstance(f.exception(), _RunSignal)]
+        if signals:
+            raise signals[0]  # type: ignore[misc]
+        for f in futures:
+            exc = f.exception()
+            if exc is not None:
+                raise exc
+        return [f.result() for f in futures]
+
+    async def parallel_async(self, awaitables: Sequence[Awaitable[T]]) -> list[T]:
+        """The async counterpart: like ``asyncio.gather`` but waits for every step before re-raising."""
+        results = await asyncio.gather(*awaitables, return_exceptions=True)
+        for r in results:
+            if isinstance(r, _RunSignal):
+                raise r
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return list(results)  # type: ignore[arg-type]
+
+
+@dataclass
+class Context:
+    """The argument every function receives."""
+
+    event: StoredEvent
+    events: list[StoredEvent]
+    run_id: str
+    attempt: int
+    function_id: str
+    step: Any  # AsyncStep for async functions, SyncStep for sync ones
+    group: Group
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger]

@@ -1,0 +1,223 @@
+"""The engine: turns events into runs (fan-out, idempotency, waits), and ends runs with their system events.
+
+One ``Engine`` per process and store. It is shared by the client (sending events), the worker (executing
+runs) and the CLI. All state lives in the store; the engine only caches the function registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from stepline.core.clock import Clock, SystemClock
+from stepline.core.errors import UnknownFunctionError
+from stepline.core.events import (
+    FUNCTION_CANCELLED,
+    FUNCTION_FAILED,
+    FUNCTION_FINISHED,
+    MAX_EVENTS_PER_SEND,
+    Event,
+    EventValidationError,
+    StoredEvent,
+    validate_event,
+)
+from stepline.core.expressions import Bindings, compile_expression
+from stepline.core.function import FunctionSpec
+from stepline.core.ids import new_ulid
+from stepline.storage.base import Store
+from stepline.storage.records import (
+    FunctionRecord,
+    IngestBatch,
+    IngestResult,
+    NewRun,
+    RunFinish,
+    RunRecord,
+    WaitSpec,
+)
+
+log = logging.getLogger("stepline.engine")
+EventInput = Event | Mapping[str, Any]
+
+
+def match_wait(expression: str | None, trigger: dict[str, Any], candidate: dict[str, Any]) -> bool:
+    """Does ``candidate`` satisfy a wait or cancellation set up by a run triggered by ``trigger``?"""
+    if expression is None:
+        return True
+    return compile_expression(expression).matches({"event": trigger, "async": candidate})
+
+
+class Engine:
+    def __init__(self, store: Store, clock: Clock | None = None) -> None:
+        self.store = store
+        self.clock: Clock = clock or SystemClock()
+        self.matcher = match_wait
+        self._specs: dict[str, FunctionSpec] = {}
+        self._version = -1
+        self._listeners: list[Callable[[], None]] = []
+
+    # --- registry ---
+    async def register(self, app_id: str, records: list[FunctionRecord]) -> None:
+        await self.store.register_functions(app_id, records, self.clock.now_ms())
+        await self.refresh_registry(force=True)
+
+    async def refresh_registry(self, force: bool = False) -> dict[str, FunctionSpec]:
+        version = await self.store.registry_version()
+        if force or version != self._version:
+            records = await self.store.list_functions()
+            self._specs = {r.id: FunctionSpec.from_record(r) for r in records}
+            self._version = version
+        return self._specs
+
+    async def find_function(self, function_id: str, default_app: str | None = None) -> FunctionSpec | None:
+        specs = await self.refresh_registry()
+        if function_id in specs:
+            return specs[function_id]
+        if default_app is not None:
+            return specs.get(f"{default_app}-{function_id}")
+        return None
+
+    async def require_function(self, function_id: str) -> FunctionSpec:
+        spec = await self.find_function(function_id)
+        if spec is None:
+            known = ", ".join(sorted(self._specs)) or "none"
+            raise UnknownFunctionError(f"no registered function has id {function_id!r} (registered: {known})")
+        return spec
+
+    # --- notifications (wake local workers at once instead of waiting for their next poll) ---
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    def notify(self) -> None:
+        for cb in list(self._listeners):
+            cb()
+
+    # --- events in ---
+    def stored_event(self, event: Event, now: int) -> StoredEvent:
+        internal_id = new_ulid()
+        return StoredEvent(
+            internal_id=internal_id,
+            id=event.id or internal_id,
+            name=event.name,
+            data=event.data,
+            user=event.user if isinstance(event.user, dict) else {},
+            ts=event.ts or now,
+            v=event.v,
+            received_at=now,
+        )
+
+    async def plan_ingest(
+        self, events: EventInput | Sequence[EventInput], *, allow_reserved: bool = False
+    ) -> IngestBatch:
+        """Validate events and decide which runs they start. Raises EventValidationError, storing nothing."""
+        items = [events] if isinstance(events, Event | Mapping) else list(events)
+        if not items:
+            raise EventValidationError("no events to send")
+        if len(items) > MAX_EVENTS_PER_SEND:
+            raise EventValidationError(f"{len(items)} events in one send; the limit is {MAX_EVENTS_PER_SEND}")
+        now = self.clock.now_ms()
+        validated = []
+        for i, raw in enumerate(items):
+            try:
+                validated.append(validate_event(raw, allow_reserved=allow_reserved))
+            except EventValidationError as exc:
+                prefix = f"event {i} of {len(items)}: " if len(items) > 1 else ""
+                raise EventValidationError(f"{prefix}{exc}") from None
+        stored = [self.stored_event(e, now) for e in validated]
+        user_ids = [e.id for e in validated]
+        return IngestBatch(stored, await self._plan_runs(stored, user_ids, now))
+
+    async def _plan_runs(self, events: list[StoredEvent], user_ids: list[str | None], now: int) -> list[NewRun]:
+        specs = await self.refresh_registry()
+        runs: list[NewRun] = []
+        for ev, user_id in zip(events, user_ids, strict=True):
+            as_dict = ev.as_dict()
+            bindings: Bindings | None = None
+            for spec in specs.values():
+                if not spec.matching_trigger(as_dict):
+                    continue
+                key: str | None = None
+                if spec.idempotency:
+                    bindings = bindings or Bindings({"event": as_dict})
+                    try:
+                        key = "expr:" + str(compile_expression(spec.idempotency).evaluate(bindings))
+                    except ValueError as exc:
+                        log.warning("function %s: idempotency expression failed for event %s: %s",
+                                    spec.id, ev.internal_id, exc)  # fmt: skip
+                elif user_id:
+                    key = "event:" + user_id
+                runs.append(
+                    NewRun(
+                        id=new_ulid(),
+                        function_id=spec.id,
+                        event_id=ev.internal_id,
+                        idempotency_key=key,
+                        created_at=now,
+                        due_at=now,
+                        start_deadline=now + spec.start_timeout_ms if spec.start_timeout_ms else None,
+                        cancel_waits=tuple(WaitSpec(name, expr, now + timeout) for name, expr, timeout in spec.cancel),
+                    )
+                )
+        return runs
+
+    async def ingest(self, events: EventInput | Sequence[EventInput]) -> IngestResult:
+        """Store events and start the runs they trigger, atomically."""
+        batch = await self.plan_ingest(events)
+        result = await self.store.ingest(batch, self.matcher, self.clock.now_ms())
+        self.notify()
+        return result
+
+    async def invoke_now(self, function_id: str, data: dict[str, Any] | None = None) -> str:
+        """Start a run of one function directly (CLI and API), whatever its triggers. Returns the run id."""
+        spec = await self.require_function(function_id)
+        now = self.clock.now_ms()
+        ev = self.stored_event(validate_event(Event(name="stepline/function.invoked", data=data or {}),
+                                              allow_reserved=True), now)  # fmt: skip
+        run = NewRun(id=new_ulid(), function_id=spec.id, event_id=ev.internal_id, idempotency_key=None,
+                     created_at=now, due_at=now)  # fmt: skip
+        await self.store.ingest(IngestBatch([ev], [run]), self.matcher, now)
+        self.notify()
+        return run.id
+
+    # --- runs out ---
+    async def follow_up(self, run: RunRecord, trigger: StoredEvent, finish: RunFinish) -> None:
+        """Attach the system events of a run's end (and the runs they trigger) to ``finish``."""
+        now = self.clock.now_ms()
+        data: dict[str, Any] = {
+            "function_id": run.function_id,
+            "run_id": run.id,
+            "event": trigger.as_dict(),
+            "status": finish.status,
+        }
+        if finish.status == "completed":
+            data["result"] = finish.output
+        else:
+            data["error"] = finish.error
+        if trigger.name == "stepline/function.invoked":
+            corr = (trigger.data.get("_inngest") or {}).get("correlation_id")
+            if corr:
+                data["correlation_id"] = corr
+        names = [FUNCTION_FINISHED]
+        if finish.status == "failed":
+            names.append(FUNCTION_FAILED)
+        elif finish.status == "cancelled":
+            names.append(FUNCTION_CANCELLED)
+        events = [self.stored_event(Event(name=n, data=dict(data)), now) for n in names]
+        finish.follow_up = IngestBatch(events, await self._plan_runs(events, [None] * len(events), now))
+
+    async def cancel_run(self, run_id: str, reason: str = "cancelled by API") -> bool:
+        """Cancel a queued or running run. Returns False if it had already ended (or does not exist)."""
+        run = await self.store.get_run(run_id)
+        if run is None or run.status not in ("queued", "running"):
+            return False
+        trigger = await self.store.get_event(run.event_id)
+        finish = RunFinish("cancelled", error={"name": "Cancelled", "message": reason})
+        if trigger is not None:
+            await self.follow_up(run, trigger, finish)
+        outcome = await self.store.finish_run(run_id, None, finish, self.matcher, self.clock.now_ms())
+        self.notify()
+        return outcome.status == "ok"

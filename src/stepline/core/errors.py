@@ -1,0 +1,104 @@
+"""Errors users raise or catch, and the internal signals the executor uses to unwind a run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import traceback
+from typing import Any
+
+from stepline.core.durations import to_utc
+
+
+class SteplineError(Exception):
+    """Base class for errors Stepline raises for bad input or misuse."""
+
+
+class EventValidationError(SteplineError, ValueError):
+    """An event could not be accepted (bad name, data not JSON-compatible, reserved prefix, ...)."""
+
+
+class UnknownFunctionError(SteplineError, LookupError):
+    """A function id that no registered function has."""
+
+
+class SerializationError(SteplineError, TypeError):
+    """A step result, run output or event payload that cannot be stored as JSON."""
+
+
+class StepIdConflictError(SteplineError):
+    """A step id reused with a different meaning: the code no longer matches the run's history."""
+
+
+class NonRetriableError(Exception):
+    """Raise from a step or a function to fail it now, with no further retries."""
+
+
+class RetryAfterError(Exception):
+    """Raise to be retried no sooner than the given time (seconds from now or an aware datetime)."""
+
+    def __init__(self, message: str, retry_after: float | int | dt.timedelta | dt.datetime) -> None:
+        super().__init__(message)
+        if isinstance(retry_after, dt.datetime):
+            self.retry_at: dt.datetime | None = to_utc(retry_after)
+            self.delay: dt.timedelta | None = None
+        elif isinstance(retry_after, dt.timedelta):
+            self.retry_at, self.delay = None, retry_after
+        else:
+            if retry_after < 0:
+                raise ValueError(f"retry_after must not be negative, got {retry_after}")
+            self.retry_at, self.delay = None, dt.timedelta(seconds=retry_after)
+
+    def earliest(self, now: dt.datetime) -> dt.datetime:
+        """When the retry may happen, given the current time."""
+        if self.retry_at is not None:
+            return max(self.retry_at, now)
+        assert self.delay is not None
+        return now + self.delay
+
+
+class StepError(Exception):
+    """A step failed for good (retries exhausted or non-retriable); catch it to handle the failure.
+
+    ``name``, ``message`` and ``stack`` describe the original error as it was recorded.
+    """
+
+    def __init__(self, step_id: str, name: str, message: str, stack: str | None = None) -> None:
+        super().__init__(f"step {step_id!r} failed: {name}: {message}")
+        self.step_id = step_id
+        self.name = name
+        self.message = message
+        self.stack = stack
+
+
+class FunctionFailedError(Exception):
+    """An invoked function failed; raised by ``step.invoke`` (a StepError subclass is used instead)."""
+
+
+def serialize_error(exc: BaseException) -> dict[str, Any]:
+    """The stored form of an error: Inngest's ``{name, message, stack}``."""
+    if isinstance(exc, StepError):
+        return {"name": exc.name, "message": exc.message, "stack": exc.stack}
+    return {
+        "name": type(exc).__name__,
+        "message": str(exc),
+        "stack": "".join(traceback.format_exception(exc)),
+    }
+
+
+# --- internal control flow: BaseException so user code's `except Exception` cannot swallow it ---
+
+
+class _RunSignal(BaseException):
+    """Base of the signals that unwind user code when a run must stop executing in this process."""
+
+
+class Suspend(_RunSignal):
+    """The run has nothing more to do now (sleeping, waiting, retrying later)."""
+
+
+class RunCancelled(_RunSignal):
+    """The run was cancelled (or timed out) while executing; stop without recording anything more."""
+
+
+class LeaseLost(_RunSignal):
+    """Another worker owns this run now; stop executing it here."""

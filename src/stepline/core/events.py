@@ -1,0 +1,125 @@
+"""Events: the model users send, validation, and the reserved system event names."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stepline.core.errors import EventValidationError, SerializationError
+
+RESERVED_PREFIXES = ("inngest/", "stepline/")
+MAX_EVENT_BYTES = 3 * 1024 * 1024
+MAX_EVENTS_PER_SEND = 5000
+
+FUNCTION_FINISHED = "stepline/function.finished"
+FUNCTION_FAILED = "stepline/function.failed"
+FUNCTION_CANCELLED = "stepline/function.cancelled"
+FUNCTION_INVOKED = "stepline/function.invoked"
+
+
+def canonical_event_name(name: str) -> str:
+    """Inngest's system event names are accepted as aliases of Stepline's (``inngest/function.failed``)."""
+    if name.startswith("inngest/function."):
+        return "stepline/" + name[len("inngest/") :]
+    return name
+
+
+class Event(BaseModel):
+    """An event as users send it. ``data`` may be a dict or a pydantic model."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    name: str
+    data: Any = Field(default_factory=dict)
+    id: str | None = None
+    ts: int | None = None
+    user: Any = Field(default_factory=dict)
+    v: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An accepted event as the engine stores and passes it around."""
+
+    internal_id: str
+    id: str
+    name: str
+    data: dict[str, Any]
+    user: dict[str, Any]
+    ts: int
+    v: str | None
+    received_at: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as user code and CEL expressions see it."""
+        out: dict[str, Any] = {"name": self.name, "data": self.data, "id": self.id, "ts": self.ts, "user": self.user}
+        if self.v is not None:
+            out["v"] = self.v
+        return out
+
+
+def to_json_value(value: Any, what: str) -> Any:
+    """Convert pydantic models to plain JSON values and check the whole value is JSON-compatible."""
+    try:
+        return json.loads(dumps(value))
+    except SerializationError as exc:
+        raise SerializationError(f"{what} is not JSON-compatible: {exc}") from None
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def dumps(value: Any) -> str:
+    """JSON text for storage; pydantic models are dumped in JSON mode. Raises SerializationError."""
+    try:
+        return json.dumps(value, default=_default, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(str(exc)) from None
+
+
+def validate_event(raw: Event | Mapping[str, Any], *, allow_reserved: bool = False) -> Event:
+    """Check one event and return it as an ``Event`` with JSON data. Raises EventValidationError."""
+    if isinstance(raw, Event):
+        event = raw
+    elif isinstance(raw, Mapping):
+        try:
+            event = Event.model_validate(dict(raw))
+        except Exception as exc:
+            raise EventValidationError(f"invalid event {dict(raw)!r:.200}: {exc}") from None
+    else:
+        raise EventValidationError(f"an event must be a stepline.Event or a dict, got {type(raw).__name__}")
+    if not isinstance(event.name, str) or not event.name.strip():
+        raise EventValidationError("event name must be a non-empty string")
+    if not allow_reserved and event.name.startswith(RESERVED_PREFIXES):
+        raise EventValidationError(
+            f"event name {event.name!r} is reserved: names starting with 'inngest/' or 'stepline/' "
+            "are sent by Stepline itself"
+        )
+    try:
+        data = to_json_value(event.data, f"data of event {event.name!r}")
+        user = to_json_value(event.user, f"user of event {event.name!r}")
+    except SerializationError as exc:
+        raise EventValidationError(str(exc)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise EventValidationError(
+            f"data of event {event.name!r} must be a JSON object (dict or pydantic model), got {type(data).__name__}"
+        )
+    if not allow_reserved:
+        data.pop("_inngest", None)
+    size = len(dumps(data))
+    if size > MAX_EVENT_BYTES:
+        raise EventValidationError(
+            f"event {event.name!r} is {size} bytes of data; the limit is {MAX_EVENT_BYTES} bytes"
+        )
+    if event.ts is not None and not (315532800000 <= event.ts <= 4102444800000):
+        raise EventValidationError(f"event {event.name!r}: ts {event.ts} is not unix milliseconds in 1980..2100")
+    return Event(name=event.name, data=data, id=event.id or None, ts=event.ts, user=user or {}, v=event.v)

@@ -1,0 +1,143 @@
+"""Execute one claimed run in this process: call the function, then record how it ended.
+
+Outcomes: completed (output stored), suspended (pending steps stored, run idle until due), retried (an error
+outside any step with attempts left), failed, or cancelled (by API, event, or a timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any
+
+from stepline.core.context import AsyncStep, Context, Group, SyncStep
+from stepline.core.errors import (
+    LeaseLost,
+    NonRetriableError,
+    RetryAfterError,
+    RunCancelled,
+    SerializationError,
+    StepError,
+    StepIdConflictError,
+    Suspend,
+    serialize_error,
+)
+from stepline.core.clock import from_ms
+from stepline.core.engine import Engine
+from stepline.core.events import to_json_value
+from stepline.core.function import FunctionDef
+from stepline.core.steps import StepDriver
+from stepline.storage.records import ClaimedRun, RunFinish
+
+log = logging.getLogger("stepline.executor")
+_FINAL_ERRORS = (StepError, NonRetriableError, StepIdConflictError, SerializationError)
+
+
+class Executor:
+    def __init__(self, engine: Engine, owner: str, threads: concurrent.futures.ThreadPoolExecutor) -> None:
+        self.engine = engine
+        self.owner = owner
+        self.threads = threads
+        self.drivers: dict[str, StepDriver] = {}  # run id -> driver of the live execution
+
+    def _finish_deadline(self, fn: FunctionDef, claimed: ClaimedRun) -> int | None:
+        finish = claimed.run.started_at
+        spec_ms = fn.config().get("timeouts", {}).get("finish_ms")
+        return None if finish is None or spec_ms is None else finish + int(spec_ms)
+
+    async def execute(self, fn: FunctionDef, claimed: ClaimedRun) -> None:
+        run = claimed.run
+        now = self.engine.clock.now_ms()
+        if run.start_deadline is not None and run.started_at is not None and run.started_at > run.start_deadline:
+            await self._finish(claimed, RunFinish("cancelled", error={
+                "name": "StartTimeout", "message": "the run did not start within timeouts.start"}))  # fmt: skip
+            return
+        deadline = self._finish_deadline(fn, claimed)
+        if deadline is not None and now >= deadline:
+            await self._finish(claimed, RunFinish("cancelled", error={
+                "name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}))  # fmt: skip
+            return
+        driver = StepDriver(self.engine, fn, run.id, self.owner, claimed.steps, claimed.event)
+        driver.deadline_ms = deadline
+        self.drivers[run.id] = driver
+        loop = asyncio.get_running_loop()
+        ctx = Context(
+            event=claimed.event,
+            events=claimed.events,
+            run_id=run.id,
+            attempt=run.attempt,
+            function_id=fn.id,
+            step=AsyncStep(driver) if fn.is_async else SyncStep(driver, loop),
+            group=Group(),
+            logger=logging.LoggerAdapter(logging.getLogger(f"stepline.fn.{fn.slug}"), {"run_id": run.id}),
+        )
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            if fn.is_async:
+                result = await fn.handler(ctx)
+            else:
+                result = await loop.run_in_executor(self.threads, fn.handler, ctx)
+        except asyncio.CancelledError:
+            await driver.wait_idle()
+            driver.closed = True
+            self.drivers.pop(run.id, None)
+            await self.engine.store.release_run(run.id, self.owner, self.engine.clock.now_ms())
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every outcome is recorded below
+            error = exc
+        await driver.wait_idle()
+        driver.closed = True
+        self.drivers.pop(run.id, None)
+        try:
+            await self._conclude(fn, claimed, driver, result, error, deadline)
+        except (RunCancelled, LeaseLost):
+            pass
+
+    async def _conclude(self, fn: FunctionDef, claimed: ClaimedRun, driver: StepDriver, result: Any,
+                        error: BaseException | None, deadline: int | None) -> None:  # fmt: skip
+        run = claimed.run
+        if driver.timed_out:
+            await self._finish(claimed, RunFinish("cancelled", error={
+                "name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}))  # fmt: skip
+            return
+        if isinstance(driver.stop, RunCancelled | LeaseLost) or isinstance(error, RunCancelled | LeaseLost):
+            return  # cancelled elsewhere, or another worker owns the run now: nothing more to write here
+        if driver.fatal is not None:
+            error = driver.fatal
+        if error is None:
+            try:
+                output = to_json_value(result, f"the return value of function {fn.id!r}")
+            except SerializationError as exc:
+                error = exc
+            else:
+                await self._finish(claimed, RunFinish("completed", output=output))
+                return
+        if isinstance(error, Suspend):
+            now = self.engine.clock.now_ms()
+            reasons = sorted(driver.reasons, key=lambda r: r.get("until") or 0)
+            idle = reasons[0] if len(reasons) == 1 else {"kind": "multiple", "reasons": reasons}
+            cap = deadline if driver.pending else now
+            await self.engine.store.suspend_run(run.id, self.owner, driver.pending, idle, self.engine.matcher, now,
+                                                max_due_at=cap)  # fmt: skip
+            self.engine.notify()
+            return
+        if not isinstance(error, Exception):
+            raise error  # KeyboardInterrupt, SystemExit
+        if isinstance(error, _FINAL_ERRORS) or run.attempt >= fn.retries:
+            await self._finish(claimed, RunFinish("failed", error=serialize_error(error)))
+            return
+        now = self.engine.clock.now_ms()
+        if isinstance(error, RetryAfterError):
+            due = int(error.earliest(from_ms(now)).timestamp() * 1000)
+        else:
+            due = now + int(fn.backoff.delay(run.attempt).total_seconds() * 1000)
+        log.info("run %s of %s failed (attempt %d), retrying: %s", run.id, fn.id, run.attempt, error)
+        await self.engine.store.retry_run(run.id, self.owner, due, serialize_error(error), now)
+
+    async def _finish(self, claimed: ClaimedRun, finish: RunFinish) -> None:
+        await self.engine.follow_up(claimed.run, claimed.event, finish)
+        await self.engine.store.finish_run(claimed.run.id, self.owner, finish, self.engine.matcher,
+                                           self.engine.clock.now_ms())  # fmt: skip
+        self.engine.notify()

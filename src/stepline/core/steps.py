@@ -1,0 +1,305 @@
+"""Steps: the memoised units of a run, and the driver that plans, records and suspends them.
+
+A ``StepDriver`` belongs to one execution of one run in this process. Each step call first *plans*
+(look up the memo by its deterministic id: return the recorded result, or decide to execute / suspend),
+then, for ``run`` steps, the caller executes the user's callable and *finishes* (record the result durably,
+or schedule a retry). The async and sync facades in ``context.py`` share this driver: async code awaits it on
+the event loop, sync code (in a worker thread) calls it through the loop with ``run_coroutine_threadsafe``.
+
+Suspension (sleep, wait, invoke, a retry later) adds a pending ``StepUpdate`` and raises ``Suspend``; the
+executor waits until no step is in flight, then writes every pending update in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from stepline.core.clock import from_ms
+from stepline.core.durations import parse_duration, to_utc
+from stepline.core.errors import (
+    LeaseLost,
+    NonRetriableError,
+    RetryAfterError,
+    RunCancelled,
+    SerializationError,
+    StepError,
+    StepIdConflictError,
+    Suspend,
+    serialize_error,
+)
+from stepline.core.events import FUNCTION_INVOKED, Event, StoredEvent, canonical_event_name, to_json_value
+from stepline.core.expressions import compile_expression, match_to_expression
+from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
+from stepline.core.ids import StepIdCounter, new_ulid
+from stepline.storage.records import IngestBatch, NewRun, StepRecord, StepUpdate, WaitSpec, WriteOutcome
+
+if TYPE_CHECKING:
+    from stepline.core.engine import Engine
+
+MAX_SLEEP = dt.timedelta(days=366)
+
+
+@dataclass(frozen=True, slots=True)
+class Memo:
+    """A step already has its result."""
+
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """A ``run`` step must execute now, at this (0-based) attempt."""
+
+    display_id: str
+    step_id: str
+    attempt: int
+
+
+class StepDriver:
+    def __init__(self, engine: Engine, fn: FunctionDef, run_id: str, owner: str, memo: dict[str, StepRecord],
+                 trigger: StoredEvent) -> None:  # fmt: skip
+        self.engine = engine
+        self.fn = fn
+        self.run_id = run_id
+        self.owner = owner
+        self.memo = memo
+        self.trigger = trigger
+        self.ids = StepIdCounter()
+        self.pending: list[StepUpdate] = []
+        self.reasons: list[dict[str, Any]] = []
+        self.fatal: BaseException | None = None  # a non-determinism error: fails the run whatever user code does
+        self.stop: BaseException | None = None  # set once the run was cancelled or its lease lost
+        self.closed = False
+        self.deadline_ms: int | None = None  # timeouts.finish
+        self.timed_out = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._lock = threading.Lock()
+
+    # --- bookkeeping ---
+    def _now(self) -> int:
+        return self.engine.clock.now_ms()
+
+    def _begin(self, kind: str, user_id: str) -> tuple[str, str, StepRecord | None]:
+        if self.stop is not None:
+            raise self.stop
+        if self.closed:
+            raise LeaseLost()
+        if self.deadline_ms is not None and self._now() >= self.deadline_ms:
+            self.timed_out = True
+            self.stop = RunCancelled()
+            raise self.stop
+        if not isinstance(user_id, str) or not user_id:
+            raise ValueError(f"a step id must be a non-empty string, got {user_id!r}")
+        display_id, step_id = self.ids.next(user_id)
+        rec = self.memo.get(step_id)
+        if rec is not None and rec.kind != kind:
+            err = StepIdConflictError(
+                f"step {display_id!r} was recorded as a {rec.kind!r} step, but the code now uses it as a "
+                f"{kind!r} step: step ids must keep their meaning across deploys of a running function"
+            )
+            self.fatal = err
+            raise err
+        return display_id, step_id, rec
+
+    def _suspend(self, update: StepUpdate, reason: dict[str, Any]) -> Suspend:
+        with self._lock:
+            self.pending.append(update)
+            self.reasons.append(reason)
+        return Suspend()
+
+    async def wait_idle(self) -> None:
+        while self._inflight:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def _record(self, update: StepUpdate) -> StepRecord:
+        outcome: WriteOutcome = await self.engine.store.record_step(
+            self.run_id, self.owner, update, self.engine.matcher, self._now()
+        )
+        if outcome.status == "cancelled":
+            self.stop = RunCancelled()
+            raise self.stop
+        assert outcome.step is not None
+        rec = outcome.step
+        self.memo[rec.step_id] = rec
+        if outcome.status == "lost":
+            self.stop = LeaseLost()
+            raise self.stop
+        return rec
+
+    def _memo_value(self, rec: StepRecord) -> Any:
+        if rec.status == "failed":
+            err = rec.error or {}
+            raise StepError(rec.display_id, err.get("name", "Error"), err.get("message", ""), err.get("stack"))
+        return rec.output
+
+    # --- step.run ---
+    async def plan_run(self, user_id: str) -> Memo | Execute:
+        display_id, step_id, rec = self._begin("run", user_id)
+        if rec is not None:
+            if rec.is_memo:
+                return Memo(self._memo_value(rec))
+            if rec.status == "retrying" and rec.wake_at is not None and rec.wake_at > self._now():
+                raise self._suspend(
+                    StepUpdate(step_id, display_id, "run", "retrying", rec.attempts, error=rec.error,
+                               wake_at=rec.wake_at),
+                    {"kind": "retrying", "step": display_id, "until": rec.wake_at},
+                )  # fmt: skip
+        self._inflight += 1
+        self._idle.clear()
+        return Execute(display_id, step_id, rec.attempts if rec is not None else 0)
+
+    async def finish_run(self, plan: Execute, value: Any = None, error: BaseException | None = None) -> Any:
+        try:
+            if error is None:
+                try:
+                    output = to_json_value(value, f"the result of step {plan.display_id!r}")
+                except SerializationError as exc:
+                    error = exc
+            if error is None:
+                rec = await self._record(StepUpdate(plan.step_id, plan.display_id, "run", "completed",
+                                                    plan.attempt + 1, output=output))  # fmt: skip
+                return self._memo_value(rec)
+            now = self._now()
+            retriable = not isinstance(error, NonRetriableError | SerializationError)
+            if retriable and plan.attempt < self.fn.retries:
+                if isinstance(error, RetryAfterError):
+                    wake = int(error.earliest(from_ms(now)).timestamp() * 1000)
+                else:
+                    wake = now + int(self.fn.backoff.delay(plan.attempt).total_seconds() * 1000)
+                raise self._suspend(
+                    StepUpdate(plan.step_id, plan.display_id, "run", "retrying", plan.attempt + 1,
+                               error=serialize_error(error), wake_at=wake),
+                    {"kind": "retrying", "step": plan.display_id, "until": wake},
+                )  # fmt: skip
+            rec = await self._record(StepUpdate(plan.step_id, plan.display_id, "run", "failed", plan.attempt + 1,
+                                                error=serialize_error(error)))  # fmt: skip
+            return self._memo_value(rec)
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+
+    # --- step.sleep / sleep_until ---
+    async def sleep(self, user_id: str, until: int | None, duration: Any = None) -> None:
+        display_id, step_id, rec = self._begin("sleep", user_id)
+        now = self._now()
+        if rec is not None:
+            if rec.is_memo:
+                return None
+            wake = rec.wake_at or now
+        else:
+            if until is None:
+                delta = parse_duration(duration)
+                if delta > MAX_SLEEP:
+                    raise ValueError(f"step {display_id!r}: sleep of {delta} exceeds the 1 year limit")
+                until = now + int(delta.total_seconds() * 1000)
+            wake = until
+        if wake <= now:
+            await self._record(StepUpdate(step_id, display_id, "sleep", "completed", 1, output=None))
+            return None
+        raise self._suspend(
+            StepUpdate(step_id, display_id, "sleep", "sleeping", wake_at=wake),
+            {"kind": "sleeping", "step": display_id, "until": wake},
+        )
+
+    # --- step.wait_for_event ---
+    async def wait_for_event(
+        self, user_id: str, event: str, if_exp: str | None, match: str | None, timeout: Any
+    ) -> dict[str, Any] | None:
+        display_id, step_id, rec = self._begin("wait_for_event", user_id)
+        now = self._now()
+        if rec is not None:
+            if rec.is_memo:
+                value = self._memo_value(rec)
+                return value if isinstance(value, dict) else None
+            if rec.wake_at is not None and rec.wake_at <= now:  # timed out
+                rec = await self._record(StepUpdate(step_id, display_id, "wait_for_event", "completed", 1))
+                value = self._memo_value(rec)
+                return value if isinstance(value, dict) else None
+            raise self._suspend(
+                StepUpdate(step_id, display_id, "wait_for_event", "waiting", wake_at=rec.wake_at),
+                {"kind": "waiting", "step": display_id, "event": event, "until": rec.wake_at},
+            )
+        if not isinstance(event, str) or not event:
+            raise ValueError(f"step {display_id!r}: wait_for_event needs an event name")
+        if if_exp is not None and match is not None:
+            raise ValueError(f"step {display_id!r}: give either if_exp or match, not both")
+        expression = if_exp if if_exp is not None else (match_to_expression(match) if match else None)
+        if expression is not None:
+            compile_expression(expression)
+        delta = parse_duration(timeout if timeout is not None else DEFAULT_WAIT_TIMEOUT)
+        since = await self.engine.store.latest_event_seq()
+        wake = now + int(delta.total_seconds() * 1000)
+        name = canonical_event_name(event)
+        raise self._suspend(
+            StepUpdate(step_id, display_id, "wait_for_event", "waiting", wake_at=wake,
+                       wait=WaitSpec(name, expression, wake), since_seq=since),
+            {"kind": "waiting", "step": display_id, "event": name, "until": wake},
+        )  # fmt: skip
+
+    # --- step.invoke ---
+    async def invoke(self, user_id: str, function: FunctionDef | str, data: Any, timeout: Any) -> Any:
+        display_id, step_id, rec = self._begin("invoke", user_id)
+        now = self._now()
+        if rec is not None:
+            if rec.is_memo:
+                out = self._memo_value(rec)
+                return out.get("data") if isinstance(out, dict) else out
+            if rec.wake_at is not None and rec.wake_at <= now:
+                rec = await self._record(StepUpdate(step_id, display_id, "invoke", "failed", 1, error={
+                    "name": "InvokeTimeoutError",
+                    "message": "Timed out waiting for invoked function to complete"}))  # fmt: skip
+                return self._memo_value(rec)
+            raise self._suspend(
+                StepUpdate(step_id, display_id, "invoke", "invoking", wake_at=rec.wake_at),
+                {"kind": "invoking", "step": display_id, "until": rec.wake_at},
+            )
+        target_id = function.id if isinstance(function, FunctionDef) else str(function)
+        spec = await self.engine.find_function(target_id, default_app=self.fn.app_id)
+        if spec is None:
+            rec = await self._record(StepUpdate(step_id, display_id, "invoke", "failed", 1, error={
+                "name": "UnknownFunctionError",
+                "message": f"step.invoke: no registered function has id {target_id!r}"}))  # fmt: skip
+            return self._memo_value(rec)
+        payload = to_json_value(data if data is not None else {}, f"the data of step {display_id!r}")
+        if not isinstance(payload, dict):
+            raise ValueError(f"step {display_id!r}: invoke data must be a JSON object")
+        delta = parse_duration(timeout if timeout is not None else DEFAULT_WAIT_TIMEOUT)
+        wake = now + int(delta.total_seconds() * 1000)
+        correlation = f"{self.run_id}.{step_id}"
+        payload["_inngest"] = {"fn_id": spec.id, "correlation_id": correlation, "source_fn_id": self.fn.id,
+                               "source_run_id": self.run_id, "expire": wake}  # fmt: skip
+        ev = self.engine.stored_event(Event(name=FUNCTION_INVOKED, data=payload), now)
+        child = NewRun(id=new_ulid(), function_id=spec.id, event_id=ev.internal_id, idempotency_key=None,
+                       created_at=now, due_at=now, parent_run_id=self.run_id, parent_step_id=step_id)  # fmt: skip
+        raise self._suspend(
+            StepUpdate(step_id, display_id, "invoke", "invoking", wake_at=wake, invoke=IngestBatch([ev], [child])),
+            {"kind": "invoking", "step": display_id, "function": spec.id, "run_id": child.id, "until": wake},
+        )
+
+    # --- step.send_event ---
+    async def send_event(self, user_id: str, events: Any) -> list[str]:
+        display_id, step_id, rec = self._begin("send_event", user_id)
+        if rec is not None and rec.is_memo:
+            return list(self._memo_value(rec) or [])
+        batch = await self.engine.plan_ingest(events)
+        ids = [e.internal_id for e in batch.events]
+        await self._record(StepUpdate(step_id, display_id, "send_event", "completed", 1, output=ids, emit=batch))
+        self.engine.notify()
+        return ids
+
+
+def sleep_until_ms(when: dt.datetime | str) -> int:
+    return int(to_utc(when).timestamp() * 1000)
+
+
+def call_step_fn(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return fn(*args, **kwargs)

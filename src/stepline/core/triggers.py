@@ -1,0 +1,70 @@
+"""Function triggers: an event name pattern with an optional CEL filter, or a cron schedule."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from stepline.core.expressions import Expression, compile_expression
+
+__all__ = ["CronTrigger", "EventTrigger", "Trigger", "event_name_matches"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
+
+def event_name_matches(pattern: str, name: str) -> bool:
+    """Whether event ``name`` matches ``pattern``: exactly, or with ``*`` matching any run of characters.
+
+    ``app/*`` matches ``app/user.created`` and ``app/a/b``; ``*`` matches every name.
+    """
+    if "*" not in pattern:
+        return pattern == name
+    if pattern == "*":
+        return True
+    return _wildcard_regex(pattern).fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class EventTrigger:
+    """Run when an event whose name matches ``event`` arrives and, if set, ``expression`` is true for it.
+
+    The expression sees the event as ``event`` (``event.data.amount > 100``). An invalid expression raises
+    ExpressionError here, so bad configuration fails at registration rather than when events arrive.
+    """
+
+    event: str
+    expression: str | None = None
+    _compiled: Expression | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.event, str) or not self.event.strip():
+            raise ValueError(f"an event trigger needs a non-empty event name, got {self.event!r}")
+        if self.expression is not None:
+            object.__setattr__(self, "_compiled", compile_expression(self.expression))
+
+    def matches(self, event: Mapping[str, Any]) -> bool:
+        """Whether ``event`` (a dict with ``name``, ``data``, ...) fires this trigger."""
+        name = event.get("name")
+        if not isinstance(name, str) or not event_name_matches(self.event, name):
+            return False
+        return self._compiled is None or self._compiled.matches({"event": event})
+
+
+@dataclass(frozen=True)
+class CronTrigger:
+    """Run on a cron schedule (held as given; scheduling is not implemented here)."""
+
+    cron: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cron, str) or not self.cron.strip():
+            raise ValueError(f"a cron trigger needs a non-empty cron expression, got {self.cron!r}")
+
+
+Trigger: TypeAlias = EventTrigger | CronTrigger

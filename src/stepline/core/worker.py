@@ -1,0 +1,179 @@
+"""The in-process worker: claims due runs of the functions it defines and executes them concurrently.
+
+It sleeps until it is notified (events sent from this process), the store changes (another process
+committed: SQLite's ``data_version``), or the next run falls due. Leases are renewed while runs execute; a
+worker that dies stops renewing and another worker takes its runs over when the leases expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+from collections.abc import Iterable
+
+from stepline.core.engine import Engine
+from stepline.core.errors import LeaseLost
+from stepline.core.executor import Executor
+from stepline.core.function import FunctionDef
+from stepline.core.ids import new_ulid
+
+log = logging.getLogger("stepline.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: Engine,
+        functions: Iterable[FunctionDef],
+        *,
+        concurrency: int = 200,
+        claim_batch: int = 100,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 1.0,
+        change_poll_interval: float = 0.002,
+        threads: int = 32,
+        owner: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.functions = {f.id: f for f in functions}
+        self.concurrency = concurrency
+        self.claim_batch = claim_batch
+        self.lease_ms = int(lease_seconds * 1000)
+        self.poll_interval = poll_interval
+        self.change_poll_interval = change_poll_interval
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-8:]}"
+        self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepline-fn")
+        self.executor = Executor(engine, self.owner, self._threads)
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.runs_started = 0
+
+    # --- wake-ups ---
+    def _on_notify(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake.set()
+        else:
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def _claim_and_spawn(self) -> int:
+        free = self.concurrency - len(self._active)
+        if free <= 0 or not self.functions:
+            return 0
+        limit = min(free, self.claim_batch)
+        claimed = await self.engine.store.claim_runs(
+            self.owner, list(self.functions), self.engine.clock.now_ms(), limit, self.lease_ms
+        )
+        for c in claimed:
+            task = asyncio.create_task(self._execute(c.run.id, c), name=f"stepline-run-{c.run.id}")
+            self._active[c.run.id] = task
+        self.runs_started += len(claimed)
+        return len(claimed)
+
+    async def _execute(self, run_id: str, claimed: object) -> None:
+        from stepline.storage.records import ClaimedRun
+
+        assert isinstance(claimed, ClaimedRun)
+        try:
+            await self.executor.execute(self.functions[claimed.run.function_id], claimed)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("run %s: the executor failed; the run will be retried when its lease expires", run_id)
+        finally:
+            self._active.pop(run_id, None)
+            self._wake.set()
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            ids = list(self._active)
+            if not ids:
+                continue
+            try:
+                lost = await self.engine.store.renew_leases(self.owner, ids, self.engine.clock.now_ms(), self.lease_ms)
+            except Exception:
+                log.exception("renewing leases failed")
+                continue
+            for run_id in lost:
+                driver = self.executor.drivers.get(run_id)
+                if driver is not None:
+                    driver.stop = LeaseLost()
+
+    async def _wait_for_work(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.poll_interval
+        if len(self._active) < self.concurrency:
+            next_due = await self.engine.store.next_due_at(list(self.functions))
+            if next_due is not None:
+                timeout = min(timeout, max(0.0, (next_due - self.engine.clock.now_ms()) / 1000))
+        deadline = loop.time() + timeout
+        version = self.engine.store.data_version() if len(self._active) < self.concurrency else None
+        while not self._wake.is_set() and not self._stopping:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            step = left if version is None else min(left, self.change_poll_interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), step)
+            except TimeoutError:
+                pass
+            if version is not None and self.engine.store.data_version() != version:
+                return
+
+    # --- running ---
+    async def run(self) -> None:
+        """Run until ``stop()`` is called."""
+        self._loop = asyncio.get_running_loop()
+        self.engine.add_listener(self._on_notify)
+        renew = asyncio.create_task(self._renew_leases())
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                claimed = await self._claim_and_spawn()
+                if claimed and len(self._active) < self.concurrency:
+                    continue
+                await self._wait_for_work()
+        finally:
+            renew.cancel()
+            self.engine.remove_listener(self._on_notify)
+            await self._shutdown()
+
+    async def run_until_idle(self, max_rounds: int = 10_000) -> None:
+        """Execute every run that is due now (and whatever becomes due at the same clock time), then return.
+
+        For tests with a fake clock: advance the clock, call this, assert.
+        """
+        self._loop = asyncio.get_running_loop()
+        for _ in range(max_rounds):
+            claimed = await self._claim_and_spawn()
+            if self._active:
+                await asyncio.wait(list(self._active.values()), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if not claimed:
+                return
+        raise RuntimeError(f"runs were still due after {max_rounds} rounds")
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def _shutdown(self, grace: float = 10.0) -> None:
+        if self._active:
+            done, pending = await asyncio.wait(list(self._active.values()), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        self._threads.shutdown(wait=False, cancel_futures=True)

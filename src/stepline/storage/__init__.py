@@ -1,0 +1,32 @@
+"""Storage backends behind one ``Store`` interface, chosen by a URL or path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from stepline.storage.base import Store
+
+DEFAULT_DB = ".stepline/stepline.db"
+
+
+def default_db_location() -> str:
+    """``STEPLINE_DB`` if set, else ``.stepline/stepline.db`` in the working directory."""
+    return os.environ.get("STEPLINE_DB") or DEFAULT_DB
+
+
+def store_from_url(location: str | os.PathLike[str] | None = None) -> Store:
+    """A store for ``location``: a SQLite path (or ``sqlite:///path``); PostgreSQL URLs come with issue 3."""
+    loc = str(location) if location is not None else default_db_location()
+    if loc.startswith(("postgres://", "postgresql://")):
+        raise ValueError("PostgreSQL is not supported yet by this build of Stepline; use a SQLite path")
+    if loc.startswith("sqlite:///"):
+        loc = loc[len("sqlite:///") :]
+    elif "://" in loc:
+        raise ValueError(f"unsupported database URL {loc!r}: give a SQLite file path or sqlite:///path")
+    from stepline.storage.sqlite.store import SQLiteStore
+
+    return SQLiteStore(Path(loc))
+
+
+__all__ = ["DEFAULT_DB", "Store", "default_db_location", "store_from_url"]

@@ -1,0 +1,138 @@
+"""The one storage interface every backend implements (SQLite now, PostgreSQL next).
+
+Every method is a single transaction. Times are unix milliseconds passed in by the caller (``now``), so
+tests drive time with a fake clock. Writes on a leased run name the ``owner``; a write from a worker that no
+longer holds the lease returns ``WriteOutcome("lost")`` and changes nothing except first-write-wins memos.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from stepline.core.events import StoredEvent
+from stepline.storage.records import (
+    ClaimedRun,
+    FunctionRecord,
+    IngestBatch,
+    IngestResult,
+    RunFilter,
+    RunFinish,
+    RunRecord,
+    StepRecord,
+    StepUpdate,
+    WaitMatcher,
+    WriteOutcome,
+)
+
+
+class Store(abc.ABC):
+    """Durable state of events, functions, runs, steps and waits."""
+
+    # --- lifecycle ---
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush pending writes and release connections."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The highest migration applied."""
+
+    # --- functions ---
+    @abc.abstractmethod
+    async def register_functions(self, app_id: str, functions: list[FunctionRecord], now: int) -> int:
+        """Replace the app's functions with these; returns the new registry version."""
+
+    @abc.abstractmethod
+    async def registry_version(self) -> int:
+        """A number that changes whenever any function registration changes."""
+
+    @abc.abstractmethod
+    async def list_functions(self) -> list[FunctionRecord]:
+        """Every registered function of every app."""
+
+    # --- events and runs ---
+    @abc.abstractmethod
+    async def ingest(self, batch: IngestBatch, matcher: WaitMatcher, now: int) -> IngestResult:
+        """Store events, create their runs (skipping held idempotency keys), resolve matching waits."""
+
+    @abc.abstractmethod
+    async def latest_event_seq(self) -> int:
+        """The sequence number of the newest stored event (0 if none)."""
+
+    @abc.abstractmethod
+    async def claim_runs(
+        self, owner: str, function_ids: list[str], now: int, limit: int, lease_ms: int
+    ) -> list[ClaimedRun]:
+        """Lease up to ``limit`` due, unleased runs of these functions; queued runs become running."""
+
+    @abc.abstractmethod
+    async def next_due_at(self, function_ids: list[str]) -> int | None:
+        """The earliest time a run of these functions has work due (or a lease on due work expires)."""
+
+    def data_version(self) -> int | None:
+        """A value that changes when another connection commits, if the backend offers one cheaply."""
+        return None
+
+    @abc.abstractmethod
+    async def renew_leases(self, owner: str, run_ids: list[str], now: int, lease_ms: int) -> list[str]:
+        """Extend the owner's leases; returns the ids whose lease was no longer held."""
+
+    @abc.abstractmethod
+    async def release_run(self, run_id: str, owner: str, due_at: int) -> None:
+        """Give a leased run back (worker shutting down) so another worker takes it at ``due_at``."""
+
+    @abc.abstractmethod
+    async def record_step(
+        self, run_id: str, owner: str, update: StepUpdate, matcher: WaitMatcher, now: int
+    ) -> WriteOutcome:
+        """Write a step's state on a leased, running run. Memo states are first-write-wins; events in
+        ``update.emit`` are stored in the same transaction as the memo."""
+
+    @abc.abstractmethod
+    async def suspend_run(
+        self,
+        run_id: str,
+        owner: str,
+        pending: list[StepUpdate],
+        idle_reason: dict[str, object],
+        matcher: WaitMatcher,
+        now: int,
+        max_due_at: int | None = None,
+    ) -> WriteOutcome:
+        """The run has no more work now: store its pending steps, waits and invoked children, set its
+        next due time to the earliest wake time (capped at ``max_due_at``, or now if a wait is already satisfied), drop the lease."""
+
+    @abc.abstractmethod
+    async def retry_run(
+        self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int
+    ) -> WriteOutcome:
+        """A function-level error with attempts left: bump the attempt, run again at ``due_at``."""
+
+    @abc.abstractmethod
+    async def finish_run(
+        self, run_id: str, owner: str | None, finish: RunFinish, matcher: WaitMatcher, now: int
+    ) -> WriteOutcome:
+        """End a run (completed, failed or cancelled). ``owner=None`` ends it whoever holds it (cancel by
+        API). Also stores follow-up system events with their runs, and resolves a parent's invoke step."""
+
+    # --- reads ---
+    @abc.abstractmethod
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_runs(self, flt: RunFilter) -> list[RunRecord]: ...
+
+    @abc.abstractmethod
+    async def list_steps(self, run_id: str) -> list[StepRecord]:
+        """Steps of a run in the order they were first recorded."""
+
+    @abc.abstractmethod
+    async def get_event(self, internal_id: str) -> StoredEvent | None: ...
+
+    @abc.abstractmethod
+    async def list_events(self, name: str | None, limit: int) -> list[StoredEvent]:
+        """Newest first."""

@@ -1,0 +1,159 @@
+"""Plain records passed between the engine and a Store. No behaviour, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from stepline.core.events import StoredEvent
+
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+StepStatus = Literal["completed", "failed", "retrying", "sleeping", "waiting", "invoking"]
+MEMO_STATUSES: frozenset[str] = frozenset({"completed", "failed"})
+
+# (expression or None, the waiting run's trigger event, the candidate event) -> does it match?
+WaitMatcher = Callable[[str | None, dict[str, Any], dict[str, Any]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionRecord:
+    id: str  # "<app_id>-<slug>"
+    app_id: str
+    slug: str
+    name: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WaitSpec:
+    """Match a later event named ``event_name`` (optionally filtered by a CEL expression)."""
+
+    event_name: str
+    expression: str | None
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    id: str
+    function_id: str
+    event_id: str  # internal id of the triggering event
+    idempotency_key: str | None
+    created_at: int
+    due_at: int
+    start_deadline: int | None = None
+    cancel_waits: tuple[WaitSpec, ...] = ()
+    parent_run_id: str | None = None
+    parent_step_id: str | None = None
+    batch: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class IngestBatch:
+    """Events to store and the runs they start, applied in one transaction."""
+
+    events: list[StoredEvent]
+    runs: list[NewRun]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    event_ids: list[str]
+    created_run_ids: list[str]
+    skipped_run_ids: list[str]  # runs not created because their idempotency key was held
+    woken_run_ids: list[str]  # runs whose wait matched one of the events
+    cancelled_run_ids: list[str]
+
+
+@dataclass(slots=True)
+class RunRecord:
+    id: str
+    function_id: str
+    event_id: str
+    status: str
+    attempt: int
+    idle_reason: dict[str, Any] | None
+    output: Any
+    error: dict[str, Any] | None
+    created_at: int
+    started_at: int | None
+    ended_at: int | None
+    start_deadline: int | None
+    due_at: int | None
+    lease_owner: str | None
+    lease_expires_at: int | None
+    parent_run_id: str | None
+    parent_step_id: str | None
+    batch: list[str] | None
+
+
+@dataclass(slots=True)
+class StepRecord:
+    run_id: str
+    step_id: str
+    display_id: str
+    kind: str
+    status: str
+    attempts: int
+    output: Any
+    error: dict[str, Any] | None
+    wake_at: int | None
+    started_at: int
+    ended_at: int | None
+
+    @property
+    def is_memo(self) -> bool:
+        return self.status in MEMO_STATUSES
+
+
+@dataclass(slots=True)
+class ClaimedRun:
+    run: RunRecord
+    event: StoredEvent
+    events: list[StoredEvent]
+    steps: dict[str, StepRecord]  # by hashed step id
+
+
+@dataclass(frozen=True, slots=True)
+class StepUpdate:
+    """A step's new state. Memo states (completed, failed) are written once: the first write wins."""
+
+    step_id: str
+    display_id: str
+    kind: str
+    status: StepStatus
+    attempts: int = 0
+    output: Any = None
+    error: dict[str, Any] | None = None
+    wake_at: int | None = None
+    wait: WaitSpec | None = None  # for status "waiting": the event to wait for
+    since_seq: int = 0  # a wait matches events stored after this sequence number
+    invoke: IngestBatch | None = None  # for status "invoking": the child run and its event
+    emit: IngestBatch | None = None  # for step.send_event: events stored with the memo, atomically
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What a write on a leased run found: ok, or why the caller must stop executing the run."""
+
+    status: Literal["ok", "cancelled", "lost"]
+    step: StepRecord | None = None  # the stored step, which may be another writer's result
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    status: str | None = None
+    function_id: str | None = None
+    event_id: str | None = None
+    limit: int = 50
+    before_id: str | None = None  # paging: runs with an id (ULID) below this one
+
+
+@dataclass(slots=True)
+class RunFinish:
+    status: Literal["completed", "failed", "cancelled"]
+    output: Any = None
+    error: dict[str, Any] | None = None
+    follow_up: IngestBatch = field(default_factory=lambda: IngestBatch([], []))  # system events + runs

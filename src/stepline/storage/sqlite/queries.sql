@@ -1,0 +1,172 @@
+-- Stepline SQLite queries. Parameters are named (:name). Times are unix milliseconds.
+
+-- name: insert_event
+INSERT INTO events (internal_id, id, name, data, user, ts, v, received_at)
+VALUES (:internal_id, :id, :name, :data, :user, :ts, :v, :received_at)
+RETURNING seq
+
+-- name: latest_event_seq
+SELECT coalesce(max(seq), 0) FROM events
+
+-- name: select_events_by_ids
+SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
+WHERE internal_id IN (SELECT value FROM json_each(:ids))
+
+-- name: select_event
+SELECT internal_id, id, name, data, user, ts, v, received_at FROM events WHERE internal_id = :internal_id
+
+-- name: list_events
+SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
+WHERE (:name IS NULL OR name = :name) ORDER BY seq DESC LIMIT :limit
+
+-- name: events_after_seq
+SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
+WHERE name = :name AND seq > :since_seq ORDER BY seq
+
+-- name: upsert_function
+INSERT INTO functions (id, app_id, slug, name, config, updated_at)
+VALUES (:id, :app_id, :slug, :name, :config, :now)
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, config = excluded.config, updated_at = excluded.updated_at
+WHERE functions.config IS NOT excluded.config OR functions.name IS NOT excluded.name
+
+-- name: delete_app_functions_except
+DELETE FROM functions WHERE app_id = :app_id AND id NOT IN (SELECT value FROM json_each(:keep))
+
+-- name: bump_registry_version
+UPDATE registry_version SET version = version + 1 RETURNING version
+
+-- name: registry_version
+SELECT version FROM registry_version
+
+-- name: list_functions
+SELECT id, app_id, slug, name, config FROM functions ORDER BY id
+
+-- name: claim_idempotency_key
+INSERT INTO idempotency (function_id, key, run_id, expires_at)
+VALUES (:function_id, :key, :run_id, :expires_at)
+ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id, expires_at = excluded.expires_at
+WHERE idempotency.expires_at <= :now
+RETURNING run_id
+
+-- name: insert_run
+INSERT INTO runs (id, function_id, event_id, batch, status, created_at, start_deadline, due_at,
+                  parent_run_id, parent_step_id)
+VALUES (:id, :function_id, :event_id, :batch, 'queued', :created_at, :start_deadline, :due_at,
+        :parent_run_id, :parent_step_id)
+
+-- name: insert_wait
+INSERT INTO waits (run_id, step_id, kind, event_name, expression, expires_at)
+VALUES (:run_id, :step_id, :kind, :event_name, :expression, :expires_at)
+
+-- name: waits_for_event
+SELECT w.id, w.run_id, w.step_id, w.kind, w.expression,
+       e.internal_id, e.id, e.name, e.data, e.user, e.ts, e.v, e.received_at
+FROM waits w
+JOIN runs r ON r.id = w.run_id
+JOIN events e ON e.internal_id = r.event_id
+WHERE w.event_name = :event_name AND w.expires_at > :now AND r.status IN ('queued', 'running')
+ORDER BY w.id
+
+-- name: delete_wait
+DELETE FROM waits WHERE id = :id
+
+-- name: delete_run_waits
+DELETE FROM waits WHERE run_id = :run_id
+
+-- name: delete_step_wait
+DELETE FROM waits WHERE run_id = :run_id AND step_id = :step_id
+
+-- name: claim_runs
+UPDATE runs
+SET status = CASE WHEN status = 'queued' THEN 'running' ELSE status END,
+    started_at = coalesce(started_at, :now),
+    lease_owner = :owner,
+    lease_expires_at = :lease_until
+WHERE id IN (
+    SELECT id FROM runs
+    WHERE due_at IS NOT NULL AND due_at <= :now
+      AND (lease_expires_at IS NULL OR lease_expires_at < :now)
+      AND function_id IN (SELECT value FROM json_each(:function_ids))
+    ORDER BY due_at
+    LIMIT :limit
+)
+RETURNING id, function_id, event_id, status, attempt, idle_reason, output, error, created_at, started_at,
+          ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id, parent_step_id, batch
+
+-- name: renew_leases
+UPDATE runs SET lease_expires_at = :lease_until
+WHERE lease_owner = :owner AND id IN (SELECT value FROM json_each(:ids))
+RETURNING id
+
+-- name: release_run
+UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, due_at = :due_at
+WHERE id = :run_id AND lease_owner = :owner AND status IN ('queued', 'running')
+
+-- name: run_lease
+SELECT status, lease_owner FROM runs WHERE id = :run_id
+
+-- name: select_steps_for_runs
+SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at
+FROM steps WHERE run_id IN (SELECT value FROM json_each(:ids)) ORDER BY run_id, seq
+
+-- name: select_step
+SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at
+FROM steps WHERE run_id = :run_id AND step_id = :step_id
+
+-- name: upsert_step
+INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
+                   ended_at, seq)
+VALUES (:run_id, :step_id, :display_id, :kind, :status, :attempts, :output, :error, :wake_at, :now,
+        :ended_at, :seq)
+ON CONFLICT (run_id, step_id) DO UPDATE SET
+    status = excluded.status, attempts = excluded.attempts, output = excluded.output, error = excluded.error,
+    wake_at = excluded.wake_at, ended_at = excluded.ended_at
+WHERE steps.status NOT IN ('completed', 'failed')
+
+-- name: complete_pending_step
+UPDATE steps SET status = :status, output = :output, error = :error, wake_at = NULL, ended_at = :now
+WHERE run_id = :run_id AND step_id = :step_id AND status NOT IN ('completed', 'failed')
+
+-- name: suspend_run
+UPDATE runs SET due_at = :due_at, idle_reason = :idle_reason, lease_owner = NULL, lease_expires_at = NULL
+WHERE id = :run_id
+
+-- name: wake_run
+UPDATE runs SET due_at = :now, idle_reason = NULL
+WHERE id = :run_id AND status IN ('queued', 'running') AND (due_at IS NULL OR due_at > :now)
+
+-- name: retry_run
+UPDATE runs SET attempt = attempt + 1, due_at = :due_at, error = :error, idle_reason = :idle_reason,
+                lease_owner = NULL, lease_expires_at = NULL
+WHERE id = :run_id
+
+-- name: finish_run
+UPDATE runs SET status = :status, output = :output, error = :error, ended_at = :now, due_at = NULL,
+                idle_reason = NULL, lease_owner = NULL, lease_expires_at = NULL
+WHERE id = :run_id AND status IN ('queued', 'running')
+RETURNING parent_run_id, parent_step_id, started_at
+
+-- name: select_run
+SELECT id, function_id, event_id, status, attempt, idle_reason, output, error, created_at, started_at,
+       ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id, parent_step_id, batch
+FROM runs WHERE id = :run_id
+
+-- name: list_runs
+SELECT id, function_id, event_id, status, attempt, idle_reason, output, error, created_at, started_at,
+       ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id, parent_step_id, batch
+FROM runs
+WHERE (:status IS NULL OR status = :status)
+  AND (:function_id IS NULL OR function_id = :function_id)
+  AND (:event_id IS NULL OR event_id = :event_id)
+  AND (:before_id IS NULL OR id < :before_id)
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: list_steps
+SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at
+FROM steps WHERE run_id = :run_id ORDER BY seq
+
+-- name: next_due_at
+SELECT min(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > due_at THEN lease_expires_at
+                ELSE due_at END)
+FROM runs WHERE due_at IS NOT NULL AND function_id IN (SELECT value FROM json_each(:function_ids))
