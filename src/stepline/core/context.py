@@ -7,6 +7,7 @@ import concurrent.futures
 import datetime as dt
 import inspect
 import logging
+import typing
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,11 +30,17 @@ def _convert(value: Any, output_type: Any) -> Any:
 
 
 def _annotated_model(fn: Callable[..., Any]) -> Any:
-    try:
-        ann = inspect.signature(fn).return_annotation
-    except (TypeError, ValueError):
+    """The step callable's return annotation, if it is a pydantic model (so replays return the model too)."""
+    ann = getattr(fn, "__annotations__", None)
+    if not ann or "return" not in ann:
         return None
-    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    ret = ann["return"]
+    if isinstance(ret, str):
+        try:
+            ret = typing.get_type_hints(fn).get("return")
+        except Exception:
+            return None
+    return ret if isinstance(ret, type) and issubclass(ret, BaseModel) else None
 
 
 class AsyncStep:

@@ -137,7 +137,10 @@ class Engine:
         for ev, user_id in zip(events, user_ids, strict=True):
             as_dict = ev.as_dict()
             bindings: Bindings | None = None
+            system_source = ev.data.get("function_id") if ev.name.startswith("stepline/function.") else None
             for spec in specs.values():
+                if spec.id == system_source:
+                    continue  # a run's own end never re-triggers its function (no self-feeding loops)
                 if not spec.matching_trigger(as_dict):
                     continue
                 key: str | None = None

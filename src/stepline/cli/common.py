@@ -1,0 +1,154 @@
+"""Shared CLI plumbing: errors with exit codes, the ``--db`` option, opening the store, formatting."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from stepline.storage import DEFAULT_DB, Store, store_from_url
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DB_KEY = "stepline.db"
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+
+
+class CliError(click.ClickException):
+    """A one-line ``Error: ...`` on stderr and an exit code (2: bad input, 1: not found / failed)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _remember_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta[_DB_KEY] = value
+
+
+def db_option(*, envvar: bool = False) -> Callable[[F], F]:
+    """``--db PATH``: on the root group (with ``STEPLINE_DB``) and again on each command, which wins."""
+    return click.option(
+        "--db",
+        metavar="PATH",
+        default=None,
+        envvar="STEPLINE_DB" if envvar else None,
+        show_envvar=envvar,
+        expose_value=False,
+        callback=_remember_db,
+        help=f"SQLite database file (or sqlite:///path). Default: $STEPLINE_DB, else {DEFAULT_DB}.",
+    )
+
+
+def db_location(ctx: click.Context) -> tuple[str, bool]:
+    """The database location and whether it was given explicitly (``--db`` or ``STEPLINE_DB``)."""
+    value = ctx.meta.get(_DB_KEY)
+    if value:
+        return str(value), True
+    return DEFAULT_DB, False
+
+
+def make_store(location: str) -> Store:
+    try:
+        return store_from_url(location)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def store_path(store: Store) -> Path | None:
+    path = getattr(store, "path", None)
+    return Path(path) if path is not None else None
+
+
+def display_path(store: Store, fallback: str) -> str:
+    path = store_path(store)
+    return str(path.resolve()) if path is not None else fallback
+
+
+@asynccontextmanager
+async def opened_store(ctx: click.Context, *, must_exist: bool) -> AsyncIterator[Store]:
+    """Open the ``--db`` store for one command and close it afterwards.
+
+    Read commands pass ``must_exist``: a missing database is reported instead of created empty.
+    """
+    location, _ = db_location(ctx)
+    store = make_store(location)
+    path = store_path(store)
+    if must_exist and path is not None and not path.exists():
+        raise CliError(
+            f"no Stepline database at {path} (start a worker or send an event first, or pass --db / set STEPLINE_DB)",
+            EXIT_NOT_FOUND,
+        )
+    try:
+        await store.open()
+    except Exception as exc:
+        raise CliError(f"cannot open database {location}: {exc}", EXIT_NOT_FOUND) from None
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+# --- formatting ---
+def iso(ms: int | None) -> str | None:
+    """Unix milliseconds as ISO 8601 UTC (``2026-01-01T00:00:00.000Z``)."""
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def format_error(error: dict[str, Any] | None) -> str:
+    if not error:
+        return ""
+    name, message = error.get("name", "Error"), error.get("message", "")
+    return f"{name}: {message}" if message else str(name)
+
+
+def describe_idle(reason: dict[str, Any] | None) -> str:
+    """Why a live run is not executing, in words."""
+    if not reason:
+        return ""
+    kind = reason.get("kind")
+    step = reason.get("step")
+    until = iso(reason["until"]) if isinstance(reason.get("until"), int) else None
+    if kind == "multiple":
+        return "; ".join(describe_idle(r) for r in reason.get("reasons", []) if isinstance(r, dict))
+    if kind == "sleeping":
+        return f"sleeping in step {step!r} until {until}"
+    if kind == "waiting":
+        return f"waiting in step {step!r} for event {reason.get('event')!r} until {until}"
+    if kind == "retrying":
+        return f"step {step!r} failed; retrying at {until}"
+    if kind == "invoking":
+        target = f" {reason['function']!r}" if reason.get("function") else " a function"
+        child = f" (run {reason['run_id']})" if reason.get("run_id") else ""
+        return f"step {step!r} invoked{target}{child}; waiting for its result until {until}"
+    return compact(reason)

@@ -1,0 +1,189 @@
+"""Retries, backoff, NonRetriableError, RetryAfterError, StepError, on_failure and system events."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from stepline import Backoff, FakeClock, NonRetriableError, RetryAfterError, StepError, Stepline
+
+from .helpers import advance, drain, only_run, runs, steps
+
+FAST = Backoff(schedule=(dt.timedelta(seconds=10),), jitter=dt.timedelta(0))
+
+
+async def test_step_retries_with_backoff_then_succeeds(client: Stepline, clock: FakeClock) -> None:
+    attempts: list[int] = []
+
+    @client.function(id="flaky", trigger="t/flaky", retries=3, backoff=FAST)
+    async def flaky(ctx: Any) -> Any:
+        def call() -> str:
+            attempts.append(len(attempts))
+            if len(attempts) < 3:
+                raise ConnectionError("upstream down")
+            return "ok"
+
+        return await ctx.step.run("call", call)
+
+    await client.send({"name": "t/flaky"})
+    await drain(client)
+    run = await only_run(client)
+    assert run.status == "running" and run.idle_reason == {
+        "kind": "retrying", "step": "call", "until": clock.now_ms() + 10_000}  # fmt: skip
+    await advance(client, clock, 9)
+    assert len(attempts) == 1  # not before the backoff
+    await advance(client, clock, 1)
+    assert len(attempts) == 2
+    await advance(client, clock, 10)
+    run = await only_run(client)
+    assert run.status == "completed" and run.output == "ok"
+    (step,) = await steps(client, run.id)
+    assert step.attempts == 3 and step.status == "completed"
+
+
+async def test_default_backoff_is_inngest_schedule_with_jitter(client: Stepline, clock: FakeClock) -> None:
+    @client.function(id="slow-retry", trigger="t/sr")
+    async def slow_retry(ctx: Any) -> Any:
+        await ctx.step.run("x", lambda: 1 / 0)
+
+    await client.send({"name": "t/sr"})
+    await drain(client)
+    run = await only_run(client)
+    delay = run.idle_reason["until"] - clock.now_ms()
+    assert 15_000 <= delay <= 45_000  # 15 s plus up to 30 s jitter
+
+
+async def test_exhausted_step_raises_catchable_step_error(client: Stepline, clock: FakeClock) -> None:
+    @client.function(id="catch", trigger="t/catch", retries=2, backoff=FAST)
+    async def catch(ctx: Any) -> Any:
+        try:
+            await ctx.step.run("boom", lambda: (_ for _ in ()).throw(ValueError("bad value")))
+        except StepError as exc:
+            return await ctx.step.run("fallback", lambda: f"handled {exc.name}: {exc.message}")
+        return "unreachable"
+
+    await client.send({"name": "t/catch"})
+    for _ in range(3):
+        await advance(client, clock, 11)
+    run = await only_run(client)
+    assert run.status == "completed" and run.output == "handled ValueError: bad value"
+    boom = (await steps(client, run.id))[0]
+    assert boom.status == "failed" and boom.attempts == 3 and boom.error["name"] == "ValueError"
+
+
+async def test_uncaught_step_error_fails_run_without_more_retries(client: Stepline, clock: FakeClock) -> None:
+    @client.function(id="uncaught", trigger="t/uncaught", retries=1, backoff=FAST)
+    async def uncaught(ctx: Any) -> Any:
+        await ctx.step.run("boom", lambda: 1 / 0)
+
+    await client.send({"name": "t/uncaught"})
+    await drain(client)
+    await advance(client, clock, 11)
+    run = await only_run(client)
+    assert run.status == "failed" and run.attempt == 0
+    assert run.error["name"] == "ZeroDivisionError"
+
+
+async def test_non_retriable_error_fails_at_once(client: Stepline) -> None:
+    calls: list[int] = []
+
+    @client.function(id="nr", trigger="t/nr", retries=4)
+    async def nr(ctx: Any) -> Any:
+        def step() -> None:
+            calls.append(1)
+            raise NonRetriableError("invalid account")
+
+        await ctx.step.run("check", step)
+
+    await client.send({"name": "t/nr"})
+    await drain(client)
+    run = await only_run(client)
+    assert run.status == "failed" and calls == [1]
+    assert run.error == {"name": "NonRetriableError", "message": "invalid account",
+                         "stack": run.error["stack"]}  # fmt: skip
+
+
+async def test_retry_after_error_delays_retry(client: Stepline, clock: FakeClock) -> None:
+    calls: list[int] = []
+
+    @client.function(id="ra", trigger="t/ra", backoff=FAST)
+    async def ra(ctx: Any) -> Any:
+        def step() -> str:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RetryAfterError("rate limited", 120)
+            return "done"
+
+        return await ctx.step.run("api", step)
+
+    await client.send({"name": "t/ra"})
+    await drain(client)
+    await advance(client, clock, 119)
+    assert calls == [1]
+    await advance(client, clock, 1)
+    assert (await only_run(client)).output == "done"
+
+
+async def test_retry_after_datetime_at_function_level(client: Stepline, clock: FakeClock) -> None:
+    at = clock.now() + dt.timedelta(minutes=5)
+    calls: list[int] = []
+
+    @client.function(id="ra-fn", trigger="t/rafn", backoff=FAST)
+    async def ra_fn(ctx: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RetryAfterError("later", at)
+        return ctx.attempt
+
+    await client.send({"name": "t/rafn"})
+    await drain(client)
+    await advance(client, clock, 299)
+    assert calls == [1]
+    await advance(client, clock, 1)
+    run = await only_run(client)
+    assert run.status == "completed" and run.output == 1
+
+
+async def test_function_level_errors_retry_then_fail_and_on_failure_runs(client: Stepline, clock: FakeClock) -> None:
+    failures: list[dict[str, Any]] = []
+
+    def on_failure(ctx: Any) -> None:
+        failures.append(ctx.event.data)
+
+    @client.function(id="doomed", trigger="t/doomed", retries=2, backoff=FAST, on_failure=on_failure)
+    async def doomed(ctx: Any) -> Any:
+        raise RuntimeError(f"attempt {ctx.attempt}")
+
+    await client.send({"name": "t/doomed", "data": {"job": 7}})
+    await drain(client)
+    await advance(client, clock, 11)
+    assert failures == []
+    await advance(client, clock, 11)
+    run = await only_run(client, "doomed")
+    assert run.status == "failed" and run.error["message"] == "attempt 2"
+    assert len(failures) == 1
+    assert failures[0]["function_id"] == "test-app-doomed"
+    assert failures[0]["run_id"] == run.id
+    assert failures[0]["error"]["message"] == "attempt 2"
+    assert failures[0]["event"]["data"] == {"job": 7}
+
+
+async def test_system_events_trigger_other_functions(client: Stepline) -> None:
+    @client.function(id="work", trigger="t/work")
+    async def work(ctx: Any) -> Any:
+        return {"answer": 42}
+
+    @client.function(id="audit", trigger=["stepline/function.finished"])
+    async def audit(ctx: Any) -> Any:
+        return ctx.event.data.get("result")
+
+    @client.function(id="compat", trigger={"event": "inngest/function.finished",
+                                           "if": "event.data.function_id == 'test-app-work'"})  # fmt: skip
+    async def compat(ctx: Any) -> Any:
+        return "inngest alias"
+
+    await client.send({"name": "t/work"})
+    await drain(client)
+    # audit fires once for work's run and once for compat's run, never for its own runs
+    assert sorted(map(str, [r.output for r in await runs(client, "audit")])) == ["inngest alias", "{'answer': 42}"]
+    assert [r.output for r in await runs(client, "compat")] == ["inngest alias"]
