@@ -1,0 +1,16 @@
+"""The public API is what `stepline.__all__` lists; changing it is a deliberate act."""
+
+import stepline
+
+EXPECTED = {
+    "AsyncStep", "Backoff", "CancelOn", "Clock", "Context", "CronTrigger", "DurationError", "Event",
+    "EventTrigger", "EventValidationError", "ExpressionError", "FakeClock", "FunctionDef", "Group",
+    "NonRetriableError", "RetryAfterError", "SerializationError", "StepError", "StepIdConflictError", "Stepline",
+    "SteplineError", "SyncStep", "SystemClock", "Timeouts", "UnknownFunctionError", "Worker",
+}  # fmt: skip
+
+
+def test_public_api_is_pinned() -> None:
+    assert set(stepline.__all__) == EXPECTED
+    for name in stepline.__all__:
+        assert getattr(stepline, name) is not None
