@@ -59,7 +59,8 @@ async def test_exhausted_step_raises_catchable_step_error(client: Stepline, cloc
         try:
             await ctx.step.run("boom", lambda: (_ for _ in ()).throw(ValueError("bad value")))
         except StepError as exc:
-            return await ctx.step.run("fallback", lambda: f"handled {exc.name}: {exc.message}")
+            err = exc
+            return await ctx.step.run("fallback", lambda: f"handled {err.name}: {err.message}")
         return "unreachable"
 
     await client.send({"name": "t/catch"})
@@ -185,5 +186,8 @@ async def test_system_events_trigger_other_functions(client: Stepline) -> None:
     await client.send({"name": "t/work"})
     await drain(client)
     # audit fires once for work's run and once for compat's run, never for its own runs
-    assert sorted(map(str, [r.output for r in await runs(client, "audit")])) == ["inngest alias", "{'answer': 42}"]
+    assert sorted(map(str, [r.output for r in await runs(client, "audit")])) == [
+        "inngest alias",
+        "{'answer': 42}",
+    ]
     assert [r.output for r in await runs(client, "compat")] == ["inngest alias"]

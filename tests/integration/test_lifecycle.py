@@ -166,7 +166,9 @@ async def test_reserved_and_malformed_events_are_rejected_and_nothing_is_stored(
 
 
 def test_bad_function_options_fail_at_definition(client: Stepline) -> None:
-    with pytest.raises(ValueError, match="function 'bad-if': invalid trigger: invalid CEL expression 'event.data.x =='"):
+    with pytest.raises(
+        ValueError, match="function 'bad-if': invalid trigger: invalid CEL expression 'event.data.x =='"
+    ):
         client.function(id="bad-if", trigger={"event": "a/b", "if": "event.data.x =="})(lambda ctx: None)
     with pytest.raises(ValueError, match="retries must be an integer from 0 to 20"):
         client.function(id="bad-retries", trigger="a/b", retries=-1)(lambda ctx: None)

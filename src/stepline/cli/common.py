@@ -23,11 +23,15 @@ EXIT_USAGE = 2
 
 
 class CliError(click.ClickException):
-    """A one-line ``Error: ...`` on stderr and an exit code (2: bad input, 1: not found / failed)."""
+    """Bad input: a one-line ``Error: ...`` on stderr and exit code 2 (no traceback)."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = EXIT_USAGE
+
+
+class NotFoundError(CliError):
+    """A missing run or database, or a store that cannot be opened: exit code 1."""
+
+    exit_code = EXIT_NOT_FOUND
 
 
 def _remember_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -84,14 +88,14 @@ async def opened_store(ctx: click.Context, *, must_exist: bool) -> AsyncIterator
     store = make_store(location)
     path = store_path(store)
     if must_exist and path is not None and not path.exists():
-        raise CliError(
-            f"no Stepline database at {path} (start a worker or send an event first, or pass --db / set STEPLINE_DB)",
-            EXIT_NOT_FOUND,
+        raise NotFoundError(
+            f"no Stepline database at {path.resolve()} (start a worker or send an event first, "
+            "or pass --db / set STEPLINE_DB)"
         )
     try:
         await store.open()
     except Exception as exc:
-        raise CliError(f"cannot open database {location}: {exc}", EXIT_NOT_FOUND) from None
+        raise NotFoundError(f"cannot open database {location}: {type(exc).__name__}: {exc}") from None
     try:
         yield store
     finally:
@@ -107,7 +111,8 @@ def iso(ms: int | None) -> str | None:
     """Unix milliseconds as ISO 8601 UTC (``2026-01-01T00:00:00.000Z``)."""
     if ms is None:
         return None
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 def compact(value: Any) -> str:

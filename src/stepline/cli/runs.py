@@ -7,8 +7,7 @@ from typing import Any
 import click
 
 from stepline.cli.common import (
-    EXIT_NOT_FOUND,
-    CliError,
+    NotFoundError,
     compact,
     db_option,
     describe_idle,
@@ -87,7 +86,9 @@ def runs_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @db_option()
 @click.pass_context
-def list_runs(ctx: click.Context, status: str | None, function: str | None, limit: int, as_json: bool) -> None:
+def list_runs(
+    ctx: click.Context, status: str | None, function: str | None, limit: int, as_json: bool
+) -> None:
     """List runs, newest first."""
 
     async def go() -> list[RunRecord]:
@@ -112,8 +113,14 @@ def list_runs(ctx: click.Context, status: str | None, function: str | None, limi
 
 
 def _print_run(run: RunRecord, event: StoredEvent | None, steps: list[StepRecord]) -> None:
-    fields = [("Run", run.id), ("Function", run.function_id), ("Status", f"{run.status} (attempt {run.attempt})"),
-              ("Created", iso(run.created_at)), ("Started", iso(run.started_at)), ("Ended", iso(run.ended_at))]  # fmt: skip
+    fields = [
+        ("Run", run.id),
+        ("Function", run.function_id),
+        ("Status", f"{run.status} (attempt {run.attempt})"),
+        ("Created", iso(run.created_at)),
+        ("Started", iso(run.started_at)),
+        ("Ended", iso(run.ended_at)),
+    ]
     if run.parent_run_id:
         fields.append(("Parent", f"{run.parent_run_id} (step {run.parent_step_id})"))
     if run.status in LIVE:
@@ -127,7 +134,8 @@ def _print_run(run: RunRecord, event: StoredEvent | None, steps: list[StepRecord
     if run.error:
         fields.append(("Error" if run.status != "running" else "Last error", format_error(run.error)))
     if event is not None:
-        fields.append(("Trigger", f"{event.name} (event {event.internal_id}, id {event.id}, at {iso(event.ts)})"))
+        user_id = f", id {event.id}" if event.id != event.internal_id else ""
+        fields.append(("Trigger", f"{event.name} (event {event.internal_id}{user_id}, at {iso(event.ts)})"))
         fields.append(("Data", compact(event.data)))
     else:
         fields.append(("Trigger", f"event {run.event_id} (not found)"))
@@ -148,7 +156,9 @@ def _print_run(run: RunRecord, event: StoredEvent | None, steps: list[StepRecord
 
 @runs_group.command("show")
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="The run, its trigger event and steps as one JSON object.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="The run, its trigger event and steps as one JSON object."
+)
 @db_option()
 @click.pass_context
 def show_run(ctx: click.Context, run_id: str, as_json: bool) -> None:
@@ -158,7 +168,7 @@ def show_run(ctx: click.Context, run_id: str, as_json: bool) -> None:
         async with opened_store(ctx, must_exist=True) as store:
             run = await store.get_run(run_id)
             if run is None:
-                raise CliError(f"no run with id {run_id!r}", EXIT_NOT_FOUND)
+                raise NotFoundError(f"no run with id {run_id!r}")
             return run, await store.get_event(run.event_id), await store.list_steps(run_id)
 
     run, event, steps = run_async(go())
@@ -181,7 +191,7 @@ def cancel_run(ctx: click.Context, run_id: str) -> None:
     async def go() -> tuple[bool, RunRecord | None]:
         async with opened_store(ctx, must_exist=True) as store:
             if await store.get_run(run_id) is None:
-                raise CliError(f"no run with id {run_id!r}", EXIT_NOT_FOUND)
+                raise NotFoundError(f"no run with id {run_id!r}")
             cancelled = await Engine(store).cancel_run(run_id, reason="cancelled with the stepline CLI")
             return cancelled, await store.get_run(run_id)
 

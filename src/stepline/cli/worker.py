@@ -12,7 +12,7 @@ import traceback
 
 import click
 
-from stepline.cli.common import CliError, db_location, db_option, display_path, make_store
+from stepline.cli.common import CliError, NotFoundError, db_location, db_option, display_path, make_store
 from stepline.client import Stepline
 from stepline.core.engine import Engine
 
@@ -26,6 +26,11 @@ def _where(exc: BaseException) -> str:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
     frames = [f for f in frames if not f.filename.endswith(os.path.join("stepline", "cli", "worker.py"))]
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _import_failed(module_name: str, exc: BaseException) -> CliError:
+    text = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    return CliError(f"importing module {module_name!r} failed: {type(exc).__name__}: {text}{_where(exc)}")
 
 
 def load_client(target: str, app_dir: str) -> Stepline:
@@ -42,9 +47,9 @@ def load_client(target: str, app_dir: str) -> Stepline:
         if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise CliError(f"cannot import module {module_name!r}: no module named {exc.name!r} (searched "
                            f"{path} and the installed packages)") from None  # fmt: skip
-        raise CliError(f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}{_where(exc)}") from None
+        raise _import_failed(module_name, exc) from None
     except Exception as exc:
-        raise CliError(f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}{_where(exc)}") from None
+        raise _import_failed(module_name, exc) from None
     obj: object = module
     for part in attr.split("."):
         try:
@@ -64,13 +69,13 @@ def use_store(client: Stepline, location: str) -> None:
 
 async def serve(client: Stepline, concurrency: int, threads: int, db_label: str) -> bool:
     """Run a worker until a signal. The first SIGINT/SIGTERM stops claiming and lets active runs finish (up
-    to the worker's grace period); a second one cancels them (their leases are released). Returns whether
-    the stop was forced."""
+    to the worker's grace period); a second one cancels them (releasing their leases once running steps
+    return); a third exits at once. Returns whether the stop was forced."""
     try:
         await client.ready()
     except Exception as exc:
         await client.close()
-        raise CliError(f"cannot open database {db_label}: {type(exc).__name__}: {exc}", 1) from None
+        raise NotFoundError(f"cannot open database {db_label}: {type(exc).__name__}: {exc}") from None
     worker = client.worker(concurrency=concurrency, threads=threads)
     functions = ", ".join(sorted(client.functions)) or "none"
     log.info("stepline worker: app %s, db %s, %d function(s): %s",
@@ -88,7 +93,11 @@ async def serve(client: Stepline, concurrency: int, threads: int, db_label: str)
             log.info("%s: stopping; active runs may finish (send it again to cancel them)", sig.name)
             worker.stop()
             return
-        log.warning("%s again: cancelling active runs", sig.name)
+        if signals_seen > 2:
+            log.warning("%s a third time: exiting now", sig.name)
+            sys.stderr.flush()
+            os._exit(130)
+        log.warning("%s again: cancelling active runs (a third signal exits at once)", sig.name)
         for task in asyncio.all_tasks(loop):
             if task is not main_task:
                 task.cancel()
@@ -116,14 +125,20 @@ async def serve(client: Stepline, concurrency: int, threads: int, db_label: str)
               help="Most runs executing at once.")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), default=32, show_default=True,
               help="Threads for synchronous (def) functions.")  # fmt: skip
-@click.option("--app-dir", default=".", show_default=True, help="Directory added to sys.path before importing.")
+@click.option(
+    "--app-dir", default=".", show_default=True, help="Directory added to sys.path before importing."
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)  # fmt: skip
 @db_option()
 @click.pass_context
 def worker_command(ctx: click.Context, target: str, concurrency: int, threads: int, app_dir: str,
                    log_level: str) -> None:  # fmt: skip
-    """Run the functions of the Stepline client at MODULE:ATTR (e.g. ``myapp.jobs:client``)."""
+    """Run the functions of a Stepline app.
+
+    MODULE:ATTR names the ``Stepline`` client, e.g. ``myapp.jobs:client``. SIGINT or SIGTERM stops the
+    worker after its active runs finish; a second signal cancels them.
+    """
     logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     client = load_client(target, app_dir)

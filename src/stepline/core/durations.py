@@ -38,9 +38,7 @@ class DurationError(ValueError):
 
 def _from_microseconds(total: int, shown: object) -> datetime.timedelta:
     if total > _MAX_MICROSECONDS:
-        raise DurationError(
-            f"invalid duration {shown!r}: too large (the maximum is {datetime.timedelta.max})"
-        )
+        raise DurationError(f"invalid duration {shown!r}: too large (the maximum is {datetime.timedelta.max})")
     return datetime.timedelta(microseconds=total)
 
 
@@ -74,8 +72,7 @@ def parse_duration(value: str | int | float | datetime.timedelta) -> datetime.ti
     """
     if isinstance(value, bool):
         raise DurationError(
-            f"invalid duration {value!r}: expected a duration string, a number of seconds or a timedelta, "
-            "not a bool"
+            f"invalid duration {value!r}: expected a duration string, a number of seconds or a timedelta, not a bool"
         )
     if isinstance(value, datetime.timedelta):
         if value < datetime.timedelta(0):

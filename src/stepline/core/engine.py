@@ -11,14 +11,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stepline.core.clock import Clock, SystemClock
-from stepline.core.errors import UnknownFunctionError
+from stepline.core.errors import EventValidationError, UnknownFunctionError
 from stepline.core.events import (
     FUNCTION_CANCELLED,
     FUNCTION_FAILED,
     FUNCTION_FINISHED,
     MAX_EVENTS_PER_SEND,
     Event,
-    EventValidationError,
     StoredEvent,
     validate_event,
 )

@@ -56,7 +56,13 @@ class StoredEvent:
 
     def as_dict(self) -> dict[str, Any]:
         """The event as user code and CEL expressions see it."""
-        out: dict[str, Any] = {"name": self.name, "data": self.data, "id": self.id, "ts": self.ts, "user": self.user}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "data": self.data,
+            "id": self.id,
+            "ts": self.ts,
+            "user": self.user,
+        }
         if self.v is not None:
             out["v"] = self.v
         return out

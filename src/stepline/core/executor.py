@@ -11,7 +11,9 @@ import concurrent.futures
 import logging
 from typing import Any
 
+from stepline.core.clock import from_ms
 from stepline.core.context import AsyncStep, Context, Group, SyncStep
+from stepline.core.engine import Engine
 from stepline.core.errors import (
     LeaseLost,
     NonRetriableError,
@@ -23,8 +25,6 @@ from stepline.core.errors import (
     Suspend,
     serialize_error,
 )
-from stepline.core.clock import from_ms
-from stepline.core.engine import Engine
 from stepline.core.events import to_json_value
 from stepline.core.function import FunctionDef
 from stepline.core.steps import StepDriver
@@ -85,7 +85,7 @@ class Executor:
             self.drivers.pop(run.id, None)
             await self.engine.store.release_run(run.id, self.owner, self.engine.clock.now_ms())
             raise
-        except BaseException as exc:  # noqa: BLE001 - every outcome is recorded below
+        except BaseException as exc:
             error = exc
         await driver.wait_idle()
         driver.closed = True

@@ -120,9 +120,7 @@ class Expression:
                 return self._program.execute(bindings._context)
             return self._program.execute(_normalize(bindings))
         except Exception as exc:
-            raise ExpressionError(
-                f"evaluating CEL expression {self.source!r} failed: {_describe(exc)}"
-            ) from exc
+            raise ExpressionError(f"evaluating CEL expression {self.source!r} failed: {_describe(exc)}") from exc
 
     def evaluate(self, bindings: Mapping[str, Any] | Bindings) -> Any:
         """The expression's value as plain Python data; ExpressionError if evaluation fails."""

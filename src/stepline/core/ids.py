@@ -54,8 +54,7 @@ def _parse_seed(seed: str) -> tuple[int, bytes]:
         raise ValueError(f"invalid event id seed {seed!r}: entropy is not valid base64; {expected}") from exc
     if len(entropy) != _ENTROPY_BYTES:
         raise ValueError(
-            f"invalid event id seed {seed!r}: entropy decodes to {len(entropy)} bytes, "
-            f"expected 10; {expected}"
+            f"invalid event id seed {seed!r}: entropy decodes to {len(entropy)} bytes, expected 10; {expected}"
         )
     return ms, entropy
 

@@ -171,7 +171,7 @@ class Worker:
 
     async def _shutdown(self, grace: float = 10.0) -> None:
         if self._active:
-            done, pending = await asyncio.wait(list(self._active.values()), timeout=grace)
+            _, pending = await asyncio.wait(list(self._active.values()), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:

@@ -8,6 +8,7 @@ longer holds the lease returns ``WriteOutcome("lost")`` and changes nothing exce
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 from stepline.core.events import StoredEvent
 from stepline.storage.records import (
@@ -98,18 +99,17 @@ class Store(abc.ABC):
         run_id: str,
         owner: str,
         pending: list[StepUpdate],
-        idle_reason: dict[str, object],
+        idle_reason: dict[str, Any],
         matcher: WaitMatcher,
         now: int,
         max_due_at: int | None = None,
     ) -> WriteOutcome:
-        """The run has no more work now: store its pending steps, waits and invoked children, set its
-        next due time to the earliest wake time (capped at ``max_due_at``, or now if a wait is already satisfied), drop the lease."""
+        """The run has no more work now: store its pending steps, waits and invoked children, set its next
+        due time to the earliest wake time (capped at ``max_due_at``; now if a wait is already satisfied),
+        and drop the lease."""
 
     @abc.abstractmethod
-    async def retry_run(
-        self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int
-    ) -> WriteOutcome:
+    async def retry_run(self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int) -> WriteOutcome:
         """A function-level error with attempts left: bump the attempt, run again at ``due_at``."""
 
     @abc.abstractmethod

@@ -57,7 +57,17 @@ def _run(row: sqlite3.Row | tuple[Any, ...]) -> RunRecord:
 def _step(row: sqlite3.Row | tuple[Any, ...]) -> StepRecord:
     run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at = row
     return StepRecord(
-        run_id, step_id, display_id, kind, status, attempts, _uj(output), _uj(error), wake_at, started_at, ended_at
+        run_id,
+        step_id,
+        display_id,
+        kind,
+        status,
+        attempts,
+        _uj(output),
+        _uj(error),
+        wake_at,
+        started_at,
+        ended_at,
     )
 
 
@@ -167,7 +177,8 @@ class SQLiteStore(Store):
                 )  # fmt: skip
                 changed += cur.rowcount
             cur = conn.execute(
-                Q["delete_app_functions_except"], {"app_id": app_id, "keep": json.dumps([f.id for f in functions])}
+                Q["delete_app_functions_except"],
+                {"app_id": app_id, "keep": json.dumps([f.id for f in functions])},
             )
             changed += cur.rowcount
             if changed:
@@ -238,8 +249,8 @@ class SQLiteStore(Store):
             if not matcher(expression, _event(trigger).as_dict(), candidate):
                 continue
             if kind == "cancel":
-                self._finish(conn, run_id, RunFinish("cancelled", error={"name": "Cancelled",
-                             "message": f"cancelled by event {ev.name!r} ({ev.internal_id})"}), matcher, now)  # fmt: skip
+                reason = {"name": "Cancelled", "message": f"cancelled by event {ev.name!r} ({ev.internal_id})"}
+                self._finish(conn, run_id, RunFinish("cancelled", error=reason), matcher, now)
                 result.cancelled_run_ids.append(run_id)
                 done.add(run_id)
                 continue
@@ -264,7 +275,13 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> list[ClaimedRun]:
             rows = conn.execute(
                 Q["claim_runs"],
-                {"owner": owner, "now": now, "lease_until": now + lease_ms, "limit": limit, "function_ids": ids},
+                {
+                    "owner": owner,
+                    "now": now,
+                    "lease_until": now + lease_ms,
+                    "limit": limit,
+                    "function_ids": ids,
+                },
             ).fetchall()
             if not rows:
                 return []
@@ -357,7 +374,7 @@ class SQLiteStore(Store):
         run_id: str,
         owner: str,
         pending: list[StepUpdate],
-        idle_reason: dict[str, object],
+        idle_reason: dict[str, Any],
         matcher: WaitMatcher,
         now: int,
         max_due_at: int | None = None,
@@ -399,7 +416,11 @@ class SQLiteStore(Store):
                     due_at = step.wake_at if due_at is None else min(due_at, step.wake_at)
             conn.execute(
                 Q["suspend_run"],
-                {"run_id": run_id, "due_at": due_at, "idle_reason": None if due_at == now else _j(idle_reason)},
+                {
+                    "run_id": run_id,
+                    "due_at": due_at,
+                    "idle_reason": None if due_at == now else _j(idle_reason),
+                },
             )
             return WriteOutcome("ok")
 
@@ -415,9 +436,7 @@ class SQLiteStore(Store):
                 return candidate
         return None
 
-    async def retry_run(
-        self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int
-    ) -> WriteOutcome:
+    async def retry_run(self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int) -> WriteOutcome:
         def op(conn: sqlite3.Connection) -> WriteOutcome:
             bad = self._check_lease(conn, run_id, owner)
             if bad is not None:
@@ -455,7 +474,9 @@ class SQLiteStore(Store):
         parent_run_id, parent_step_id, _ = row
         if parent_run_id is not None:
             result = {"data": finish.output} if finish.status == "completed" else None
-            error = None if finish.status == "completed" else (finish.error or {"name": "Error", "message": finish.status})
+            error = (
+                None if finish.status == "completed" else (finish.error or {"name": "Error", "message": finish.status})
+            )
             cur = conn.execute(
                 Q["complete_pending_step"],
                 {"run_id": parent_run_id, "step_id": parent_step_id,

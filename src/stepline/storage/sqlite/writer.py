@@ -31,9 +31,7 @@ class GroupCommitWriter:
     def __init__(self, connect: Callable[[], sqlite3.Connection], max_batch: int = 1000) -> None:
         self._connect = connect
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[WriteOp[Any], concurrent.futures.Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[tuple[WriteOp[Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="stepline-sqlite-writer", daemon=True)
         self._started = threading.Event()
@@ -92,7 +90,9 @@ class GroupCommitWriter:
         finally:
             conn.close()
 
-    def _apply(self, conn: sqlite3.Connection, batch: list[tuple[WriteOp[Any], concurrent.futures.Future[Any]]]) -> None:
+    def _apply(
+        self, conn: sqlite3.Connection, batch: list[tuple[WriteOp[Any], concurrent.futures.Future[Any]]]
+    ) -> None:
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -1,0 +1,1 @@
+"""The ``stepline`` command line: run workers, send events, inspect and cancel runs."""
