@@ -84,6 +84,9 @@ async def test_cancel_on_event(client: Stepline, clock: FakeClock) -> None:
     statuses = {(await client.store.get_event(r.event_id)).data["id"]: r.status for r in await runs(client)}  # type: ignore[union-attr]
     assert statuses == {1: "cancelled", 2: "completed"}
     assert calls == [2]
+    (cancelled,) = await client.store.list_events("stepline/function.cancelled", 10)
+    assert cancelled.data["event"]["data"] == {"id": 1}
+    assert "cancelled by event 'task/deleted'" in cancelled.data["error"]["message"]
 
 
 async def test_cancel_by_api_stops_further_steps(client: Stepline, clock: FakeClock) -> None:

@@ -170,8 +170,28 @@ class Engine:
         """Store events and start the runs they trigger, atomically."""
         batch = await self.plan_ingest(events)
         result = await self.store.ingest(batch, self.matcher, self.clock.now_ms())
+        if result.cancelled_run_ids:
+            await self._announce_cancellations(result.cancelled_run_ids)
         self.notify()
         return result
+
+    async def _announce_cancellations(self, run_ids: list[str]) -> None:
+        """Emit ``stepline/function.finished`` and ``.cancelled`` for runs a ``cancel_on`` event just cancelled.
+
+        Stored right after the cancelling transaction (the cancellation itself is already durable)."""
+        events: list[StoredEvent] = []
+        runs: list[NewRun] = []
+        for run_id in run_ids:
+            run = await self.store.get_run(run_id)
+            trigger = None if run is None else await self.store.get_event(run.event_id)
+            if run is None or trigger is None:
+                continue
+            finish = RunFinish("cancelled", error=run.error)
+            await self.follow_up(run, trigger, finish)
+            events += finish.follow_up.events
+            runs += finish.follow_up.runs
+        if events:
+            await self.store.ingest(IngestBatch(events, runs), self.matcher, self.clock.now_ms())
 
     async def invoke_now(self, function_id: str, data: dict[str, Any] | None = None) -> str:
         """Start a run of one function directly (CLI and API), whatever its triggers. Returns the run id."""
