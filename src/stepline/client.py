@@ -94,11 +94,20 @@ class Stepline:
         return decorate
 
     # --- setup ---
+    def use_store(self, store: Store | str | os.PathLike[str]) -> None:
+        """Point this client at another store (e.g. the CLI's ``--db``). Only before it is used."""
+        if self._ready:
+            raise RuntimeError("use_store() must be called before the client is used (before ready/send/worker)")
+        self.store = store if isinstance(store, Store) else store_from_url(store)
+        self.engine = Engine(self.store, self.engine.clock)
+
     async def ready(self) -> Engine:
-        """Open the store and register this app's functions (once)."""
+        """Open the store and register this app's functions (once). A client with no functions (a process
+        that only sends events) registers nothing, so it never removes another process's functions."""
         if not self._ready:
             await self.store.open()
-            await self.engine.register(self.app_id, [f.record() for f in self.functions.values()])
+            if self.functions:
+                await self.engine.register(self.app_id, [f.record() for f in self.functions.values()])
             self._ready = True
         return self.engine
 

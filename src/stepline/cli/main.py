@@ -27,9 +27,7 @@ def parse_data(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CliError(
-            f"--data is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+        raise CliError(f"--data is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(data, dict):
         raise CliError(f"--data must be a JSON object, got a JSON {type(data).__name__}: {text!r}")
     return data
@@ -38,9 +36,7 @@ def parse_data(text: str) -> dict[str, Any]:
 @cli.command("send")
 @click.argument("name")
 @click.option("--data", "data_text", default="{}", metavar="JSON", help="The event's data: a JSON object.")
-@click.option(
-    "--id", "event_id", default=None, help="Event id: a second event with the same id starts no runs."
-)
+@click.option("--id", "event_id", default=None, help="Event id: a second event with the same id starts no runs.")
 @db_option()
 @click.pass_context
 def send(ctx: click.Context, name: str, data_text: str, event_id: str | None) -> None:
@@ -60,9 +56,7 @@ def send(ctx: click.Context, name: str, data_text: str, event_id: str | None) ->
     result = run_async(go())
     click.echo(result.event_ids[0])
     if result.created_run_ids:
-        click.echo(
-            f"started {len(result.created_run_ids)} run(s): {', '.join(result.created_run_ids)}", err=True
-        )
+        click.echo(f"started {len(result.created_run_ids)} run(s): {', '.join(result.created_run_ids)}", err=True)
     elif result.skipped_run_ids:
         click.echo("started no runs: the event id or idempotency key was already used", err=True)
     else:

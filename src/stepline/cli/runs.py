@@ -86,9 +86,7 @@ def runs_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @db_option()
 @click.pass_context
-def list_runs(
-    ctx: click.Context, status: str | None, function: str | None, limit: int, as_json: bool
-) -> None:
+def list_runs(ctx: click.Context, status: str | None, function: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first."""
 
     async def go() -> list[RunRecord]:
@@ -156,9 +154,7 @@ def _print_run(run: RunRecord, event: StoredEvent | None, steps: list[StepRecord
 
 @runs_group.command("show")
 @click.argument("run_id")
-@click.option(
-    "--json", "as_json", is_flag=True, help="The run, its trigger event and steps as one JSON object."
-)
+@click.option("--json", "as_json", is_flag=True, help="The run, its trigger event and steps as one JSON object.")
 @db_option()
 @click.pass_context
 def show_run(ctx: click.Context, run_id: str, as_json: bool) -> None:

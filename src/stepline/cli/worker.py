@@ -14,7 +14,6 @@ import click
 
 from stepline.cli.common import CliError, NotFoundError, db_location, db_option, display_path, make_store
 from stepline.client import Stepline
-from stepline.core.engine import Engine
 
 log = logging.getLogger("stepline.cli")
 
@@ -63,8 +62,7 @@ def load_client(target: str, app_dir: str) -> Stepline:
 
 def use_store(client: Stepline, location: str) -> None:
     """Point ``client`` (and its engine) at the store at ``location``, keeping its functions and clock."""
-    client.store = make_store(location)
-    client.engine = Engine(client.store, client.engine.clock)
+    client.use_store(make_store(location))
 
 
 async def serve(client: Stepline, concurrency: int, threads: int, db_label: str) -> bool:
@@ -125,9 +123,7 @@ async def serve(client: Stepline, concurrency: int, threads: int, db_label: str)
               help="Most runs executing at once.")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), default=32, show_default=True,
               help="Threads for synchronous (def) functions.")  # fmt: skip
-@click.option(
-    "--app-dir", default=".", show_default=True, help="Directory added to sys.path before importing."
-)
+@click.option("--app-dir", default=".", show_default=True, help="Directory added to sys.path before importing.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)  # fmt: skip
 @db_option()

@@ -36,6 +36,7 @@ class Worker:
         change_poll_interval: float = 0.002,
         threads: int = 32,
         owner: str | None = None,
+        shutdown_grace: float = 10.0,
     ) -> None:
         self.engine = engine
         self.functions = {f.id: f for f in functions}
@@ -43,6 +44,7 @@ class Worker:
         self.claim_batch = claim_batch
         self.lease_ms = int(lease_seconds * 1000)
         self.poll_interval = poll_interval
+        self.shutdown_grace = shutdown_grace
         self.change_poll_interval = change_poll_interval
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-8:]}"
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepline-fn")
@@ -169,9 +171,9 @@ class Worker:
         self._stopping = True
         self._wake.set()
 
-    async def _shutdown(self, grace: float = 10.0) -> None:
+    async def _shutdown(self) -> None:
         if self._active:
-            _, pending = await asyncio.wait(list(self._active.values()), timeout=grace)
+            _, pending = await asyncio.wait(list(self._active.values()), timeout=self.shutdown_grace)
             for task in pending:
                 task.cancel()
             if pending:
