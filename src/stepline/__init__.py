@@ -20,6 +20,7 @@ from stepline.core.expressions import ExpressionError
 from stepline.core.function import CancelOn, FunctionDef, Timeouts
 from stepline.core.triggers import CronTrigger, EventTrigger
 from stepline.core.worker import Worker
+from stepline.storage.records import RunRecord, StepRecord
 
 __all__ = [
     "AsyncStep",
@@ -38,9 +39,11 @@ __all__ = [
     "Group",
     "NonRetriableError",
     "RetryAfterError",
+    "RunRecord",
     "SerializationError",
     "StepError",
     "StepIdConflictError",
+    "StepRecord",
     "Stepline",
     "SteplineError",
     "SyncStep",

@@ -21,6 +21,7 @@ from stepline.core.function import (
 )
 from stepline.core.worker import Worker
 from stepline.storage import Store, store_from_url
+from stepline.storage.records import RunFilter, RunRecord, StepRecord
 
 T = TypeVar("T")
 
@@ -121,6 +122,22 @@ class Stepline:
     def send_sync(self, events: EventInput | Sequence[EventInput]) -> list[str]:
         """``send`` for synchronous code (web handlers, scripts)."""
         return self._call(self.send(events))
+
+    # --- reading runs ---
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """A run's status, output or error, timings and why it is idle."""
+        await self.ready()
+        return await self.store.get_run(run_id)
+
+    async def runs_for_event(self, event_id: str) -> list[RunRecord]:
+        """The runs an event (by the id ``send`` returned) started, oldest first."""
+        await self.ready()
+        return list(reversed(await self.store.list_runs(RunFilter(event_id=event_id, limit=1000))))
+
+    async def steps(self, run_id: str) -> list[StepRecord]:
+        """A run's steps in the order they were first recorded."""
+        await self.ready()
+        return await self.store.list_steps(run_id)
 
     async def cancel(self, run_id: str) -> bool:
         engine = await self.ready()

@@ -12,7 +12,10 @@ async def drain(client: Stepline) -> None:
     """Execute everything due now."""
     await client.ready()
     worker = client.worker()
-    await worker.run_until_idle()
+    try:
+        await worker.run_until_idle()
+    finally:
+        worker.close()
 
 
 async def advance(client: Stepline, clock: FakeClock, seconds: float) -> None:

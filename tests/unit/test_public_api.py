@@ -5,7 +5,7 @@ import stepline
 EXPECTED = {
     "AsyncStep", "Backoff", "CancelOn", "Clock", "Context", "CronTrigger", "DurationError", "Event",
     "EventTrigger", "EventValidationError", "ExpressionError", "FakeClock", "FunctionDef", "Group",
-    "NonRetriableError", "RetryAfterError", "SerializationError", "StepError", "StepIdConflictError", "Stepline",
+    "NonRetriableError", "RetryAfterError", "RunRecord", "SerializationError", "StepError", "StepIdConflictError", "StepRecord", "Stepline",
     "SteplineError", "SyncStep", "SystemClock", "Timeouts", "UnknownFunctionError", "Worker",
 }  # fmt: skip
 

@@ -167,6 +167,10 @@ class Worker:
                 return
         raise RuntimeError(f"runs were still due after {max_rounds} rounds")
 
+    def close(self) -> None:
+        """Release the thread pool of a worker used only through ``run_until_idle``."""
+        self._threads.shutdown(wait=True)
+
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()

@@ -88,6 +88,11 @@ class RunRecord:
     parent_step_id: str | None
     batch: list[str] | None
 
+    @property
+    def ended(self) -> bool:
+        """Completed, failed or cancelled."""
+        return self.status in TERMINAL_STATUSES
+
 
 @dataclass(slots=True)
 class StepRecord:

@@ -119,7 +119,8 @@ INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, 
 VALUES (:run_id, :step_id, :display_id, :kind, :status, :attempts, :output, :error, :wake_at, :now,
         :ended_at, :seq)
 ON CONFLICT (run_id, step_id) DO UPDATE SET
-    status = excluded.status, attempts = excluded.attempts, output = excluded.output, error = excluded.error,
+    status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+    error = coalesce(excluded.error, steps.error),  -- a step that succeeds on a retry keeps its last error
     wake_at = excluded.wake_at, ended_at = excluded.ended_at
 WHERE steps.status NOT IN ('completed', 'failed')
 

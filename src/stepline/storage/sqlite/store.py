@@ -207,6 +207,9 @@ class SQLiteStore(Store):
                  "user": json.dumps(ev.user), "ts": ev.ts, "v": ev.v, "received_at": ev.received_at},
             ).fetchone()  # fmt: skip
             result.event_ids.append(ev.internal_id)
+        # Match waits before this batch's runs exist: an event never cancels the run it starts.
+        for ev in batch.events:
+            self._match_waits(conn, ev, matcher, now, result)
         for run in batch.runs:
             if run.idempotency_key is not None:
                 got = conn.execute(
@@ -231,8 +234,6 @@ class SQLiteStore(Store):
                      "expression": w.expression, "expires_at": w.expires_at},
                 )  # fmt: skip
             result.created_run_ids.append(run.id)
-        for ev in batch.events:
-            self._match_waits(conn, ev, matcher, now, result)
         return result
 
     def _match_waits(
