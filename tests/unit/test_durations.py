@@ -60,8 +60,7 @@ def test_parse_duration_error_message_exact() -> None:
     with pytest.raises(DurationError) as info:
         parse_duration("5 minutes")
     assert str(info.value) == (
-        "invalid duration '5 minutes': expected a number followed by a unit (ms, s, m, h, d, w), "
-        "like '30s' or '1h30m'"
+        "invalid duration '5 minutes': expected a number followed by a unit (ms, s, m, h, d, w), like '30s' or '1h30m'"
     )
 
 
@@ -140,9 +139,7 @@ def test_format_parse_round_trip(value: datetime.timedelta) -> None:
 
 @given(
     st.lists(
-        st.tuples(
-            st.integers(min_value=0, max_value=10_000), st.sampled_from(["ms", "s", "m", "h", "d", "w"])
-        ),
+        st.tuples(st.integers(min_value=0, max_value=10_000), st.sampled_from(["ms", "s", "m", "h", "d", "w"])),
         min_size=1,
         max_size=6,
     )

@@ -40,9 +40,7 @@ def test_ulid_from_is_sortable_by_time() -> None:
     assert ulid_from(1, b"\xff" * 10) < ulid_from(2, bytes(10))
 
 
-@pytest.mark.parametrize(
-    ("ms", "entropy"), [(-1, bytes(10)), (2**48, bytes(10)), (0, bytes(9)), (0, bytes(11))]
-)
+@pytest.mark.parametrize(("ms", "entropy"), [(-1, bytes(10)), (2**48, bytes(10)), (0, bytes(9)), (0, bytes(11))])
 def test_ulid_from_validates(ms: int, entropy: bytes) -> None:
     with pytest.raises(ValueError, match="invalid ULID"):
         ulid_from(ms, entropy)

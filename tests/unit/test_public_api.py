@@ -3,11 +3,35 @@
 import stepline
 
 EXPECTED = {
-    "AsyncStep", "Backoff", "CancelOn", "Clock", "Context", "CronTrigger", "DurationError", "Event",
-    "EventTrigger", "EventValidationError", "ExpressionError", "FakeClock", "FunctionDef", "Group",
-    "NonRetriableError", "RetryAfterError", "RunRecord", "SerializationError", "StepError", "StepIdConflictError", "StepRecord", "Stepline",
-    "SteplineError", "SyncStep", "SystemClock", "Timeouts", "UnknownFunctionError", "Worker",
-}  # fmt: skip
+    "AsyncStep",
+    "Backoff",
+    "CancelOn",
+    "Clock",
+    "Context",
+    "CronTrigger",
+    "DurationError",
+    "Event",
+    "EventTrigger",
+    "EventValidationError",
+    "ExpressionError",
+    "FakeClock",
+    "FunctionDef",
+    "Group",
+    "NonRetriableError",
+    "RetryAfterError",
+    "RunRecord",
+    "SerializationError",
+    "StepError",
+    "StepIdConflictError",
+    "StepRecord",
+    "Stepline",
+    "SteplineError",
+    "SyncStep",
+    "SystemClock",
+    "Timeouts",
+    "UnknownFunctionError",
+    "Worker",
+}
 
 
 def test_public_api_is_pinned() -> None:

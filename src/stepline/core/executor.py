@@ -60,6 +60,7 @@ class Executor:
             return
         driver = StepDriver(self.engine, fn, run.id, self.owner, claimed.steps, claimed.event)
         driver.deadline_ms = deadline
+        driver.lease_until = run.lease_expires_at
         self.drivers[run.id] = driver
         loop = asyncio.get_running_loop()
         ctx = Context(

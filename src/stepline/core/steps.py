@@ -76,6 +76,7 @@ class StepDriver:
         self.stop: BaseException | None = None  # set once the run was cancelled or its lease lost
         self.closed = False
         self.deadline_ms: int | None = None  # timeouts.finish
+        self.lease_until: int | None = None  # this worker's lease, as last claimed or renewed
         self.timed_out = False
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -91,7 +92,12 @@ class StepDriver:
             raise self.stop
         if self.closed:
             raise LeaseLost()
-        if self.deadline_ms is not None and self._now() >= self.deadline_ms:
+        now = self._now()
+        if self.lease_until is not None and now >= self.lease_until:
+            # The lease may have passed to another worker (this process stalled): run no more step code.
+            self.stop = LeaseLost()
+            raise self.stop
+        if self.deadline_ms is not None and now >= self.deadline_ms:
             self.timed_out = True
             self.stop = RunCancelled()
             raise self.stop

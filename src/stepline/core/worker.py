@@ -104,14 +104,20 @@ class Worker:
             if not ids:
                 continue
             try:
-                lost = await self.engine.store.renew_leases(self.owner, ids, self.engine.clock.now_ms(), self.lease_ms)
+                now = self.engine.clock.now_ms()
+                lost = await self.engine.store.renew_leases(self.owner, ids, now, self.lease_ms)
             except Exception:
                 log.exception("renewing leases failed")
                 continue
-            for run_id in lost:
+            renewed_until = now + self.lease_ms
+            for run_id in ids:
                 driver = self.executor.drivers.get(run_id)
-                if driver is not None:
+                if driver is None:
+                    continue
+                if run_id in lost:
                     driver.stop = LeaseLost()
+                else:
+                    driver.lease_until = renewed_until
 
     async def _wait_for_work(self) -> None:
         loop = asyncio.get_running_loop()

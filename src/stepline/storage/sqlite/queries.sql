@@ -85,7 +85,7 @@ SET status = CASE WHEN status = 'queued' THEN 'running' ELSE status END,
 WHERE id IN (
     SELECT id FROM runs
     WHERE due_at IS NOT NULL AND due_at <= :now
-      AND (lease_expires_at IS NULL OR lease_expires_at < :now)
+      AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
       AND function_id IN (SELECT value FROM json_each(:function_ids))
     ORDER BY due_at
     LIMIT :limit
@@ -117,7 +117,7 @@ FROM steps WHERE run_id = :run_id AND step_id = :step_id
 INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
                    ended_at, seq)
 VALUES (:run_id, :step_id, :display_id, :kind, :status, :attempts, :output, :error, :wake_at, :now,
-        :ended_at, :seq)
+        :ended_at, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = :run_id))
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
     error = coalesce(excluded.error, steps.error),  -- a step that succeeds on a retry keeps its last error

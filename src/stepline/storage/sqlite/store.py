@@ -80,7 +80,6 @@ class SQLiteStore(Store):
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._writer: GroupCommitWriter | None = None
-        self._step_seq = 0
         self._schema_version = 0
         self._all_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -107,8 +106,6 @@ class SQLiteStore(Store):
         conn = self._connect()
         conn.execute("PRAGMA journal_mode = WAL")
         self._migrate(conn)
-        row = conn.execute("SELECT coalesce(max(seq), 0) FROM steps").fetchone()
-        self._step_seq = int(row[0])
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -339,14 +336,13 @@ class SQLiteStore(Store):
         return None
 
     def _write_step(self, conn: sqlite3.Connection, run_id: str, u: StepUpdate, now: int) -> StepRecord:
-        self._step_seq += 1
         memo = u.status in ("completed", "failed")
         conn.execute(
             Q["upsert_step"],
             {"run_id": run_id, "step_id": u.step_id, "display_id": u.display_id, "kind": u.kind,
              "status": u.status, "attempts": u.attempts, "output": _j(u.output) if memo else None,
              "error": _j(u.error), "wake_at": u.wake_at, "now": now, "ended_at": now if memo else None,
-             "seq": self._step_seq},
+             },
         )  # fmt: skip
         if memo:
             conn.execute(Q["delete_step_wait"], {"run_id": run_id, "step_id": u.step_id})
@@ -359,7 +355,10 @@ class SQLiteStore(Store):
             bad = self._check_lease(conn, run_id, owner)
             if bad is not None and bad.status == "cancelled":
                 return bad
-            # A worker that lost its lease may still record a memo: first write wins, so it is harmless.
+            # A worker that lost its lease may still record a result (first write wins, so it is harmless), but
+            # never a pending state: that would overwrite the new owner's view of the run.
+            if bad is not None and update.status not in ("completed", "failed"):
+                return bad
             before = conn.execute(Q["select_step"], {"run_id": run_id, "step_id": update.step_id}).fetchone()
             if before is not None and _step(before).is_memo:
                 return WriteOutcome(bad.status if bad else "ok", _step(before))
