@@ -107,7 +107,7 @@ def sleeping(display_id: str, wake_at: int) -> StepUpdate:
 
 
 def waiting(
-    display_id: str, event_name: str, expression: str | None = None, *, since_seq: int, timeout_at: int
+    display_id: str, event_name: str, expression: str | None = None, *, since: int, timeout_at: int
 ) -> StepUpdate:
     return update(
         display_id,
@@ -115,7 +115,7 @@ def waiting(
         "wait_for_event",
         wake_at=timeout_at,
         wait=WaitSpec(event_name, expression, timeout_at),
-        since_seq=since_seq,
+        since=since,
     )
 
 

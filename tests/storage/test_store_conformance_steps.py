@@ -163,8 +163,8 @@ async def test_a_duplicate_send_event_memo_does_not_emit_again(store: Store) -> 
 
 async def test_emitted_events_resolve_waits_of_other_runs(store: Store) -> None:
     waiter = await start_and_claim(store, "w1", OTHER_FN)
-    since = await store.latest_event_seq()
-    await suspend(store, waiter.run.id, waiting("w", "ping", since_seq=since, timeout_at=NOW + HOUR))
+    since = await store.event_cursor()
+    await suspend(store, waiter.run.id, waiting("w", "ping", since=since, timeout_at=NOW + HOUR))
     sender = await start_and_claim(store, "w2", FN, now=NOW + 2)
     ping = event("ping", received_at=NOW + 3)
     await store.record_step(sender.run.id, "w2", memo("send", [ping.internal_id], emit=IngestBatch([ping], [])),
@@ -234,11 +234,11 @@ async def test_suspend_with_a_step_already_resolved_resumes_at_once(store: Store
 
 async def waiting_run(store: Store, expression: str | None = None, *, name: str = "approval",
                       timeout_at: int = NOW + HOUR) -> tuple[str, int]:  # fmt: skip
-    """A run triggered by {"id": 1} suspended on waiting for ``name``; returns (run id, since_seq)."""
+    """A run triggered by {"id": 1} suspended on waiting for ``name``; returns (run id, since)."""
     c = await start_and_claim(store, data={"id": 1})
-    since = await store.latest_event_seq()
+    since = await store.event_cursor()
     reason = {"kind": "waiting", "step": "w", "event": name, "until": timeout_at}
-    status = await suspend(store, c.run.id, waiting("w", name, expression, since_seq=since, timeout_at=timeout_at),
+    status = await suspend(store, c.run.id, waiting("w", name, expression, since=since, timeout_at=timeout_at),
                            reason=reason)  # fmt: skip
     assert status == "ok"
     run = await run_of(store, c.run.id)
@@ -294,14 +294,14 @@ async def test_one_event_wakes_every_matching_run(store: Store) -> None:
     assert sorted(result.woken_run_ids) == sorted([first, second])
 
 
-async def test_an_event_stored_after_since_seq_is_found_at_suspend_time(store: Store) -> None:
+async def test_an_event_stored_after_since_is_found_at_suspend_time(store: Store) -> None:
     c = await start_and_claim(store, data={"id": 1})
-    since = await store.latest_event_seq()
+    since = await store.event_cursor()
     # the event arrives while the run is still executing, before its suspend is written
     early = event("approval", {"id": 1}, received_at=NOW + 1)
     assert (await ingest(store, [early], [], NOW + 1)).woken_run_ids == []
     expr = "async.data.id == event.data.id"
-    status = await suspend(store, c.run.id, waiting("w", "approval", expr, since_seq=since, timeout_at=NOW + HOUR),
+    status = await suspend(store, c.run.id, waiting("w", "approval", expr, since=since, timeout_at=NOW + HOUR),
                            now=NOW + 2, reason={"kind": "waiting"})  # fmt: skip
     assert status == "ok"
     (step,) = await store.list_steps(c.run.id)
@@ -312,12 +312,12 @@ async def test_an_event_stored_after_since_seq_is_found_at_suspend_time(store: S
     assert (await ingest(store, [event("approval", {"id": 1})], [], NOW + 3)).woken_run_ids == []
 
 
-async def test_an_event_stored_before_since_seq_is_not_matched(store: Store) -> None:
+async def test_an_event_stored_before_since_is_not_matched(store: Store) -> None:
     c = await start_and_claim(store, data={"id": 1})
     old = event("approval", {"id": 1})
     await ingest(store, [old], [], NOW + 1)
-    since = await store.latest_event_seq()  # the step starts waiting after that event
-    await suspend(store, c.run.id, waiting("w", "approval", since_seq=since, timeout_at=NOW + HOUR), now=NOW + 2)
+    since = await store.event_cursor()  # the step starts waiting after that event
+    await suspend(store, c.run.id, waiting("w", "approval", since=since, timeout_at=NOW + HOUR), now=NOW + 2)
     (step,) = await store.list_steps(c.run.id)
     assert step.status == "waiting"
     assert (await run_of(store, c.run.id)).due_at == NOW + HOUR
@@ -325,9 +325,9 @@ async def test_an_event_stored_before_since_seq_is_not_matched(store: Store) -> 
 
 async def test_a_pre_suspend_event_must_match_the_expression(store: Store) -> None:
     c = await start_and_claim(store, data={"id": 1})
-    since = await store.latest_event_seq()
+    since = await store.event_cursor()
     await ingest(store, [event("approval", {"id": 2})], [], NOW + 1)
-    await suspend(store, c.run.id, waiting("w", "approval", "async.data.id == event.data.id", since_seq=since,
+    await suspend(store, c.run.id, waiting("w", "approval", "async.data.id == event.data.id", since=since,
                                            timeout_at=NOW + HOUR), now=NOW + 2)  # fmt: skip
     (step,) = await store.list_steps(c.run.id)
     assert step.status == "waiting"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stepline.storage.sqlite.writer import GroupCommitWriter, WriterClosedError
+from stepline.storage.writer import GroupCommitWriter, WriterClosedError
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -242,12 +242,12 @@ class StepDriver:
         if expression is not None:
             compile_expression(expression)
         delta = parse_duration(timeout if timeout is not None else DEFAULT_WAIT_TIMEOUT)
-        since = await self.engine.store.latest_event_seq()
+        since = await self.engine.store.event_cursor()
         wake = now + int(delta.total_seconds() * 1000)
         name = canonical_event_name(event)
         raise self._suspend(
             StepUpdate(step_id, display_id, "wait_for_event", "waiting", wake_at=wake,
-                       wait=WaitSpec(name, expression, wake), since_seq=since),
+                       wait=WaitSpec(name, expression, wake), since=since),
             {"kind": "waiting", "step": display_id, "event": name, "until": wake},
         )  # fmt: skip
 

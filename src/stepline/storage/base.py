@@ -61,8 +61,9 @@ class Store(abc.ABC):
         """Store events, create their runs (skipping held idempotency keys), resolve matching waits."""
 
     @abc.abstractmethod
-    async def latest_event_seq(self) -> int:
-        """The sequence number of the newest stored event (0 if none)."""
+    async def event_cursor(self) -> int | str:
+        """An opaque position in the event stream: a wait started now matches only events stored after it
+        (SQLite: the newest event sequence number; PostgreSQL: a transaction snapshot)."""
 
     @abc.abstractmethod
     async def claim_runs(

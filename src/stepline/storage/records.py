@@ -134,7 +134,7 @@ class StepUpdate:
     error: dict[str, Any] | None = None
     wake_at: int | None = None
     wait: WaitSpec | None = None  # for status "waiting": the event to wait for
-    since_seq: int = 0  # a wait matches events stored after this sequence number
+    since: int | str = 0  # event_cursor() read when the wait step started: only later events match
     invoke: IngestBatch | None = None  # for status "invoking": the child run and its event
     emit: IngestBatch | None = None  # for step.send_event: events stored with the memo, atomically
 

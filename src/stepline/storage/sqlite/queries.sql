@@ -5,7 +5,7 @@ INSERT INTO events (internal_id, id, name, data, user, ts, v, received_at)
 VALUES (:internal_id, :id, :name, :data, :user, :ts, :v, :received_at)
 RETURNING seq
 
--- name: latest_event_seq
+-- name: event_cursor
 SELECT coalesce(max(seq), 0) FROM events
 
 -- name: select_events_by_ids
@@ -19,9 +19,9 @@ SELECT internal_id, id, name, data, user, ts, v, received_at FROM events WHERE i
 SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
 WHERE (:name IS NULL OR name = :name) ORDER BY seq DESC LIMIT :limit
 
--- name: events_after_seq
+-- name: events_after_cursor
 SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
-WHERE name = :name AND seq > :since_seq ORDER BY seq
+WHERE name = :name AND seq > :since ORDER BY seq
 
 -- name: upsert_function
 INSERT INTO functions (id, app_id, slug, name, config, updated_at)
