@@ -146,7 +146,7 @@ class SqlStore(Store):
                 self.Q["insert_event"],
                 {"internal_id": ev.internal_id, "id": ev.id, "name": ev.name, "data": json.dumps(ev.data),
                  "user": json.dumps(ev.user), "ts": ev.ts, "v": ev.v, "received_at": ev.received_at},
-            ).fetchone()  # fmt: skip
+            )  # fmt: skip
             result.event_ids.append(ev.internal_id)
         # Match waits before this batch's runs exist: an event never cancels the run it starts.
         for ev in batch.events:
@@ -158,7 +158,7 @@ class SqlStore(Store):
                     {"function_id": run.function_id, "key": run.idempotency_key, "run_id": run.id,
                      "expires_at": now + 24 * 3600 * 1000, "now": now},
                 ).fetchone()  # fmt: skip
-                if got is None:
+                if got[0] != run.id:  # held by another run (equal: this very batch, retried after a lost commit)
                     result.skipped_run_ids.append(run.id)
                     continue
             conn.execute(

@@ -1,4 +1,4 @@
-"""Group commit for SQLite: one writer thread applies queued write operations, many per transaction.
+"""Group commit: one writer thread (per connection) applies queued write operations, many per transaction.
 
 A write operation is a function of a connection. The writer takes every operation that is waiting (up to
 ``max_batch``), runs each inside its own SAVEPOINT (so one failing operation does not undo the others),
@@ -12,13 +12,13 @@ import asyncio
 import concurrent.futures
 import logging
 import queue
-import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-WriteOp = Callable[[sqlite3.Connection], T]
+WriteOp = Callable[[Any], T]
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,28 @@ class WriterClosedError(RuntimeError):
 
 
 class GroupCommitWriter:
-    def __init__(self, connect: Callable[[], sqlite3.Connection], max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        max_batch: int = 1000,
+        *,
+        begin: str = "BEGIN IMMEDIATE",
+        is_transient: Callable[[BaseException], bool] = lambda exc: False,
+        is_disconnect: Callable[[BaseException], bool] = lambda exc: False,
+        retry_for: float = 120.0,
+        name: str = "stepline-writer",
+    ) -> None:
         self._connect = connect
         self._max_batch = max_batch
+        self._begin = begin
+        self._is_transient = is_transient
+        self._is_disconnect = is_disconnect
+        self._retry_for = retry_for
+        self._conn: Any = None
+        self._closed_hard = False
         self._queue: queue.SimpleQueue[tuple[WriteOp[Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="stepline-sqlite-writer", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self.commits = 0
@@ -64,7 +80,7 @@ class GroupCommitWriter:
 
     def _loop(self) -> None:
         try:
-            conn = self._connect()
+            self._conn = self._connect()
         except BaseException as exc:  # reported to start()
             self._start_error = exc
             self._started.set()
@@ -86,20 +102,71 @@ class GroupCommitWriter:
                         stop = True
                         break
                     batch.append(nxt)
-                self._apply(conn, batch)
+                self._apply_with_retries(batch)
         finally:
-            conn.close()
+            self._close_conn()
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+    def _apply_with_retries(self, batch: list[tuple[WriteOp[Any], concurrent.futures.Future[Any]]]) -> None:
+        """Apply a batch; on a transient error (deadlock, lost connection) roll back, reconnect, try again.
+
+        Gives up after ``retry_for`` seconds and fails every write of the batch with the last error.
+        """
+        deadline = time.monotonic() + self._retry_for
+        delay = 0.05
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                outcome = self._apply(self._conn, batch)
+            except BaseException as exc:
+                if not self._is_transient(exc) or time.monotonic() > deadline or self._closed_hard:
+                    if self._is_transient(exc):
+                        log.error("writes failed for %.0f s, giving up on %d: %s", self._retry_for, len(batch), exc)
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    if self._is_transient(exc):
+                        self._close_conn()
+                    else:
+                        self._rollback_quietly()
+                    return
+                log.warning("transient write error, retrying %d writes: %s", len(batch), exc)
+                self._rollback_quietly()
+                if self._is_disconnect(exc):
+                    self._close_conn()
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            for fut, value, error in outcome:
+                if error is None:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(error)
+            return
+
+    def _rollback_quietly(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute("ROLLBACK")
+        except Exception:
+            self._close_conn()
 
     def _apply(
-        self, conn: sqlite3.Connection, batch: list[tuple[WriteOp[Any], concurrent.futures.Future[Any]]]
-    ) -> None:
+        self, conn: Any, batch: list[tuple[WriteOp[Any], concurrent.futures.Future[Any]]]
+    ) -> list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]]:
+        """One transaction for the whole batch. Raises on a transient error (the caller retries the batch);
+        an op's own error goes to that op's caller only."""
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            for _, fut in batch:
-                fut.set_exception(exc)
-            return
+        conn.execute(self._begin)
         savepoints = len(batch) > 1  # a lone op needs none: its error rolls back the whole transaction
         for op, fut in batch:
             try:
@@ -107,32 +174,19 @@ class GroupCommitWriter:
                     conn.execute("SAVEPOINT op")
                 value = op(conn)
                 if savepoints:
-                    conn.execute("RELEASE op")
+                    conn.execute("RELEASE SAVEPOINT op")
                 results.append((fut, value, None))
-            except BaseException as exc:  # the op's own error goes to its caller only
+            except BaseException as exc:
+                if self._is_transient(exc):
+                    raise
                 if savepoints:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    conn.execute("ROLLBACK TO SAVEPOINT op")
+                    conn.execute("RELEASE SAVEPOINT op")
                 else:
                     conn.execute("ROLLBACK")
-                    fut.set_exception(exc)
-                    return
+                    return [(fut, None, exc)]
                 results.append((fut, None, exc))
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            log.exception("group commit failed; %d writes rejected", len(batch))
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            for fut, _, _ in results:
-                fut.set_exception(exc)
-            return
+        conn.execute("COMMIT")
         self.commits += 1
         self.ops += len(batch)
-        for fut, value, error in results:
-            if error is None:
-                fut.set_result(value)
-            else:
-                fut.set_exception(error)
+        return results

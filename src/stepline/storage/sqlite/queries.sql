@@ -3,7 +3,7 @@
 -- name: insert_event
 INSERT INTO events (internal_id, id, name, data, user, ts, v, received_at)
 VALUES (:internal_id, :id, :name, :data, :user, :ts, :v, :received_at)
-RETURNING seq
+ON CONFLICT (internal_id) DO NOTHING
 
 -- name: event_cursor
 SELECT coalesce(max(seq), 0) FROM events
@@ -44,8 +44,9 @@ SELECT id, app_id, slug, name, config FROM functions ORDER BY id
 -- name: claim_idempotency_key
 INSERT INTO idempotency (function_id, key, run_id, expires_at)
 VALUES (:function_id, :key, :run_id, :expires_at)
-ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id, expires_at = excluded.expires_at
-WHERE idempotency.expires_at <= :now
+ON CONFLICT (function_id, key) DO UPDATE SET
+    run_id = CASE WHEN idempotency.expires_at <= :now THEN excluded.run_id ELSE idempotency.run_id END,
+    expires_at = CASE WHEN idempotency.expires_at <= :now THEN excluded.expires_at ELSE idempotency.expires_at END
 RETURNING run_id
 
 -- name: insert_run
@@ -53,6 +54,7 @@ INSERT INTO runs (id, function_id, event_id, batch, status, created_at, start_de
                   parent_run_id, parent_step_id)
 VALUES (:id, :function_id, :event_id, :batch, 'queued', :created_at, :start_deadline, :due_at,
         :parent_run_id, :parent_step_id)
+ON CONFLICT (id) DO NOTHING
 
 -- name: insert_wait
 INSERT INTO waits (run_id, step_id, kind, event_name, expression, expires_at)

@@ -91,7 +91,7 @@ class SQLiteStore(SqlStore):
         if self._writer is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = GroupCommitWriter(self._write_connection)
+        writer = GroupCommitWriter(self._write_connection, is_transient=_is_locked, name="stepline-sqlite-writer")
         writer.start()
         self._writer = writer
 
@@ -116,6 +116,11 @@ class SQLiteStore(SqlStore):
         if self._writer is None:
             raise RuntimeError("the store is not open: call await store.open() first")
         return self._writer
+
+
+def _is_locked(exc: BaseException) -> bool:
+    """SQLite's busy timeout ran out (another process held the write lock that long): worth retrying."""
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 def _split_statements(sql: str) -> list[str]:
