@@ -1,4 +1,4 @@
-"""Shared fixtures: a real SQLite store in a temporary directory and a fake clock."""
+"""Shared fixtures: the storage backend under test (SQLite and PostgreSQL), a fake clock, a client."""
 
 from __future__ import annotations
 
@@ -9,7 +9,22 @@ from pathlib import Path
 import pytest
 
 from stepline import FakeClock, Stepline
-from stepline.storage.sqlite.store import SQLiteStore
+from stepline.storage.base import Store
+
+from .backends import BACKENDS, Backend, selected_backends
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses the ``backend`` fixture (directly or through ``store``/``client``) runs once per
+    selected backend."""
+    if "backend" in metafunc.fixturenames:
+        names = selected_backends()
+        metafunc.parametrize("backend", names, ids=names, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return BACKENDS[request.param]
 
 
 @pytest.fixture
@@ -18,12 +33,12 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "stepline.db"
+async def engine_store(backend: Backend, tmp_path: Path) -> AsyncIterator[Store]:
+    async with backend.fresh(tmp_path) as store:
+        yield store
 
 
 @pytest.fixture
-async def client(db_path: Path, clock: FakeClock) -> AsyncIterator[Stepline]:
-    c = Stepline("test-app", SQLiteStore(db_path), clock=clock)
-    yield c
-    await c.close()
+async def client(engine_store: Store, clock: FakeClock) -> AsyncIterator[Stepline]:
+    """A client for app ``test-app`` on a fresh database of the backend under test, with a fake clock."""
+    yield Stepline("test-app", engine_store, clock=clock)

@@ -10,6 +10,7 @@ import pytest
 from stepline import DurationError, EventValidationError, FakeClock, Stepline, Worker
 from stepline.storage.records import RunFilter
 
+from ..backends import Backend
 from .helpers import advance, drain, only_run, runs, steps
 
 
@@ -218,15 +219,15 @@ async def test_step_id_reused_with_different_meaning_fails_the_run(client: Stepl
     assert "step 'a' was recorded as a 'run' step, but the code now uses it as a 'sleep' step" in run.error["message"]
 
 
-async def test_runs_are_visible_to_a_second_client_on_the_same_file(
-    client: Stepline, db_path: Any, clock: FakeClock
+async def test_runs_are_visible_to_a_second_client_on_the_same_database(
+    client: Stepline, backend: Backend, clock: FakeClock
 ) -> None:
     @client.function(id="visible", trigger="t/visible")
     async def visible(ctx: Any) -> Any:
         return 1
 
     await client.ready()
-    other = Stepline("sender-only", str(db_path), clock=clock)
+    other = Stepline("sender-only", backend.same_database(client.store), clock=clock)
     try:
         await other.send({"name": "t/visible"})  # routed by the functions the first client registered
     finally:

@@ -36,7 +36,6 @@ Reopen = Callable[[Store], AbstractAsyncContextManager[Store]]
 
 async def test_fresh_store_has_a_schema_and_is_empty(store: Store) -> None:
     assert store.schema_version() >= 1
-    assert await store.event_cursor() == 0
     assert await store.list_functions() == []
     assert await store.list_events(None, 10) == []
     assert await store.list_runs(RunFilter()) == []
@@ -46,7 +45,7 @@ async def test_fresh_store_has_a_schema_and_is_empty(store: Store) -> None:
 async def test_reopening_the_same_database_keeps_data_and_schema(store: Store, reopen: Reopen) -> None:
     await store.register_functions(APP, [function("fn")], NOW)
     ev, run_id = await start(store)
-    version, seq = await store.registry_version(), await store.event_cursor()
+    version = await store.registry_version()
     await store.open()  # opening an open store again is harmless
     async with reopen(store) as again:
         assert again.schema_version() == store.schema_version() >= 1
@@ -55,7 +54,6 @@ async def test_reopening_the_same_database_keeps_data_and_schema(store: Store, r
         assert run is not None and run.status == "queued"
         assert [f.id for f in await again.list_functions()] == [FN]
         assert await again.registry_version() == version
-        assert await again.event_cursor() == seq
 
 
 # --- functions ----------------------------------------------------------------------------------------------
@@ -110,12 +108,12 @@ async def test_ingest_stores_events_readable_by_id(store: Store) -> None:
     assert await store.get_event(new_ulid()) is None
 
 
-async def test_event_cursor_grows_with_each_event(store: Store) -> None:
+async def test_event_cursor_moves_with_each_event(store: Store) -> None:
+    """The cursor is opaque (a sequence number, a snapshot); what matters is that it moves."""
     await ingest(store, [event()], [])
     first = await store.event_cursor()
     await ingest(store, [event(), event()], [])
-    assert first > 0
-    assert await store.event_cursor() > first
+    assert await store.event_cursor() != first
 
 
 async def test_list_events_newest_first_filtered_by_name_and_limited(store: Store) -> None:

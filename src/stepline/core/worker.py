@@ -53,6 +53,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pushed = False
         self.runs_started = 0
 
     # --- wake-ups ---
@@ -127,7 +128,9 @@ class Worker:
             if next_due is not None:
                 timeout = min(timeout, max(0.0, (next_due - self.engine.clock.now_ms()) / 1000))
         deadline = loop.time() + timeout
-        version = self.engine.store.data_version() if len(self._active) < self.concurrency else None
+        # Without pushed notifications (SQLite), notice other processes' commits by polling data_version.
+        poll = not self._pushed and len(self._active) < self.concurrency
+        version = self.engine.store.data_version() if poll else None
         while not self._wake.is_set() and not self._stopping:
             left = deadline - loop.time()
             if left <= 0:
@@ -145,6 +148,7 @@ class Worker:
         """Run until ``stop()`` is called."""
         self._loop = asyncio.get_running_loop()
         self.engine.add_listener(self._on_notify)
+        self._pushed = self.engine.store.subscribe(self._on_notify)
         renew = asyncio.create_task(self._renew_leases())
         try:
             while not self._stopping:
@@ -156,6 +160,7 @@ class Worker:
         finally:
             renew.cancel()
             self.engine.remove_listener(self._on_notify)
+            self.engine.store.unsubscribe(self._on_notify)
             await self._shutdown()
 
     async def run_until_idle(self, max_rounds: int = 10_000) -> None:

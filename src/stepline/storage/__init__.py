@@ -16,14 +16,16 @@ def default_db_location() -> str:
 
 
 def store_from_url(location: str | os.PathLike[str] | None = None) -> Store:
-    """A store for ``location``: a SQLite path (or ``sqlite:///path``); PostgreSQL URLs come with issue 3."""
+    """A store for ``location``: ``postgresql://...`` for PostgreSQL, else a SQLite path (or ``sqlite:///path``)."""
     loc = str(location) if location is not None else default_db_location()
     if loc.startswith(("postgres://", "postgresql://")):
-        raise ValueError("PostgreSQL is not supported yet by this build of Stepline; use a SQLite path")
+        from stepline.storage.postgres.store import PostgresStore
+
+        return PostgresStore(loc)
     if loc.startswith("sqlite:///"):
         loc = loc[len("sqlite:///") :]
     elif "://" in loc:
-        raise ValueError(f"unsupported database URL {loc!r}: give a SQLite file path or sqlite:///path")
+        raise ValueError(f"unsupported database URL {loc!r}: use postgresql://..., sqlite:///path or a file path")
     from stepline.storage.sqlite.store import SQLiteStore
 
     return SQLiteStore(Path(loc))

@@ -8,6 +8,7 @@ longer holds the lease returns ``WriteOutcome("lost")`` and changes nothing exce
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any
 
 from stepline.core.events import StoredEvent
@@ -78,6 +79,14 @@ class Store(abc.ABC):
     def data_version(self) -> int | None:
         """A value that changes when another connection commits, if the backend offers one cheaply."""
         return None
+
+    def subscribe(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` (from any thread) when another process makes work due. Returns False if the
+        backend cannot push such notifications (the worker then polls ``data_version``)."""
+        return False
+
+    def unsubscribe(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback``."""
 
     @abc.abstractmethod
     async def renew_leases(self, owner: str, run_ids: list[str], now: int, lease_ms: int) -> list[str]:

@@ -1,0 +1,188 @@
+-- Stepline PostgreSQL queries. Parameters are named (%(name)s, psycopg style). Times are unix milliseconds.
+-- JSON goes in as text cast to jsonb and comes out as text (::text), so the shared code sees the same values
+-- as with SQLite.
+
+-- name: insert_event
+INSERT INTO events (internal_id, id, name, data, "user", ts, v, received_at)
+VALUES (%(internal_id)s, %(id)s, %(name)s, %(data)s::jsonb, %(user)s::jsonb, %(ts)s, %(v)s, %(received_at)s)
+ON CONFLICT (internal_id) DO NOTHING
+
+-- name: event_cursor
+SELECT pg_current_snapshot()::text
+
+-- name: select_events_by_ids
+SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events
+WHERE internal_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
+
+-- name: select_event
+SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events WHERE internal_id = %(internal_id)s
+
+-- name: list_events
+SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events
+WHERE (%(name)s::text IS NULL OR name = %(name)s) ORDER BY seq DESC LIMIT %(limit)s
+
+-- name: events_after_cursor
+SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events
+WHERE name = %(name)s AND NOT pg_visible_in_snapshot(xact, %(since)s::pg_snapshot) ORDER BY seq
+
+-- name: upsert_function
+INSERT INTO functions (id, app_id, slug, name, config, updated_at)
+VALUES (%(id)s, %(app_id)s, %(slug)s, %(name)s, %(config)s::jsonb, %(now)s)
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, config = excluded.config, updated_at = excluded.updated_at
+WHERE functions.config IS DISTINCT FROM excluded.config OR functions.name IS DISTINCT FROM excluded.name
+
+-- name: delete_app_functions_except
+DELETE FROM functions WHERE app_id = %(app_id)s AND id NOT IN (SELECT jsonb_array_elements_text(%(keep)s::jsonb))
+
+-- name: bump_registry_version
+UPDATE registry_version SET version = version + 1 RETURNING version
+
+-- name: registry_version
+SELECT version FROM registry_version
+
+-- name: list_functions
+SELECT id, app_id, slug, name, config::text FROM functions ORDER BY id
+
+-- name: claim_idempotency_key
+INSERT INTO idempotency (function_id, key, run_id, expires_at)
+VALUES (%(function_id)s, %(key)s, %(run_id)s, %(expires_at)s)
+ON CONFLICT (function_id, key) DO UPDATE SET
+    run_id = CASE WHEN idempotency.expires_at <= %(now)s THEN excluded.run_id ELSE idempotency.run_id END,
+    expires_at = CASE WHEN idempotency.expires_at <= %(now)s THEN excluded.expires_at ELSE idempotency.expires_at END
+RETURNING run_id
+
+-- name: insert_run
+INSERT INTO runs (id, function_id, event_id, batch, status, created_at, start_deadline, due_at,
+                  parent_run_id, parent_step_id)
+VALUES (%(id)s, %(function_id)s, %(event_id)s, %(batch)s::jsonb, 'queued', %(created_at)s, %(start_deadline)s, %(due_at)s,
+        %(parent_run_id)s, %(parent_step_id)s)
+ON CONFLICT (id) DO NOTHING
+
+-- name: insert_wait
+INSERT INTO waits (run_id, step_id, kind, event_name, expression, expires_at)
+VALUES (%(run_id)s, %(step_id)s, %(kind)s, %(event_name)s, %(expression)s, %(expires_at)s)
+
+-- name: waits_for_event
+SELECT w.id, w.run_id, w.step_id, w.kind, w.expression,
+       e.internal_id, e.id, e.name, e.data::text, e."user"::text, e.ts, e.v, e.received_at
+FROM waits w
+JOIN runs r ON r.id = w.run_id
+JOIN events e ON e.internal_id = r.event_id
+WHERE w.event_name = %(event_name)s AND w.expires_at > %(now)s AND r.status IN ('queued', 'running')
+ORDER BY w.id
+
+-- name: delete_wait
+DELETE FROM waits WHERE id = %(id)s
+
+-- name: delete_run_waits
+DELETE FROM waits WHERE run_id = %(run_id)s
+
+-- name: delete_step_wait
+DELETE FROM waits WHERE run_id = %(run_id)s AND step_id = %(step_id)s
+
+-- name: claim_runs
+UPDATE runs
+SET status = CASE WHEN status = 'queued' THEN 'running' ELSE status END,
+    started_at = coalesce(started_at, %(now)s),
+    lease_owner = %(owner)s,
+    lease_expires_at = %(lease_until)s
+WHERE id IN (
+    SELECT id FROM runs
+    WHERE due_at IS NOT NULL AND due_at <= %(now)s
+      AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)
+      AND function_id IN (SELECT jsonb_array_elements_text(%(function_ids)s::jsonb))
+    ORDER BY due_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, function_id, event_id, status, attempt, idle_reason::text, output::text, error::text, created_at,
+          started_at, ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id,
+          parent_step_id, batch::text
+
+-- name: renew_leases
+UPDATE runs SET lease_expires_at = %(lease_until)s
+WHERE lease_owner = %(owner)s AND id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
+RETURNING id
+
+-- name: release_run
+UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, due_at = %(due_at)s
+WHERE id = %(run_id)s AND lease_owner = %(owner)s AND status IN ('queued', 'running')
+
+-- name: run_lease
+SELECT status, lease_owner FROM runs WHERE id = %(run_id)s
+
+-- name: select_steps_for_runs
+SELECT run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
+       ended_at
+FROM steps WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb)) ORDER BY run_id, seq
+
+-- name: select_step
+SELECT run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
+       ended_at
+FROM steps WHERE run_id = %(run_id)s AND step_id = %(step_id)s
+
+-- name: upsert_step
+INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
+                   ended_at, seq)
+VALUES (%(run_id)s, %(step_id)s, %(display_id)s, %(kind)s, %(status)s, %(attempts)s, %(output)s::jsonb,
+        %(error)s::jsonb, %(wake_at)s, %(now)s,
+        %(ended_at)s, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = %(run_id)s))
+ON CONFLICT (run_id, step_id) DO UPDATE SET
+    status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+    error = coalesce(excluded.error, steps.error),  -- a step that succeeds on a retry keeps its last error
+    wake_at = excluded.wake_at, ended_at = excluded.ended_at
+WHERE steps.status NOT IN ('completed', 'failed')
+
+-- name: complete_pending_step
+UPDATE steps SET status = %(status)s, output = %(output)s::jsonb, error = %(error)s::jsonb, wake_at = NULL,
+                 ended_at = %(now)s
+WHERE run_id = %(run_id)s AND step_id = %(step_id)s AND status NOT IN ('completed', 'failed')
+
+-- name: suspend_run
+UPDATE runs SET due_at = %(due_at)s, idle_reason = %(idle_reason)s::jsonb, lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %(run_id)s
+
+-- name: wake_run
+UPDATE runs SET due_at = %(now)s, idle_reason = NULL
+WHERE id = %(run_id)s AND status IN ('queued', 'running') AND (due_at IS NULL OR due_at > %(now)s)
+
+-- name: retry_run
+UPDATE runs SET attempt = attempt + 1, due_at = %(due_at)s, error = %(error)s::jsonb,
+                idle_reason = %(idle_reason)s::jsonb,
+                lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %(run_id)s
+
+-- name: finish_run
+UPDATE runs SET status = %(status)s, output = %(output)s::jsonb, error = %(error)s::jsonb, ended_at = %(now)s,
+                due_at = NULL,
+                idle_reason = NULL, lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %(run_id)s AND status IN ('queued', 'running')
+RETURNING parent_run_id, parent_step_id, started_at
+
+-- name: select_run
+SELECT id, function_id, event_id, status, attempt, idle_reason::text, output::text, error::text, created_at,
+       started_at, ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id, parent_step_id,
+       batch::text
+FROM runs WHERE id = %(run_id)s
+
+-- name: list_runs
+SELECT id, function_id, event_id, status, attempt, idle_reason::text, output::text, error::text, created_at,
+       started_at, ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id, parent_step_id,
+       batch::text
+FROM runs
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(function_id)s::text IS NULL OR function_id = %(function_id)s)
+  AND (%(event_id)s::text IS NULL OR event_id = %(event_id)s)
+  AND (%(before_id)s::text IS NULL OR id < %(before_id)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: list_steps
+SELECT run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
+       ended_at
+FROM steps WHERE run_id = %(run_id)s ORDER BY seq
+
+-- name: next_due_at
+SELECT min(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > due_at THEN lease_expires_at
+                ELSE due_at END)
+FROM runs WHERE due_at IS NOT NULL AND function_id IN (SELECT jsonb_array_elements_text(%(function_ids)s::jsonb))

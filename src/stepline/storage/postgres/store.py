@@ -1,0 +1,229 @@
+"""The PostgreSQL store: many Stepline processes on one database.
+
+Writes go through group-commit writer threads (each with its own connection, many operations per
+transaction); reads use a psycopg connection pool. Idle workers are woken by ``LISTEN/NOTIFY`` instead of
+polling. Waits never miss an event: an ingest holds a shared per-event-name advisory lock, registering a wait
+holds the exclusive one, and a wait matches exactly the events not visible in the snapshot taken when its
+step started.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool
+
+from stepline.storage.sql import load_migrations, load_queries
+from stepline.storage.sql_store import SqlStore
+from stepline.storage.writer import GroupCommitWriter
+
+T = TypeVar("T")
+QUERIES = load_queries("stepline.storage.postgres", "queries.sql")
+NOTIFY_CHANNEL = "stepline_work"
+MIGRATION_LOCK = 0x5737E9_11E  # advisory lock key held while migrating
+log = logging.getLogger("stepline.postgres")
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and not isinstance(
+        exc, pg_errors.QueryCanceled
+    )
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return _is_disconnect(exc) or isinstance(
+        exc, pg_errors.DeadlockDetected | pg_errors.SerializationFailure | pg_errors.LockNotAvailable
+    )
+
+
+class _WriterGroup:
+    """Several group-commit writers used round-robin: PostgreSQL commits in parallel across connections."""
+
+    def __init__(self, writers: list[GroupCommitWriter]) -> None:
+        self.writers = writers
+        self._next = itertools.cycle(writers)
+
+    async def run(self, op: Callable[[Any], T]) -> T:
+        return await next(self._next).run(op)
+
+    @property
+    def commits(self) -> int:
+        return sum(w.commits for w in self.writers)
+
+    @property
+    def ops(self) -> int:
+        return sum(w.ops for w in self.writers)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+
+
+class PostgresStore(SqlStore):
+    """``url`` is a libpq connection string (``postgresql://user@host:port/db``)."""
+
+    Q = QUERIES
+
+    def __init__(self, url: str, *, writers: int = 2, pool_size: int = 4, migrate: bool = True) -> None:
+        self.url = url
+        self._writer_count = writers
+        self._pool_size = pool_size
+        self._migrate_on_open = migrate
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._writers: _WriterGroup | None = None
+        self._schema_version = 0
+        self._listeners: list[Callable[[], None]] = []
+        self._listen_thread: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    # --- connections ---
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+
+    def _read(self, fn: Callable[[Any], T]) -> T:
+        if self._pool is None:
+            raise RuntimeError("the store is not open: call await store.open() first")
+        with self._pool.connection() as conn:
+            return fn(conn)
+
+    @property
+    def writer(self) -> Any:
+        if self._writers is None:
+            raise RuntimeError("the store is not open: call await store.open() first")
+        return self._writers
+
+    # --- lifecycle ---
+    async def open(self) -> None:
+        self.open_sync()
+
+    def open_sync(self) -> None:
+        if self._writers is not None:
+            return
+        with self._connect() as conn:
+            if self._migrate_on_open:
+                self._schema_version = migrate(conn)
+            else:
+                self._schema_version = current_version(conn)
+                if self._schema_version < len(load_migrations("stepline.storage.postgres")):
+                    raise RuntimeError(
+                        f"the database schema is at version {self._schema_version}; run `stepline db migrate`"
+                    )
+        self._pool = ConnectionPool(
+            self.url, min_size=1, max_size=self._pool_size, kwargs={"autocommit": True}, open=True,
+            check=ConnectionPool.check_connection, name="stepline-read",
+        )  # fmt: skip
+        writers = [
+            GroupCommitWriter(
+                self._connect,
+                begin="BEGIN",
+                is_transient=_is_transient,
+                is_disconnect=_is_disconnect,
+                name=f"stepline-pg-writer-{i}",
+            )  # fmt: skip
+            for i in range(self._writer_count)
+        ]
+        for w in writers:
+            w.start()
+        self._writers = _WriterGroup(writers)
+
+    async def close(self) -> None:
+        self.close_sync()
+
+    def close_sync(self) -> None:
+        self._closing.set()
+        if self._writers is not None:
+            self._writers.close()
+            self._writers = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self._listen_thread is not None:
+            self._listen_thread.join(timeout=5)
+            self._listen_thread = None
+
+    def schema_version(self) -> int:
+        return self._schema_version
+
+    # --- dialect hooks ---
+    def _lock_for_ingest(self, conn: Any, names: list[str]) -> None:
+        conn.execute(
+            "SELECT pg_advisory_xact_lock_shared(hashtextextended(n, 0)) FROM unnest(%(names)s::text[]) AS n",
+            {"names": names},
+        )
+
+    def _lock_for_wait(self, conn: Any, name: str) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(name)s, 0))", {"name": name})
+
+    def _notify_work(self, conn: Any) -> None:
+        conn.execute("SELECT pg_notify(%(channel)s, '')", {"channel": NOTIFY_CHANNEL})
+
+    # --- notifications ---
+    def subscribe(self, callback: Callable[[], None]) -> bool:
+        self._listeners.append(callback)
+        if self._listen_thread is None:
+            self._listen_thread = threading.Thread(target=self._listen, name="stepline-pg-listen", daemon=True)
+            self._listen_thread.start()
+        return True
+
+    def unsubscribe(self, callback: Callable[[], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    def _fire(self) -> None:
+        for cb in list(self._listeners):
+            cb()
+
+    def _listen(self) -> None:
+        """LISTEN on a dedicated connection; reconnect after failures (and wake workers to look for work)."""
+        delay = 0.1
+        while not self._closing.is_set():
+            try:
+                with self._connect() as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    delay = 0.1
+                    self._fire()  # anything may have become due while we were not listening
+                    while not self._closing.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self._fire()
+            except psycopg.Error as exc:
+                if self._closing.is_set():
+                    return
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1f s", exc, delay)
+                self._closing.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def current_version(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
+    got = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(got[0]) if got else 0
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Apply pending migrations, one transaction each, under an advisory lock (safe with many nodes)."""
+    conn.execute("SELECT pg_advisory_lock(%(key)s)", {"key": MIGRATION_LOCK})
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+        for version, name, sql in load_migrations("stepline.storage.postgres"):
+            if version in applied:
+                continue
+            with conn.transaction():
+                conn.execute(sql.encode())
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%(v)s, %(n)s)", {"v": version, "n": name}
+                )
+        return current_version(conn)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%(key)s)", {"key": MIGRATION_LOCK})
