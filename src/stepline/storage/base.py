@@ -85,7 +85,7 @@ class Store(abc.ABC):
         backend cannot push such notifications (the worker then polls ``data_version``)."""
         return False
 
-    def unsubscribe(self, callback: Callable[[], None]) -> None:
+    def unsubscribe(self, callback: Callable[[], None]) -> None:  # noqa: B027 - optional hook
         """Stop calling ``callback``."""
 
     @abc.abstractmethod

@@ -125,7 +125,7 @@ class PostgresStore(SqlStore):
                 is_transient=_is_transient,
                 is_disconnect=_is_disconnect,
                 name=f"stepline-pg-writer-{i}",
-            )  # fmt: skip
+            )
             for i in range(self._writer_count)
         ]
         for w in writers:
