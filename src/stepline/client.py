@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -75,6 +76,7 @@ class Stepline:
         cancel_on: Sequence[CancelOn | Mapping[str, Any]] = (),
         timeouts: Timeouts | Mapping[str, Any] | None = None,
         idempotency: str | None = None,
+        retention: str | int | float | dt.timedelta | None = None,
     ) -> Callable[[Callable[..., Any]], FunctionDef]:
         """Declare a durable function. The handler takes ``ctx`` and may be ``async def`` or ``def``."""
 
@@ -82,6 +84,7 @@ class Stepline:
             fn = build_function(
                 app_id=self.app_id, slug=id, handler=handler, trigger=trigger, name=name, retries=retries,
                 backoff=backoff, idempotency=idempotency, cancel_on=cancel_on, timeouts=timeouts,
+                retention=retention,
             )  # fmt: skip
             if fn.id in self.functions:
                 raise ValueError(f"function id {id!r} is defined twice in app {self.app_id!r}")

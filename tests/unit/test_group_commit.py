@@ -59,3 +59,20 @@ def test_async_callers_await_durable_results(tmp_path: Path) -> None:
         assert sorted(asyncio.run(main())) == list(range(20))
     finally:
         writer.close()
+
+
+def test_a_cancelled_caller_does_not_break_the_writer(tmp_path: Path) -> None:
+    gate = threading.Event()
+    writer = GroupCommitWriter(lambda: _connect(tmp_path / "c.db"))
+    writer.start()
+    try:
+        blocker = writer.submit(lambda conn: gate.wait(5))
+        abandoned = writer.submit(lambda conn: conn.execute("INSERT INTO t VALUES (1)").rowcount)
+        assert abandoned.cancel()  # e.g. a send() whose asyncio task was cancelled while queued
+        kept = writer.submit(lambda conn: conn.execute("INSERT INTO t VALUES (2)").rowcount)
+        gate.set()
+        assert blocker.result(5) is True
+        assert kept.result(5) == 1
+        assert writer.submit(lambda conn: conn.execute("SELECT k FROM t").fetchall()).result(5) == [(2,)]
+    finally:
+        writer.close()

@@ -9,6 +9,7 @@ import click
 
 import stepline
 from stepline.cli.common import CliError, compact, db_option, opened_store, run_async, table
+from stepline.cli.db import db_group
 from stepline.cli.runs import runs_group
 from stepline.cli.worker import worker_command
 from stepline.core.engine import Engine
@@ -20,7 +21,7 @@ from stepline.storage.records import FunctionRecord, IngestResult
 @click.version_option(stepline.__version__, "--version", "-V", prog_name="stepline")
 @db_option(envvar=True)
 def cli() -> None:
-    """Stepline: durable, event-driven functions on SQLite."""
+    """Stepline: durable, event-driven functions on SQLite or PostgreSQL."""
 
 
 def parse_data(text: str) -> dict[str, Any]:
@@ -103,6 +104,7 @@ def list_functions(ctx: click.Context, as_json: bool) -> None:
 
 cli.add_command(worker_command)
 cli.add_command(runs_group)
+cli.add_command(db_group)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ runs) and the CLI. All state lives in the store; the engine only caches the func
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -30,12 +31,14 @@ from stepline.storage.records import (
     IngestBatch,
     IngestResult,
     NewRun,
+    PruneResult,
     RunFinish,
     RunRecord,
     WaitSpec,
 )
 
 log = logging.getLogger("stepline.engine")
+DEFAULT_RETENTION = dt.timedelta(days=30)
 EventInput = Event | Mapping[str, Any]
 
 
@@ -230,6 +233,15 @@ class Engine:
             names.append(FUNCTION_CANCELLED)
         events = [self.stored_event(Event(name=n, data=dict(data)), now) for n in names]
         finish.follow_up = IngestBatch(events, await self._plan_runs(events, [None] * len(events), now))
+
+    async def prune(self, default_retention: dt.timedelta = DEFAULT_RETENTION, batch_size: int = 1000) -> PruneResult:
+        """Delete ended runs (and their steps), unreferenced events and expired idempotency keys older than
+        the retention: the function's ``retention`` option, else ``default_retention``."""
+        now = self.clock.now_ms()
+        specs = await self.refresh_registry()
+        cutoffs = {s.id: now - s.retention_ms for s in specs.values() if s.retention_ms is not None}
+        default_cutoff = now - int(default_retention.total_seconds() * 1000)
+        return await self.store.prune(now, default_cutoff, cutoffs, batch_size)
 
     async def cancel_run(self, run_id: str, reason: str = "cancelled by API") -> bool:
         """Cancel a queued or running run. Returns False if it had already ended (or does not exist)."""

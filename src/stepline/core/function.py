@@ -91,6 +91,7 @@ class FunctionSpec:
     cancel: tuple[tuple[str, str | None, int], ...] = ()  # (event name, expression, timeout ms)
     start_timeout_ms: int | None = None
     finish_timeout_ms: int | None = None
+    retention_ms: int | None = None  # keep ended runs this long (None: the store-wide default)
     config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -114,6 +115,7 @@ class FunctionSpec:
             cancel=tuple((x["event"], x.get("expression"), int(x["timeout_ms"])) for x in c.get("cancel", [])),
             start_timeout_ms=timeouts.get("start_ms"),
             finish_timeout_ms=timeouts.get("finish_ms"),
+            retention_ms=c.get("retention_ms"),
             config=c,
         )
 
@@ -136,6 +138,7 @@ class FunctionDef:
     cancel_on: tuple[CancelOn, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     failure_of: str | None = None  # for on_failure handlers: the composite id of the function they serve
+    retention: dt.timedelta | None = None  # how long ended runs are kept (default: the worker's setting)
 
     @property
     def id(self) -> str:
@@ -174,6 +177,8 @@ class FunctionDef:
             out["timeouts"] = timeouts
         if self.failure_of:
             out["failure_of"] = self.failure_of
+        if self.retention is not None:
+            out["retention_ms"] = int(self.retention.total_seconds() * 1000)
         return out
 
     def record(self) -> FunctionRecord:
@@ -193,6 +198,7 @@ def build_function(
     cancel_on: Sequence[CancelOn | Mapping[str, Any]] = (),
     timeouts: Timeouts | Mapping[str, Any] | None = None,
     failure_of: str | None = None,
+    retention: str | int | float | dt.timedelta | None = None,
 ) -> FunctionDef:
     """Validate options and build a FunctionDef. Every problem raises ValueError naming function and field."""
     if not isinstance(slug, str) or not _SLUG.match(slug):
@@ -238,7 +244,16 @@ def build_function(
                 parse_duration(value)
             except ValueError as exc:
                 raise ValueError(f"function {slug!r}: invalid timeouts.{label}: {exc}") from None
+    keep: dt.timedelta | None = None
+    if retention is not None:
+        try:
+            keep = parse_duration(retention)
+        except ValueError as exc:
+            raise ValueError(f"function {slug!r}: invalid retention: {exc}") from None
+        if keep < dt.timedelta(hours=1):
+            raise ValueError(f"function {slug!r}: retention must be at least 1h, got {retention!r}")
     return FunctionDef(
+        retention=keep,
         app_id=app_id,
         slug=slug,
         handler=handler,

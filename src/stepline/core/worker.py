@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime as dt
 import logging
 import os
 import socket
 from collections.abc import Iterable
 
-from stepline.core.engine import Engine
+from stepline.core.engine import DEFAULT_RETENTION, Engine
 from stepline.core.errors import LeaseLost
 from stepline.core.executor import Executor
 from stepline.core.function import FunctionDef
@@ -37,6 +38,8 @@ class Worker:
         threads: int = 32,
         owner: str | None = None,
         shutdown_grace: float = 10.0,
+        retention: dt.timedelta | None = DEFAULT_RETENTION,
+        prune_interval: float = 3600.0,
     ) -> None:
         self.engine = engine
         self.functions = {f.id: f for f in functions}
@@ -45,6 +48,8 @@ class Worker:
         self.lease_ms = int(lease_seconds * 1000)
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
+        self.retention = retention  # None: this worker never prunes
+        self.prune_interval = prune_interval
         self.change_poll_interval = change_poll_interval
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-8:]}"
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepline-fn")
@@ -120,6 +125,21 @@ class Worker:
                 else:
                     driver.lease_until = renewed_until
 
+    async def _prune_periodically(self) -> None:
+        """Retention: every ``prune_interval`` (first after a minute), delete what is older than ``retention``.
+        Several workers may prune at once; deletes are idempotent."""
+        if self.retention is None:
+            return
+        await asyncio.sleep(min(60.0, self.prune_interval))
+        while True:
+            try:
+                result = await self.engine.prune(self.retention)
+                if result.runs or result.events:
+                    log.info("retention: pruned %s", result)
+            except Exception:
+                log.exception("pruning failed; will try again")
+            await asyncio.sleep(self.prune_interval)
+
     async def _wait_for_work(self) -> None:
         loop = asyncio.get_running_loop()
         timeout = self.poll_interval
@@ -150,6 +170,7 @@ class Worker:
         self.engine.add_listener(self._on_notify)
         self._pushed = self.engine.store.subscribe(self._on_notify)
         renew = asyncio.create_task(self._renew_leases())
+        prune = asyncio.create_task(self._prune_periodically())
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -159,6 +180,7 @@ class Worker:
                 await self._wait_for_work()
         finally:
             renew.cancel()
+            prune.cancel()
             self.engine.remove_listener(self._on_notify)
             self.engine.store.unsubscribe(self._on_notify)
             await self._shutdown()
@@ -170,11 +192,14 @@ class Worker:
         """
         self._loop = asyncio.get_running_loop()
         for _ in range(max_rounds):
+            # A claim made while runs were executing may have raced their final writes (which can create or
+            # wake runs): only a claim made with nothing executing, that finds nothing, means idle.
+            busy = bool(self._active)
             claimed = await self._claim_and_spawn()
             if self._active:
                 await asyncio.wait(list(self._active.values()), return_when=asyncio.FIRST_COMPLETED)
                 continue
-            if not claimed:
+            if not claimed and not busy:
                 return
         raise RuntimeError(f"runs were still due after {max_rounds} rounds")
 

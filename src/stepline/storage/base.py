@@ -17,6 +17,7 @@ from stepline.storage.records import (
     FunctionRecord,
     IngestBatch,
     IngestResult,
+    PruneResult,
     RunFilter,
     RunFinish,
     RunRecord,
@@ -128,6 +129,15 @@ class Store(abc.ABC):
     ) -> WriteOutcome:
         """End a run (completed, failed or cancelled). ``owner=None`` ends it whoever holds it (cancel by
         API). Also stores follow-up system events with their runs, and resolves a parent's invoke step."""
+
+    # --- retention ---
+    @abc.abstractmethod
+    async def prune(
+        self, now: int, default_cutoff: int, cutoffs: dict[str, int], batch_size: int = 1000
+    ) -> PruneResult:
+        """Delete ended runs that ended before their function's cutoff (``cutoffs`` by function id, else
+        ``default_cutoff``) with their steps, then events older than ``default_cutoff`` that no run references,
+        then expired idempotency keys. Works in transactions of at most ``batch_size`` rows each."""
 
     # --- reads ---
     @abc.abstractmethod

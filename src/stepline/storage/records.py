@@ -162,3 +162,13 @@ class RunFinish:
     output: Any = None
     error: dict[str, Any] | None = None
     follow_up: IngestBatch = field(default_factory=lambda: IngestBatch([], []))  # system events + runs
+
+
+@dataclass(slots=True)
+class PruneResult:
+    """What a retention pass deleted."""
+
+    runs: int = 0
+    steps: int = 0
+    events: int = 0
+    idempotency_keys: int = 0

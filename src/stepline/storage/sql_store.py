@@ -9,6 +9,7 @@ returning a cursor with ``fetchone``/``fetchall``/``rowcount``, and JSON travels
 from __future__ import annotations
 
 import abc
+import functools
 import json
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -20,6 +21,7 @@ from stepline.storage.records import (
     FunctionRecord,
     IngestBatch,
     IngestResult,
+    PruneResult,
     RunFilter,
     RunFinish,
     RunRecord,
@@ -433,6 +435,52 @@ class SqlStore(Store):
         if finish.follow_up.events or finish.follow_up.runs:
             self._ingest(conn, finish.follow_up, matcher, now)
         return True
+
+    # --- retention ---
+    async def prune(
+        self, now: int, default_cutoff: int, cutoffs: dict[str, int], batch_size: int = 1000
+    ) -> PruneResult:
+        result = PruneResult()
+        selections: list[tuple[str, dict[str, Any]]] = [
+            ("prunable_runs_of_function", {"function_id": f, "cutoff": c}) for f, c in cutoffs.items()
+        ]
+        selections.append(
+            ("prunable_runs_except", {"except_ids": json.dumps(sorted(cutoffs)), "cutoff": default_cutoff})
+        )
+        for query, params in selections:
+            while True:
+                runs, steps = await self.writer.run(functools.partial(self._prune_runs, query, params, batch_size))
+                result.runs += runs
+                result.steps += steps
+                if runs < batch_size:
+                    break
+        events_params = {"cutoff": default_cutoff, "limit": batch_size}
+        while n := await self.writer.run(
+            functools.partial(self._delete_count, "delete_unreferenced_events", events_params)
+        ):
+            result.events += n
+            if n < batch_size:
+                break
+        while n := await self.writer.run(
+            functools.partial(self._delete_count, "delete_expired_idempotency", {"now": now, "limit": batch_size})
+        ):
+            result.idempotency_keys += n
+            if n < batch_size:
+                break
+        return result
+
+    def _delete_count(self, query: str, params: dict[str, Any], conn: Any) -> int:
+        return int(conn.execute(self.Q[query], params).rowcount)
+
+    def _prune_runs(self, query: str, params: dict[str, Any], limit: int, conn: Any) -> tuple[int, int]:
+        ids = [r[0] for r in conn.execute(self.Q[query], {**params, "limit": limit}).fetchall()]
+        if not ids:
+            return 0, 0
+        encoded = json.dumps(ids)
+        steps = conn.execute(self.Q["delete_steps_of_runs"], {"ids": encoded}).rowcount
+        conn.execute(self.Q["delete_run_waits_of_runs"], {"ids": encoded})
+        runs = conn.execute(self.Q["delete_runs"], {"ids": encoded}).rowcount
+        return int(runs), int(steps)
 
     # --- reads ---
     async def get_run(self, run_id: str) -> RunRecord | None:

@@ -102,7 +102,13 @@ class GroupCommitWriter:
                         stop = True
                         break
                     batch.append(nxt)
-                self._apply_with_retries(batch)
+                try:
+                    self._apply_with_retries(batch)
+                except BaseException as exc:  # never let the writer thread die: fail this batch, go on
+                    log.exception("writer failed a batch of %d writes", len(batch))
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
         finally:
             self._close_conn()
 
@@ -167,6 +173,11 @@ class GroupCommitWriter:
         an op's own error goes to that op's caller only."""
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         conn.execute(self._begin)
+        # A caller that gave up (its asyncio task was cancelled) cancelled its future: skip its op.
+        batch = [(op, fut) for op, fut in batch if fut.running() or fut.set_running_or_notify_cancel()]
+        if not batch:
+            conn.execute("ROLLBACK")
+            return []
         savepoints = len(batch) > 1  # a lone op needs none: its error rolls back the whole transaction
         for op, fut in batch:
             try:

@@ -186,3 +186,36 @@ FROM steps WHERE run_id = %(run_id)s ORDER BY seq
 SELECT min(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > due_at THEN lease_expires_at
                 ELSE due_at END)
 FROM runs WHERE due_at IS NOT NULL AND function_id IN (SELECT jsonb_array_elements_text(%(function_ids)s::jsonb))
+
+-- name: prunable_runs_of_function
+SELECT id FROM runs
+WHERE ended_at IS NOT NULL AND ended_at < %(cutoff)s AND function_id = %(function_id)s
+LIMIT %(limit)s
+
+-- name: prunable_runs_except
+SELECT id FROM runs
+WHERE ended_at IS NOT NULL AND ended_at < %(cutoff)s
+  AND function_id NOT IN (SELECT jsonb_array_elements_text(%(except_ids)s::jsonb))
+LIMIT %(limit)s
+
+-- name: delete_steps_of_runs
+DELETE FROM steps WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
+
+-- name: delete_runs
+DELETE FROM runs WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
+
+-- name: delete_unreferenced_events
+DELETE FROM events WHERE seq IN (
+    SELECT e.seq FROM events e
+    WHERE e.received_at < %(cutoff)s
+      AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.internal_id)
+    LIMIT %(limit)s
+)
+
+-- name: delete_expired_idempotency
+DELETE FROM idempotency WHERE (function_id, key) IN (
+    SELECT function_id, key FROM idempotency WHERE expires_at < %(now)s LIMIT %(limit)s
+)
+
+-- name: delete_run_waits_of_runs
+DELETE FROM waits WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))

@@ -88,7 +88,7 @@ WHERE id IN (
     SELECT id FROM runs
     WHERE due_at IS NOT NULL AND due_at <= :now
       AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
-      AND function_id IN (SELECT value FROM json_each(:function_ids))
+      AND +function_id IN (SELECT value FROM json_each(:function_ids))  -- "+": search by due_at, not function
     ORDER BY due_at
     LIMIT :limit
 )
@@ -172,4 +172,37 @@ FROM steps WHERE run_id = :run_id ORDER BY seq
 -- name: next_due_at
 SELECT min(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > due_at THEN lease_expires_at
                 ELSE due_at END)
-FROM runs WHERE due_at IS NOT NULL AND function_id IN (SELECT value FROM json_each(:function_ids))
+FROM runs WHERE due_at IS NOT NULL AND +function_id IN (SELECT value FROM json_each(:function_ids))
+
+-- name: prunable_runs_of_function
+SELECT id FROM runs
+WHERE ended_at IS NOT NULL AND ended_at < :cutoff AND function_id = :function_id
+LIMIT :limit
+
+-- name: prunable_runs_except
+SELECT id FROM runs
+WHERE ended_at IS NOT NULL AND ended_at < :cutoff
+  AND function_id NOT IN (SELECT value FROM json_each(:except_ids))
+LIMIT :limit
+
+-- name: delete_steps_of_runs
+DELETE FROM steps WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: delete_runs
+DELETE FROM runs WHERE id IN (SELECT value FROM json_each(:ids))
+
+-- name: delete_unreferenced_events
+DELETE FROM events WHERE seq IN (
+    SELECT e.seq FROM events e
+    WHERE e.received_at < :cutoff
+      AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.internal_id)
+    LIMIT :limit
+)
+
+-- name: delete_expired_idempotency
+DELETE FROM idempotency WHERE (function_id, key) IN (
+    SELECT function_id, key FROM idempotency WHERE expires_at < :now LIMIT :limit
+)
+
+-- name: delete_run_waits_of_runs
+DELETE FROM waits WHERE run_id IN (SELECT value FROM json_each(:ids))
