@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -56,6 +57,7 @@ class Engine:
         self.matcher = match_wait
         self._specs: dict[str, FunctionSpec] = {}
         self._version = -1
+        self._checked_at = 0.0
         self._listeners: list[Callable[[], None]] = []
 
     # --- registry ---
@@ -64,7 +66,14 @@ class Engine:
         await self.refresh_registry(force=True)
 
     async def refresh_registry(self, force: bool = False) -> dict[str, FunctionSpec]:
+        """The function registry, re-read when its version changed. The version itself is checked at most every
+        ``store.registry_check_seconds`` (0 on SQLite, where the read is local; 1 s on PostgreSQL), so a function
+        registered by another node routes events within that delay."""
+        now = time.monotonic()
+        if not force and self._version >= 0 and now - self._checked_at < self.store.registry_check_seconds:
+            return self._specs
         version = await self.store.registry_version()
+        self._checked_at = now
         if force or version != self._version:
             records = await self.store.list_functions()
             self._specs = {r.id: FunctionSpec.from_record(r) for r in records}

@@ -31,6 +31,8 @@ from stepline.storage.records import (
 class Store(abc.ABC):
     """Durable state of events, functions, runs, steps and waits."""
 
+    registry_check_seconds: float = 0.0  # how long an engine may use its cached function registry unchecked
+
     # --- lifecycle ---
     @abc.abstractmethod
     async def open(self) -> None:

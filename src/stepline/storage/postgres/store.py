@@ -69,6 +69,7 @@ class PostgresStore(SqlStore):
     """``url`` is a libpq connection string (``postgresql://user@host:port/db``)."""
 
     Q = QUERIES
+    registry_check_seconds = 1.0  # a registry-version round trip per send would cost more than it is worth
 
     def __init__(self, url: str, *, writers: int = 2, pool_size: int = 4, migrate: bool = True) -> None:
         self.url = url
