@@ -27,6 +27,66 @@ class WriterClosedError(RuntimeError):
     pass
 
 
+class _Waiter:
+    """Who waits for one write: a thread (a concurrent future) or a coroutine (an asyncio future).
+
+    Results for coroutines are handed back to their event loop in one call per batch, not one per write:
+    waking a loop from another thread is the expensive part of a small write.
+    """
+
+    __slots__ = ("afut", "cfut", "loop")
+
+    def __init__(
+        self,
+        cfut: concurrent.futures.Future[Any] | None = None,
+        afut: asyncio.Future[Any] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.cfut, self.afut, self.loop = cfut, afut, loop
+
+    def start(self) -> bool:
+        """False if the caller gave up (cancelled) before its write ran: then the write is skipped."""
+        if self.cfut is not None:
+            return self.cfut.running() or self.cfut.set_running_or_notify_cancel()
+        assert self.afut is not None
+        return not self.afut.done()
+
+    def done(self) -> bool:
+        return self.cfut.done() if self.cfut is not None else bool(self.afut is not None and self.afut.done())
+
+
+def _settle_async(results: list[tuple[_Waiter, Any, BaseException | None]]) -> None:
+    for waiter, value, error in results:
+        fut = waiter.afut
+        if fut is None or fut.done():  # cancelled meanwhile
+            continue
+        if error is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(error)
+
+
+def settle(results: list[tuple[_Waiter, Any, BaseException | None]]) -> None:
+    """Complete every waiter: threads directly, coroutines with one wake-up per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Waiter, Any, BaseException | None]]] = {}
+    for item in results:
+        waiter, value, error = item
+        if waiter.cfut is not None:
+            if waiter.cfut.done():
+                continue
+            if error is None:
+                waiter.cfut.set_result(value)
+            else:
+                waiter.cfut.set_exception(error)
+        elif waiter.loop is not None:
+            by_loop.setdefault(waiter.loop, []).append(item)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_async, items)
+        except RuntimeError:  # the loop was closed: nobody is waiting any more
+            pass
+
+
 class GroupCommitWriter:
     def __init__(
         self,
@@ -47,7 +107,7 @@ class GroupCommitWriter:
         self._retry_for = retry_for
         self._conn: Any = None
         self._closed_hard = False
-        self._queue: queue.SimpleQueue[tuple[WriteOp[Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[WriteOp[Any], _Waiter] | None] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._started = threading.Event()
@@ -65,11 +125,17 @@ class GroupCommitWriter:
         if self._closed:
             raise WriterClosedError("the store is closed")
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put((op, fut))
+        self._queue.put((op, _Waiter(cfut=fut)))
         return fut
 
     async def run(self, op: WriteOp[T]) -> T:
-        return await asyncio.wrap_future(self.submit(op))
+        """Apply ``op`` in a group commit and return its result once the transaction is committed."""
+        if self._closed:
+            raise WriterClosedError("the store is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((op, _Waiter(afut=fut, loop=loop)))
+        return await fut
 
     def close(self) -> None:
         if self._closed:
@@ -106,9 +172,7 @@ class GroupCommitWriter:
                     self._apply_with_retries(batch)
                 except BaseException as exc:  # never let the writer thread die: fail this batch, go on
                     log.exception("writer failed a batch of %d writes", len(batch))
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                    settle([(w, None, exc) for _, w in batch])
         finally:
             self._close_conn()
 
@@ -120,7 +184,7 @@ class GroupCommitWriter:
                 pass
             self._conn = None
 
-    def _apply_with_retries(self, batch: list[tuple[WriteOp[Any], concurrent.futures.Future[Any]]]) -> None:
+    def _apply_with_retries(self, batch: list[tuple[WriteOp[Any], _Waiter]]) -> None:
         """Apply a batch; on a transient error (deadlock, lost connection) roll back, reconnect, try again.
 
         Gives up after ``retry_for`` seconds and fails every write of the batch with the last error.
@@ -136,9 +200,7 @@ class GroupCommitWriter:
                 if not self._is_transient(exc) or time.monotonic() > deadline or self._closed_hard:
                     if self._is_transient(exc):
                         log.error("writes failed for %.0f s, giving up on %d: %s", self._retry_for, len(batch), exc)
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                    settle([(w, None, exc) for _, w in batch])
                     if self._is_transient(exc):
                         self._close_conn()
                     else:
@@ -151,11 +213,7 @@ class GroupCommitWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            for fut, value, error in outcome:
-                if error is None:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(error)
+            settle(outcome)
             return
 
     def _rollback_quietly(self) -> None:
@@ -167,14 +225,14 @@ class GroupCommitWriter:
             self._close_conn()
 
     def _apply(
-        self, conn: Any, batch: list[tuple[WriteOp[Any], concurrent.futures.Future[Any]]]
-    ) -> list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]]:
+        self, conn: Any, batch: list[tuple[WriteOp[Any], _Waiter]]
+    ) -> list[tuple[_Waiter, Any, BaseException | None]]:
         """One transaction for the whole batch. Raises on a transient error (the caller retries the batch);
         an op's own error goes to that op's caller only."""
-        results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+        results: list[tuple[_Waiter, Any, BaseException | None]] = []
         conn.execute(self._begin)
         # A caller that gave up (its asyncio task was cancelled) cancelled its future: skip its op.
-        batch = [(op, fut) for op, fut in batch if fut.running() or fut.set_running_or_notify_cancel()]
+        batch = [(op, w) for op, w in batch if w.start()]
         if not batch:
             conn.execute("ROLLBACK")
             return []
