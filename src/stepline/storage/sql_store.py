@@ -278,18 +278,22 @@ class SqlStore(Store):
             return WriteOutcome("lost")
         return None
 
-    def _write_step(self, conn: Any, run_id: str, u: StepUpdate, now: int) -> StepRecord:
+    def _write_step(self, conn: Any, run_id: str, u: StepUpdate, now: int) -> tuple[StepRecord, bool]:
+        """Upsert a step; memo states are never overwritten. Returns the stored step and whether this wrote it."""
         memo = u.status in ("completed", "failed")
-        conn.execute(
+        row = conn.execute(
             self.Q["upsert_step"],
             {"run_id": run_id, "step_id": u.step_id, "display_id": u.display_id, "kind": u.kind,
              "status": u.status, "attempts": u.attempts, "output": _j(u.output) if memo else None,
-             "error": _j(u.error), "wake_at": u.wake_at, "now": now, "ended_at": now if memo else None,
-             },
-        )  # fmt: skip
-        if memo:
+             "error": _j(u.error), "wake_at": u.wake_at, "now": now, "ended_at": now if memo else None},
+        ).fetchone()  # fmt: skip
+        if row is None:  # a result was already recorded (first write wins): report that one
+            return _step(
+                conn.execute(self.Q["select_step"], {"run_id": run_id, "step_id": u.step_id}).fetchone()
+            ), False
+        if memo and u.kind == "wait_for_event":
             conn.execute(self.Q["delete_step_wait"], {"run_id": run_id, "step_id": u.step_id})
-        return _step(conn.execute(self.Q["select_step"], {"run_id": run_id, "step_id": u.step_id}).fetchone())
+        return _step(row), True
 
     async def record_step(
         self, run_id: str, owner: str, update: StepUpdate, matcher: WaitMatcher, now: int
@@ -302,11 +306,8 @@ class SqlStore(Store):
             # never a pending state: that would overwrite the new owner's view of the run.
             if bad is not None and update.status not in ("completed", "failed"):
                 return bad
-            before = conn.execute(self.Q["select_step"], {"run_id": run_id, "step_id": update.step_id}).fetchone()
-            if before is not None and _step(before).is_memo:
-                return WriteOutcome(bad.status if bad else "ok", _step(before))
-            step = self._write_step(conn, run_id, update, now)
-            if update.emit is not None:
+            step, wrote = self._write_step(conn, run_id, update, now)
+            if wrote and update.emit is not None:
                 self._ingest(conn, update.emit, matcher, now)
             return WriteOutcome(bad.status if bad else "ok", step)
 
@@ -329,7 +330,7 @@ class SqlStore(Store):
             due_at: int | None = max_due_at
             trigger: dict[str, Any] | None = None
             for u in pending:
-                step = self._write_step(conn, run_id, u, now)
+                step, _ = self._write_step(conn, run_id, u, now)
                 if step.is_memo:
                     due_at = now  # already resolved (by another writer): resume at once
                     continue

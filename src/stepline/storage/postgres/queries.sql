@@ -132,6 +132,8 @@ ON CONFLICT (run_id, step_id) DO UPDATE SET
     error = coalesce(excluded.error, steps.error),  -- a step that succeeds on a retry keeps its last error
     wake_at = excluded.wake_at, ended_at = excluded.ended_at
 WHERE steps.status NOT IN ('completed', 'failed')
+RETURNING run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
+          ended_at
 
 -- name: complete_pending_step
 UPDATE steps SET status = %(status)s, output = %(output)s::jsonb, error = %(error)s::jsonb, wake_at = NULL,
