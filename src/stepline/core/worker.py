@@ -171,19 +171,26 @@ class Worker:
         self._pushed = self.engine.store.subscribe(self._on_notify)
         renew = asyncio.create_task(self._renew_leases())
         prune = asyncio.create_task(self._prune_periodically())
+        backoff = 0.1
         try:
             while not self._stopping:
                 self._wake.clear()
-                claimed = await self._claim_and_spawn()
-                if claimed and len(self._active) < self.concurrency:
-                    continue
-                await self._wait_for_work()
+                try:
+                    claimed = await self._claim_and_spawn()
+                    if claimed and len(self._active) < self.concurrency:
+                        continue
+                    await self._wait_for_work()
+                    backoff = 0.1
+                except Exception as exc:  # the database went away: keep the process, retry with backoff
+                    log.warning("worker loop: %s: %s; retrying in %.1f s", type(exc).__name__, exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
         finally:
-            renew.cancel()
             prune.cancel()
             self.engine.remove_listener(self._on_notify)
             self.engine.store.unsubscribe(self._on_notify)
-            await self._shutdown()
+            await self._shutdown()  # runs still executing keep their leases renewed until they end
+            renew.cancel()
 
     async def run_until_idle(self, max_rounds: int = 10_000) -> None:
         """Execute every run that is due now (and whatever becomes due at the same clock time), then return.

@@ -257,11 +257,9 @@ class SqlStore(Store):
 
     async def renew_leases(self, owner: str, run_ids: list[str], now: int, lease_ms: int) -> list[str]:
         def op(conn: Any) -> list[str]:
-            rows = conn.execute(
-                self.Q["renew_leases"], {"owner": owner, "ids": json.dumps(run_ids), "lease_until": now + lease_ms}
-            ).fetchall()
-            held = {r[0] for r in rows}
-            return [i for i in run_ids if i not in held]
+            ids = json.dumps(run_ids)
+            conn.execute(self.Q["renew_leases"], {"owner": owner, "ids": ids, "lease_until": now + lease_ms})
+            return [r[0] for r in conn.execute(self.Q["leases_not_held"], {"owner": owner, "ids": ids}).fetchall()]
 
         return await self.writer.run(op)
 

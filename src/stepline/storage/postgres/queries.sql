@@ -100,9 +100,19 @@ RETURNING id, function_id, event_id, status, attempt, idle_reason::text, output:
           parent_step_id, batch::text
 
 -- name: renew_leases
+-- Rows locked by an in-flight write (often this node's own, finishing the run) are skipped, not waited for:
+-- waiting could deadlock with a batch that locks the same rows in another order. They are renewed next time.
 UPDATE runs SET lease_expires_at = %(lease_until)s
-WHERE lease_owner = %(owner)s AND id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
-RETURNING id
+WHERE id IN (
+    SELECT id FROM runs
+    WHERE lease_owner = %(owner)s AND id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+)
+
+-- name: leases_not_held
+SELECT i FROM jsonb_array_elements_text(%(ids)s::jsonb) AS i
+WHERE i NOT IN (SELECT id FROM runs WHERE lease_owner = %(owner)s AND id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb)))
 
 -- name: release_run
 UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, due_at = %(due_at)s

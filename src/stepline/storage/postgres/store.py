@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -90,8 +91,15 @@ class PostgresStore(SqlStore):
     def _read(self, fn: Callable[[Any], T]) -> T:
         if self._pool is None:
             raise RuntimeError("the store is not open: call await store.open() first")
-        with self._pool.connection() as conn:
-            return fn(conn)
+        for attempt in range(3):  # reads are idempotent: a connection lost mid-query is retried on a fresh one
+            try:
+                with self._pool.connection() as conn:
+                    return fn(conn)
+            except psycopg.OperationalError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     @property
     def writer(self) -> Any:

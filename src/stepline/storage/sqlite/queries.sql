@@ -98,7 +98,10 @@ RETURNING id, function_id, event_id, status, attempt, idle_reason, output, error
 -- name: renew_leases
 UPDATE runs SET lease_expires_at = :lease_until
 WHERE lease_owner = :owner AND id IN (SELECT value FROM json_each(:ids))
-RETURNING id
+
+-- name: leases_not_held
+SELECT value FROM json_each(:ids)
+WHERE value NOT IN (SELECT id FROM runs WHERE lease_owner = :owner AND id IN (SELECT value FROM json_each(:ids)))
 
 -- name: release_run
 UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, due_at = :due_at
