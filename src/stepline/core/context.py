@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
 
-from stepline.core.errors import Suspend, _RunSignal
+from stepline.core.errors import _RunSignal
 from stepline.core.events import Event, StoredEvent
 from stepline.core.function import FunctionDef
 from stepline.core.steps import Execute, Memo, StepDriver, sleep_until_ms
@@ -59,11 +59,13 @@ class AsyncStep:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
                 value = await value
-        except _RunSignal:
-            await self._d.finish_run(plan, error=Suspend())  # pragma: no cover - nested steps are not supported
-            raise
         except Exception as exc:
             return _convert(await self._d.finish_run(plan, error=exc), out_type)
+        except BaseException:
+            # Cancelled (asyncio.wait_for, a TaskGroup, shutdown) or a run signal: nothing to record; the step
+            # runs again when the run is replayed.
+            self._d.abandon(plan)
+            raise
         return _convert(await self._d.finish_run(plan, value=value), out_type)
 
     async def sleep(self, id: str, duration: Duration) -> None:
@@ -105,11 +107,11 @@ class SyncStep:
             return _convert(plan.value, out_type)
         try:
             value = fn(*args, **kwargs)
-        except _RunSignal:
-            self._call(self._d.finish_run(plan, error=Suspend()))  # pragma: no cover
-            raise
         except Exception as exc:
             return _convert(self._call(self._d.finish_run(plan, error=exc)), out_type)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._d.abandon, plan)
+            raise
         return _convert(self._call(self._d.finish_run(plan, value=value)), out_type)
 
     def sleep(self, id: str, duration: Duration) -> None:

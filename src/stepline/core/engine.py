@@ -50,6 +50,45 @@ def match_wait(expression: str | None, trigger: dict[str, Any], candidate: dict[
     return compile_expression(expression).matches({"event": trigger, "async": candidate})
 
 
+RUN_END_EVENTS = frozenset({FUNCTION_FINISHED, FUNCTION_FAILED, FUNCTION_CANCELLED})
+
+
+def _ends_a_run_started_by_a_run_end(ev: StoredEvent) -> bool:
+    """The end of a run that was itself started by the end of a run starts nothing.
+
+    Functions triggered by run ends (``on_failure`` handlers, auditors, ``*`` wildcards) would otherwise feed each
+    other forever; one level is what users mean by "when a function finishes/fails, do X".
+    """
+    if ev.name not in RUN_END_EVENTS:
+        return False
+    trigger = ev.data.get("event")
+    return isinstance(trigger, dict) and trigger.get("name") in RUN_END_EVENTS
+
+
+def new_run(
+    spec: FunctionSpec,
+    event_id: str,
+    now: int,
+    *,
+    idempotency_key: str | None = None,
+    parent_run_id: str | None = None,
+    parent_step_id: str | None = None,
+) -> NewRun:
+    """A run of ``spec`` for an event, with the function's start timeout and cancel_on waits."""
+    return NewRun(
+        id=new_ulid(),
+        function_id=spec.id,
+        event_id=event_id,
+        idempotency_key=idempotency_key,
+        created_at=now,
+        due_at=now,
+        start_deadline=now + spec.start_timeout_ms if spec.start_timeout_ms else None,
+        cancel_waits=tuple(WaitSpec(name, expr, now + timeout) for name, expr, timeout in spec.cancel),
+        parent_run_id=parent_run_id,
+        parent_step_id=parent_step_id,
+    )
+
+
 class Engine:
     def __init__(self, store: Store, clock: Clock | None = None) -> None:
         self.store = store
@@ -146,6 +185,8 @@ class Engine:
         specs = await self.refresh_registry()
         runs: list[NewRun] = []
         for ev, user_id in zip(events, user_ids, strict=True):
+            if _ends_a_run_started_by_a_run_end(ev):
+                continue  # bounded cascades: see _ends_a_run_started_by_a_run_end
             as_dict = ev.as_dict()
             bindings: Bindings | None = None
             system_source = ev.data.get("function_id") if ev.name.startswith("stepline/function.") else None
@@ -164,18 +205,7 @@ class Engine:
                                     spec.id, ev.internal_id, exc)  # fmt: skip
                 elif user_id:
                     key = "event:" + user_id
-                runs.append(
-                    NewRun(
-                        id=new_ulid(),
-                        function_id=spec.id,
-                        event_id=ev.internal_id,
-                        idempotency_key=key,
-                        created_at=now,
-                        due_at=now,
-                        start_deadline=now + spec.start_timeout_ms if spec.start_timeout_ms else None,
-                        cancel_waits=tuple(WaitSpec(name, expr, now + timeout) for name, expr, timeout in spec.cancel),
-                    )
-                )
+                runs.append(new_run(spec, ev.internal_id, now, idempotency_key=key))
         return runs
 
     async def ingest(self, events: EventInput | Sequence[EventInput]) -> IngestResult:
@@ -211,8 +241,7 @@ class Engine:
         now = self.clock.now_ms()
         ev = self.stored_event(validate_event(Event(name="stepline/function.invoked", data=data or {}),
                                               allow_reserved=True), now)  # fmt: skip
-        run = NewRun(id=new_ulid(), function_id=spec.id, event_id=ev.internal_id, idempotency_key=None,
-                     created_at=now, due_at=now)  # fmt: skip
+        run = new_run(spec, ev.internal_id, now)
         await self.store.ingest(IngestBatch([ev], [run]), self.matcher, now)
         self.notify()
         return run.id

@@ -23,6 +23,7 @@ from stepline.core.errors import (
     StepError,
     StepIdConflictError,
     Suspend,
+    _RunSignal,
     serialize_error,
 )
 from stepline.core.events import to_json_value
@@ -32,6 +33,25 @@ from stepline.storage.records import ClaimedRun, RunFinish
 
 log = logging.getLogger("stepline.executor")
 _FINAL_ERRORS = (StepError, NonRetriableError, StepIdConflictError, SerializationError)
+
+
+def _unwrap_signals(error: BaseException | None) -> BaseException | None:
+    """A TaskGroup wraps the signals of its steps in a BaseExceptionGroup: take the strongest one out."""
+    if not isinstance(error, BaseExceptionGroup):
+        return error
+    found = [e for e in _leaves(error) if isinstance(e, _RunSignal)]
+    for kind in (RunCancelled, LeaseLost, Suspend):
+        for e in found:
+            if isinstance(e, kind):
+                return e
+    return error
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
 
 
 class Executor:
@@ -107,6 +127,14 @@ class Executor:
             return  # cancelled elsewhere, or another worker owns the run now: nothing more to write here
         if driver.fatal is not None:
             error = driver.fatal
+        error = _unwrap_signals(error)
+        if isinstance(error, RunCancelled | LeaseLost):
+            return
+        if driver.pending and (error is None or isinstance(error, Exception)):
+            # Steps are waiting to be retried, sleeping or waiting, but the code went on (it swallowed the
+            # signal: gather(return_exceptions=True), except BaseException, ...). Their state must be kept, and
+            # the run resumes from the memo when they are due.
+            error = Suspend()
         if error is None:
             try:
                 output = to_json_value(result, f"the return value of function {fn.id!r}")

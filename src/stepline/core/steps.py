@@ -35,8 +35,8 @@ from stepline.core.errors import (
 from stepline.core.events import FUNCTION_INVOKED, Event, StoredEvent, canonical_event_name, to_json_value
 from stepline.core.expressions import compile_expression, match_to_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
-from stepline.core.ids import StepIdCounter, new_ulid
-from stepline.storage.records import IngestBatch, NewRun, StepRecord, StepUpdate, WaitSpec, WriteOutcome
+from stepline.core.ids import StepIdCounter
+from stepline.storage.records import IngestBatch, StepRecord, StepUpdate, WaitSpec, WriteOutcome
 
 if TYPE_CHECKING:
     from stepline.core.engine import Engine
@@ -162,6 +162,12 @@ class StepDriver:
         self._idle.clear()
         return Execute(display_id, step_id, rec.attempts if rec is not None else 0)
 
+    def abandon(self, plan: Execute) -> None:
+        """The step's code did not finish (cancelled, or the process is stopping): record nothing."""
+        self._inflight -= 1
+        if not self._inflight:
+            self._idle.set()
+
     async def finish_run(self, plan: Execute, value: Any = None, error: BaseException | None = None) -> Any:
         try:
             if error is None:
@@ -269,6 +275,8 @@ class StepDriver:
                 {"kind": "invoking", "step": display_id, "until": rec.wake_at},
             )
         target_id = function.id if isinstance(function, FunctionDef) else str(function)
+        from stepline.core.engine import new_run
+
         spec = await self.engine.find_function(target_id, default_app=self.fn.app_id)
         if spec is None:
             rec = await self._record(StepUpdate(step_id, display_id, "invoke", "failed", 1, error={
@@ -284,8 +292,7 @@ class StepDriver:
         payload["_inngest"] = {"fn_id": spec.id, "correlation_id": correlation, "source_fn_id": self.fn.id,
                                "source_run_id": self.run_id, "expire": wake}  # fmt: skip
         ev = self.engine.stored_event(Event(name=FUNCTION_INVOKED, data=payload), now)
-        child = NewRun(id=new_ulid(), function_id=spec.id, event_id=ev.internal_id, idempotency_key=None,
-                       created_at=now, due_at=now, parent_run_id=self.run_id, parent_step_id=step_id)  # fmt: skip
+        child = new_run(spec, ev.internal_id, now, parent_run_id=self.run_id, parent_step_id=step_id)
         raise self._suspend(
             StepUpdate(step_id, display_id, "invoke", "invoking", wake_at=wake, invoke=IngestBatch([ev], [child])),
             {"kind": "invoking", "step": display_id, "function": spec.id, "run_id": child.id, "until": wake},

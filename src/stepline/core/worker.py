@@ -97,7 +97,7 @@ class Worker:
             await self.executor.execute(self.functions[claimed.run.function_id], claimed)
         except asyncio.CancelledError:
             pass
-        except Exception:
+        except BaseException:
             log.exception("run %s: the executor failed; the run will be retried when its lease expires", run_id)
         finally:
             self._active.pop(run_id, None)
