@@ -98,7 +98,7 @@ class SqlStore(Store):
 
     # --- dialect hooks (no-ops for SQLite, whose single writer already serialises everything) ---
     def _lock_for_ingest(self, conn: Any, names: list[str]) -> None:
-        """Taken before storing events with these names (PostgreSQL: shared per-name locks)."""
+        """Taken before matching events with these names against waits (PostgreSQL: shared per-name locks)."""
 
     def _lock_for_wait(self, conn: Any, name: str) -> None:
         """Taken before registering a wait for events named ``name`` (PostgreSQL: exclusive per-name lock)."""

@@ -1,9 +1,10 @@
 """Group commit: one writer thread (per connection) applies queued write operations, many per transaction.
 
 A write operation is a function of a connection. The writer takes every operation that is waiting (up to
-``max_batch``), runs each inside its own SAVEPOINT (so one failing operation does not undo the others),
-commits once, and only then completes the callers' futures: a caller that sees its result knows it is
-durable. One fsync covers the whole group, which is what lets many small writes per second through.
+``max_batch``), runs them in one transaction (an operation that fails is taken out and the others run again,
+so one failing operation does not undo the others), commits once, and only then completes the callers'
+futures: a caller that sees its result knows it is durable. One fsync covers the whole group, which is what
+lets many small writes per second through.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class GroupCommitWriter:
         is_disconnect: Callable[[BaseException], bool] = lambda exc: False,
         retry_for: float = 120.0,
         name: str = "stepline-writer",
+        before_commit: Callable[[Any], None] | None = None,
     ) -> None:
         self._connect = connect
         self._max_batch = max_batch
@@ -105,6 +107,7 @@ class GroupCommitWriter:
         self._is_transient = is_transient
         self._is_disconnect = is_disconnect
         self._retry_for = retry_for
+        self._before_commit = before_commit  # e.g. one NOTIFY per transaction
         self._conn: Any = None
         self._closed_hard = False
         self._queue: queue.SimpleQueue[tuple[WriteOp[Any], _Waiter] | None] = queue.SimpleQueue()
@@ -227,35 +230,33 @@ class GroupCommitWriter:
     def _apply(
         self, conn: Any, batch: list[tuple[WriteOp[Any], _Waiter]]
     ) -> list[tuple[_Waiter, Any, BaseException | None]]:
-        """One transaction for the whole batch. Raises on a transient error (the caller retries the batch);
-        an op's own error goes to that op's caller only."""
-        results: list[tuple[_Waiter, Any, BaseException | None]] = []
-        conn.execute(self._begin)
+        """One transaction for the whole batch. Raises on a transient error (the caller retries the batch).
+
+        Operations run without savepoints (two statements fewer each). If one raises, the transaction is rolled
+        back, that operation's caller gets the error, and the rest of the batch runs again without it: errors
+        are rare, so the common path stays short.
+        """
+        failed: list[tuple[_Waiter, Any, BaseException | None]] = []
         # A caller that gave up (its asyncio task was cancelled) cancelled its future: skip its op.
         batch = [(op, w) for op, w in batch if w.start()]
-        if not batch:
-            conn.execute("ROLLBACK")
-            return []
-        savepoints = len(batch) > 1  # a lone op needs none: its error rolls back the whole transaction
-        for op, fut in batch:
-            try:
-                if savepoints:
-                    conn.execute("SAVEPOINT op")
-                value = op(conn)
-                if savepoints:
-                    conn.execute("RELEASE SAVEPOINT op")
-                results.append((fut, value, None))
-            except BaseException as exc:
-                if self._is_transient(exc):
-                    raise
-                if savepoints:
-                    conn.execute("ROLLBACK TO SAVEPOINT op")
-                    conn.execute("RELEASE SAVEPOINT op")
-                else:
+        while batch:
+            conn.execute(self._begin)
+            results: list[tuple[_Waiter, Any, BaseException | None]] = []
+            for index, (op, waiter) in enumerate(batch):
+                try:
+                    results.append((waiter, op(conn), None))
+                except BaseException as exc:
+                    if self._is_transient(exc):
+                        raise
                     conn.execute("ROLLBACK")
-                    return [(fut, None, exc)]
-                results.append((fut, None, exc))
-        conn.execute("COMMIT")
-        self.commits += 1
-        self.ops += len(batch)
-        return results
+                    failed.append((waiter, None, exc))
+                    del batch[index]
+                    break
+            else:
+                if self._before_commit is not None:
+                    self._before_commit(conn)
+                conn.execute("COMMIT")
+                self.commits += 1
+                self.ops += len(batch)
+                return results + failed
+        return failed

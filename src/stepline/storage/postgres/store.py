@@ -83,6 +83,7 @@ class PostgresStore(SqlStore):
         self._listeners: list[Callable[[], None]] = []
         self._listen_thread: threading.Thread | None = None
         self._closing = threading.Event()
+        self._notify_pending: set[int] = set()  # writer connections whose transaction made work due
 
     # --- connections ---
     def _connect(self) -> psycopg.Connection[Any]:
@@ -134,6 +135,7 @@ class PostgresStore(SqlStore):
                 is_transient=_is_transient,
                 is_disconnect=_is_disconnect,
                 name=f"stepline-pg-writer-{i}",
+                before_commit=self._notify_before_commit,
             )
             for i in range(self._writer_count)
         ]
@@ -161,6 +163,9 @@ class PostgresStore(SqlStore):
 
     # --- dialect hooks ---
     def _lock_for_ingest(self, conn: Any, names: list[str]) -> None:
+        # A statement of its own: the wait lookups that follow take their snapshots after the lock is granted
+        # (a lock taken inside the lookup would come after that statement's snapshot, and miss a wait
+        # committed while it blocked).
         conn.execute(
             "SELECT pg_advisory_xact_lock_shared(hashtextextended(n, 0)) FROM unnest(%(names)s::text[]) AS n",
             {"names": names},
@@ -170,7 +175,12 @@ class PostgresStore(SqlStore):
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(name)s, 0))", {"name": name})
 
     def _notify_work(self, conn: Any) -> None:
-        conn.execute("SELECT pg_notify(%(channel)s, '')", {"channel": NOTIFY_CHANNEL})
+        self._notify_pending.add(id(conn))  # sent once, just before the transaction commits
+
+    def _notify_before_commit(self, conn: Any) -> None:
+        if id(conn) in self._notify_pending:
+            self._notify_pending.discard(id(conn))
+            conn.execute("SELECT pg_notify(%(channel)s, '')", {"channel": NOTIFY_CHANNEL})
 
     # --- notifications ---
     def subscribe(self, callback: Callable[[], None]) -> bool:
