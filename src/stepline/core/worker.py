@@ -142,7 +142,9 @@ class Worker:
 
     async def _wait_for_work(self) -> None:
         loop = asyncio.get_running_loop()
-        timeout = self.poll_interval
+        # With pushed notifications (PostgreSQL LISTEN) the poll is only a safety net: timers and expiring
+        # leases are covered by next_due_at, new work by NOTIFY.
+        timeout = self.poll_interval * (5 if self._pushed else 1)
         if len(self._active) < self.concurrency:
             next_due = await self.engine.store.next_due_at(list(self.functions))
             if next_due is not None:
