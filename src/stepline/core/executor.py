@@ -55,8 +55,15 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 class Executor:
-    def __init__(self, engine: Engine, owner: str, threads: concurrent.futures.ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        owner: str,
+        threads: concurrent.futures.ThreadPoolExecutor,
+        functions: dict[str, FunctionDef] | None = None,
+    ) -> None:
         self.engine = engine
+        self.functions = functions
         self.owner = owner
         self.threads = threads
         self.drivers: dict[str, StepDriver] = {}  # run id -> driver of the live execution
@@ -141,7 +148,7 @@ class Executor:
             except SerializationError as exc:
                 error = exc
             else:
-                await self._finish(claimed, RunFinish("completed", output=output))
+                await self._finish(claimed, RunFinish("completed", output=output), driver)
                 return
         if isinstance(error, Suspend):
             now = self.engine.clock.now_ms()
@@ -155,7 +162,7 @@ class Executor:
         if not isinstance(error, Exception):
             raise error  # KeyboardInterrupt, SystemExit
         if isinstance(error, _FINAL_ERRORS) or run.attempt >= fn.retries:
-            await self._finish(claimed, RunFinish("failed", error=serialize_error(error)))
+            await self._finish(claimed, RunFinish("failed", error=serialize_error(error)), driver)
             return
         now = self.engine.clock.now_ms()
         if isinstance(error, RetryAfterError):
@@ -165,7 +172,12 @@ class Executor:
         log.info("run %s of %s failed (attempt %d), retrying: %s", run.id, fn.id, run.attempt, error)
         await self.engine.store.retry_run(run.id, self.owner, due, serialize_error(error), now)
 
-    async def _finish(self, claimed: ClaimedRun, finish: RunFinish) -> None:
+    async def _finish(self, claimed: ClaimedRun, finish: RunFinish, driver: StepDriver | None = None) -> None:
+        fn = self.functions.get(claimed.run.function_id) if self.functions else None
+        if fn is not None and not fn.cancel_on and driver is not None:
+            # Waits exist only for cancel_on and wait_for_event steps: without either there is nothing to delete.
+            kinds = {s.kind for s in driver.memo.values()} | {u.kind for u in driver.pending}
+            finish.may_have_waits = "wait_for_event" in kinds
         await self.engine.follow_up(claimed.run, claimed.event, finish)
         await self.engine.store.finish_run(claimed.run.id, self.owner, finish, self.engine.matcher,
                                            self.engine.clock.now_ms())  # fmt: skip

@@ -53,7 +53,7 @@ class Worker:
         self.change_poll_interval = change_poll_interval
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-8:]}"
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepline-fn")
-        self.executor = Executor(engine, self.owner, self._threads)
+        self.executor = Executor(engine, self.owner, self._threads, self.functions)
         self._active: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopping = False

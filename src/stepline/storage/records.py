@@ -162,6 +162,7 @@ class RunFinish:
     output: Any = None
     error: dict[str, Any] | None = None
     follow_up: IngestBatch = field(default_factory=lambda: IngestBatch([], []))  # system events + runs
+    may_have_waits: bool = True  # False lets the store skip deleting waits of a run that never had any
 
 
 @dataclass(slots=True)

@@ -399,23 +399,26 @@ class SqlStore(Store):
         self, run_id: str, owner: str | None, finish: RunFinish, matcher: WaitMatcher, now: int
     ) -> WriteOutcome:
         def op(conn: Any) -> WriteOutcome:
-            if owner is not None:
-                bad = self._check_lease(conn, run_id, owner)
-                if bad is not None:
-                    return bad
-            return WriteOutcome("ok") if self._finish(conn, run_id, finish, matcher, now) else WriteOutcome("cancelled")
+            if self._finish(conn, run_id, finish, matcher, now, owner):
+                return WriteOutcome("ok")
+            # Not ended by this call: already ended (cancelled elsewhere), or another worker holds the lease.
+            return (self._check_lease(conn, run_id, owner) if owner is not None else None) or WriteOutcome("cancelled")
 
         return await self.writer.run(op)
 
-    def _finish(self, conn: Any, run_id: str, finish: RunFinish, matcher: WaitMatcher, now: int) -> bool:
+    def _finish(
+        self, conn: Any, run_id: str, finish: RunFinish, matcher: WaitMatcher, now: int, owner: str | None = None
+    ) -> bool:
+        """End the run if it is live (and leased by ``owner``, when given); False if nothing changed."""
         row = conn.execute(
             self.Q["finish_run"],
             {"run_id": run_id, "status": finish.status, "output": _j(finish.output), "error": _j(finish.error),
-             "now": now},
+             "now": now, "owner": owner},
         ).fetchone()  # fmt: skip
         if row is None:
-            return False  # already ended
-        conn.execute(self.Q["delete_run_waits"], {"run_id": run_id})
+            return False
+        if finish.may_have_waits:
+            conn.execute(self.Q["delete_run_waits"], {"run_id": run_id})
         parent_run_id, parent_step_id, _ = row
         if parent_run_id is not None:
             result = {"data": finish.output} if finish.status == "completed" else None

@@ -169,6 +169,7 @@ UPDATE runs SET status = %(status)s, output = %(output)s::jsonb, error = %(error
                 due_at = NULL,
                 idle_reason = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(run_id)s AND status IN ('queued', 'running')
+  AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
 RETURNING parent_run_id, parent_step_id, started_at
 
 -- name: select_run

@@ -150,7 +150,7 @@ WHERE id = :run_id
 -- name: finish_run
 UPDATE runs SET status = :status, output = :output, error = :error, ended_at = :now, due_at = NULL,
                 idle_reason = NULL, lease_owner = NULL, lease_expires_at = NULL
-WHERE id = :run_id AND status IN ('queued', 'running')
+WHERE id = :run_id AND status IN ('queued', 'running') AND (:owner IS NULL OR lease_owner = :owner)
 RETURNING parent_run_id, parent_step_id, started_at
 
 -- name: select_run
