@@ -68,6 +68,10 @@ class Executor:
         self.threads = threads
         self.drivers: dict[str, StepDriver] = {}  # run id -> driver of the live execution
 
+    def _forget(self, run_id: str, driver: StepDriver) -> None:
+        if self.drivers.get(run_id) is driver:  # a newer execution of the same run may have replaced it
+            del self.drivers[run_id]
+
     def _finish_deadline(self, fn: FunctionDef, claimed: ClaimedRun) -> int | None:
         finish = claimed.run.started_at
         spec_ms = fn.config().get("timeouts", {}).get("finish_ms")
@@ -110,14 +114,14 @@ class Executor:
         except asyncio.CancelledError:
             await driver.wait_idle()
             driver.closed = True
-            self.drivers.pop(run.id, None)
+            self._forget(run.id, driver)
             await self.engine.store.release_run(run.id, self.owner, self.engine.clock.now_ms())
             raise
         except BaseException as exc:
             error = exc
         await driver.wait_idle()
         driver.closed = True
-        self.drivers.pop(run.id, None)
+        self._forget(run.id, driver)
         try:
             await self._conclude(fn, claimed, driver, result, error, deadline)
         except (RunCancelled, LeaseLost):

@@ -20,6 +20,7 @@ from stepline.core.errors import LeaseLost
 from stepline.core.executor import Executor
 from stepline.core.function import FunctionDef
 from stepline.core.ids import new_ulid
+from stepline.storage.records import ClaimedRun
 
 log = logging.getLogger("stepline.worker")
 
@@ -89,10 +90,7 @@ class Worker:
         self.runs_started += len(claimed)
         return len(claimed)
 
-    async def _execute(self, run_id: str, claimed: object) -> None:
-        from stepline.storage.records import ClaimedRun
-
-        assert isinstance(claimed, ClaimedRun)
+    async def _execute(self, run_id: str, claimed: ClaimedRun) -> None:
         try:
             await self.executor.execute(self.functions[claimed.run.function_id], claimed)
         except asyncio.CancelledError:
@@ -100,7 +98,10 @@ class Worker:
         except BaseException:
             log.exception("run %s: the executor failed; the run will be retried when its lease expires", run_id)
         finally:
-            self._active.pop(run_id, None)
+            # The run may already be executing again in a newer task (its suspension committed and this worker
+            # re-claimed it before this task got here): only forget our own entry.
+            if self._active.get(run_id) is asyncio.current_task():
+                del self._active[run_id]
             self._wake.set()
 
     async def _renew_leases(self) -> None:
