@@ -236,3 +236,26 @@ async def test_runs_are_visible_to_a_second_client_on_the_same_database(
     assert (await only_run(client)).status == "completed"
     assert isinstance(client.worker(), Worker)
     assert (await client.store.list_runs(RunFilter(status="completed")))[0].output == 1
+
+
+async def test_a_cancel_event_sent_from_a_step_announces_the_cancellation(client: Stepline, clock: FakeClock) -> None:
+    @client.function(id="target", trigger="x/start", cancel_on=[{"event": "x/stop"}])
+    async def target(ctx: Any) -> Any:
+        await ctx.step.sleep("nap", "1h")
+
+    @client.function(id="stopper", trigger="x/go")
+    async def stopper(ctx: Any) -> Any:
+        await ctx.step.send_event("stop", {"name": "x/stop"})
+
+    @client.function(id="watch", trigger="stepline/function.cancelled")
+    async def watch(ctx: Any) -> Any:
+        return ctx.event.data["function_id"]
+
+    await client.send({"name": "x/start"})
+    await drain(client)
+    await client.send({"name": "x/go"})
+    await drain(client)
+    assert [r.status for r in await runs(client, "target")] == ["cancelled"]
+    assert [r.output for r in await runs(client, "watch")] == ["test-app-target"]
+    finished = await client.store.list_events("stepline/function.finished", 50)
+    assert [e.data["status"] for e in finished if e.data["function_id"] == "test-app-target"] == ["cancelled"]

@@ -213,11 +213,11 @@ class Engine:
         batch = await self.plan_ingest(events)
         result = await self.store.ingest(batch, self.matcher, self.clock.now_ms())
         if result.cancelled_run_ids:
-            await self._announce_cancellations(result.cancelled_run_ids)
+            await self.announce_cancellations(result.cancelled_run_ids)
         self.notify()
         return result
 
-    async def _announce_cancellations(self, run_ids: list[str]) -> None:
+    async def announce_cancellations(self, run_ids: Sequence[str]) -> None:
         """Emit ``stepline/function.finished`` and ``.cancelled`` for runs a ``cancel_on`` event just cancelled.
 
         Stored right after the cancelling transaction (the cancellation itself is already durable)."""
@@ -233,7 +233,8 @@ class Engine:
             events += finish.follow_up.events
             runs += finish.follow_up.runs
         if events:
-            await self.store.ingest(IngestBatch(events, runs), self.matcher, self.clock.now_ms())
+            result = await self.store.ingest(IngestBatch(events, runs), self.matcher, self.clock.now_ms())
+            await self.announce_cancellations(result.cancelled_run_ids)  # their end events may cancel more
 
     async def invoke_now(self, function_id: str, data: dict[str, Any] | None = None) -> str:
         """Start a run of one function directly (CLI and API), whatever its triggers. Returns the run id."""
@@ -242,7 +243,8 @@ class Engine:
         ev = self.stored_event(validate_event(Event(name="stepline/function.invoked", data=data or {}),
                                               allow_reserved=True), now)  # fmt: skip
         run = new_run(spec, ev.internal_id, now)
-        await self.store.ingest(IngestBatch([ev], [run]), self.matcher, now)
+        result = await self.store.ingest(IngestBatch([ev], [run]), self.matcher, now)
+        await self.announce_cancellations(result.cancelled_run_ids)
         self.notify()
         return run.id
 
@@ -291,5 +293,6 @@ class Engine:
         if trigger is not None:
             await self.follow_up(run, trigger, finish)
         outcome = await self.store.finish_run(run_id, None, finish, self.matcher, self.clock.now_ms())
+        await self.announce_cancellations(outcome.cancelled_run_ids)
         self.notify()
         return outcome.status == "ok"

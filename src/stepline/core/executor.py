@@ -159,8 +159,9 @@ class Executor:
             reasons = sorted(driver.reasons, key=lambda r: r.get("until") or 0)
             idle = reasons[0] if len(reasons) == 1 else {"kind": "multiple", "reasons": reasons}
             cap = deadline if driver.pending else now
-            await self.engine.store.suspend_run(run.id, self.owner, driver.pending, idle, self.engine.matcher, now,
-                                                max_due_at=cap)  # fmt: skip
+            outcome = await self.engine.store.suspend_run(run.id, self.owner, driver.pending, idle,
+                                                          self.engine.matcher, now, max_due_at=cap)  # fmt: skip
+            await self.engine.announce_cancellations(outcome.cancelled_run_ids)
             self.engine.notify()
             return
         if not isinstance(error, Exception):
@@ -183,6 +184,7 @@ class Executor:
             kinds = {s.kind for s in driver.memo.values()} | {u.kind for u in driver.pending}
             finish.may_have_waits = "wait_for_event" in kinds
         await self.engine.follow_up(claimed.run, claimed.event, finish)
-        await self.engine.store.finish_run(claimed.run.id, self.owner, finish, self.engine.matcher,
-                                           self.engine.clock.now_ms())  # fmt: skip
+        outcome = await self.engine.store.finish_run(claimed.run.id, self.owner, finish, self.engine.matcher,
+                                                     self.engine.clock.now_ms())  # fmt: skip
+        await self.engine.announce_cancellations(outcome.cancelled_run_ids)
         self.engine.notify()

@@ -129,6 +129,8 @@ class StepDriver:
         outcome: WriteOutcome = await self.engine.store.record_step(
             self.run_id, self.owner, update, self.engine.matcher, self._now()
         )
+        if outcome.cancelled_run_ids:
+            await self.engine.announce_cancellations(outcome.cancelled_run_ids)
         if outcome.status == "cancelled":
             self.stop = RunCancelled()
             raise self.stop

@@ -145,6 +145,7 @@ class WriteOutcome:
 
     status: Literal["ok", "cancelled", "lost"]
     step: StepRecord | None = None  # the stored step, which may be another writer's result
+    cancelled_run_ids: tuple[str, ...] = ()  # runs that events stored by this write cancelled (cancel_on)
 
 
 @dataclass(frozen=True, slots=True)

@@ -305,9 +305,10 @@ class SqlStore(Store):
             if bad is not None and update.status not in ("completed", "failed"):
                 return bad
             step, wrote = self._write_step(conn, run_id, update, now)
+            cancelled: list[str] = []
             if wrote and update.emit is not None:
-                self._ingest(conn, update.emit, matcher, now)
-            return WriteOutcome(bad.status if bad else "ok", step)
+                cancelled = self._ingest(conn, update.emit, matcher, now).cancelled_run_ids
+            return WriteOutcome(bad.status if bad else "ok", step, tuple(cancelled))
 
         return await self.writer.run(op)
 
@@ -327,13 +328,14 @@ class SqlStore(Store):
                 return bad
             due_at: int | None = max_due_at
             trigger: dict[str, Any] | None = None
+            cancelled: list[str] = []
             for u in pending:
                 step, _ = self._write_step(conn, run_id, u, now)
                 if step.is_memo:
                     due_at = now  # already resolved (by another writer): resume at once
                     continue
                 if u.invoke is not None:
-                    self._ingest(conn, u.invoke, matcher, now)
+                    cancelled += self._ingest(conn, u.invoke, matcher, now).cancelled_run_ids
                 if u.wait is not None and step.status == "waiting":
                     self._lock_for_wait(conn, u.wait.event_name)
                     conn.execute(self.Q["delete_step_wait"], {"run_id": run_id, "step_id": u.step_id})
@@ -367,7 +369,7 @@ class SqlStore(Store):
             )
             if due_at is not None and due_at <= now:
                 self._notify_work(conn)
-            return WriteOutcome("ok")
+            return WriteOutcome("ok", cancelled_run_ids=tuple(cancelled))
 
         return await self.writer.run(op)
 
@@ -399,15 +401,23 @@ class SqlStore(Store):
         self, run_id: str, owner: str | None, finish: RunFinish, matcher: WaitMatcher, now: int
     ) -> WriteOutcome:
         def op(conn: Any) -> WriteOutcome:
-            if self._finish(conn, run_id, finish, matcher, now, owner):
-                return WriteOutcome("ok")
+            cancelled: list[str] = []
+            if self._finish(conn, run_id, finish, matcher, now, owner, cancelled):
+                return WriteOutcome("ok", cancelled_run_ids=tuple(cancelled))
             # Not ended by this call: already ended (cancelled elsewhere), or another worker holds the lease.
             return (self._check_lease(conn, run_id, owner) if owner is not None else None) or WriteOutcome("cancelled")
 
         return await self.writer.run(op)
 
     def _finish(
-        self, conn: Any, run_id: str, finish: RunFinish, matcher: WaitMatcher, now: int, owner: str | None = None
+        self,
+        conn: Any,
+        run_id: str,
+        finish: RunFinish,
+        matcher: WaitMatcher,
+        now: int,
+        owner: str | None = None,
+        cancelled: list[str] | None = None,
     ) -> bool:
         """End the run if it is live (and leased by ``owner``, when given); False if nothing changed."""
         row = conn.execute(
@@ -435,7 +445,9 @@ class SqlStore(Store):
                 conn.execute(self.Q["wake_run"], {"run_id": parent_run_id, "now": now})
                 self._notify_work(conn)
         if finish.follow_up.events or finish.follow_up.runs:
-            self._ingest(conn, finish.follow_up, matcher, now)
+            follow = self._ingest(conn, finish.follow_up, matcher, now)
+            if cancelled is not None:
+                cancelled += follow.cancelled_run_ids
         return True
 
     # --- retention ---
