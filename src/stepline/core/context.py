@@ -8,7 +8,7 @@ import datetime as dt
 import inspect
 import logging
 import typing
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -152,17 +152,6 @@ class Group:
             if exc is not None:
                 raise exc
         return [f.result() for f in futures]
-
-    async def parallel_async(self, awaitables: Sequence[Awaitable[T]]) -> list[T]:
-        """The async counterpart: like ``asyncio.gather`` but waits for every step before re-raising."""
-        results = await asyncio.gather(*awaitables, return_exceptions=True)
-        for r in results:
-            if isinstance(r, _RunSignal):
-                raise r
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return list(results)  # type: ignore[arg-type]
 
 
 @dataclass

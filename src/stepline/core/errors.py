@@ -70,10 +70,6 @@ class StepError(Exception):
         self.stack = stack
 
 
-class FunctionFailedError(Exception):
-    """An invoked function failed; raised by ``step.invoke`` (a StepError subclass is used instead)."""
-
-
 def serialize_error(exc: BaseException) -> dict[str, Any]:
     """The stored form of an error: Inngest's ``{name, message, stack}``."""
     if isinstance(exc, StepError):

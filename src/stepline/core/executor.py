@@ -73,9 +73,8 @@ class Executor:
             del self.drivers[run_id]
 
     def _finish_deadline(self, fn: FunctionDef, claimed: ClaimedRun) -> int | None:
-        finish = claimed.run.started_at
-        spec_ms = fn.config().get("timeouts", {}).get("finish_ms")
-        return None if finish is None or spec_ms is None else finish + int(spec_ms)
+        started = claimed.run.started_at
+        return None if started is None or fn.finish_timeout_ms is None else started + fn.finish_timeout_ms
 
     async def execute(self, fn: FunctionDef, claimed: ClaimedRun) -> None:
         run = claimed.run

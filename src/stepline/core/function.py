@@ -8,6 +8,7 @@ JSON in the functions table so a process that only sends events still starts the
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -143,6 +144,11 @@ class FunctionDef:
     @property
     def id(self) -> str:
         return f"{self.app_id}-{self.slug}"
+
+    @functools.cached_property
+    def finish_timeout_ms(self) -> int | None:
+        """``timeouts.finish`` in milliseconds (parsed once: the executor reads it for every run)."""
+        return None if self.timeouts.finish is None else _ms(self.timeouts.finish)
 
     @property
     def is_async(self) -> bool:

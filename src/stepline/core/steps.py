@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -314,7 +313,3 @@ class StepDriver:
 
 def sleep_until_ms(when: dt.datetime | str) -> int:
     return int(to_utc(when).timestamp() * 1000)
-
-
-def call_step_fn(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return fn(*args, **kwargs)

@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from stepline.core.events import StoredEvent
 
-RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 StepStatus = Literal["completed", "failed", "retrying", "sleeping", "waiting", "invoking"]
 MEMO_STATUSES: frozenset[str] = frozenset({"completed", "failed"})
