@@ -11,6 +11,7 @@ import stepline
 from stepline.cli.common import CliError, compact, db_option, opened_store, run_async, table
 from stepline.cli.db import db_group
 from stepline.cli.runs import runs_group
+from stepline.cli.server import dev_command, start_command
 from stepline.cli.worker import worker_command
 from stepline.core.engine import Engine
 from stepline.core.errors import EventValidationError
@@ -105,6 +106,8 @@ def list_functions(ctx: click.Context, as_json: bool) -> None:
 cli.add_command(worker_command)
 cli.add_command(runs_group)
 cli.add_command(db_group)
+cli.add_command(dev_command)
+cli.add_command(start_command)
 
 
 def main() -> None:

@@ -147,8 +147,8 @@ class Engine:
             cb()
 
     # --- events in ---
-    def stored_event(self, event: Event, now: int) -> StoredEvent:
-        internal_id = new_ulid()
+    def stored_event(self, event: Event, now: int, internal_id: str | None = None) -> StoredEvent:
+        internal_id = internal_id or new_ulid()
         return StoredEvent(
             internal_id=internal_id,
             id=event.id or internal_id,
@@ -161,9 +161,17 @@ class Engine:
         )
 
     async def plan_ingest(
-        self, events: EventInput | Sequence[EventInput], *, allow_reserved: bool = False
+        self,
+        events: EventInput | Sequence[EventInput],
+        *,
+        allow_reserved: bool = False,
+        internal_ids: Sequence[str] | None = None,
     ) -> IngestBatch:
-        """Validate events and decide which runs they start. Raises EventValidationError, storing nothing."""
+        """Validate events and decide which runs they start. Raises EventValidationError, storing nothing.
+
+        ``internal_ids`` (the event API's seeded ids) makes a retried request idempotent: each event keeps the
+        same internal id, an event without an ``id`` takes it as its ``id``, so its runs' idempotency keys are
+        already held the second time and nothing new starts."""
         items = [events] if isinstance(events, Event | Mapping) else list(events)
         if not items:
             raise EventValidationError("no events to send")
@@ -177,8 +185,14 @@ class Engine:
             except EventValidationError as exc:
                 prefix = f"event {i} of {len(items)}: " if len(items) > 1 else ""
                 raise EventValidationError(f"{prefix}{exc}") from None
-        stored = [self.stored_event(e, now) for e in validated]
-        user_ids = [e.id for e in validated]
+        if internal_ids is not None:
+            if len(internal_ids) != len(validated):
+                raise ValueError("internal_ids must give one id per event")
+            stored = [self.stored_event(e, now, i) for e, i in zip(validated, internal_ids, strict=True)]
+            user_ids: list[str | None] = [s.id for s in stored]
+        else:
+            stored = [self.stored_event(e, now) for e in validated]
+            user_ids = [e.id for e in validated]
         return IngestBatch(stored, await self._plan_runs(stored, user_ids, now))
 
     async def _plan_runs(self, events: list[StoredEvent], user_ids: list[str | None], now: int) -> list[NewRun]:
@@ -208,9 +222,11 @@ class Engine:
                 runs.append(new_run(spec, ev.internal_id, now, idempotency_key=key))
         return runs
 
-    async def ingest(self, events: EventInput | Sequence[EventInput]) -> IngestResult:
+    async def ingest(
+        self, events: EventInput | Sequence[EventInput], *, internal_ids: Sequence[str] | None = None
+    ) -> IngestResult:
         """Store events and start the runs they trigger, atomically."""
-        batch = await self.plan_ingest(events)
+        batch = await self.plan_ingest(events, internal_ids=internal_ids)
         result = await self.store.ingest(batch, self.matcher, self.clock.now_ms())
         if result.cancelled_run_ids:
             await self.announce_cancellations(result.cancelled_run_ids)

@@ -1,0 +1,201 @@
+"""``stepline dev`` and ``stepline start``: the server (event API, SDK protocol, REST API) in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import uvicorn
+
+from stepline.cli.common import CliError, NotFoundError, db_location, db_option, display_path, make_store
+from stepline.cli.worker import load_client
+from stepline.core.engine import Engine
+from stepline.server.app import create_app
+from stepline.server.config import DEFAULT_PORT, ServerConfig, ServerKind, scaled_backoff
+
+log = logging.getLogger("stepline.cli")
+F = TypeVar("F", bound=Callable[..., Any])
+_KEY = re.compile(r"^(signkey-\w+-)?([0-9a-fA-F]+)$")
+
+
+def _common_options(fn: F) -> F:
+    options = [
+        click.option("--port", "-p", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
+                     envvar="STEPLINE_PORT", help="Port for the event API, SDK endpoints and REST API."),
+        click.option("--sdk-url", "-u", "sdk_urls", multiple=True, metavar="URL",
+                     help="An app's serve URL to sync (repeatable), e.g. http://localhost:3000/api/inngest."),
+        click.option("--no-poll", is_flag=True, help="Re-sync only apps whose last sync failed."),
+        click.option("--poll-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+                     help="Seconds between re-syncs of known apps."),
+        click.option("--app", "apps", multiple=True, metavar="MODULE:ATTR",
+                     help="Also run this Stepline client's functions in-process (repeatable)."),
+        click.option("--app-dir", default=".", show_default=True, help="Directory added to sys.path for --app."),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+                     show_default=True),
+        db_option(),
+        click.pass_context,
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _sockets(hosts: list[str], port: int) -> list[socket.socket]:
+    """Listening sockets on every host (dev binds IPv4 and IPv6 loopback: `localhost` may resolve to ::1)."""
+    out: list[socket.socket] = []
+    for host in hosts:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            if host == "::1" and len(hosts) > 1:
+                log.info("IPv6 loopback unavailable (%s); serving on IPv4 only", exc)
+                continue
+            for s in out:
+                s.close()
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        sock.listen(2048)
+        sock.setblocking(False)
+        out.append(sock)
+    return out
+
+
+async def _serve(ctx: click.Context, config: ServerConfig, hosts: list[str], port: int, apps: tuple[str, ...],
+                 app_dir: str) -> None:  # fmt: skip
+    location, _ = db_location(ctx)
+    store = make_store(location)
+    try:
+        await store.open()
+    except Exception as exc:
+        raise NotFoundError(f"cannot open database {location}: {type(exc).__name__}: {exc}") from None
+    engine = Engine(store)
+    clients = [load_client(t, app_dir) for t in apps]
+    for c in clients:
+        c.use_store(store)
+        await c.ready()
+    sockets = _sockets(hosts, port)
+    app = create_app(engine, config)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    workers = [c.worker() for c in clients]
+    shown = ", ".join(f"http://{f'[{h}]' if ':' in h else h}:{port}" for h in hosts[: len(sockets)])
+    log.info("stepline %s server on %s (db %s, kind %s)", "dev" if config.kind == "dev" else "start", shown,
+             display_path(store, location), config.kind)  # fmt: skip
+    loop = asyncio.get_running_loop()
+
+    def stop(sig: signal.Signals) -> None:
+        log.info("%s: stopping", sig.name)
+        server.should_exit = True
+        for w in workers:
+            w.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop, sig)
+    try:
+        await asyncio.gather(server.serve(sockets=sockets), *(w.run() for w in workers))
+    finally:
+        for w in workers:
+            w.stop()
+        for c in clients:
+            await c.close()
+        await store.close()
+
+
+def _config(kind: ServerKind, **kw: Any) -> ServerConfig:
+    scale = os.environ.get("STEPLINE_BACKOFF_SCALE")
+    if scale:
+        try:
+            kw["backoff"] = scaled_backoff(float(scale))
+        except ValueError:
+            raise CliError(f"STEPLINE_BACKOFF_SCALE must be a number, got {scale!r}") from None
+    return ServerConfig(kind=kind, **kw)
+
+
+def _run(ctx: click.Context, config: ServerConfig, hosts: list[str], port: int, apps: tuple[str, ...],
+         app_dir: str, log_level: str) -> None:  # fmt: skip
+    logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        asyncio.run(_serve(ctx, config, hosts, port, apps, app_dir))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+@click.command("dev")
+@click.option("--host", "hosts", multiple=True, metavar="HOST",
+              help="Address to listen on (repeatable). Default: 127.0.0.1 and ::1.")  # fmt: skip
+@click.option("--no-discovery", is_flag=True, help="Do not scan local ports for apps.")
+@_common_options
+def dev_command(ctx: click.Context, hosts: tuple[str, ...], no_discovery: bool, port: int,
+                sdk_urls: tuple[str, ...], no_poll: bool, poll_interval: float, apps: tuple[str, ...],
+                app_dir: str, log_level: str) -> None:  # fmt: skip
+    """Development server: no keys, SQLite by default, apps synced from -u URLs and discovered on local ports.
+
+    Point an Inngest SDK app at it with INNGEST_DEV=http://127.0.0.1:8288.
+    """
+    config = _config("dev", sdk_urls=sdk_urls, discovery=not no_discovery, poll=not no_poll,
+                     poll_interval=poll_interval, extra={"port": str(port)})  # fmt: skip
+    _run(ctx, config, list(hosts) or ["127.0.0.1", "::1"], port, apps, app_dir, log_level)
+
+
+def _check_key(key: str, what: str) -> str:
+    key = key.strip()
+    if not _KEY.match(key) or len(_KEY.match(key).group(2)) % 2:  # type: ignore[union-attr]
+        raise CliError(f"{what} must be hex (optionally prefixed signkey-<env>-), got {key[:12]!r}...")
+    return key
+
+
+@click.command("start")
+@click.option("--host", "hosts", multiple=True, metavar="HOST", help="Address to listen on (repeatable). "
+              "Default: 0.0.0.0.")  # fmt: skip
+@click.option(
+    "--signing-key",
+    envvar=["STEPLINE_SIGNING_KEY", "INNGEST_SIGNING_KEY"],
+    show_envvar=True,
+    help="Key that signs calls to apps and authenticates SDKs and the REST API (hex, signkey-<env>-...).",
+)
+@click.option("--signing-key-fallback", envvar=["STEPLINE_SIGNING_KEY_FALLBACK", "INNGEST_SIGNING_KEY_FALLBACK"],
+              default=None, help="A second accepted key, for rotation.")  # fmt: skip
+@click.option("--event-key", "event_keys", multiple=True,
+              help="An accepted event key (repeatable). Also $STEPLINE_EVENT_KEYS (comma-separated) or "
+              "$INNGEST_EVENT_KEY.")  # fmt: skip
+@click.option("--discovery", is_flag=True, help="Scan local ports for apps (off by default in start).")
+@_common_options
+def start_command(ctx: click.Context, hosts: tuple[str, ...], signing_key: str | None,
+                  signing_key_fallback: str | None, event_keys: tuple[str, ...], discovery: bool, port: int,
+                  sdk_urls: tuple[str, ...], no_poll: bool, poll_interval: float, apps: tuple[str, ...],
+                  app_dir: str, log_level: str) -> None:  # fmt: skip
+    """Production server: signed calls, event keys, SQLite or PostgreSQL (--db postgresql://...).
+
+    Point an Inngest SDK app at it with INNGEST_BASE_URL, INNGEST_SIGNING_KEY and INNGEST_EVENT_KEY.
+    """
+    if not signing_key:
+        raise CliError("stepline start needs a signing key: --signing-key or STEPLINE_SIGNING_KEY "
+                       "(e.g. signkey-prod-$(openssl rand -hex 32))")  # fmt: skip
+    keys = [_check_key(signing_key, "--signing-key")]
+    if signing_key_fallback:
+        keys.append(_check_key(signing_key_fallback, "--signing-key-fallback"))
+    accepted = {k.strip() for k in event_keys if k.strip()}
+    accepted |= {k.strip() for k in os.environ.get("STEPLINE_EVENT_KEYS", "").split(",") if k.strip()}
+    if os.environ.get("INNGEST_EVENT_KEY", "").strip():
+        accepted.add(os.environ["INNGEST_EVENT_KEY"].strip())
+    if not accepted:
+        raise CliError("stepline start needs at least one event key: --event-key or STEPLINE_EVENT_KEYS")
+    config = _config("cloud", signing_keys=tuple(keys), event_keys=frozenset(accepted), sdk_urls=sdk_urls,
+                     discovery=discovery, poll=not no_poll, poll_interval=poll_interval,
+                     extra={"port": str(port)})  # fmt: skip
+    _run(ctx, config, list(hosts) or ["0.0.0.0"], port, apps, app_dir, log_level)

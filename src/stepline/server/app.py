@@ -1,0 +1,52 @@
+"""The Stepline server as one ASGI app: event API, SDK sync and calls, REST API, health.
+
+``create_app(engine, config)`` wires the routes of each module and, for the app's lifetime, runs the worker that
+executes HTTP functions (calls to apps) and the app syncer (discovery, periodic re-sync).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from stepline.core.engine import Engine
+from stepline.server import events_api, rest_api, sdk_api, sync
+from stepline.server.config import ServerConfig
+from stepline.server.http_worker import HttpWorker
+from stepline.server.state import ServerState, state_of
+
+
+async def health(request: Request) -> Response:
+    st = state_of(request)
+    return JSONResponse({"status": 200, "message": "OK", "kind": st.config.kind})
+
+
+def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker: bool = True) -> Starlette:
+    """``run_worker=False`` serves the APIs only (another process executes the HTTP functions)."""
+    cfg = config or ServerConfig()
+    routes: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
+    routes += events_api.routes()
+    routes += sync.routes()
+    routes += sdk_api.routes()
+    routes += rest_api.routes()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(cfg.call_timeout, connect=10.0)) as client:
+            st = ServerState(engine=engine, config=cfg, http=client)
+            app.state.stepline = st
+            async with contextlib.AsyncExitStack() as stack:
+                if run_worker:
+                    worker = HttpWorker(st)
+                    await stack.enter_async_context(worker.running())
+                syncer = sync.Syncer(st)
+                await stack.enter_async_context(syncer.running())
+                yield
+
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,42 @@
+"""Server settings: dev (open, embedded SQLite) or start (signed, event keys, any store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from stepline.core.backoff import Backoff
+
+ServerKind = Literal["dev", "cloud"]
+
+DEFAULT_PORT = 8288
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a whole event API request or SDK call response
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``kind`` is what the server tells SDKs in ``X-Inngest-Server-Kind``: ``dev`` for ``stepline dev``,
+    ``cloud`` for ``stepline start`` (signed calls, event keys checked)."""
+
+    kind: ServerKind = "dev"
+    signing_keys: tuple[str, ...] = ()  # the signing key, then its fallback (start mode)
+    event_keys: frozenset[str] = frozenset()  # accepted event keys (start mode); dev accepts any key
+    sdk_urls: tuple[str, ...] = ()  # apps to sync at start (-u)
+    discovery: bool = True  # scan the usual local ports for apps until one syncs (dev)
+    poll: bool = True  # re-sync every known app every poll_interval (else only apps in error)
+    poll_interval: float = 5.0
+    call_timeout: float = 300.0  # seconds an SDK call may take before it counts as failed (and is retried)
+    max_body_bytes: int = MAX_BODY_BYTES
+    backoff: Backoff = field(default_factory=Backoff)  # between retries of failed calls and steps
+    public_url: str | None = None  # how people reach this server (links in logs and alerts)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def signed(self) -> bool:
+        return self.kind == "cloud"
+
+
+def scaled_backoff(scale: float) -> Backoff:
+    """Inngest's schedule and jitter multiplied by ``scale`` (``STEPLINE_BACKOFF_SCALE``; tests use 0.01)."""
+    base = Backoff()
+    return Backoff(schedule=tuple(d * scale for d in base.schedule), jitter=base.jitter * scale)

@@ -1,0 +1,378 @@
+"""Execute one claimed run of an HTTP function by calling its app, as the Inngest SDK protocol says.
+
+A claimed run is driven to its next resting point within one lease: settle the steps that fell due (sleeps
+ended, waits and invokes timed out), call the app (a discovery call, or targeted calls for planned and
+retried steps, in parallel), record each op's result as it comes back (one durable write per step, as
+in-process), and repeat until the function completes or fails, or every remaining step has to wait
+(sleep, wait for event, invoke, a retry later): then the run is suspended with those steps in one transaction.
+Runs and steps are stored exactly as for in-process functions; only the memo's wire form differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from stepline.core.durations import parse_duration
+from stepline.core.engine import new_run
+from stepline.core.events import FUNCTION_INVOKED, Event, canonical_event_name
+from stepline.core.expressions import compile_expression
+from stepline.core.function import DEFAULT_WAIT_TIMEOUT
+from stepline.server import protocol, signing
+from stepline.server.functions import HttpFunction
+from stepline.server.protocol import CallState, Op, Outcome
+from stepline.server.state import ServerState
+from stepline.storage.records import ClaimedRun, IngestBatch, RunFinish, StepRecord, StepUpdate, WaitSpec
+
+log = logging.getLogger("stepline.server.calls")
+MAX_SLEEP_MS = 366 * 24 * 3600 * 1000
+MAX_CALLS_PER_CLAIM = 10_000
+INVOKE_TIMEOUT_ERROR = {"name": "InngestInvokeTimeoutError",
+                        "message": "Timed out waiting for invoked function to complete"}  # fmt: skip
+
+
+class _Stop(Exception):
+    """The run was cancelled, its lease lost, or it ended: stop driving it."""
+
+
+@dataclass
+class Lease:
+    """What the worker's lease renewal reads and writes for a run in flight (as StepDriver in-process)."""
+
+    lease_until: int | None
+    stop: BaseException | None = None
+
+
+class HttpExecutor:
+    def __init__(self, st: ServerState, owner: str) -> None:
+        self.st = st
+        self.owner = owner
+        self.drivers: dict[str, Lease] = {}
+        self.calls = 0
+
+    async def execute(self, fn: HttpFunction, claimed: ClaimedRun) -> None:
+        lease = Lease(claimed.run.lease_expires_at)
+        self.drivers[claimed.run.id] = lease
+        try:
+            await _Execution(self, fn, claimed, lease).drive()
+        except _Stop:
+            pass
+        finally:
+            if self.drivers.get(claimed.run.id) is lease:
+                del self.drivers[claimed.run.id]
+
+
+def _done_order(rec: StepRecord) -> int:
+    return rec.ended_at if rec.ended_at is not None else rec.started_at
+
+
+class _Execution:
+    def __init__(self, ex: HttpExecutor, fn: HttpFunction, claimed: ClaimedRun, lease: Lease) -> None:
+        self.ex = ex
+        self.st = ex.st
+        self.engine = ex.st.engine
+        self.fn = fn
+        self.claimed = claimed
+        self.run = claimed.run
+        self.lease = lease
+        self.memo: dict[str, StepRecord] = dict(claimed.steps)
+        self.stack = [r.step_id for r in sorted((r for r in self.memo.values() if r.is_memo), key=_done_order)]
+        self.pending: dict[str, StepUpdate] = {}  # steps that must wait: written by the suspension
+        self.reasons: dict[str, dict[str, Any]] = {}
+        self.labels: dict[str, str] = {}
+        self.settled = False  # some step's time came when the run was claimed
+        self.since: int | str = 0
+        started = self.run.started_at
+        finish_ms = fn.spec.finish_timeout_ms
+        self.deadline = None if started is None or finish_ms is None else started + finish_ms
+
+    def now(self) -> int:
+        return self.engine.clock.now_ms()
+
+    # --- the loop ---
+    async def drive(self) -> None:
+        run = self.run
+        if run.start_deadline is not None and run.started_at is not None and run.started_at > run.start_deadline:
+            await self.finish(RunFinish("cancelled", error={
+                "name": "StartTimeout", "message": "the run did not start within timeouts.start"}))  # fmt: skip
+        targets = await self.settle_due_steps()
+        if not targets and not self.settled and self.pending:
+            await self.suspend()  # claimed before any of its steps fell due (a lease expired): rest again
+        planned = targets
+        for _ in range(MAX_CALLS_PER_CLAIM):
+            if planned:
+                outcomes = await asyncio.gather(*(self.call(p, self.attempt_of(p), True) for p in planned))
+                planned = []
+                for step_id, outcome in outcomes:
+                    planned += await self.handle(outcome, step_id)
+            else:
+                _, outcome = await self.call("step", self.run.attempt, False)
+                new = await self.handle(outcome, None)
+                planned = new
+            if not planned and self.pending:
+                await self.suspend()
+        await self.function_error({"name": "Error", "message": f"more than {MAX_CALLS_PER_CLAIM} calls in one go"},
+                                  retriable=True, retry_at=None)  # fmt: skip
+
+    async def settle_due_steps(self) -> list[str]:
+        """Steps whose time came: finish sleeps and timed-out waits/invokes; return the retries due now."""
+        now = self.now()
+        targets: list[str] = []
+        for rec in list(self.memo.values()):
+            if rec.is_memo:
+                continue
+            self.labels[rec.step_id] = rec.display_id
+            if rec.wake_at is not None and rec.wake_at > now:
+                self.keep_pending(rec)
+                continue
+            self.settled = True
+            if rec.status == "retrying":
+                targets.append(rec.step_id)
+            elif rec.status == "sleeping":
+                await self.record(StepUpdate(rec.step_id, rec.display_id, "sleep", "completed", 1, output=None))
+            elif rec.status == "waiting":
+                await self.record(StepUpdate(rec.step_id, rec.display_id, "wait_for_event", "completed", 1))
+            elif rec.status == "invoking":
+                await self.record(StepUpdate(rec.step_id, rec.display_id, "invoke", "failed", 1,
+                                             error=dict(INVOKE_TIMEOUT_ERROR)))  # fmt: skip
+        return targets
+
+    def keep_pending(self, rec: StepRecord) -> None:
+        self.pending[rec.step_id] = StepUpdate(rec.step_id, rec.display_id, rec.kind, rec.status,  # type: ignore[arg-type]
+                                               rec.attempts, error=rec.error, wake_at=rec.wake_at)  # fmt: skip
+        kind = {"sleeping": "sleeping", "waiting": "waiting", "invoking": "invoking"}.get(rec.status, "retrying")
+        self.reasons[rec.step_id] = {"kind": kind, "step": rec.display_id, "until": rec.wake_at}
+
+    def attempt_of(self, step_id: str) -> int:
+        rec = self.memo.get(step_id)
+        pending = self.pending.get(step_id)
+        if pending is not None:
+            return pending.attempts
+        return rec.attempts if rec is not None and not rec.is_memo else 0
+
+    # --- one call ---
+    async def call(self, step_id: str, attempt: int, disable_immediate: bool) -> tuple[str, Outcome]:
+        if self.lease.stop is not None:
+            raise _Stop()
+        now = self.now()
+        if self.lease.lease_until is not None and now >= self.lease.lease_until:
+            raise _Stop()  # another node may own the run now
+        if self.deadline is not None and now >= self.deadline:
+            await self.finish(RunFinish("cancelled", error={
+                "name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}))  # fmt: skip
+        self.since = await self.engine.store.event_cursor()  # a wait reported by this call matches later events
+        memo = {sid: protocol.memo_value(self.memo[sid]) for sid in self.stack}
+        state = CallState(self.run.id, self.claimed.event, self.claimed.events, memo, list(self.stack), attempt,
+                          self.fn.max_attempts, disable_immediate)  # fmt: skip
+        body, _ = protocol.call_body(state)
+        raw = signing.canonical_json(body)
+        headers = {"Content-Type": "application/json", "User-Agent": "stepline", "X-Inngest-Step-ID": step_id,
+                   "X-Run-ID": self.run.id}  # fmt: skip
+        if self.st.config.signed and self.st.config.signing_keys:
+            headers["X-Inngest-Signature"] = signing.sign(raw, self.st.config.signing_keys[0], now // 1000)
+        self.ex.calls += 1
+        try:
+            resp = await self.st.http.post(self.fn.call_url(step_id), content=raw, headers=headers)
+        except httpx.TimeoutException:
+            return step_id, Outcome("error", error={"name": "CallTimeout", "message": (
+                f"the app did not answer within {self.st.config.call_timeout:g} s")})  # fmt: skip
+        except httpx.HTTPError as exc:
+            return step_id, Outcome("error", error={"name": "AppUnreachable", "message": (
+                f"calling {self.fn.call_url(step_id)} failed: {type(exc).__name__}: {exc}")})  # fmt: skip
+        if len(resp.content) > self.st.config.max_body_bytes:
+            return step_id, Outcome(
+                "error",
+                error={
+                    "name": "ResponseTooLarge",
+                    "message": (
+                        f"the app's response is {len(resp.content)} bytes; the limit is {self.st.config.max_body_bytes}"
+                    ),
+                },
+            )
+        lower = {k.lower(): v for k, v in resp.headers.items()}
+        return step_id, protocol.parse_response(resp.status_code, lower, resp.content, self.now())
+
+    # --- what a response means ---
+    async def handle(self, outcome: Outcome, targeted: str | None) -> list[str]:
+        """Apply a call's outcome; returns the steps to call next (planned). Raises _Stop when the run rests."""
+        if outcome.kind == "complete":
+            await self.finish(RunFinish("completed", output=outcome.output))
+        if outcome.kind == "error":
+            await self.function_error(outcome.error or {}, outcome.retriable, outcome.retry_at)
+        planned: list[str] = []
+        progressed = False
+        for op in outcome.ops:
+            if op.id and op.id in self.memo and self.memo[op.id].is_memo:
+                continue  # an early discovery re-reports finished or planned steps: ignore
+            if op.id:
+                self.labels.setdefault(op.id, op.label)
+            progressed = await self.apply(op, outcome, targeted, planned) or progressed
+        if not progressed and not planned and not self.pending:
+            await self.function_error({"name": "Error", "message": "the app returned no op to act on (206 [])"},
+                                      retriable=True, retry_at=None)  # fmt: skip
+        return planned
+
+    async def apply(self, op: Op, outcome: Outcome, targeted: str | None, planned: list[str]) -> bool:
+        kind = op.op
+        if kind in ("StepRun", "Step"):
+            await self.record(StepUpdate(op.id, self.labels[op.id], "run", "completed",
+                                         self.attempt_of(op.id) + 1, output=op.data))  # fmt: skip
+            self.pending.pop(op.id, None)
+            return True
+        if kind == "StepError":
+            attempt = self.attempt_of(op.id)
+            error = op.error or {"name": "Error", "message": "step failed"}
+            if outcome.retriable and attempt + 1 < self.fn.max_attempts:
+                wake = outcome.retry_at or self.now() + int(
+                    self.st.config.backoff.delay(attempt).total_seconds() * 1000
+                )
+                self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "run", "retrying", attempt + 1,
+                                                 error=error, wake_at=wake)  # fmt: skip
+                self.reasons[op.id] = {"kind": "retrying", "step": self.labels[op.id], "until": wake}
+                return True
+            await self.record(StepUpdate(op.id, self.labels[op.id], "run", "failed", attempt + 1, error=error))
+            self.pending.pop(op.id, None)
+            return True
+        if kind == "StepFailed":
+            await self.record(StepUpdate(op.id, self.labels[op.id], "run", "failed", self.attempt_of(op.id) + 1,
+                                         error=op.error or {"name": "Error", "message": "step failed"}))  # fmt: skip
+            self.pending.pop(op.id, None)
+            return True
+        if kind == "StepPlanned":
+            if op.id in self.pending or op.id in planned or op.id == targeted:
+                return False
+            planned.append(op.id)
+            return True
+        if op.id in self.pending:
+            return False  # a sleep, wait or invoke already registered: keep its original deadline
+        if kind == "Sleep":
+            return await self.sleep(op)
+        if kind == "WaitForEvent":
+            return self.wait_for_event(op)
+        if kind == "InvokeFunction":
+            return await self.invoke(op)
+        if kind == "RunComplete":
+            await self.finish(RunFinish("completed", output=op.data))
+        if kind in ("DiscoveryRequest", "StepNotFound"):
+            return False
+        await self.record(StepUpdate(op.id or kind, op.label, "run", "failed", 1, error={
+            "name": "UnsupportedOp", "message": f"Stepline does not support the {kind} op yet"}))  # fmt: skip
+        return True
+
+    async def sleep(self, op: Op) -> bool:
+        now = self.now()
+        raw = op.opts.get("duration") or op.name
+        try:
+            wake = now + int(parse_duration(raw).total_seconds() * 1000)  # type: ignore[arg-type]
+        except (ValueError, TypeError):
+            try:
+                when = dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+            except ValueError:
+                await self.record(
+                    StepUpdate(
+                        op.id,
+                        self.labels[op.id],
+                        "sleep",
+                        "failed",
+                        1,
+                        error={
+                            "name": "InvalidSleep",
+                            "message": f"cannot read the sleep {raw!r}: a duration or ISO date",
+                        },
+                    )
+                )
+                return True
+            wake = int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp() * 1000)
+        wake = min(wake, now + MAX_SLEEP_MS)
+        if wake <= now:
+            await self.record(StepUpdate(op.id, self.labels[op.id], "sleep", "completed", 1, output=None))
+            return True
+        self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "sleep", "sleeping", wake_at=wake)
+        self.reasons[op.id] = {"kind": "sleeping", "step": self.labels[op.id], "until": wake}
+        return True
+
+    def wait_for_event(self, op: Op) -> bool:
+        name = op.opts.get("event") or op.name or ""
+        timeout = op.opts.get("timeout") or DEFAULT_WAIT_TIMEOUT
+        expression = op.opts.get("if") or None
+        if expression is not None:
+            compile_expression(expression)
+        wake = self.now() + int(parse_duration(timeout).total_seconds() * 1000)
+        event = canonical_event_name(str(name))
+        self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "wait_for_event", "waiting", wake_at=wake,
+                                         wait=WaitSpec(event, expression, wake), since=self.since)  # fmt: skip
+        self.reasons[op.id] = {"kind": "waiting", "step": self.labels[op.id], "event": event, "until": wake}
+        return True
+
+    async def invoke(self, op: Op) -> bool:
+        now = self.now()
+        target = str(op.opts.get("function_id") or "")
+        spec = await self.engine.find_function(target, default_app=self.fn.spec.app_id)
+        if spec is None:
+            await self.record(StepUpdate(op.id, self.labels[op.id], "invoke", "failed", 1, error={
+                "name": "Error", "message": f"step.invoke: no registered function has id {target!r}"}))  # fmt: skip
+            return True
+        payload = op.opts.get("payload") if isinstance(op.opts.get("payload"), dict) else {}
+        data = dict(payload.get("data") or {}) if isinstance(payload.get("data"), dict) else {}
+        timeout = op.opts.get("timeout") or DEFAULT_WAIT_TIMEOUT
+        wake = now + int(parse_duration(timeout).total_seconds() * 1000)
+        data["_inngest"] = {"fn_id": spec.id, "correlation_id": f"{self.run.id}.{op.id}",
+                            "source_fn_id": self.fn.id, "source_run_id": self.run.id, "expire": wake}  # fmt: skip
+        ev = self.engine.stored_event(Event(name=FUNCTION_INVOKED, data=data), now)
+        child = new_run(spec, ev.internal_id, now, parent_run_id=self.run.id, parent_step_id=op.id)
+        self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "invoke", "invoking", wake_at=wake,
+                                         invoke=IngestBatch([ev], [child]))  # fmt: skip
+        self.reasons[op.id] = {"kind": "invoking", "step": self.labels[op.id], "function": spec.id,
+                               "run_id": child.id, "until": wake}  # fmt: skip
+        return True
+
+    # --- durable writes ---
+    async def record(self, update: StepUpdate) -> StepRecord:
+        outcome = await self.engine.store.record_step(self.run.id, self.ex.owner, update, self.engine.matcher,
+                                                      self.now())  # fmt: skip
+        if outcome.cancelled_run_ids:
+            await self.engine.announce_cancellations(outcome.cancelled_run_ids)
+        if outcome.status != "ok" or outcome.step is None:
+            raise _Stop()
+        rec = outcome.step
+        if rec.step_id not in self.memo or not self.memo[rec.step_id].is_memo:
+            self.stack.append(rec.step_id)
+        self.memo[rec.step_id] = rec
+        if update.emit is not None:
+            self.engine.notify()
+        return rec
+
+    async def suspend(self) -> None:
+        now = self.now()
+        reasons = sorted(self.reasons.values(), key=lambda r: r.get("until") or 0)
+        idle = reasons[0] if len(reasons) == 1 else {"kind": "multiple", "reasons": reasons}
+        outcome = await self.engine.store.suspend_run(self.run.id, self.ex.owner, list(self.pending.values()), idle,
+                                                      self.engine.matcher, now, max_due_at=self.deadline)  # fmt: skip
+        await self.engine.announce_cancellations(outcome.cancelled_run_ids)
+        self.engine.notify()
+        raise _Stop()
+
+    async def function_error(self, error: dict[str, Any], retriable: bool, retry_at: int | None) -> None:
+        run = self.run
+        if retriable and run.attempt + 1 < self.fn.max_attempts:
+            now = self.now()
+            due = retry_at or now + int(self.st.config.backoff.delay(run.attempt).total_seconds() * 1000)
+            log.info("run %s of %s: attempt %d failed, retrying: %s", run.id, self.fn.id, run.attempt,
+                     error.get("message"))  # fmt: skip
+            await self.engine.store.retry_run(run.id, self.ex.owner, due, error, now)
+            raise _Stop()
+        await self.finish(RunFinish("failed", error=error))
+
+    async def finish(self, finish: RunFinish) -> None:
+        finish.may_have_waits = True
+        await self.engine.follow_up(self.run, self.claimed.event, finish)
+        outcome = await self.engine.store.finish_run(self.run.id, self.ex.owner, finish, self.engine.matcher,
+                                                     self.now())  # fmt: skip
+        await self.engine.announce_cancellations(outcome.cancelled_run_ids)
+        self.engine.notify()
+        raise _Stop()

@@ -1,0 +1,51 @@
+"""The server's worker: claims due runs of every function served over HTTP and calls their apps.
+
+It is the in-process ``Worker`` (claims, leases, wake-ups, retention) with the HTTP executor, and with its
+function set read from the registry: whatever apps have synced, on any node sharing the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from stepline.core.worker import Worker
+from stepline.server.functions import HttpFunction
+from stepline.server.http_executor import HttpExecutor
+from stepline.server.state import ServerState
+
+
+class HttpWorker(Worker):
+    def __init__(self, st: ServerState, **options: Any) -> None:
+        options.setdefault("concurrency", 500)
+        super().__init__(st.engine, [], **options)
+        self.st = st
+        self.executor = HttpExecutor(st, self.owner)  # type: ignore[assignment]
+
+    async def _refresh_functions(self) -> None:
+        specs = await self.engine.refresh_registry()
+        functions = {}
+        for spec in specs.values():
+            fn = HttpFunction.from_spec(spec)
+            if fn is not None:
+                functions[fn.id] = fn
+        if functions.keys() != self.functions.keys() or any(
+            functions[k] != self.functions[k]
+            for k in functions  # type: ignore[comparison-overlap]
+        ):
+            self.functions = functions  # type: ignore[assignment]
+
+    async def _claim_and_spawn(self) -> int:
+        await self._refresh_functions()
+        return await super()._claim_and_spawn()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[HttpWorker]:
+        task = asyncio.create_task(self.run(), name="stepline-http-worker")
+        try:
+            yield self
+        finally:
+            self.stop()
+            await task
