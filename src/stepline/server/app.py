@@ -11,15 +11,37 @@ from collections.abc import AsyncIterator
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepline.core.engine import Engine
 from stepline.server import events_api, rest_api, sdk_api, sync
 from stepline.server.config import ServerConfig
 from stepline.server.http_worker import HttpWorker
 from stepline.server.state import ServerState, state_of
+
+
+class ServerKindHeader:
+    """Every response says which kind of server answered (``X-Inngest-Server-Kind``), as Inngest's does."""
+
+    def __init__(self, app: ASGIApp, kind: str) -> None:
+        self.app = app
+        self.header = (b"x-inngest-server-kind", kind.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, with_header)
 
 
 async def health(request: Request) -> Response:
@@ -49,4 +71,4 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
                 await stack.enter_async_context(syncer.running())
                 yield
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ServerKindHeader, kind=cfg.kind)])
