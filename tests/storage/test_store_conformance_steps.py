@@ -374,11 +374,11 @@ async def test_a_completed_child_completes_the_parent_invoke_step(store: Store) 
     done = NOW + MIN
     assert (await store.finish_run(child_id, "w2", RunFinish("completed", {"sum": 3}), MATCH, done)).status == "ok"
     (step,) = await store.list_steps(parent_id)
-    assert (step.status, step.output, step.error, step.ended_at) == ("completed", {"data": {"sum": 3}}, None, done)
+    assert (step.status, step.output, step.error, step.ended_at) == ("completed", {"sum": 3}, None, done)
     parent = await run_of(store, parent_id)
     assert (parent.due_at, parent.idle_reason, parent.status) == (done, None, "running")
     (resumed,) = await store.claim_runs("w1", [FN], done, 10, LEASE)
-    assert resumed.steps[sid("call")].output == {"data": {"sum": 3}}
+    assert resumed.steps[sid("call")].output == {"sum": 3}
 
 
 @pytest.mark.parametrize("status", ["failed", "cancelled"])

@@ -77,7 +77,7 @@ def test_memo_values_have_the_shape_each_sdk_step_expects() -> None:
     assert memo_value(step("sleep", "completed")) is None
     assert memo_value(step("wait_for_event", "completed", output={"name": "x"})) == {"name": "x"}
     assert memo_value(step("wait_for_event", "completed")) is None
-    assert memo_value(step("invoke", "completed", output={"data": 3})) == {"data": 3}
+    assert memo_value(step("invoke", "completed", output=3)) == {"data": 3}
 
 
 def test_the_call_body_names_system_events_as_inngest_does_and_inlines_small_state() -> None:

@@ -28,7 +28,7 @@ _KEY = re.compile(r"^(signkey-\w+-)?([0-9a-fA-F]+)$")
 
 
 def _common_options(fn: F) -> F:
-    options = [
+    options: list[Callable[[Any], Any]] = [
         click.option("--port", "-p", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
                      envvar="STEPLINE_PORT", help="Port for the event API, SDK endpoints and REST API."),
         click.option("--sdk-url", "-u", "sdk_urls", multiple=True, metavar="URL",

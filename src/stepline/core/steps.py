@@ -264,8 +264,7 @@ class StepDriver:
         now = self._now()
         if rec is not None:
             if rec.is_memo:
-                out = self._memo_value(rec)
-                return out.get("data") if isinstance(out, dict) else out
+                return self._memo_value(rec)
             if rec.wake_at is not None and rec.wake_at <= now:
                 rec = await self._record(StepUpdate(step_id, display_id, "invoke", "failed", 1, error={
                     "name": "InvokeTimeoutError",

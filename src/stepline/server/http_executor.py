@@ -317,8 +317,9 @@ class _Execution:
             await self.record(StepUpdate(op.id, self.labels[op.id], "invoke", "failed", 1, error={
                 "name": "Error", "message": f"step.invoke: no registered function has id {target!r}"}))  # fmt: skip
             return True
-        payload = op.opts.get("payload") if isinstance(op.opts.get("payload"), dict) else {}
-        data = dict(payload.get("data") or {}) if isinstance(payload.get("data"), dict) else {}
+        payload = op.opts.get("payload")
+        raw_data = payload.get("data") if isinstance(payload, dict) else None
+        data: dict[str, Any] = dict(raw_data) if isinstance(raw_data, dict) else {}
         timeout = op.opts.get("timeout") or DEFAULT_WAIT_TIMEOUT
         wake = now + int(parse_duration(timeout).total_seconds() * 1000)
         data["_inngest"] = {"fn_id": spec.id, "correlation_id": f"{self.run.id}.{op.id}",

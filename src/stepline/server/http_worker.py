@@ -31,10 +31,8 @@ class HttpWorker(Worker):
             fn = HttpFunction.from_spec(spec)
             if fn is not None:
                 functions[fn.id] = fn
-        if functions.keys() != self.functions.keys() or any(
-            functions[k] != self.functions[k]
-            for k in functions  # type: ignore[comparison-overlap]
-        ):
+        current: dict[str, object] = dict(self.functions)
+        if functions != current:
             self.functions = functions  # type: ignore[assignment]
 
     async def _claim_and_spawn(self) -> int:

@@ -41,9 +41,7 @@ def memo_value(rec: StepRecord) -> Any:
         return None
     if rec.kind == "wait_for_event":
         return rec.output
-    if rec.kind == "invoke":
-        return rec.output if isinstance(rec.output, dict) and "data" in rec.output else {"data": rec.output}
-    return {"data": rec.output}
+    return {"data": rec.output}  # run and invoke steps (an invoke step's output is the invoked run's output)
 
 
 @dataclass
@@ -147,11 +145,15 @@ def _parse_op(raw: Any) -> Op | None:
         return None
     opts = raw.get("opts")
     err = raw.get("error")
+    userland = raw.get("userland")
+    user_id = userland.get("id") if isinstance(userland, dict) else None
+    display = raw.get("displayName")
     return Op(
         op=raw["op"],
         id=str(raw.get("id") or ""),
         name=raw.get("name") if isinstance(raw.get("name"), str) else None,
-        display_name=raw.get("displayName") if isinstance(raw.get("displayName"), str) else None,
+        # The user's step id: userland.id (JS), else displayName; `name` holds durations and event names.
+        display_name=user_id if isinstance(user_id, str) and user_id else display if isinstance(display, str) else None,
         opts=opts if isinstance(opts, dict) else {},
         data=raw.get("data"),
         error=err if isinstance(err, dict) else ({"name": "Error", "message": str(err)} if err else None),

@@ -13,10 +13,13 @@ from typing import Any
 
 from stepline.core.events import StoredEvent
 from stepline.storage.records import (
+    AppRecord,
+    CancellationRecord,
     ClaimedRun,
     FunctionRecord,
     IngestBatch,
     IngestResult,
+    NewRun,
     PruneResult,
     RunFilter,
     RunFinish,
@@ -83,12 +86,16 @@ class Store(abc.ABC):
         """A value that changes when another connection commits, if the backend offers one cheaply."""
         return None
 
-    def subscribe(self, callback: Callable[[], None]) -> bool:
-        """Call ``callback`` (from any thread) when another process makes work due. Returns False if the
-        backend cannot push such notifications (the worker then polls ``data_version``)."""
+    def subscribe(self, callback: Callable[[int | None], None]) -> bool:
+        """Call ``callback`` (from any thread) whenever a transaction (of any process) makes work due, now or
+        later: new runs, woken runs, sleeps, retries, wait timeouts, released leases. It is passed the earliest
+        due time (unix ms) that transaction created, or None when that is unknown (anything may be due or
+        scheduled, e.g. after the backend reconnected: read ``next_due_at``). Lease expiries of dead workers
+        are not notified. Returns False if the backend cannot push such notifications (the worker then polls
+        ``data_version``)."""
         return False
 
-    def unsubscribe(self, callback: Callable[[], None]) -> None:  # noqa: B027 - optional hook
+    def unsubscribe(self, callback: Callable[[int | None], None]) -> None:  # noqa: B027 - optional hook
         """Stop calling ``callback``."""
 
     @abc.abstractmethod
@@ -156,5 +163,40 @@ class Store(abc.ABC):
     async def get_event(self, internal_id: str) -> StoredEvent | None: ...
 
     @abc.abstractmethod
-    async def list_events(self, name: str | None, limit: int) -> list[StoredEvent]:
+    async def list_events(self, name: str | None, limit: int, before: str | None = None) -> list[StoredEvent]:
+        """Newest first (in the order they were stored). ``before``: paging, only events stored before the one
+        with this internal id (none if no event has it)."""
+
+    # --- apps (synced over HTTP by the server) ---
+    @abc.abstractmethod
+    async def save_app(self, app: AppRecord) -> None:
+        """Insert or update the app with this URL (an existing app keeps its ``created_at``)."""
+
+    @abc.abstractmethod
+    async def get_app(self, url: str) -> AppRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_apps(self) -> list[AppRecord]:
+        """Every app, oldest first."""
+
+    @abc.abstractmethod
+    async def delete_app(self, url: str) -> None:
+        """Forget the app and, unless another app URL has the same app id, that app id's functions (bumping the
+        registry version when functions were removed), in one transaction. Unknown URLs are ignored."""
+
+    # --- runs created directly (rerun) ---
+    @abc.abstractmethod
+    async def create_run(
+        self, run: NewRun, steps: list[StepRecord], now: int, idle_reason: dict[str, Any] | None = None
+    ) -> None:
+        """Insert one queued run without any idempotency check, with its cancel waits, and a copy of ``steps``
+        (their ``run_id`` is replaced, their order kept) as its memo: claiming the run returns them.
+        ``idle_reason`` is shown until a worker first runs it. The run's events must already be stored."""
+
+    # --- bulk cancellations requested through the REST API ---
+    @abc.abstractmethod
+    async def save_cancellation(self, cancellation: CancellationRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def list_cancellations(self, limit: int = 100) -> list[CancellationRecord]:
         """Newest first."""

@@ -149,11 +149,16 @@ class WriteOutcome:
 
 @dataclass(frozen=True, slots=True)
 class RunFilter:
+    """Which runs ``list_runs`` returns, newest id first. Unset fields do not filter."""
+
     status: str | None = None
     function_id: str | None = None
     event_id: str | None = None
     limit: int = 50
     before_id: str | None = None  # paging: runs with an id (ULID) below this one
+    app_id: str | None = None  # runs of the app's functions (ids "<app_id>-<slug>"; registered ones by their app)
+    created_after: int | None = None  # unix ms, inclusive: created_at >= created_after
+    created_before: int | None = None  # unix ms, exclusive: created_at < created_before
 
 
 @dataclass(slots=True)
@@ -173,3 +178,33 @@ class PruneResult:
     steps: int = 0
     events: int = 0
     idempotency_keys: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppRecord:
+    """An app the server syncs over HTTP, keyed by its serve URL."""
+
+    url: str  # the app's serve URL (key)
+    app_id: str | None  # appName from its last successful register
+    sdk: str | None  # "py:v0.5.19", "js:v4.24.0"
+    framework: str | None
+    app_version: str | None
+    checksum: str | None  # sha256 of the last accepted register body
+    synced_at: int | None
+    error: str | None  # last sync error; None after a successful sync
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancellationRecord:
+    """A bulk cancellation requested through the REST API, and how many live runs it cancelled."""
+
+    id: str  # ULID
+    app_id: str
+    function_id: str  # the composite "<app_id>-<slug>"
+    started_after: int | None  # unix ms, inclusive (run created_at)
+    started_before: int  # unix ms, inclusive (run created_at)
+    expression: str | None  # CEL over `event` (the run's trigger)
+    cancelled: int
+    created_at: int

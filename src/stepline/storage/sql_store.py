@@ -30,6 +30,7 @@ from stepline.storage.records import (
     WaitMatcher,
     WriteOutcome,
 )
+from stepline.storage.sql_apps import SqlAppsMixin
 from stepline.storage.writer import GroupCommitWriter
 
 T = TypeVar("T")
@@ -82,8 +83,8 @@ class Conn(Protocol):
     def execute(self, sql: str, params: Any = ..., /) -> Any: ...
 
 
-class SqlStore(Store):
-    """The ``Store`` methods, written once for every SQL backend."""
+class SqlStore(SqlAppsMixin, Store):
+    """The ``Store`` methods, written once for every SQL backend (apps, reruns, cancellations: ``SqlAppsMixin``)."""
 
     Q: dict[str, str]
 
@@ -103,8 +104,9 @@ class SqlStore(Store):
     def _lock_for_wait(self, conn: Any, name: str) -> None:
         """Taken before registering a wait for events named ``name`` (PostgreSQL: exclusive per-name lock)."""
 
-    def _notify_work(self, conn: Any) -> None:
-        """Work became due now: wake idle workers in other processes (PostgreSQL: NOTIFY)."""
+    def _notify_work(self, conn: Any, due_at: int) -> None:
+        """This transaction makes work due at ``due_at`` (now or later): tell the workers of other processes, so
+        that they claim it when it is due without polling for it (PostgreSQL: NOTIFY with the earliest due time)."""
 
     # --- functions ---
     async def register_functions(self, app_id: str, functions: list[FunctionRecord], now: int) -> int:
@@ -143,15 +145,19 @@ class SqlStore(Store):
         result = IngestResult([], [], [], [], [])
         if batch.events:
             self._lock_for_ingest(conn, sorted({ev.name for ev in batch.events}))
+        fresh: list[StoredEvent] = []
         for ev in batch.events:
-            conn.execute(
+            cur = conn.execute(
                 self.Q["insert_event"],
                 {"internal_id": ev.internal_id, "id": ev.id, "name": ev.name, "data": json.dumps(ev.data),
                  "user": json.dumps(ev.user), "ts": ev.ts, "v": ev.v, "received_at": ev.received_at},
             )  # fmt: skip
             result.event_ids.append(ev.internal_id)
-        # Match waits before this batch's runs exist: an event never cancels the run it starts.
-        for ev in batch.events:
+            if cur.rowcount != 0:  # 0: the same event again (a retried event API request with the same seed)
+                fresh.append(ev)
+        # Match waits before this batch's runs exist: an event never cancels the run it starts. A redelivered
+        # event matches nothing: it already resolved whatever waits it matched the first time.
+        for ev in fresh:
             self._match_waits(conn, ev, matcher, now, result)
         for run in batch.runs:
             if run.idempotency_key is not None:
@@ -177,8 +183,11 @@ class SqlStore(Store):
                      "expression": w.expression, "expires_at": w.expires_at},
                 )  # fmt: skip
             result.created_run_ids.append(run.id)
-        if result.created_run_ids or result.woken_run_ids:
-            self._notify_work(conn)
+        if result.woken_run_ids:
+            self._notify_work(conn, now)
+        if result.created_run_ids:
+            created = set(result.created_run_ids)
+            self._notify_work(conn, min(r.due_at for r in batch.runs if r.id in created))
         return result
 
     def _match_waits(self, conn: Any, ev: StoredEvent, matcher: WaitMatcher, now: int, result: IngestResult) -> None:
@@ -264,9 +273,11 @@ class SqlStore(Store):
         return await self.writer.run(op)
 
     async def release_run(self, run_id: str, owner: str, due_at: int) -> None:
-        await self.writer.run(
-            lambda conn: conn.execute(self.Q["release_run"], {"run_id": run_id, "owner": owner, "due_at": due_at})
-        )
+        def op(conn: Any) -> None:
+            if conn.execute(self.Q["release_run"], {"run_id": run_id, "owner": owner, "due_at": due_at}).rowcount:
+                self._notify_work(conn, due_at)
+
+        await self.writer.run(op)
 
     def _check_lease(self, conn: Any, run_id: str, owner: str) -> WriteOutcome | None:
         row = conn.execute(self.Q["run_lease"], {"run_id": run_id}).fetchone()
@@ -367,8 +378,8 @@ class SqlStore(Store):
                     "idle_reason": None if due_at == now else _j(idle_reason),
                 },
             )
-            if due_at is not None and due_at <= now:
-                self._notify_work(conn)
+            if due_at is not None:
+                self._notify_work(conn, due_at)
             return WriteOutcome("ok", cancelled_run_ids=tuple(cancelled))
 
         return await self.writer.run(op)
@@ -393,6 +404,7 @@ class SqlStore(Store):
                 {"run_id": run_id, "due_at": due_at, "error": _j(error),
                  "idle_reason": _j({"kind": "retrying", "until": due_at})},
             )  # fmt: skip
+            self._notify_work(conn, due_at)
             return WriteOutcome("ok")
 
         return await self.writer.run(op)
@@ -431,7 +443,7 @@ class SqlStore(Store):
             conn.execute(self.Q["delete_run_waits"], {"run_id": run_id})
         parent_run_id, parent_step_id, _ = row
         if parent_run_id is not None:
-            result = {"data": finish.output} if finish.status == "completed" else None
+            result = finish.output if finish.status == "completed" else None  # the invoked function's output
             error = (
                 None if finish.status == "completed" else (finish.error or {"name": "Error", "message": finish.status})
             )
@@ -443,7 +455,7 @@ class SqlStore(Store):
             )  # fmt: skip
             if cur.rowcount:
                 conn.execute(self.Q["wake_run"], {"run_id": parent_run_id, "now": now})
-                self._notify_work(conn)
+                self._notify_work(conn, now)
         if finish.follow_up.events or finish.follow_up.runs:
             follow = self._ingest(conn, finish.follow_up, matcher, now)
             if cancelled is not None:
@@ -503,8 +515,18 @@ class SqlStore(Store):
 
     async def list_runs(self, flt: RunFilter) -> list[RunRecord]:
         params = {"status": flt.status, "function_id": flt.function_id, "event_id": flt.event_id,
-                  "before_id": flt.before_id, "limit": flt.limit}  # fmt: skip
-        rows = self._read(lambda c: c.execute(self.Q["list_runs"], params).fetchall())
+                  "before_id": flt.before_id, "limit": flt.limit, "app_id": flt.app_id,
+                  "created_after": flt.created_after, "created_before": flt.created_before}  # fmt: skip
+        # One query per leading filter, so the most selective index (ending in id) serves the page in order.
+        if flt.event_id is not None:
+            query = "list_runs_by_event"
+        elif flt.function_id is not None:
+            query = "list_runs_by_function"
+        elif flt.status is not None:
+            query = "list_runs_by_status"
+        else:
+            query = "list_runs"
+        rows = self._read(lambda c: c.execute(self.Q[query], params).fetchall())
         return [_run(r) for r in rows]
 
     async def list_steps(self, run_id: str) -> list[StepRecord]:
@@ -514,6 +536,7 @@ class SqlStore(Store):
         row = self._read(lambda c: c.execute(self.Q["select_event"], {"internal_id": internal_id}).fetchone())
         return None if row is None else _event(row)
 
-    async def list_events(self, name: str | None, limit: int) -> list[StoredEvent]:
-        params = {"name": name, "limit": limit}
-        return [_event(r) for r in self._read(lambda c: c.execute(self.Q["list_events"], params).fetchall())]
+    async def list_events(self, name: str | None, limit: int, before: str | None = None) -> list[StoredEvent]:
+        params = {"name": name, "limit": limit, "before": before}
+        query = "list_events" if name is None else "list_events_by_name"
+        return [_event(r) for r in self._read(lambda c: c.execute(self.Q[query], params).fetchall())]

@@ -19,7 +19,9 @@ SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM 
 
 -- name: list_events
 SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events
-WHERE (%(name)s::text IS NULL OR name = %(name)s) ORDER BY seq DESC LIMIT %(limit)s
+WHERE (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(before)s::text IS NULL OR seq < (SELECT seq FROM events WHERE internal_id = %(before)s))
+ORDER BY seq DESC LIMIT %(limit)s
 
 -- name: events_after_cursor
 SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events
@@ -187,6 +189,12 @@ WHERE (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(function_id)s::text IS NULL OR function_id = %(function_id)s)
   AND (%(event_id)s::text IS NULL OR event_id = %(event_id)s)
   AND (%(before_id)s::text IS NULL OR id < %(before_id)s)
+  AND (%(created_after)s::bigint IS NULL OR created_at >= %(created_after)s)
+  AND (%(created_before)s::bigint IS NULL OR created_at < %(created_before)s)
+  AND (%(app_id)s::text IS NULL
+       OR function_id IN (SELECT id FROM functions WHERE app_id = %(app_id)s::text)
+       OR (left(function_id, length(%(app_id)s::text) + 1) = %(app_id)s::text || '-'
+           AND function_id NOT IN (SELECT id FROM functions WHERE app_id <> %(app_id)s::text)))
 ORDER BY id DESC
 LIMIT %(limit)s
 
@@ -232,3 +240,115 @@ DELETE FROM idempotency WHERE (function_id, key) IN (
 
 -- name: delete_run_waits_of_runs
 DELETE FROM waits WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
+
+-- ----- REST API and dashboard: run and event lists driven by the most selective index -----
+
+-- name: list_events_by_name
+SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events
+WHERE name = %(name)s
+  AND (%(before)s::text IS NULL OR seq < (SELECT seq FROM events WHERE internal_id = %(before)s))
+ORDER BY seq DESC LIMIT %(limit)s
+
+-- name: list_runs_by_event
+SELECT id, function_id, event_id, status, attempt, idle_reason::text, output::text, error::text, created_at,
+       started_at, ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id, parent_step_id,
+       batch::text
+FROM runs
+WHERE event_id = %(event_id)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(function_id)s::text IS NULL OR function_id = %(function_id)s)
+  AND (%(before_id)s::text IS NULL OR id < %(before_id)s)
+  AND (%(created_after)s::bigint IS NULL OR created_at >= %(created_after)s)
+  AND (%(created_before)s::bigint IS NULL OR created_at < %(created_before)s)
+  AND (%(app_id)s::text IS NULL
+       OR function_id IN (SELECT id FROM functions WHERE app_id = %(app_id)s::text)
+       OR (left(function_id, length(%(app_id)s::text) + 1) = %(app_id)s::text || '-'
+           AND function_id NOT IN (SELECT id FROM functions WHERE app_id <> %(app_id)s::text)))
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: list_runs_by_function
+SELECT id, function_id, event_id, status, attempt, idle_reason::text, output::text, error::text, created_at,
+       started_at, ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id, parent_step_id,
+       batch::text
+FROM runs
+WHERE function_id = %(function_id)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(before_id)s::text IS NULL OR id < %(before_id)s)
+  AND (%(created_after)s::bigint IS NULL OR created_at >= %(created_after)s)
+  AND (%(created_before)s::bigint IS NULL OR created_at < %(created_before)s)
+  AND (%(app_id)s::text IS NULL
+       OR function_id IN (SELECT id FROM functions WHERE app_id = %(app_id)s::text)
+       OR (left(function_id, length(%(app_id)s::text) + 1) = %(app_id)s::text || '-'
+           AND function_id NOT IN (SELECT id FROM functions WHERE app_id <> %(app_id)s::text)))
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: list_runs_by_status
+SELECT id, function_id, event_id, status, attempt, idle_reason::text, output::text, error::text, created_at,
+       started_at, ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id, parent_step_id,
+       batch::text
+FROM runs
+WHERE status = %(status)s
+  AND (%(before_id)s::text IS NULL OR id < %(before_id)s)
+  AND (%(created_after)s::bigint IS NULL OR created_at >= %(created_after)s)
+  AND (%(created_before)s::bigint IS NULL OR created_at < %(created_before)s)
+  AND (%(app_id)s::text IS NULL
+       OR function_id IN (SELECT id FROM functions WHERE app_id = %(app_id)s::text)
+       OR (left(function_id, length(%(app_id)s::text) + 1) = %(app_id)s::text || '-'
+           AND function_id NOT IN (SELECT id FROM functions WHERE app_id <> %(app_id)s::text)))
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- ----- apps -----
+
+-- name: upsert_app
+INSERT INTO apps (url, app_id, sdk, framework, app_version, checksum, synced_at, error, created_at, updated_at)
+VALUES (%(url)s, %(app_id)s, %(sdk)s, %(framework)s, %(app_version)s, %(checksum)s, %(synced_at)s, %(error)s,
+        %(created_at)s, %(updated_at)s)
+ON CONFLICT (url) DO UPDATE SET
+    app_id = excluded.app_id, sdk = excluded.sdk, framework = excluded.framework,
+    app_version = excluded.app_version, checksum = excluded.checksum, synced_at = excluded.synced_at,
+    error = excluded.error, updated_at = excluded.updated_at
+
+-- name: select_app
+SELECT url, app_id, sdk, framework, app_version, checksum, synced_at, error, created_at, updated_at
+FROM apps WHERE url = %(url)s
+
+-- name: list_apps
+SELECT url, app_id, sdk, framework, app_version, checksum, synced_at, error, created_at, updated_at
+FROM apps ORDER BY created_at, url
+
+-- name: delete_app
+DELETE FROM apps WHERE url = %(url)s RETURNING app_id
+
+-- name: count_apps_with_app_id
+SELECT count(*) FROM apps WHERE app_id = %(app_id)s
+
+-- name: delete_app_functions
+DELETE FROM functions WHERE app_id = %(app_id)s
+
+-- ----- runs created directly (rerun) -----
+
+-- name: set_run_idle_reason
+UPDATE runs SET idle_reason = %(idle_reason)s::jsonb WHERE id = %(run_id)s
+
+-- name: insert_step_copy
+INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
+                   ended_at, seq)
+VALUES (%(run_id)s, %(step_id)s, %(display_id)s, %(kind)s, %(status)s, %(attempts)s, %(output)s::jsonb,
+        %(error)s::jsonb, %(wake_at)s, %(started_at)s, %(ended_at)s, %(seq)s)
+ON CONFLICT (run_id, step_id) DO NOTHING
+
+-- ----- bulk cancellations -----
+
+-- name: insert_cancellation
+INSERT INTO cancellations (id, app_id, function_id, started_after, started_before, expression, cancelled,
+                           created_at)
+VALUES (%(id)s, %(app_id)s, %(function_id)s, %(started_after)s, %(started_before)s, %(expression)s, %(cancelled)s,
+        %(created_at)s)
+ON CONFLICT (id) DO NOTHING
+
+-- name: list_cancellations
+SELECT id, app_id, function_id, started_after, started_before, expression, cancelled, created_at
+FROM cancellations ORDER BY created_at DESC, id DESC LIMIT %(limit)s

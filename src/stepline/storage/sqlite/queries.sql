@@ -17,7 +17,10 @@ SELECT internal_id, id, name, data, user, ts, v, received_at FROM events WHERE i
 
 -- name: list_events
 SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
-WHERE (:name IS NULL OR name = :name) ORDER BY seq DESC LIMIT :limit
+WHERE (:name IS NULL OR name = :name)
+  AND seq < CASE WHEN :before IS NULL THEN 9223372036854775807
+                ELSE (SELECT seq FROM events WHERE internal_id = :before) END
+ORDER BY seq DESC LIMIT :limit
 
 -- name: events_after_cursor
 SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
@@ -165,7 +168,13 @@ FROM runs
 WHERE (:status IS NULL OR status = :status)
   AND (:function_id IS NULL OR function_id = :function_id)
   AND (:event_id IS NULL OR event_id = :event_id)
-  AND (:before_id IS NULL OR id < :before_id)
+  AND id < coalesce(:before_id, char(1114111))  -- an index range (an OR would make the page scan from the top)
+  AND (:created_after IS NULL OR created_at >= :created_after)
+  AND (:created_before IS NULL OR created_at < :created_before)
+  AND (:app_id IS NULL
+       OR function_id IN (SELECT id FROM functions WHERE app_id = :app_id)
+       OR (substr(function_id, 1, length(:app_id) + 1) = :app_id || '-'
+           AND function_id NOT IN (SELECT id FROM functions WHERE app_id <> :app_id)))
 ORDER BY id DESC
 LIMIT :limit
 
@@ -210,3 +219,111 @@ DELETE FROM idempotency WHERE (function_id, key) IN (
 
 -- name: delete_run_waits_of_runs
 DELETE FROM waits WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- ----- REST API and dashboard: run and event lists driven by the most selective index -----
+
+-- name: list_events_by_name
+SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
+WHERE name = :name
+  AND seq < CASE WHEN :before IS NULL THEN 9223372036854775807
+                ELSE (SELECT seq FROM events WHERE internal_id = :before) END
+ORDER BY seq DESC LIMIT :limit
+
+-- name: list_runs_by_event
+SELECT id, function_id, event_id, status, attempt, idle_reason, output, error, created_at, started_at,
+       ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id, parent_step_id, batch
+FROM runs
+WHERE event_id = :event_id
+  AND (:status IS NULL OR status = :status)
+  AND (:function_id IS NULL OR function_id = :function_id)
+  AND id < coalesce(:before_id, char(1114111))  -- an index range (an OR would make the page scan from the top)
+  AND (:created_after IS NULL OR created_at >= :created_after)
+  AND (:created_before IS NULL OR created_at < :created_before)
+  AND (:app_id IS NULL
+       OR function_id IN (SELECT id FROM functions WHERE app_id = :app_id)
+       OR (substr(function_id, 1, length(:app_id) + 1) = :app_id || '-'
+           AND function_id NOT IN (SELECT id FROM functions WHERE app_id <> :app_id)))
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: list_runs_by_function
+SELECT id, function_id, event_id, status, attempt, idle_reason, output, error, created_at, started_at,
+       ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id, parent_step_id, batch
+FROM runs
+WHERE function_id = :function_id
+  AND (:status IS NULL OR status = :status)
+  AND id < coalesce(:before_id, char(1114111))  -- an index range (an OR would make the page scan from the top)
+  AND (:created_after IS NULL OR created_at >= :created_after)
+  AND (:created_before IS NULL OR created_at < :created_before)
+  AND (:app_id IS NULL
+       OR function_id IN (SELECT id FROM functions WHERE app_id = :app_id)
+       OR (substr(function_id, 1, length(:app_id) + 1) = :app_id || '-'
+           AND function_id NOT IN (SELECT id FROM functions WHERE app_id <> :app_id)))
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: list_runs_by_status
+SELECT id, function_id, event_id, status, attempt, idle_reason, output, error, created_at, started_at,
+       ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id, parent_step_id, batch
+FROM runs
+WHERE status = :status
+  AND id < coalesce(:before_id, char(1114111))  -- an index range (an OR would make the page scan from the top)
+  AND (:created_after IS NULL OR created_at >= :created_after)
+  AND (:created_before IS NULL OR created_at < :created_before)
+  AND (:app_id IS NULL
+       OR function_id IN (SELECT id FROM functions WHERE app_id = :app_id)
+       OR (substr(function_id, 1, length(:app_id) + 1) = :app_id || '-'
+           AND function_id NOT IN (SELECT id FROM functions WHERE app_id <> :app_id)))
+ORDER BY id DESC
+LIMIT :limit
+
+-- ----- apps -----
+
+-- name: upsert_app
+INSERT INTO apps (url, app_id, sdk, framework, app_version, checksum, synced_at, error, created_at, updated_at)
+VALUES (:url, :app_id, :sdk, :framework, :app_version, :checksum, :synced_at, :error, :created_at, :updated_at)
+ON CONFLICT (url) DO UPDATE SET
+    app_id = excluded.app_id, sdk = excluded.sdk, framework = excluded.framework,
+    app_version = excluded.app_version, checksum = excluded.checksum, synced_at = excluded.synced_at,
+    error = excluded.error, updated_at = excluded.updated_at
+
+-- name: select_app
+SELECT url, app_id, sdk, framework, app_version, checksum, synced_at, error, created_at, updated_at
+FROM apps WHERE url = :url
+
+-- name: list_apps
+SELECT url, app_id, sdk, framework, app_version, checksum, synced_at, error, created_at, updated_at
+FROM apps ORDER BY created_at, url
+
+-- name: delete_app
+DELETE FROM apps WHERE url = :url RETURNING app_id
+
+-- name: count_apps_with_app_id
+SELECT count(*) FROM apps WHERE app_id = :app_id
+
+-- name: delete_app_functions
+DELETE FROM functions WHERE app_id = :app_id
+
+-- ----- runs created directly (rerun) -----
+
+-- name: set_run_idle_reason
+UPDATE runs SET idle_reason = :idle_reason WHERE id = :run_id
+
+-- name: insert_step_copy
+INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
+                   ended_at, seq)
+VALUES (:run_id, :step_id, :display_id, :kind, :status, :attempts, :output, :error, :wake_at, :started_at,
+        :ended_at, :seq)
+ON CONFLICT (run_id, step_id) DO NOTHING
+
+-- ----- bulk cancellations -----
+
+-- name: insert_cancellation
+INSERT INTO cancellations (id, app_id, function_id, started_after, started_before, expression, cancelled,
+                           created_at)
+VALUES (:id, :app_id, :function_id, :started_after, :started_before, :expression, :cancelled, :created_at)
+ON CONFLICT (id) DO NOTHING
+
+-- name: list_cancellations
+SELECT id, app_id, function_id, started_after, started_before, expression, cancelled, created_at
+FROM cancellations ORDER BY created_at DESC, id DESC LIMIT :limit

@@ -1,0 +1,1 @@
+"""The Stepline server: event API, SDK sync and calls (Inngest protocol), REST API."""

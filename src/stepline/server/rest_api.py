@@ -1,0 +1,497 @@
+"""The REST API for users, tests and the dashboard, in the shape of Inngest's ``/v1`` API.
+
+Responses are ``{"data": ..., "metadata": {"fetched_at", "cached_until": null}}`` (paged lists add ``cursor``),
+errors ``{"error", "status"}``. Every shape is a model of ``openapi.py``; the document is at ``/openapi.json``.
+In cloud mode every endpoint requires ``Authorization: Bearer <signing key>`` (raw or its sha256 form).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from stepline.core.clock import to_ms
+from stepline.core.events import StoredEvent
+from stepline.core.expressions import Bindings, ExpressionError, compile_expression
+from stepline.core.function import FunctionSpec
+from stepline.core.ids import new_ulid
+from stepline.core.rerun import RerunNotPossibleError, RunNotFoundError, StepNotFoundError, rerun
+from stepline.server.errors import error_response
+from stepline.server.openapi import (
+    AppList,
+    AppOut,
+    CancellationIn,
+    CancellationList,
+    CancellationOut,
+    CancellationResponse,
+    Endpoint,
+    EventOut,
+    EventPage,
+    EventResponse,
+    FunctionList,
+    FunctionOut,
+    Handler,
+    Metadata,
+    OpenApiDocument,
+    Param,
+    RerunIn,
+    RerunOut,
+    RerunResponse,
+    RunDetailOut,
+    RunList,
+    RunOut,
+    RunPage,
+    RunResponse,
+    StepList,
+    StepOut,
+    openapi_document,
+)
+from stepline.server.signing import bearer_matches
+from stepline.server.state import ServerState, state_of
+from stepline.storage.records import CancellationRecord, RunFilter, RunRecord, StepRecord
+
+STATUS_NAMES = {"queued": "Queued", "running": "Running", "completed": "Completed", "failed": "Failed",
+                "cancelled": "Cancelled"}  # fmt: skip
+LIVE = ("queued", "running")
+EVENTS_LIMIT = (20, 100)  # (default, maximum) page sizes, as Inngest
+RUNS_LIMIT = (20, 400)
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def iso(ms: int | None) -> str | None:
+    """Unix ms as RFC 3339 UTC with milliseconds (``2026-01-01T00:00:00.000Z``)."""
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _iso(ms: int) -> str:
+    out = iso(ms)
+    assert out is not None
+    return out
+
+
+def parse_time(value: str | int, name: str) -> int:
+    """RFC 3339 (with an offset) or unix milliseconds -> unix milliseconds."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+    except ValueError:
+        stamp = None
+    if stamp is None or stamp.tzinfo is None:
+        raise HttpError(400, f"invalid {name} {value!r}: expected RFC 3339 with an offset "
+                             "(2026-01-01T00:00:00Z) or unix milliseconds")  # fmt: skip
+    return to_ms(stamp)
+
+
+def _query_time(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    return None if raw in (None, "") else parse_time(raw, name)
+
+
+def _limit(request: Request, bounds: tuple[int, int]) -> int:
+    default, maximum = bounds
+    raw = request.query_params.get("limit")
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HttpError(400, f"invalid limit {raw!r}: expected an integer") from None
+    return max(1, min(value, maximum))
+
+
+def _status(raw: str | None) -> str | None:
+    if raw in (None, ""):
+        return None
+    status = raw.lower()
+    if status not in STATUS_NAMES:
+        raise HttpError(400, f"invalid status {raw!r}: expected one of {', '.join(STATUS_NAMES.values())}")
+    return status
+
+
+def _meta(st: ServerState) -> Metadata:
+    return Metadata(fetched_at=_iso(st.engine.clock.now_ms()), cached_until=None)
+
+
+def _ok(model: BaseModel, status: int = 200) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json", by_alias=True), status_code=status)
+
+
+async def _body(request: Request, model: type[BaseModel]) -> Any:
+    raw = await request.body()
+    try:
+        value = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise HttpError(400, "the request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise HttpError(400, "the request body must be a JSON object")
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise HttpError(400, f"invalid request body: {problems}") from None
+
+
+def endpoint(handler: Handler) -> Handler:
+    """Check the bearer in cloud mode and turn ``HttpError`` into an error response."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        st = state_of(request)
+        if st.config.kind == "cloud":
+            authorization = request.headers.get("authorization")
+            if not authorization:
+                return error_response(401, "authentication required: send Authorization: Bearer <signing key>")
+            if not bearer_matches(authorization, st.config.signing_keys):
+                return error_response(401, "the Authorization bearer does not match the server's signing key")
+        try:
+            return await handler(request)
+        except HttpError as exc:
+            return error_response(exc.status, exc.message)
+
+    return wrapped
+
+
+# --- converting records -------------------------------------------------------------------------------------
+
+
+def event_out(ev: StoredEvent) -> EventOut:
+    return EventOut(internal_id=ev.internal_id, id=ev.id, name=ev.name, data=ev.data, user=ev.user, ts=ev.ts,
+                    v=ev.v, received_at=_iso(ev.received_at), received_at_ms=ev.received_at)  # fmt: skip
+
+
+class _Apps:
+    """Which app a function id belongs to: the registry first, else the longest known app id it starts with."""
+
+    def __init__(self, specs: dict[str, FunctionSpec], app_ids: set[str]) -> None:
+        self.specs = specs
+        self.app_ids = sorted(app_ids | {s.app_id for s in specs.values()}, key=len, reverse=True)
+
+    @classmethod
+    async def load(cls, st: ServerState) -> _Apps:
+        specs = await st.engine.refresh_registry()
+        return cls(specs, {a.app_id for a in await st.engine.store.list_apps() if a.app_id})
+
+    def of(self, function_id: str) -> str | None:
+        spec = self.specs.get(function_id)
+        if spec is not None:
+            return spec.app_id
+        return next((a for a in self.app_ids if function_id.startswith(f"{a}-")), None)
+
+
+def _run_fields(run: RunRecord, apps: _Apps, now: int) -> dict[str, Any]:
+    live = run.status in LIVE
+    executing = run.lease_owner is not None and (run.lease_expires_at or 0) > now
+    return {
+        "run_id": run.id, "function_id": run.function_id, "app_id": apps.of(run.function_id),
+        "event_id": run.event_id, "batch": run.batch, "status": STATUS_NAMES.get(run.status, run.status),
+        "output": run.output, "error": run.error, "attempt": run.attempt,
+        "idle_reason": run.idle_reason if live and not executing else None, "parent_run_id": run.parent_run_id,
+        "created_at": _iso(run.created_at), "created_at_ms": run.created_at,
+        "started_at": iso(run.started_at), "started_at_ms": run.started_at,
+        "ended_at": iso(run.ended_at), "ended_at_ms": run.ended_at,
+    }  # fmt: skip
+
+
+def step_out(step: StepRecord) -> StepOut:
+    return StepOut(
+        id=step.step_id, name=step.display_id, kind=step.kind, status=step.status, attempts=step.attempts,
+        output=step.output, error=step.error, started_at=_iso(step.started_at), ended_at=iso(step.ended_at),
+        duration_ms=None if step.ended_at is None else step.ended_at - step.started_at, wake_at=iso(step.wake_at),
+    )  # fmt: skip
+
+
+def cancellation_out(c: CancellationRecord) -> CancellationOut:
+    return CancellationOut.model_validate({
+        "id": c.id, "app_id": c.app_id, "function_id": c.function_id, "started_after": iso(c.started_after),
+        "started_before": _iso(c.started_before), "if": c.expression, "cancelled": c.cancelled,
+        "created_at": _iso(c.created_at)})  # fmt: skip
+
+
+async def _run_or_404(st: ServerState, run_id: str) -> RunRecord:
+    run = await st.engine.store.get_run(run_id)
+    if run is None:
+        raise HttpError(404, f"run {run_id!r} not found")
+    return run
+
+
+# --- events -------------------------------------------------------------------------------------------------
+
+
+async def list_events(request: Request) -> Response:
+    st = state_of(request)
+    limit = _limit(request, EVENTS_LIMIT)
+    cursor = request.query_params.get("cursor") or None
+    if cursor is not None and await st.engine.store.get_event(cursor) is None:
+        raise HttpError(400, f"invalid cursor {cursor!r}: no event has this id")
+    name = request.query_params.get("name") or None
+    found = await st.engine.store.list_events(name, limit + 1, before=cursor)
+    page = found[:limit]
+    next_cursor = page[-1].internal_id if len(found) > limit else None
+    return _ok(EventPage(data=[event_out(e) for e in page], metadata=_meta(st), cursor=next_cursor))
+
+
+async def get_event(request: Request) -> Response:
+    st = state_of(request)
+    internal_id = request.path_params["internal_id"]
+    ev = await st.engine.store.get_event(internal_id)
+    if ev is None:
+        raise HttpError(404, f"event {internal_id!r} not found")
+    return _ok(EventResponse(data=event_out(ev), metadata=_meta(st)))
+
+
+async def event_runs(request: Request) -> Response:
+    st = state_of(request)
+    internal_id = request.path_params["internal_id"]
+    if await st.engine.store.get_event(internal_id) is None:
+        raise HttpError(404, f"event {internal_id!r} not found")
+    found = await _all_runs(st, RunFilter(event_id=internal_id))
+    apps, now = await _Apps.load(st), st.engine.clock.now_ms()
+    return _ok(RunList(data=[RunOut(**_run_fields(r, apps, now)) for r in found], metadata=_meta(st)))
+
+
+async def _all_runs(st: ServerState, flt: RunFilter, page_size: int = 500) -> list[RunRecord]:
+    out: list[RunRecord] = []
+    before = flt.before_id
+    while True:
+        page = await st.engine.store.list_runs(RunFilter(
+            status=flt.status, function_id=flt.function_id, event_id=flt.event_id, app_id=flt.app_id,
+            created_after=flt.created_after, created_before=flt.created_before, limit=page_size,
+            before_id=before))  # fmt: skip
+        out += page
+        if len(page) < page_size:
+            return out
+        before = page[-1].id
+
+
+# --- runs ---------------------------------------------------------------------------------------------------
+
+
+async def get_run(request: Request) -> Response:
+    st = state_of(request)
+    run = await _run_or_404(st, request.path_params["run_id"])
+    ev = await st.engine.store.get_event(run.event_id)
+    fields = _run_fields(run, await _Apps.load(st), st.engine.clock.now_ms())
+    data = RunDetailOut(**fields, event=None if ev is None else event_out(ev))
+    return _ok(RunResponse(data=data, metadata=_meta(st)))
+
+
+async def run_steps(request: Request) -> Response:
+    st = state_of(request)
+    run = await _run_or_404(st, request.path_params["run_id"])
+    steps = await st.engine.store.list_steps(run.id)
+    return _ok(StepList(data=[step_out(s) for s in steps], metadata=_meta(st)))
+
+
+async def list_runs(request: Request) -> Response:
+    st = state_of(request)
+    q = request.query_params
+    limit = _limit(request, RUNS_LIMIT)
+    app_id = q.get("app_id") or None
+    function_id = q.get("function_id") or None
+    if function_id is not None and app_id is not None:
+        function_id = await _function_id(st, app_id, function_id) or function_id
+    flt = RunFilter(status=_status(q.get("status")), function_id=function_id, app_id=app_id,
+                    created_after=_query_time(request, "created_after"),
+                    created_before=_query_time(request, "created_before"),
+                    limit=limit + 1, before_id=q.get("cursor") or None)  # fmt: skip
+    found = await st.engine.store.list_runs(flt)
+    page = found[:limit]
+    apps, now = await _Apps.load(st), st.engine.clock.now_ms()
+    return _ok(RunPage(data=[RunOut(**_run_fields(r, apps, now)) for r in page], metadata=_meta(st),
+                       cursor=page[-1].id if len(found) > limit else None))  # fmt: skip
+
+
+async def cancel_run(request: Request) -> Response:
+    """204 when cancelled; 404 for an unknown run; 409 for a run that had already ended."""
+    st = state_of(request)
+    run = await _run_or_404(st, request.path_params["run_id"])
+    if run.status in LIVE and await st.engine.cancel_run(run.id, "cancelled by API"):
+        return Response(status_code=204)
+    ended = await st.engine.store.get_run(run.id)
+    status = STATUS_NAMES.get(ended.status, ended.status) if ended is not None else "deleted"
+    raise HttpError(409, f"run {run.id!r} has already ended ({status}): there is nothing to cancel")
+
+
+async def rerun_run(request: Request) -> Response:
+    st = state_of(request)
+    body: RerunIn = await _body(request, RerunIn)
+    run_id = request.path_params["run_id"]
+    try:
+        new_id = await rerun(st.engine, run_id, body.from_step)
+    except RunNotFoundError as exc:
+        raise HttpError(404, str(exc)) from None
+    except StepNotFoundError as exc:
+        raise HttpError(400, str(exc)) from None
+    except RerunNotPossibleError as exc:
+        raise HttpError(409, str(exc)) from None
+    return _ok(RerunResponse(data=RerunOut(run_id=new_id), metadata=_meta(st)))
+
+
+# --- cancellations ------------------------------------------------------------------------------------------
+
+
+async def _function_id(st: ServerState, app_id: str, function_id: str) -> str | None:
+    """The composite id of the app's function given by slug or composite id; None if the app has no such one."""
+    specs = await st.engine.refresh_registry()
+    for candidate in (f"{app_id}-{function_id}", function_id):
+        spec = specs.get(candidate)
+        if spec is not None and spec.app_id == app_id:
+            return spec.id
+    return None
+
+
+async def create_cancellation(request: Request) -> Response:
+    """Cancel the live runs of one function created in a time window (whose trigger event matches ``if``)."""
+    st = state_of(request)
+    body: CancellationIn = await _body(request, CancellationIn)
+    function_id = await _function_id(st, body.app_id, body.function_id)
+    if function_id is None:
+        raise HttpError(404, f"function {body.function_id!r} not found in app {body.app_id!r}")
+    before = parse_time(body.started_before, "started_before")
+    after = None if body.started_after is None else parse_time(body.started_after, "started_after")
+    if after is not None and after > before:
+        raise HttpError(400, "started_after must not be later than started_before")
+    expression = None
+    if body.if_ is not None and body.if_.strip():
+        try:
+            expression = compile_expression(body.if_)
+        except ExpressionError as exc:
+            raise HttpError(400, f"invalid if expression: {exc}") from None
+    cancellation_id = new_ulid()
+    candidates: list[RunRecord] = []
+    for status in LIVE:
+        candidates += await _all_runs(st, RunFilter(status=status, function_id=function_id, created_after=after,
+                                                    created_before=before + 1))  # fmt: skip
+    cancelled = 0
+    for run in sorted(candidates, key=lambda r: r.id):
+        if expression is not None:
+            ev = await st.engine.store.get_event(run.event_id)
+            if ev is None or not expression.matches(Bindings({"event": ev.as_dict()})):
+                continue
+        if await st.engine.cancel_run(run.id, f"cancelled by bulk cancellation {cancellation_id}"):
+            cancelled += 1
+    record = CancellationRecord(cancellation_id, body.app_id, function_id, after, before,
+                                expression.source if expression else None, cancelled,
+                                st.engine.clock.now_ms())  # fmt: skip
+    await st.engine.store.save_cancellation(record)
+    return _ok(CancellationResponse(data=cancellation_out(record), metadata=_meta(st)))
+
+
+async def list_cancellations(request: Request) -> Response:
+    st = state_of(request)
+    found = await st.engine.store.list_cancellations(_limit(request, (100, 1000)))
+    return _ok(CancellationList(data=[cancellation_out(c) for c in found], metadata=_meta(st)))
+
+
+# --- functions and apps -------------------------------------------------------------------------------------
+
+
+async def list_functions(request: Request) -> Response:
+    st = state_of(request)
+    app_id = request.query_params.get("app_id") or None
+    found = [f for f in await st.engine.store.list_functions() if app_id is None or f.app_id == app_id]
+    data = [FunctionOut(id=f.id, app_id=f.app_id, slug=f.slug, name=f.name, config=f.config) for f in found]
+    return _ok(FunctionList(data=data, metadata=_meta(st)))
+
+
+async def list_apps(request: Request) -> Response:
+    """Apps synced over HTTP, then apps known only from their registered functions (in-process workers)."""
+    st = state_of(request)
+    counts: dict[str, int] = {}
+    for f in await st.engine.store.list_functions():
+        counts[f.app_id] = counts.get(f.app_id, 0) + 1
+    data = [
+        AppOut(app_id=a.app_id, url=a.url, sdk=a.sdk, framework=a.framework, app_version=a.app_version,
+               checksum=a.checksum, synced_at=iso(a.synced_at), error=a.error,
+               function_count=counts.get(a.app_id, 0) if a.app_id else 0, created_at=iso(a.created_at),
+               updated_at=iso(a.updated_at))
+        for a in await st.engine.store.list_apps()
+    ]  # fmt: skip
+    synced = {a.app_id for a in data}
+    data += [
+        AppOut(app_id=app_id, url=None, sdk=None, framework=None, app_version=None, checksum=None, synced_at=None,
+               error=None, function_count=n, created_at=None, updated_at=None)
+        for app_id, n in sorted(counts.items()) if app_id not in synced
+    ]  # fmt: skip
+    return _ok(AppList(data=data, metadata=_meta(st)))
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSONResponse(document())
+
+
+# --- routing ------------------------------------------------------------------------------------------------
+
+_RUN_ID = Param("run_id", "path", "The run's id")
+_EVENT_ID = Param("internal_id", "path", "The event's internal id")
+_LIMIT = Param("limit", "query", "Page size", {"type": "integer", "minimum": 1})
+_CURSOR = Param("cursor", "query", "The cursor of the previous page")
+_TIME = {"type": "string", "description": "RFC 3339 or unix milliseconds"}
+
+ENDPOINTS: Sequence[Endpoint] = (
+    Endpoint("GET", "/v1/events", list_events, "Events, newest first", EventPage, (400,),
+             (Param("name", "query", "Only events with this name"), _LIMIT, _CURSOR), tag="events"),
+    Endpoint("GET", "/v1/events/{internal_id}", get_event, "One event", EventResponse, (404,), (_EVENT_ID,),
+             tag="events"),
+    Endpoint("GET", "/v1/events/{internal_id}/runs", event_runs, "The runs an event started", RunList, (404,),
+             (_EVENT_ID,), tag="events"),
+    Endpoint("GET", "/v1/runs", list_runs, "Runs, newest first", RunPage, (400,), (
+        Param("status", "query", "Queued, Running, Completed, Failed or Cancelled"),
+        Param("function_id", "query", "A composite function id (or a slug, with app_id)"),
+        Param("app_id", "query", "Runs of this app's functions"),
+        Param("created_after", "query", "Created at or after (inclusive)", _TIME),
+        Param("created_before", "query", "Created before (exclusive)", _TIME),
+        _LIMIT, _CURSOR)),
+    Endpoint("GET", "/v1/runs/{run_id}", get_run, "One run with its trigger event", RunResponse, (404,),
+             (_RUN_ID,)),
+    Endpoint("GET", "/v1/runs/{run_id}/steps", run_steps, "A run's steps in the order they were first recorded",
+             StepList, (404,), (_RUN_ID,)),
+    Endpoint("DELETE", "/v1/runs/{run_id}", cancel_run, "Cancel a run (409 if it already ended)", None,
+             (404, 409), (_RUN_ID,), ok_status=204),
+    Endpoint("DELETE", "/v0/runs/{run_id}", cancel_run, "Cancel a run (409 if it already ended)", None,
+             (404, 409), (_RUN_ID,), ok_status=204),
+    Endpoint("POST", "/v1/runs/{run_id}/rerun", rerun_run, "Start the run again, from the start or from a step",
+             RerunResponse, (400, 404, 409), (_RUN_ID,), body=RerunIn, body_required=False),
+    Endpoint("POST", "/v1/cancellations", create_cancellation, "Cancel the live runs of a function in a time window",
+             CancellationResponse, (400, 404), body=CancellationIn, tag="cancellations"),
+    Endpoint("GET", "/v1/cancellations", list_cancellations, "Bulk cancellations requested, newest first",
+             CancellationList, (), (_LIMIT,), tag="cancellations"),
+    Endpoint("GET", "/v1/functions", list_functions, "Registered functions with their config", FunctionList, (),
+             (Param("app_id", "query", "Only this app's functions"),), tag="functions"),
+    Endpoint("GET", "/v1/apps", list_apps, "Apps: synced ones (by URL), then in-process ones", AppList,
+             tag="apps"),
+    Endpoint("GET", "/openapi.json", openapi_json, "This document", OpenApiDocument, tag="meta"),
+)  # fmt: skip
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    """The OpenAPI document of ``ENDPOINTS`` (built once)."""
+    return openapi_document(ENDPOINTS)
+
+
+def routes() -> list[BaseRoute]:
+    return [Route(ep.path, endpoint(ep.handler), methods=[ep.method]) for ep in ENDPOINTS]
