@@ -3,6 +3,11 @@
 It sleeps until it is notified (events sent from this process), the store changes (another process
 committed: SQLite's ``data_version``), or the next run falls due. Leases are renewed while runs execute; a
 worker that dies stops renewing and another worker takes its runs over when the leases expire.
+
+With pushed notifications (PostgreSQL ``LISTEN``) every transaction that makes work due tells every worker the
+earliest due time it created: work due now is claimed at once, later work (sleeps, retries, wait timeouts)
+sets a local timer. ``next_due_at`` is then read only at start, when such a timer fires, and at the safety
+poll (which also finds the expiring leases of dead workers), not on every wake-up.
 """
 
 from __future__ import annotations
@@ -57,13 +62,17 @@ class Worker:
         self.executor = Executor(engine, self.owner, self._threads, self.functions)
         self._active: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._claim_wanted = True  # work may be due now: claim at the next turn of the loop
+        self._timer_at: int | None = None  # pushed mode: the earliest later due time notifications told us of
+        self._reread_due = True  # pushed mode: read next_due_at before the next sleep
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pushed = False
         self.runs_started = 0
 
     # --- wake-ups ---
-    def _on_notify(self) -> None:
+    def _on_notify(self, due_at: int | None = None) -> None:
+        """The store's notification (any thread): work is due at ``due_at`` (None: unknown, look)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -72,9 +81,31 @@ class Worker:
         except RuntimeError:
             running = None
         if running is loop:
-            self._wake.set()
+            self._note_due(due_at)
         else:
-            loop.call_soon_threadsafe(self._wake.set)
+            loop.call_soon_threadsafe(self._note_due, due_at)
+
+    def _on_engine_notify(self) -> None:
+        """This process wrote something that may have made work due. With pushed notifications the same
+        transaction's NOTIFY (with its due time) reaches us anyway, so only a polling worker acts on it."""
+        if not self._pushed:
+            self._on_notify(None)
+
+    def _note_due(self, due_at: int | None) -> None:
+        if self._learn_due(due_at):
+            self._wake.set()
+
+    def _learn_due(self, due_at: int | None) -> bool:
+        """Record that work is due at ``due_at`` (None: unknown); True if the loop has something new to do."""
+        if due_at is None:
+            self._claim_wanted = self._reread_due = True
+        elif due_at <= self.engine.clock.now_ms():
+            self._claim_wanted = True
+        elif self._timer_at is None or due_at < self._timer_at:
+            self._timer_at = due_at  # the sleep gets shorter
+        else:
+            return False  # no earlier than a timer already set
+        return True
 
     async def _claim_and_spawn(self) -> int:
         free = self.concurrency - len(self._active)
@@ -102,7 +133,8 @@ class Worker:
             # re-claimed it before this task got here): only forget our own entry.
             if self._active.get(run_id) is asyncio.current_task():
                 del self._active[run_id]
-            self._wake.set()
+            if self._claim_wanted or not self._pushed:  # a claim waits for a free slot (pushed: only then)
+                self._wake.set()
 
     async def _renew_leases(self) -> None:
         while True:
@@ -142,17 +174,57 @@ class Worker:
             await asyncio.sleep(self.prune_interval)
 
     async def _wait_for_work(self) -> None:
+        if self._pushed:
+            await self._wait_pushed()
+        else:
+            await self._wait_polling()
+            self._claim_wanted = True
+
+    def _safety_poll(self) -> float:
+        # With pushed notifications the poll is only a safety net (and how expiring leases of dead workers are
+        # found: those are not notified), so it comes at least twice per lease period.
+        return min(self.poll_interval * 5, self.lease_ms / 2000)
+
+    async def _wait_pushed(self) -> None:
+        """Sleep until a notification, the earliest known timer, or the safety poll."""
         loop = asyncio.get_running_loop()
-        # With pushed notifications (PostgreSQL LISTEN) the poll is only a safety net: timers and expiring
-        # leases are covered by next_due_at, new work by NOTIFY.
-        timeout = self.poll_interval * (5 if self._pushed else 1)
+        if self._reread_due and len(self._active) < self.concurrency:
+            self._reread_due = False
+            next_due = await self.engine.store.next_due_at(list(self.functions))
+            if next_due is not None:
+                self._learn_due(next_due)
+                if self._claim_wanted:
+                    return
+        deadline = loop.time() + self._safety_poll()
+        while not self._wake.is_set() and not self._stopping:
+            left = deadline - loop.time()
+            if self._timer_at is not None:
+                left = min(left, max(0.0, (self._timer_at - self.engine.clock.now_ms()) / 1000))
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                pass
+        if self._wake.is_set() or self._stopping:
+            return
+        if self._timer_at is not None and self._timer_at <= self.engine.clock.now_ms():
+            self._timer_at = None  # spent: the next one comes from the store
+        elif loop.time() < deadline:
+            return
+        self._claim_wanted = True
+        self._reread_due = True
+
+    async def _wait_polling(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.poll_interval
         if len(self._active) < self.concurrency:
             next_due = await self.engine.store.next_due_at(list(self.functions))
             if next_due is not None:
                 timeout = min(timeout, max(0.0, (next_due - self.engine.clock.now_ms()) / 1000))
         deadline = loop.time() + timeout
-        # Without pushed notifications (SQLite), notice other processes' commits by polling data_version.
-        poll = not self._pushed and len(self._active) < self.concurrency
+        # Notice other processes' commits by polling data_version (SQLite).
+        poll = len(self._active) < self.concurrency
         version = self.engine.store.data_version() if poll else None
         while not self._wake.is_set() and not self._stopping:
             left = deadline - loop.time()
@@ -170,8 +242,9 @@ class Worker:
     async def run(self) -> None:
         """Run until ``stop()`` is called."""
         self._loop = asyncio.get_running_loop()
-        self.engine.add_listener(self._on_notify)
+        self.engine.add_listener(self._on_engine_notify)
         self._pushed = self.engine.store.subscribe(self._on_notify)
+        self._claim_wanted = self._reread_due = True
         renew = asyncio.create_task(self._renew_leases())
         prune = asyncio.create_task(self._prune_periodically())
         backoff = 0.1
@@ -179,18 +252,32 @@ class Worker:
             while not self._stopping:
                 self._wake.clear()
                 try:
-                    claimed = await self._claim_and_spawn()
-                    if claimed and len(self._active) < self.concurrency:
-                        continue
+                    if self._timer_at is not None and self._timer_at <= self.engine.clock.now_ms():
+                        self._timer_at = None  # due now; the next timer comes from the store
+                        self._claim_wanted = self._reread_due = True
+                    free = self.concurrency - len(self._active)
+                    if self._claim_wanted and free > 0:
+                        self._claim_wanted = False
+                        functions = self.functions
+                        claimed = await self._claim_and_spawn()
+                        if claimed >= min(free, self.claim_batch):
+                            self._claim_wanted = True  # a full batch: more may be due
+                        if self.functions is not functions:  # a subclass changed the set: look again for all of it
+                            self._claim_wanted = self._reread_due = True
+                        # A claim that got less than it asked for took everything due at that moment; work made
+                        # due since then has notified us (and set _claim_wanted again).
+                        if self._claim_wanted and len(self._active) < self.concurrency:
+                            continue
                     await self._wait_for_work()
                     backoff = 0.1
                 except Exception as exc:  # the database went away: keep the process, retry with backoff
+                    self._claim_wanted = self._reread_due = True
                     log.warning("worker loop: %s: %s; retrying in %.1f s", type(exc).__name__, exc, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
         finally:
             prune.cancel()
-            self.engine.remove_listener(self._on_notify)
+            self.engine.remove_listener(self._on_engine_notify)
             self.engine.store.unsubscribe(self._on_notify)
             await self._shutdown()  # runs still executing keep their leases renewed until they end
             renew.cancel()

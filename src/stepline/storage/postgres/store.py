@@ -80,10 +80,11 @@ class PostgresStore(SqlStore):
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._writers: _WriterGroup | None = None
         self._schema_version = 0
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[int | None], None]] = []
         self._listen_thread: threading.Thread | None = None
         self._closing = threading.Event()
-        self._notify_pending: set[int] = set()  # writer connections whose transaction made work due
+        # writer connection -> the earliest due time its open transaction created (sent as the NOTIFY payload)
+        self._notify_pending: dict[int, int] = {}
 
     # --- connections ---
     def _connect(self) -> psycopg.Connection[Any]:
@@ -92,14 +93,19 @@ class PostgresStore(SqlStore):
     def _read(self, fn: Callable[[Any], T]) -> T:
         if self._pool is None:
             raise RuntimeError("the store is not open: call await store.open() first")
+        pool = self._pool
         for attempt in range(3):  # reads are idempotent: a connection lost mid-query is retried on a fresh one
             try:
-                with self._pool.connection() as conn:
+                with pool.connection() as conn:
                     return fn(conn)
             except psycopg.OperationalError:
                 if attempt == 2:
                     raise
                 time.sleep(0.05 * (attempt + 1))
+                try:
+                    pool.check()  # the other idle connections likely died too (server restart): replace them
+                except psycopg.Error:
+                    pass
         raise AssertionError("unreachable")
 
     @property
@@ -124,9 +130,11 @@ class PostgresStore(SqlStore):
                     raise RuntimeError(
                         f"the database schema is at version {self._schema_version}; run `stepline db migrate`"
                     )
+        # No per-checkout connection check (an empty query before every read): a read that finds its connection
+        # dead is retried by ``_read``, after dropping every dead connection the pool holds.
         self._pool = ConnectionPool(
             self.url, min_size=1, max_size=self._pool_size, kwargs={"autocommit": True}, open=True,
-            check=ConnectionPool.check_connection, name="stepline-read",
+            name="stepline-read",
         )  # fmt: skip
         writers = [
             GroupCommitWriter(
@@ -174,29 +182,34 @@ class PostgresStore(SqlStore):
     def _lock_for_wait(self, conn: Any, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(name)s, 0))", {"name": name})
 
-    def _notify_work(self, conn: Any) -> None:
-        self._notify_pending.add(id(conn))  # sent once, just before the transaction commits
+    def _notify_work(self, conn: Any, due_at: int) -> None:
+        # One NOTIFY per transaction, sent just before it commits, carrying the earliest due time it created.
+        # Only the writer thread that owns ``conn`` touches its entry.
+        key = id(conn)
+        pending = self._notify_pending.get(key)
+        if pending is None or due_at < pending:
+            self._notify_pending[key] = due_at
 
     def _notify_before_commit(self, conn: Any) -> None:
-        if id(conn) in self._notify_pending:
-            self._notify_pending.discard(id(conn))
-            conn.execute("SELECT pg_notify(%(channel)s, '')", {"channel": NOTIFY_CHANNEL})
+        due_at = self._notify_pending.pop(id(conn), None)
+        if due_at is not None:
+            conn.execute("SELECT pg_notify(%(channel)s, %(due)s)", {"channel": NOTIFY_CHANNEL, "due": str(due_at)})
 
     # --- notifications ---
-    def subscribe(self, callback: Callable[[], None]) -> bool:
+    def subscribe(self, callback: Callable[[int | None], None]) -> bool:
         self._listeners.append(callback)
         if self._listen_thread is None:
             self._listen_thread = threading.Thread(target=self._listen, name="stepline-pg-listen", daemon=True)
             self._listen_thread.start()
         return True
 
-    def unsubscribe(self, callback: Callable[[], None]) -> None:
+    def unsubscribe(self, callback: Callable[[int | None], None]) -> None:
         if callback in self._listeners:
             self._listeners.remove(callback)
 
-    def _fire(self) -> None:
+    def _fire(self, due_at: int | None) -> None:
         for cb in list(self._listeners):
-            cb()
+            cb(due_at)
 
     def _listen(self) -> None:
         """LISTEN on a dedicated connection; reconnect after failures (and wake workers to look for work)."""
@@ -206,16 +219,24 @@ class PostgresStore(SqlStore):
                 with self._connect() as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     delay = 0.1
-                    self._fire()  # anything may have become due while we were not listening
+                    self._fire(None)  # anything may have become due (or been scheduled) while we were not listening
                     while not self._closing.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self._fire()
+                        for n in conn.notifies(timeout=1.0, stop_after=1):
+                            self._fire(_due_at(n.payload))
             except psycopg.Error as exc:
                 if self._closing.is_set():
                     return
                 log.warning("LISTEN connection lost (%s); reconnecting in %.1f s", exc, delay)
                 self._closing.wait(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _due_at(payload: str) -> int | None:
+    """The NOTIFY payload: the earliest due time (unix ms) the notifying transaction created; None if unknown."""
+    try:
+        return int(payload)
+    except ValueError:
+        return None
 
 
 def current_version(conn: psycopg.Connection[Any]) -> int:
