@@ -20,6 +20,7 @@ from stepline.core.expressions import ExpressionError
 from stepline.core.function import CancelOn, FunctionDef, Timeouts
 from stepline.core.triggers import CronTrigger, EventTrigger
 from stepline.core.worker import Worker
+from stepline.serving import serve, serve_fastapi, serve_flask
 from stepline.storage.records import RunRecord, StepRecord
 
 __all__ = [
@@ -51,6 +52,9 @@ __all__ = [
     "Timeouts",
     "UnknownFunctionError",
     "Worker",
+    "serve",
+    "serve_fastapi",
+    "serve_flask",
 ]
 
 __version__ = "0.1.0"

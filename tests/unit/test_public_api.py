@@ -31,6 +31,9 @@ EXPECTED = {
     "Timeouts",
     "UnknownFunctionError",
     "Worker",
+    "serve",
+    "serve_fastapi",
+    "serve_flask",
 }
 
 
