@@ -195,6 +195,16 @@ class _Execution:
                 },
             )
         lower = {k.lower(): v for k, v in resp.headers.items()}
+        if self.st.config.signed and "x-inngest-sdk" in lower:
+            # A signed server only trusts answers signed with its key (the SDK signs with the key that verified).
+            header = lower.get("x-inngest-signature")
+            if (
+                signing.verify_response_signature(resp.content, header, self.st.config.signing_keys, now // 1000)
+                is None
+            ):
+                return step_id, Outcome("error", error={"name": "InvalidResponseSignature", "message": (
+                    "the app's response is " + ("not signed" if not header else "signed with another key")
+                    + ": check that the app's INNGEST_SIGNING_KEY is the server's signing key")})  # fmt: skip
         return step_id, protocol.parse_response(resp.status_code, lower, resp.content, self.now())
 
     # --- what a response means ---
