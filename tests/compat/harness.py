@@ -75,15 +75,18 @@ def _clean_env() -> dict[str, str]:
     }
 
 
-def node_or_skip() -> str:
-    """The ``node`` binary, when the node app's dependencies are installed. Otherwise skip (locally) or fail (in
-    CI, where ``.ci/run`` installs them with ``npm ci``)."""
+def node_or_skip(*packages: str) -> str:
+    """The ``node`` binary, when the node app's dependencies (``inngest`` and ``packages``, e.g. ``tsx``) are
+    installed. Otherwise skip (locally) or fail (in CI, where ``.ci/run`` installs them with ``npm ci``)."""
     node = shutil.which("node")
     problem = None
+    missing = [p for p in ("inngest", *packages) if not (NODE_APP_DIR / "node_modules" / p / "package.json").exists()]
     if node is None:
         problem = "node is not on PATH"
-    elif not (NODE_APP_DIR / "node_modules" / "inngest" / "package.json").exists():
-        problem = f"{NODE_APP_DIR / 'node_modules'} is missing: run `npm ci --prefix tests/compat/node_app`"
+    elif missing:
+        problem = (
+            f"{NODE_APP_DIR / 'node_modules'} lacks {', '.join(missing)}: run `npm ci --prefix tests/compat/node_app`"
+        )
     if problem is not None:
         if os.environ.get("CI"):
             pytest.fail(f"the Node SDK compatibility tests cannot run in CI: {problem}", pytrace=False)
@@ -132,8 +135,10 @@ class AppSpec:
 
 
 def node_app(script: str, app_id: str) -> AppSpec:
-    node = node_or_skip()
-    return AppSpec(f"node {script}", app_id, NODE_APP_DIR, lambda port: [node, script])
+    """A script in ``node_app/``; a TypeScript one (``.ts``) runs through tsx (``node --import tsx``), no build."""
+    loader = ["--import", "tsx"] if script.endswith(".ts") else []
+    node = node_or_skip(*loader[1:])
+    return AppSpec(f"node {script}", app_id, NODE_APP_DIR, lambda port: [node, *loader, script])
 
 
 def python_app(app_id: str = "compat-py") -> AppSpec:

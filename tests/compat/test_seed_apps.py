@@ -1,33 +1,39 @@
-"""The seeds' own use cases, as TypeScript-style apps on the official npm ``inngest`` SDK would run them on
-Stepline (``node_app/seed_*.js``), in dev mode and signed (``stepline start``) mode:
+"""The seeds' own use cases, as TypeScript apps on the official npm ``inngest`` SDK (v4 typed events:
+``eventType``/``staticSchema``) run on Stepline (``node_app/seed_*.ts``, started with ``node --import tsx``, no
+build step), in dev mode and signed (``stepline start``) mode:
 
 - seed 003: a five-step repository analysis job whose ``onFailure`` hook marks the job errored;
 - seeds 000/001: a batch that fans out one event per repository with ``step.sendEvent``, each repository
   processed by its own run that rides out a GitHub rate limit (``RetryAfterError``) and skips private repos.
 
-What is checked is what those teams watch: the job row the app keeps, the runs and steps the server shows.
+What is checked is what those teams watch: the job row the app keeps, the runs and steps the server shows. And
+that the apps are valid TypeScript: ``tsc --noEmit`` passes on them under ``node_app/tsconfig.json`` (strict).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .harness import AppSpec, Stack, new_token, node_app, wait_for
+from .harness import NODE_APP_DIR, AppSpec, Stack, new_token, node_app, node_or_skip, wait_for
 
 pytestmark = pytest.mark.compat
 
 ANALYSIS_STEPS = ["load-job-context", "fetch-commit-list", "fetch-commit-details", "compute-analysis", "save-results"]
+SEED_APPS = ("seed_repo_analysis.ts", "seed_batch_repos.ts")  # what tsconfig.json must cover
 
 
 def _repo_analysis_app() -> AppSpec:
-    return node_app("seed_repo_analysis.js", "vibe-coding-profile")
+    return node_app("seed_repo_analysis.ts", "vibe-coding-profile")
 
 
 def _batch_repos_app() -> AppSpec:
-    return node_app("seed_batch_repos.js", "projects-dashboard")
+    return node_app("seed_batch_repos.ts", "projects-dashboard")
 
 
 def _post(stack: Stack, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -40,6 +46,31 @@ def _get(stack: Stack, path: str) -> dict[str, Any]:
     resp = stack.http.get(f"{stack.app_url}{path}")
     assert resp.status_code == 200, f"GET {path} answered {resp.status_code}: {resp.text}"
     return dict(resp.json())
+
+
+def _tsc(node: str, *args: str) -> subprocess.CompletedProcess[str]:
+    tsc = NODE_APP_DIR / "node_modules" / "typescript" / "bin" / "tsc"
+    return subprocess.run(
+        [node, str(tsc), "-p", str(NODE_APP_DIR), *args],
+        cwd=NODE_APP_DIR,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+
+
+def test_seed_apps_type_check() -> None:
+    """The seed apps are TypeScript, not JavaScript in ``.ts`` files: ``tsc --noEmit`` passes on them, strict."""
+    node = node_or_skip("typescript", "tsx", "@types/node", "@types/express")
+    shown = _tsc(node, "--showConfig")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    config = json.loads(shown.stdout)
+    assert config["compilerOptions"]["strict"] is True, config
+    checked = {Path(f).name for f in config["files"]}
+    assert set(SEED_APPS) <= checked, f"tsconfig.json does not cover the seed apps: {sorted(checked)}"
+    result = _tsc(node, "--noEmit")
+    assert result.returncode == 0, f"tsc --noEmit failed:\n{result.stdout}{result.stderr}"
 
 
 class TestSeedRepoAnalysis:
@@ -111,7 +142,7 @@ class TestSeedBatchRepositories:
 
     def test_batch_fans_out_one_run_per_repository(self, stack: Stack) -> None:
         owner = f"org-{new_token()}"
-        repos = [{"owner": owner, "name": n} for n in ("web", "api", "cli")]
+        repos: list[dict[str, Any]] = [{"owner": owner, "name": n} for n in ("web", "api", "cli")]
         repos.append({"owner": owner, "name": "vault", "private": True})
         resp = stack.http.post(f"{stack.app_url}/db/repos", json={"repos": repos})
         assert resp.status_code == 200, resp.text
