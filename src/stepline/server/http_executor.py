@@ -11,6 +11,7 @@ Runs and steps are stored exactly as for in-process functions; only the memo's w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -58,13 +59,33 @@ class HttpExecutor:
     async def execute(self, fn: HttpFunction, claimed: ClaimedRun) -> None:
         lease = Lease(claimed.run.lease_expires_at)
         self.drivers[claimed.run.id] = lease
+        execution = _Execution(self, fn, claimed, lease)
         try:
-            await _Execution(self, fn, claimed, lease).drive()
+            await execution.drive()
         except _Stop:
             pass
+        except Exception as exc:  # a bug or an answer nothing above foresaw: count an attempt, never loop silently
+            log.exception("run %s of %s: the HTTP executor failed", claimed.run.id, fn.id)
+            with contextlib.suppress(_Stop):
+                await execution.function_error({"name": "InternalError", "message": (
+                    f"Stepline could not process the app's answer: {type(exc).__name__}: {exc}")},
+                    retriable=True, retry_at=None)  # fmt: skip
         finally:
             if self.drivers.get(claimed.run.id) is lease:
                 del self.drivers[claimed.run.id]
+
+
+def _signature_problem(header: str | None, now_s: int) -> str:
+    if not header:
+        return "the app's response is not signed: is the app running in cloud mode with the server's signing key?"
+    parsed = signing.parse_signature_header(header)
+    if parsed is None:
+        return f"the app's response signature is malformed: {header[:80]!r}"
+    skew = parsed[0] - now_s
+    if abs(skew) > signing.DEFAULT_MAX_SKEW_S:
+        return (f"the app's response is signed with a timestamp {abs(skew)} s in the "
+                f"{'future' if skew > 0 else 'past'}: check the app's clock")  # fmt: skip
+    return "the app's response is signed with another key: check that the app's INNGEST_SIGNING_KEY is the server's"
 
 
 def _done_order(rec: StepRecord) -> int:
@@ -176,36 +197,39 @@ class _Execution:
         if self.st.config.signed and self.st.config.signing_keys:
             headers["X-Inngest-Signature"] = signing.sign(raw, self.st.config.signing_keys[0], now // 1000)
         self.ex.calls += 1
+        limit = self.st.config.max_body_bytes
+        too_large = Outcome("error", error={"name": "ResponseTooLarge", "message": (
+            f"the app's response is larger than the limit of {limit} bytes")})  # fmt: skip
         try:
-            resp = await self.st.http.post(self.fn.call_url(step_id), content=raw, headers=headers)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self.st.config.call_timeout):  # the whole call, not each read
+                async with self.st.http.stream("POST", self.fn.call_url(step_id), content=raw,
+                                               headers=headers) as resp:  # fmt: skip
+                    declared = resp.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > limit:
+                        return step_id, too_large
+                    content = bytearray()
+                    async for chunk in resp.aiter_bytes():
+                        content += chunk
+                        if len(content) > limit:
+                            return step_id, too_large
+        except (TimeoutError, httpx.TimeoutException):
             return step_id, Outcome("error", error={"name": "CallTimeout", "message": (
                 f"the app did not answer within {self.st.config.call_timeout:g} s")})  # fmt: skip
         except httpx.HTTPError as exc:
             return step_id, Outcome("error", error={"name": "AppUnreachable", "message": (
                 f"calling {self.fn.call_url(step_id)} failed: {type(exc).__name__}: {exc}")})  # fmt: skip
-        if len(resp.content) > self.st.config.max_body_bytes:
-            return step_id, Outcome(
-                "error",
-                error={
-                    "name": "ResponseTooLarge",
-                    "message": (
-                        f"the app's response is {len(resp.content)} bytes; the limit is {self.st.config.max_body_bytes}"
-                    ),
-                },
-            )
+        body_bytes = bytes(content)
         lower = {k.lower(): v for k, v in resp.headers.items()}
         if self.st.config.signed and "x-inngest-sdk" in lower:
             # A signed server only trusts answers signed with its key (the SDK signs with the key that verified).
             header = lower.get("x-inngest-signature")
-            if (
-                signing.verify_response_signature(resp.content, header, self.st.config.signing_keys, now // 1000)
-                is None
-            ):
-                return step_id, Outcome("error", error={"name": "InvalidResponseSignature", "message": (
-                    "the app's response is " + ("not signed" if not header else "signed with another key")
-                    + ": check that the app's INNGEST_SIGNING_KEY is the server's signing key")})  # fmt: skip
-        return step_id, protocol.parse_response(resp.status_code, lower, resp.content, self.now())
+            checked_at = self.now() // 1000
+            if signing.verify_response_signature(body_bytes, header, self.st.config.signing_keys, checked_at) is None:
+                return step_id, Outcome(
+                    "error",
+                    error={"name": "InvalidResponseSignature", "message": _signature_problem(header, checked_at)},
+                )
+        return step_id, protocol.parse_response(resp.status_code, lower, body_bytes, self.now())
 
     # --- what a response means ---
     async def handle(self, outcome: Outcome, targeted: str | None) -> list[str]:
@@ -221,7 +245,12 @@ class _Execution:
                 continue  # an early discovery re-reports finished or planned steps: ignore
             if op.id:
                 self.labels.setdefault(op.id, op.label)
-            progressed = await self.apply(op, outcome, targeted, planned) or progressed
+            try:
+                progressed = await self.apply(op, outcome, targeted, planned) or progressed
+            except (ValueError, TypeError) as exc:  # an unparsable duration, invalid CEL, ...
+                await self.function_error({"name": "InvalidOp", "message": (
+                    f"the app returned an invalid {op.op} op for step {op.label!r}: {exc}")},
+                    retriable=True, retry_at=None)  # fmt: skip
         if not progressed and not planned and not self.pending:
             await self.function_error({"name": "Error", "message": "the app returned no op to act on (206 [])"},
                                       retriable=True, retry_at=None)  # fmt: skip

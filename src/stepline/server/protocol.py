@@ -140,6 +140,25 @@ def retry_after_ms(value: str | None, now_ms: int) -> int | None:
     return max(now_ms, min(at, now_ms + MAX_RETRY_AFTER_MS))
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_storable(value: Any) -> None:
+    """Values both stores keep and the SDKs read back: no lone surrogates, no NUL characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+        text.encode("utf-8")
+    except (UnicodeEncodeError, ValueError) as exc:
+        raise ValueError(f"a string in the body is not valid Unicode: {exc}") from None
+    if "\\u0000" in text or "\x00" in text:
+        raise ValueError("a string in the body contains a NUL character (\\u0000), which cannot be stored")
+
+
+STEP_OPS = frozenset({"StepRun", "Step", "StepError", "StepFailed", "StepPlanned", "Sleep", "WaitForEvent",
+                      "InvokeFunction"})  # fmt: skip
+
+
 def _parse_op(raw: Any) -> Op | None:
     if not isinstance(raw, dict) or not isinstance(raw.get("op"), str):
         return None
@@ -183,10 +202,12 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, now_ms: in
         return _error(f"the app answered HTTP {status} without an X-Inngest-SDK header: not an Inngest SDK "
                       "response (is the URL right?)", status=status)  # fmt: skip
     try:
-        payload = json.loads(body) if body.strip() else None
-    except ValueError:
+        payload = json.loads(body, parse_constant=_reject_constant) if body.strip() else None
         if 200 <= status < 300:
-            return _error(f"the app answered HTTP {status} with a body that is not JSON: {body[:200]!r}",
+            _check_storable(payload)
+    except ValueError as exc:
+        if 200 <= status < 300:
+            return _error(f"the app answered HTTP {status} with a body that is not JSON ({exc}): {body[:200]!r}",
                           status=status)  # fmt: skip
         payload = None
     if status == 200:
@@ -198,6 +219,9 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, now_ms: in
         ops = [_parse_op(i) for i in items]
         if any(o is None for o in ops):
             return _error(f"the app answered 206 with an op that has no 'op' field: {body[:200]!r}", status=status)
+        missing = [o.op for o in ops if o is not None and o.op in STEP_OPS and not o.id]
+        if missing:
+            return _error(f"the app answered 206 with a {missing[0]} op without a step id", status=status)
         return Outcome("ops", ops=[o for o in ops if o is not None], retry_at=retry_at, status=status,
                        retriable=not no_retry)  # fmt: skip
     if isinstance(payload, dict) and (payload.get("name") or payload.get("message")):

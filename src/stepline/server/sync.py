@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 from stepline.core.ids import new_ulid
 from stepline.server import signing
 from stepline.server.errors import error_response
+from stepline.server.events_api import BodyTooLarge, read_body
 from stepline.server.functions import FunctionConfigError, function_records
 from stepline.server.state import ServerState, state_of
 from stepline.storage.records import AppRecord
@@ -49,7 +50,10 @@ async def register(request: Request) -> Response:
         return error_response(
             400, f"server kind mismatch: the SDK expects a {expected!r} server, this server is {st.config.kind!r}"
         )
-    raw = await request.body()
+    try:
+        raw = await read_body(request, st.config.max_body_bytes)
+    except BodyTooLarge:
+        return error_response(413, f"the register body is larger than {st.config.max_body_bytes} bytes")
     try:
         body = json.loads(raw)
     except ValueError as exc:
