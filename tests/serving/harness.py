@@ -96,6 +96,7 @@ class Server:
     port: int = field(default_factory=free_port)
     signing_key: str | None = None
     event_key: str = "test"
+    extra_args: list[str] = field(default_factory=list)  # e.g. ["--app", "module:client", "--app-dir", path]
     proc: subprocess.Popen[bytes] | None = None
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10.0))
 
@@ -116,6 +117,7 @@ class Server:
                   "--poll-interval", "1"]  # fmt: skip
         for url in self.app_urls:
             common += ["-u", url]
+        common += self.extra_args
         if self.signing_key:
             cmd = [*STEPLINE, "start", *common, "--signing-key", self.signing_key, "--event-key", self.event_key]
         else:

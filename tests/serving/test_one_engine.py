@@ -1,0 +1,62 @@
+"""One engine for both kinds of function: an event fans out to an in-process function (run by the server
+process itself, ``stepline dev --app``) and to an HTTP function (served by another app), and both runs look alike."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import stepline
+from stepline import Stepline
+
+from .harness import AsgiThread, Server, free_port
+
+served = Stepline("served")
+
+
+@served.function(id="ship", trigger="shop/order.paid")
+async def ship(ctx: Any) -> dict[str, Any]:
+    label = await ctx.step.run("label", lambda: f"label-{ctx.event.data['order']}")
+    return {"by": "http", "label": label}
+
+
+IN_PROCESS_APP = textwrap.dedent(
+    """
+    from stepline import Stepline
+
+    client = Stepline("billing")
+
+    @client.function(id="invoice", trigger="shop/order.paid")
+    async def invoice(ctx):
+        number = await ctx.step.run("number", lambda: f"inv-{ctx.event.data['order']}")
+        return {"by": "in-process", "number": number}
+    """
+)
+
+
+def test_an_event_fans_out_to_in_process_and_http_functions_alike(tmp_path: Path) -> None:
+    (tmp_path / "billing_app.py").write_text(IN_PROCESS_APP)
+    port = free_port()
+    server = Server(tmp_path, [f"http://127.0.0.1:{port}/"],
+                    extra_args=["--app", "billing_app:client", "--app-dir", str(tmp_path)])  # fmt: skip
+    app = AsgiThread(stepline.serve(served, base_url=server.url), port)
+    app.start()
+    try:
+        server.start()
+        event_id = server.send("shop/order.paid", {"order": 7})
+        runs = {}
+        for _ in range(2):
+            for run in server.rest(f"/v1/events/{event_id}/runs"):
+                runs[run["function_id"]] = server.ended(run["run_id"])
+        assert set(runs) == {"billing-invoice", "served-ship"}
+        assert runs["billing-invoice"]["status"] == runs["served-ship"]["status"] == "Completed"
+        assert runs["billing-invoice"]["output"] == {"by": "in-process", "number": "inv-7"}
+        assert runs["served-ship"]["output"] == {"by": "http", "label": "label-7"}
+        shapes = {fn: [(s["name"], s["kind"], s["status"], s["attempts"]) for s in server.steps(r["run_id"])]
+                  for fn, r in runs.items()}  # fmt: skip
+        assert shapes == {"billing-invoice": [("number", "run", "completed", 1)],
+                          "served-ship": [("label", "run", "completed", 1)]}  # fmt: skip
+    finally:
+        server.stop()
+        app.stop()
