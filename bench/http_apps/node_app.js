@@ -1,0 +1,84 @@
+"use strict";
+// The benchmark app for bench/run_http.py with the official `inngest` JS SDK, unmodified, served by Express at
+// /api/inngest. Same functions as py_app.py (`one`, `ten`, `lat`, app id `bench-node` by default).
+//
+// It uses the packages installed for the compatibility tests:
+//   NODE_PATH=tests/compat/node_app/node_modules PORT=3000 INNGEST_DEV=http://127.0.0.1:8288 node bench/http_apps/node_app.js
+// Env: BENCH_STATS_DIR (calls-<pid>.json: the POSTs to /api/inngest per fnId and their time in the app, written
+// every 0.2 s while it changes), BENCH_LAT_LOG (the `lat` function's first line appends {i, t, sent_at, run_id}).
+
+const fs = require("node:fs");
+const path = require("node:path");
+const express = require("express");
+const { Inngest } = require("inngest");
+const { serve } = require("inngest/express");
+
+const inngest = new Inngest({ id: process.env.BENCH_APP_ID || "bench-node" });
+const LAT_LOG = process.env.BENCH_LAT_LOG || "";
+const STATS_DIR = process.env.BENCH_STATS_DIR || "";
+
+const one = inngest.createFunction({ id: "one", triggers: [{ event: "bench/one" }] }, async ({ event, step }) => {
+  const i = event.data.i;
+  return await step.run("s1", () => i);
+});
+
+const ten = inngest.createFunction({ id: "ten", triggers: [{ event: "bench/ten" }] }, async ({ step }) => {
+  let total = 0;
+  for (let k = 0; k < 10; k++) {
+    total += await step.run(`s${k}`, () => k);
+  }
+  return total;
+});
+
+const lat = inngest.createFunction({ id: "lat", triggers: [{ event: "bench/lat" }] }, async ({ event, step, runId }) => {
+  const now = Date.now() / 1000; // the first line of the function body: what event-to-start latency measures
+  const i = event.data.i;
+  if (LAT_LOG) {
+    const line = { i, t: now, sent_at: event.data.sent_at, run_id: runId, pid: process.pid };
+    fs.appendFileSync(LAT_LOG, `${JSON.stringify(line)}\n`);
+  }
+  return await step.run("s1", () => i);
+});
+
+const calls = {};
+const seconds = {};
+let version = 0;
+
+const app = express();
+app.use((req, res, next) => {
+  if (req.method === "POST" && req.path === "/api/inngest") {
+    const fn = String(req.query.fnId || "?");
+    const t = process.hrtime.bigint();
+    res.on("finish", () => {
+      calls[fn] = (calls[fn] || 0) + 1;
+      seconds[fn] = (seconds[fn] || 0) + Number(process.hrtime.bigint() - t) / 1e9;
+      version++;
+    });
+  }
+  next();
+});
+app.use(express.json({ limit: "10mb" }));
+app.use("/api/inngest", serve({ client: inngest, functions: [one, ten, lat] }));
+app.get("/healthz", (_req, res) => res.json({ ok: true, app_id: inngest.id, pid: process.pid }));
+
+if (STATS_DIR) {
+  const file = path.join(STATS_DIR, `calls-${process.pid}.json`);
+  let written = -1;
+  setInterval(() => {
+    if (version === written) return;
+    written = version;
+    fs.writeFileSync(`${file}.tmp`, JSON.stringify({ calls, seconds }));
+    fs.renameSync(`${file}.tmp`, file);
+  }, 200).unref();
+}
+
+const port = Number(process.env.PORT || 3000);
+const server = app.listen(port, "127.0.0.1", () => {
+  process.stdout.write(`bench node app listening on http://127.0.0.1:${port}/api/inngest\n`);
+});
+const stop = () => {
+  server.close(() => process.exit(0));
+  setTimeout(() => process.exit(0), 2000).unref();
+};
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);
