@@ -60,7 +60,9 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(cfg.call_timeout, connect=10.0)) as client:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=cfg.max_calls_per_app * 4)
+        timeout = httpx.Timeout(cfg.call_timeout, connect=10.0)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
             st = ServerState(engine=engine, config=cfg, http=client)
             app.state.stepline = st
             async with contextlib.AsyncExitStack() as stack:

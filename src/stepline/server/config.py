@@ -25,6 +25,7 @@ class ServerConfig:
     discovery: bool = True  # scan the usual local ports for apps until one syncs (dev)
     poll: bool = True  # re-sync every known app every poll_interval (else only apps in error)
     poll_interval: float = 5.0
+    max_calls_per_app: int = 32  # calls in flight to one app origin (more wait for a slot)
     call_timeout: float = 300.0  # seconds an SDK call may take before it counts as failed (and is retried)
     max_body_bytes: int = MAX_BODY_BYTES
     backoff: Backoff = field(default_factory=Backoff)  # between retries of failed calls and steps
