@@ -96,7 +96,8 @@ class Server:
     port: int = field(default_factory=free_port)
     signing_key: str | None = None
     event_key: str = "test"
-    extra_args: list[str] = field(default_factory=list)  # e.g. ["--app", "module:client", "--app-dir", path]
+    extra_args: list[str] = field(default_factory=list)
+    discovery: bool = False  # e.g. ["--app", "module:client", "--app-dir", path]
     proc: subprocess.Popen[bytes] | None = None
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10.0))
 
@@ -121,7 +122,7 @@ class Server:
         if self.signing_key:
             cmd = [*STEPLINE, "start", *common, "--signing-key", self.signing_key, "--event-key", self.event_key]
         else:
-            cmd = [*STEPLINE, "dev", *common, "--no-discovery"]
+            cmd = [*STEPLINE, "dev", *common, *([] if self.discovery else ["--no-discovery"])]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=_clean_env(), stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)  # fmt: skip

@@ -3,14 +3,18 @@ process itself, ``stepline dev --app``) and to an HTTP function (served by anoth
 
 from __future__ import annotations
 
+import socket
 import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+from starlette.applications import Starlette
+
 import stepline
 from stepline import Stepline
 
-from .harness import AsgiThread, Server, free_port
+from .harness import AsgiThread, Server, free_port, wait_for
 
 served = Stepline("served")
 
@@ -57,6 +61,36 @@ def test_an_event_fans_out_to_in_process_and_http_functions_alike(tmp_path: Path
                   for fn, r in runs.items()}  # fmt: skip
         assert shapes == {"billing-invoice": [("number", "run", "completed", 1)],
                           "served-ship": [("label", "run", "completed", 1)]}  # fmt: skip
+    finally:
+        server.stop()
+        app.stop()
+
+
+def test_stepline_dev_discovers_an_app_on_a_usual_local_port(tmp_path: Path) -> None:
+
+    port = None
+    for candidate in range(3000, 3011):  # the discovery range a dev server scans first
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", candidate)) != 0:
+                port = candidate
+                break
+    if port is None:
+        pytest.skip("every port in 3000-3010 is taken on this machine")
+    server = Server(tmp_path, [], discovery=True)
+    web = Starlette()
+    stepline.serve_fastapi(web, served, path="/api/inngest", base_url=server.url)
+    app = AsgiThread(web, port)
+    app.start()
+    try:
+        server.start()
+        synced = wait_for(
+            "discovery to find the app",
+            lambda: [a for a in server.rest("/v1/apps") if a.get("app_id") == "served" and a["synced_at"]],
+        )
+        assert synced[0]["url"].startswith(f"http://127.0.0.1:{port}/api/inngest")
+        event_id = server.send("shop/order.paid", {"order": 9})
+        run = server.ended(server.run_of(event_id)["run_id"])
+        assert (run["status"], run["output"]) == ("Completed", {"by": "http", "label": "label-9"})
     finally:
         server.stop()
         app.stop()
