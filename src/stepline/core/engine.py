@@ -18,6 +18,7 @@ from stepline.core.events import (
     FUNCTION_CANCELLED,
     FUNCTION_FAILED,
     FUNCTION_FINISHED,
+    FUNCTION_INVOKED,
     MAX_EVENTS_PER_SEND,
     Event,
     StoredEvent,
@@ -256,7 +257,7 @@ class Engine:
         """Start a run of one function directly (CLI and API), whatever its triggers. Returns the run id."""
         spec = await self.require_function(function_id)
         now = self.clock.now_ms()
-        ev = self.stored_event(validate_event(Event(name="stepline/function.invoked", data=data or {}),
+        ev = self.stored_event(validate_event(Event(name=FUNCTION_INVOKED, data=data or {}),
                                               allow_reserved=True), now)  # fmt: skip
         run = new_run(spec, ev.internal_id, now)
         result = await self.store.ingest(IngestBatch([ev], [run]), self.matcher, now)
@@ -278,7 +279,7 @@ class Engine:
             data["result"] = finish.output
         else:
             data["error"] = finish.error
-        if trigger.name == "stepline/function.invoked":
+        if trigger.name == FUNCTION_INVOKED:
             corr = (trigger.data.get("_inngest") or {}).get("correlation_id")
             if corr:
                 data["correlation_id"] = corr
@@ -289,6 +290,33 @@ class Engine:
             names.append(FUNCTION_CANCELLED)
         events = [self.stored_event(Event(name=n, data=dict(data)), now) for n in names]
         finish.follow_up = IngestBatch(events, await self._plan_runs(events, [None] * len(events), now))
+
+    def plan_invoke(
+        self,
+        spec: FunctionSpec,
+        parent_run_id: str,
+        step_id: str,
+        source_fn_id: str,
+        data: dict[str, Any],
+        expires_at: int,
+        now: int,
+    ) -> IngestBatch:
+        """The ``function.invoked`` event and the child run of an invoke step (in-process and HTTP alike); the
+        child's end completes the parent's step (``correlation_id``, ``parent_run_id``/``parent_step_id``)."""
+        payload = dict(data)
+        payload["_inngest"] = {"fn_id": spec.id, "correlation_id": f"{parent_run_id}.{step_id}",
+                               "source_fn_id": source_fn_id, "source_run_id": parent_run_id,
+                               "expire": expires_at}  # fmt: skip
+        ev = self.stored_event(Event(name=FUNCTION_INVOKED, data=payload), now)
+        child = new_run(spec, ev.internal_id, now, parent_run_id=parent_run_id, parent_step_id=step_id)
+        return IngestBatch([ev], [child])
+
+    async def end_run(self, run: RunRecord, trigger: StoredEvent, owner: str | None, finish: RunFinish) -> None:
+        """Finish a run with its system events (and the runs they start), then announce what that cancelled."""
+        await self.follow_up(run, trigger, finish)
+        outcome = await self.store.finish_run(run.id, owner, finish, self.matcher, self.clock.now_ms())
+        await self.announce_cancellations(outcome.cancelled_run_ids)
+        self.notify()
 
     async def prune(self, default_retention: dt.timedelta = DEFAULT_RETENTION, batch_size: int = 1000) -> PruneResult:
         """Delete ended runs (and their steps), unreferenced events and expired idempotency keys older than

@@ -182,8 +182,4 @@ class Executor:
             # Waits exist only for cancel_on and wait_for_event steps: without either there is nothing to delete.
             kinds = {s.kind for s in driver.memo.values()} | {u.kind for u in driver.pending}
             finish.may_have_waits = "wait_for_event" in kinds
-        await self.engine.follow_up(claimed.run, claimed.event, finish)
-        outcome = await self.engine.store.finish_run(claimed.run.id, self.owner, finish, self.engine.matcher,
-                                                     self.engine.clock.now_ms())  # fmt: skip
-        await self.engine.announce_cancellations(outcome.cancelled_run_ids)
-        self.engine.notify()
+        await self.engine.end_run(claimed.run, claimed.event, self.owner, finish)

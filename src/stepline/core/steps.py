@@ -31,11 +31,11 @@ from stepline.core.errors import (
     Suspend,
     serialize_error,
 )
-from stepline.core.events import FUNCTION_INVOKED, Event, StoredEvent, canonical_event_name, to_json_value
+from stepline.core.events import StoredEvent, canonical_event_name, to_json_value
 from stepline.core.expressions import compile_expression, match_to_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
 from stepline.core.ids import StepIdCounter
-from stepline.storage.records import IngestBatch, StepRecord, StepUpdate, WaitSpec, WriteOutcome
+from stepline.storage.records import StepRecord, StepUpdate, WaitSpec, WriteOutcome
 
 if TYPE_CHECKING:
     from stepline.core.engine import Engine
@@ -275,8 +275,6 @@ class StepDriver:
                 {"kind": "invoking", "step": display_id, "until": rec.wake_at},
             )
         target_id = function.id if isinstance(function, FunctionDef) else str(function)
-        from stepline.core.engine import new_run
-
         spec = await self.engine.find_function(target_id, default_app=self.fn.app_id)
         if spec is None:
             rec = await self._record(StepUpdate(step_id, display_id, "invoke", "failed", 1, error={
@@ -288,14 +286,10 @@ class StepDriver:
             raise ValueError(f"step {display_id!r}: invoke data must be a JSON object")
         delta = parse_duration(timeout if timeout is not None else DEFAULT_WAIT_TIMEOUT)
         wake = now + int(delta.total_seconds() * 1000)
-        correlation = f"{self.run_id}.{step_id}"
-        payload["_inngest"] = {"fn_id": spec.id, "correlation_id": correlation, "source_fn_id": self.fn.id,
-                               "source_run_id": self.run_id, "expire": wake}  # fmt: skip
-        ev = self.engine.stored_event(Event(name=FUNCTION_INVOKED, data=payload), now)
-        child = new_run(spec, ev.internal_id, now, parent_run_id=self.run_id, parent_step_id=step_id)
+        batch = self.engine.plan_invoke(spec, self.run_id, step_id, self.fn.id, payload, wake, now)
         raise self._suspend(
-            StepUpdate(step_id, display_id, "invoke", "invoking", wake_at=wake, invoke=IngestBatch([ev], [child])),
-            {"kind": "invoking", "step": display_id, "function": spec.id, "run_id": child.id, "until": wake},
+            StepUpdate(step_id, display_id, "invoke", "invoking", wake_at=wake, invoke=batch),
+            {"kind": "invoking", "step": display_id, "function": spec.id, "run_id": batch.runs[0].id, "until": wake},
         )
 
     # --- step.send_event ---

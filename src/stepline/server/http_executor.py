@@ -21,15 +21,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from stepline.core.durations import parse_duration
-from stepline.core.engine import new_run
-from stepline.core.events import FUNCTION_INVOKED, Event, canonical_event_name
+from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT
 from stepline.server import protocol, signing
 from stepline.server.functions import HttpFunction
 from stepline.server.protocol import CallState, Op, Outcome
 from stepline.server.state import ServerState
-from stepline.storage.records import ClaimedRun, IngestBatch, RunFinish, StepRecord, StepUpdate, WaitSpec
+from stepline.storage.records import ClaimedRun, RunFinish, StepRecord, StepUpdate, WaitSpec
 
 log = logging.getLogger("stepline.server.calls")
 MAX_SLEEP_MS = 366 * 24 * 3600 * 1000
@@ -373,14 +372,10 @@ class _Execution:
         data: dict[str, Any] = dict(raw_data) if isinstance(raw_data, dict) else {}
         timeout = op.opts.get("timeout") or DEFAULT_WAIT_TIMEOUT
         wake = now + int(parse_duration(timeout).total_seconds() * 1000)
-        data["_inngest"] = {"fn_id": spec.id, "correlation_id": f"{self.run.id}.{op.id}",
-                            "source_fn_id": self.fn.id, "source_run_id": self.run.id, "expire": wake}  # fmt: skip
-        ev = self.engine.stored_event(Event(name=FUNCTION_INVOKED, data=data), now)
-        child = new_run(spec, ev.internal_id, now, parent_run_id=self.run.id, parent_step_id=op.id)
-        self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "invoke", "invoking", wake_at=wake,
-                                         invoke=IngestBatch([ev], [child]))  # fmt: skip
+        batch = self.engine.plan_invoke(spec, self.run.id, op.id, self.fn.id, data, wake, now)
+        self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "invoke", "invoking", wake_at=wake, invoke=batch)
         self.reasons[op.id] = {"kind": "invoking", "step": self.labels[op.id], "function": spec.id,
-                               "run_id": child.id, "until": wake}  # fmt: skip
+                               "run_id": batch.runs[0].id, "until": wake}  # fmt: skip
         return True
 
     # --- durable writes ---
@@ -421,10 +416,5 @@ class _Execution:
         await self.finish(RunFinish("failed", error=error))
 
     async def finish(self, finish: RunFinish) -> None:
-        finish.may_have_waits = True
-        await self.engine.follow_up(self.run, self.claimed.event, finish)
-        outcome = await self.engine.store.finish_run(self.run.id, self.ex.owner, finish, self.engine.matcher,
-                                                     self.now())  # fmt: skip
-        await self.engine.announce_cancellations(outcome.cancelled_run_ids)
-        self.engine.notify()
+        await self.engine.end_run(self.run, self.claimed.event, self.ex.owner, finish)
         raise _Stop()
