@@ -147,9 +147,11 @@ async def test_events_list_pages_newest_first_and_filters_by_name(client: Stepli
 
 async def test_events_list_rejects_bad_parameters(api: httpx.AsyncClient) -> None:
     assert error(await api.get("/v1/events", params={"limit": "ten"}), 400) == (
-        "invalid limit 'ten': expected an integer")
+        "invalid limit 'ten': expected an integer"
+    )
     assert error(await api.get("/v1/events", params={"cursor": "nope"}), 400) == (
-        "invalid cursor 'nope': no event has this id")
+        "invalid cursor 'nope': no event has this id"
+    )
     assert data(await api.get("/v1/events", params={"limit": 100_000})) == []  # clamped, not refused
 
 
@@ -243,11 +245,14 @@ async def test_runs_list_filters_and_pages(client: Stepline, clock: FakeClock, a
     assert [r["created_at_ms"] for r in data(await api.get("/v1/runs", params=window))] == [
         1_767_225_620_000, 1_767_225_610_000]  # fmt: skip
     assert error(await api.get("/v1/runs", params={"status": "done"}), 400) == (
-        "invalid status 'done': expected one of Queued, Running, Completed, Failed, Cancelled")
+        "invalid status 'done': expected one of Queued, Running, Completed, Failed, Cancelled"
+    )
     assert error(await api.get("/v1/runs", params={"created_after": "yesterday"}), 400).startswith(
-        "invalid created_after 'yesterday': expected RFC 3339")
+        "invalid created_after 'yesterday': expected RFC 3339"
+    )
     assert error(await api.get("/v1/runs", params={"created_before": "2026-01-01T00:00:00"}), 400).startswith(
-        "invalid created_before")  # no offset: ambiguous
+        "invalid created_before"
+    )  # no offset: ambiguous
 
 
 # --- cancel -------------------------------------------------------------------------------------------------
@@ -260,10 +265,13 @@ async def test_cancel_a_run(client: Stepline, api: httpx.AsyncClient) -> None:
     response = await api.delete(f"/v1/runs/{first['run_id']}")
     assert response.status_code == 204 and response.content == b""
     cancelled = data(await api.get(f"/v1/runs/{first['run_id']}"))
-    assert cancelled["status"] == "Cancelled" and cancelled["error"] == {"name": "Cancelled",
-                                                                         "message": "cancelled by API"}
+    assert cancelled["status"] == "Cancelled" and cancelled["error"] == {
+        "name": "Cancelled",
+        "message": "cancelled by API",
+    }
     assert error(await api.delete(f"/v1/runs/{first['run_id']}"), 409) == (
-        f"run '{first['run_id']}' has already ended (Cancelled): there is nothing to cancel")
+        f"run '{first['run_id']}' has already ended (Cancelled): there is nothing to cancel"
+    )
     assert (await api.delete(f"/v0/runs/{second['run_id']}")).status_code == 204
     assert error(await api.delete("/v0/runs/01NOPE"), 404) == "run '01NOPE' not found"
     assert error(await api.delete("/v1/runs/01NOPE"), 404) == "run '01NOPE' not found"
@@ -297,8 +305,12 @@ async def test_bulk_cancellation_by_time_window_and_expression(
     assert by_n == {0: "Queued", 1: "Cancelled", 2: "Queued", 3: "Cancelled"}  # both ends are inclusive
     assert {r["status"] for r in data(await api.get("/v1/runs", params={"function_id": "test-app-other"}))} == {
         "Queued"}  # fmt: skip
-    again = data(await api.post("/v1/cancellations", json={"app_id": "test-app", "function_id": "test-app-three",
-                                                          "started_before": "2026-01-01T01:00:00+00:00"}))
+    again = data(
+        await api.post(
+            "/v1/cancellations",
+            json={"app_id": "test-app", "function_id": "test-app-three", "started_before": "2026-01-01T01:00:00+00:00"},
+        )
+    )
     assert again["cancelled"] == 2 and again["started_after"] is None and again["if"] is None
     listed = data(await api.get("/v1/cancellations"))
     assert [c["id"] for c in listed] == [again["id"], created["id"]]
@@ -309,18 +321,24 @@ async def test_bulk_cancellation_refusals(client: Stepline, api: httpx.AsyncClie
     await client.ready()
     ok = {"app_id": "test-app", "function_id": "three", "started_before": 1_767_225_600_000}
     assert error(await api.post("/v1/cancellations", json={**ok, "function_id": "nope"}), 404) == (
-        "function 'nope' not found in app 'test-app'")
+        "function 'nope' not found in app 'test-app'"
+    )
     assert error(await api.post("/v1/cancellations", json={**ok, "app_id": "other"}), 404) == (
-        "function 'three' not found in app 'other'")
+        "function 'three' not found in app 'other'"
+    )
     missing = {k: v for k, v in ok.items() if k != "started_before"}
     assert error(await api.post("/v1/cancellations", json=missing), 400) == (
-        "invalid request body: started_before: Field required")
+        "invalid request body: started_before: Field required"
+    )
     assert error(await api.post("/v1/cancellations", json={**ok, "if": "event.data.n ==="}), 400).startswith(
-        "invalid if expression: invalid CEL expression")
+        "invalid if expression: invalid CEL expression"
+    )
     assert error(await api.post("/v1/cancellations", json={**ok, "started_after": 1_767_225_600_001}), 400) == (
-        "started_after must not be later than started_before")
+        "started_after must not be later than started_before"
+    )
     assert error(await api.post("/v1/cancellations", content=b"{not json"), 400) == (
-        "the request body is not valid JSON")
+        "the request body is not valid JSON"
+    )
     assert error(await api.post("/v1/cancellations", json=[ok]), 400) == "the request body must be a JSON object"
     assert data(await api.get("/v1/cancellations")) == []
 
@@ -351,12 +369,15 @@ async def test_rerun_from_a_step_over_the_api(client: Stepline, api: httpx.Async
     assert calls == ["two", "three", "one", "two", "three"]
     assert error(await api.post("/v1/runs/01NOPE/rerun"), 404) == "run '01NOPE' not found"
     assert error(await api.post(f"/v1/runs/{failed['run_id']}/rerun", json={"from_step": "f00"}), 400) == (
-        f"run '{failed['run_id']}' has no step with id 'f00'")
+        f"run '{failed['run_id']}' has no step with id 'f00'"
+    )
     assert error(await api.post(f"/v1/runs/{failed['run_id']}/rerun", json={"from_step": 3}), 400) == (
-        "invalid request body: from_step: Input should be a valid string")
+        "invalid request body: from_step: Input should be a valid string"
+    )
     await client.engine.register(client.app_id, [])
     assert error(await api.post(f"/v1/runs/{failed['run_id']}/rerun"), 409) == (
-        f"cannot rerun run '{failed['run_id']}': its function 'test-app-three' is no longer registered")
+        f"cannot rerun run '{failed['run_id']}': its function 'test-app-three' is no longer registered"
+    )
 
 
 # --- functions and apps -------------------------------------------------------------------------------------
@@ -393,7 +414,8 @@ async def test_cloud_mode_requires_the_signing_key(make_api: MakeApi, path: str)
     assert error(await api.get(path), 401) == "authentication required: send Authorization: Bearer <signing key>"
     wrong = {"Authorization": "Bearer signkey-test-" + "cd" * 32}
     assert error(await api.get(path, headers=wrong), 401) == (
-        "the Authorization bearer does not match the server's signing key")
+        "the Authorization bearer does not match the server's signing key"
+    )
     assert error(await api.get(path, headers={"Authorization": "Basic abc"}), 401)
     for token in (SIGNING_KEY, hashed_signing_key(SIGNING_KEY), hashed_signing_key(SIGNING_KEY, keep_prefix=True)):
         assert (await api.get(path, headers={"Authorization": f"Bearer {token}"})).status_code == 200, token

@@ -342,4 +342,3 @@ async def test_cancellations_are_stored_and_listed_newest_first(store: Store, re
     assert await store.list_cancellations(limit=1) == [b]
     async with reopen(store) as again:
         assert await again.list_cancellations() == [b, a]
-
