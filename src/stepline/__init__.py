@@ -17,6 +17,7 @@ from stepline.core.errors import (
 )
 from stepline.core.events import Event
 from stepline.core.expressions import ExpressionError
+from stepline.core.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from stepline.core.function import CancelOn, FunctionDef, Timeouts
 from stepline.core.triggers import CronTrigger, EventTrigger
 from stepline.core.worker import Worker
@@ -26,10 +27,13 @@ from stepline.storage.records import RunRecord, StepRecord
 __all__ = [
     "AsyncStep",
     "Backoff",
+    "Batch",
     "CancelOn",
     "Clock",
+    "Concurrency",
     "Context",
     "CronTrigger",
+    "Debounce",
     "DurationError",
     "Event",
     "EventTrigger",
@@ -39,9 +43,12 @@ __all__ = [
     "FunctionDef",
     "Group",
     "NonRetriableError",
+    "Priority",
+    "RateLimit",
     "RetryAfterError",
     "RunRecord",
     "SerializationError",
+    "Singleton",
     "StepError",
     "StepIdConflictError",
     "StepRecord",
@@ -49,6 +56,7 @@ __all__ = [
     "SteplineError",
     "SyncStep",
     "SystemClock",
+    "Throttle",
     "Timeouts",
     "UnknownFunctionError",
     "Worker",

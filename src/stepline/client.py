@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from stepline.core.backoff import Backoff
 from stepline.core.clock import Clock
 from stepline.core.engine import Engine, EventInput
+from stepline.core.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from stepline.core.function import (
     CancelOn,
     FunctionDef,
@@ -77,14 +78,31 @@ class Stepline:
         timeouts: Timeouts | Mapping[str, Any] | None = None,
         idempotency: str | None = None,
         retention: str | int | float | dt.timedelta | None = None,
+        concurrency: int | Concurrency | Mapping[str, Any] | Sequence[Concurrency | Mapping[str, Any]] | None = None,
+        throttle: Throttle | Mapping[str, Any] | None = None,
+        rate_limit: RateLimit | Mapping[str, Any] | None = None,
+        debounce: Debounce | Mapping[str, Any] | None = None,
+        priority: Priority | Mapping[str, Any] | None = None,
+        batch: Batch | Mapping[str, Any] | None = None,
+        singleton: Singleton | Mapping[str, Any] | None = None,
     ) -> Callable[[Callable[..., Any]], FunctionDef]:
-        """Declare a durable function. The handler takes ``ctx`` and may be ``async def`` or ``def``."""
+        """Declare a durable function. The handler takes ``ctx`` and may be ``async def`` or ``def``.
+
+        ``trigger``: an event name (``*`` wildcards), ``{"event": ..., "if": CEL}``, or ``{"cron": "[TZ=Zone ]m h
+        dom mon dow"}``: a cron function runs once per scheduled time across all workers, with an
+        ``inngest/scheduled.timer`` event; after downtime only the most recent missed time fires.
+
+        Flow control (``stepline.flow`` option classes or dicts): ``concurrency`` (a limit, or up to two
+        ``Concurrency`` with keys and scopes), ``throttle``, ``rate_limit``, ``debounce``, ``priority``, ``batch``
+        (the handler gets ``ctx.events``) and ``singleton``. Invalid options raise ValueError naming the field."""
+        flow = {"concurrency": concurrency, "throttle": throttle, "rate_limit": rate_limit, "debounce": debounce,
+                "priority": priority, "batch": batch, "singleton": singleton}  # fmt: skip
 
         def decorate(handler: Callable[..., Any]) -> FunctionDef:
             fn = build_function(
                 app_id=self.app_id, slug=id, handler=handler, trigger=trigger, name=name, retries=retries,
                 backoff=backoff, idempotency=idempotency, cancel_on=cancel_on, timeouts=timeouts,
-                retention=retention,
+                retention=retention, flow=flow,
             )  # fmt: skip
             if fn.id in self.functions:
                 raise ValueError(f"function id {id!r} is defined twice in app {self.app_id!r}")

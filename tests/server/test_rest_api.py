@@ -245,7 +245,7 @@ async def test_runs_list_filters_and_pages(client: Stepline, clock: FakeClock, a
     assert [r["created_at_ms"] for r in data(await api.get("/v1/runs", params=window))] == [
         1_767_225_620_000, 1_767_225_610_000]  # fmt: skip
     assert error(await api.get("/v1/runs", params={"status": "done"}), 400) == (
-        "invalid status 'done': expected one of Queued, Running, Completed, Failed, Cancelled"
+        "invalid status 'done': expected one of Queued, Running, Completed, Failed, Cancelled, Skipped"
     )
     assert error(await api.get("/v1/runs", params={"created_after": "yesterday"}), 400).startswith(
         "invalid created_after 'yesterday': expected RFC 3339"

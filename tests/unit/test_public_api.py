@@ -3,6 +3,13 @@
 import stepline
 
 EXPECTED = {
+    "Batch",
+    "Concurrency",
+    "Debounce",
+    "Priority",
+    "RateLimit",
+    "Singleton",
+    "Throttle",
     "AsyncStep",
     "Backoff",
     "CancelOn",

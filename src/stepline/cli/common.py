@@ -156,4 +156,6 @@ def describe_idle(reason: dict[str, Any] | None) -> str:
         target = f" {reason['function']!r}" if reason.get("function") else " a function"
         child = f" (run {reason['run_id']})" if reason.get("run_id") else ""
         return f"step {step!r} invoked{target}{child}; waiting for its result until {until}"
+    if isinstance(reason.get("message"), str):  # flow control writes its reason in words
+        return str(reason["message"])
     return compact(reason)

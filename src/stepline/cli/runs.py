@@ -38,7 +38,7 @@ def run_dict(run: RunRecord) -> dict[str, Any]:
         "started_at": iso(run.started_at),
         "ended_at": iso(run.ended_at),
         "due_at": iso(run.due_at) if run.status in LIVE else None,
-        "idle_reason": run.idle_reason if run.status in LIVE else None,
+        "idle_reason": run.idle_reason if run.status in (*LIVE, "skipped") else None,
         "output": run.output,
         "error": run.error,
         "lease_owner": run.lease_owner,
@@ -104,7 +104,7 @@ def list_runs(ctx: click.Context, status: str | None, function: str | None, limi
         return
     rows = [
         [r.id, r.function_id, r.status, iso(r.created_at) or "", iso(r.ended_at) or "",
-         shorten(describe_idle(r.idle_reason) if r.status in LIVE else format_error(r.error), 70)]
+         shorten(describe_idle(r.idle_reason) if r.status in (*LIVE, "skipped") else format_error(r.error), 70)]
         for r in runs
     ]  # fmt: skip
     click.echo(table(["RUN ID", "FUNCTION", "STATUS", "CREATED", "ENDED", "IDLE / ERROR"], rows))

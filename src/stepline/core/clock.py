@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import math
 import threading
 import time
 from typing import Protocol
 
-__all__ = ["EPOCH", "Clock", "FakeClock", "SystemClock", "from_ms", "to_ms"]
+__all__ = ["EPOCH", "Clock", "FakeClock", "SystemClock", "from_ms", "sleep_until", "to_ms"]
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _ONE_MS = datetime.timedelta(milliseconds=1)
@@ -56,6 +57,12 @@ class SystemClock:
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
 
+    async def sleep_until(self, at_ms: int) -> None:
+        """Sleep until the wall clock reads ``at_ms``. Long sleeps wake every minute to look at the clock again,
+        so a wall-clock change (NTP step, suspend) delays a deadline by at most a minute."""
+        while (left := at_ms - self.now_ms()) > 0:
+            await asyncio.sleep(min(left / 1000, 60.0))
+
     def __repr__(self) -> str:
         return "SystemClock()"
 
@@ -66,6 +73,7 @@ class FakeClock:
     def __init__(self, start: datetime.datetime = _DEFAULT_START) -> None:
         self._now = _require_aware(start, "start time")
         self._lock = threading.Lock()
+        self._sleepers: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def now(self) -> datetime.datetime:
         with self._lock:
@@ -93,7 +101,9 @@ class FakeClock:
             raise ValueError(f"invalid clock advance {delta!r}: the clock cannot move backwards")
         with self._lock:
             self._now = self._now + step
-            return self._now
+            now = self._now
+        self._wake_sleepers()
+        return now
 
     def set(self, dt: datetime.datetime) -> None:
         """Jump to ``dt``; raises ValueError if that is earlier than the current time."""
@@ -105,6 +115,50 @@ class FakeClock:
                     f"{self._now.isoformat()} and the clock never moves backwards"
                 )
             self._now = target
+        self._wake_sleepers()
+
+    async def sleep_until(self, at_ms: int) -> None:
+        """Return once ``advance``/``set`` (from any thread) has moved the clock to ``at_ms`` or later."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (at_ms, loop, fut)
+        with self._lock:
+            if to_ms(self._now) >= at_ms:
+                return
+            self._sleepers.append(entry)
+        try:
+            await fut
+        finally:
+            with self._lock:
+                if entry in self._sleepers:
+                    self._sleepers.remove(entry)
+
+    def _wake_sleepers(self) -> None:
+        with self._lock:
+            now = to_ms(self._now)
+            due = [e for e in self._sleepers if e[0] <= now]
+            self._sleepers = [e for e in self._sleepers if e[0] > now]
+        for _, loop, fut in due:
+            try:
+                loop.call_soon_threadsafe(_resolve, fut)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                pass
 
     def __repr__(self) -> str:
         return f"FakeClock({self.now().isoformat()})"
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def sleep_until(clock: Clock, at_ms: int) -> None:
+    """Sleep until ``clock`` reads ``at_ms``: a FakeClock wakes the sleeper when a test advances it; a clock
+    without a ``sleep_until`` of its own is slept on in real time."""
+    own = getattr(clock, "sleep_until", None)
+    if own is not None:
+        await own(at_ms)
+        return
+    while (left := at_ms - clock.now_ms()) > 0:
+        await asyncio.sleep(min(left / 1000, 60.0))

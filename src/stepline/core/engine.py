@@ -74,8 +74,10 @@ def new_run(
     idempotency_key: str | None = None,
     parent_run_id: str | None = None,
     parent_step_id: str | None = None,
+    event: dict[str, Any] | None = None,
 ) -> NewRun:
-    """A run of ``spec`` for an event, with the function's start timeout and cancel_on waits."""
+    """A run of ``spec`` for an event, with the function's start timeout and cancel_on waits, and (given the
+    trigger ``event``) its flow-control keys."""
     return NewRun(
         id=new_ulid(),
         function_id=spec.id,
@@ -87,6 +89,7 @@ def new_run(
         cancel_waits=tuple(WaitSpec(name, expr, now + timeout) for name, expr, timeout in spec.cancel),
         parent_run_id=parent_run_id,
         parent_step_id=parent_step_id,
+        flow=spec.flow.plan(spec.id, event) if spec.flow is not None and event is not None else None,
     )
 
 
@@ -134,6 +137,12 @@ class Engine:
             known = ", ".join(sorted(self._specs)) or "none"
             raise UnknownFunctionError(f"no registered function has id {function_id!r} (registered: {known})")
         return spec
+
+    def gated_ids(self, function_ids: Sequence[str]) -> frozenset[str]:
+        """Those of ``function_ids`` whose runs are claimed through flow control (concurrency or priority), by the
+        cached registry (refreshed by every send and run end)."""
+        return frozenset(f for f in function_ids if (s := self._specs.get(f)) is not None and s.flow is not None
+                         and s.flow.gates_claims)  # fmt: skip
 
     # --- notifications (wake local workers at once instead of waiting for their next poll) ---
     def add_listener(self, callback: Callable[[], None]) -> None:
@@ -220,7 +229,7 @@ class Engine:
                                     spec.id, ev.internal_id, exc)  # fmt: skip
                 elif user_id:
                     key = "event:" + user_id
-                runs.append(new_run(spec, ev.internal_id, now, idempotency_key=key))
+                runs.append(new_run(spec, ev.internal_id, now, idempotency_key=key, event=as_dict))
         return runs
 
     async def ingest(
@@ -259,7 +268,7 @@ class Engine:
         now = self.clock.now_ms()
         ev = self.stored_event(validate_event(Event(name=FUNCTION_INVOKED, data=data or {}),
                                               allow_reserved=True), now)  # fmt: skip
-        run = new_run(spec, ev.internal_id, now)
+        run = new_run(spec, ev.internal_id, now, event=ev.as_dict())
         result = await self.store.ingest(IngestBatch([ev], [run]), self.matcher, now)
         await self.announce_cancellations(result.cancelled_run_ids)
         self.notify()
@@ -308,7 +317,8 @@ class Engine:
                                "source_fn_id": source_fn_id, "source_run_id": parent_run_id,
                                "expire": expires_at}  # fmt: skip
         ev = self.stored_event(Event(name=FUNCTION_INVOKED, data=payload), now)
-        child = new_run(spec, ev.internal_id, now, parent_run_id=parent_run_id, parent_step_id=step_id)
+        child = new_run(spec, ev.internal_id, now, parent_run_id=parent_run_id, parent_step_id=step_id,
+                        event=ev.as_dict())  # fmt: skip
         return IngestBatch([ev], [child])
 
     async def end_run(self, run: RunRecord, trigger: StoredEvent, owner: str | None, finish: RunFinish) -> None:

@@ -19,6 +19,7 @@ from stepline.core.backoff import Backoff
 from stepline.core.durations import parse_duration
 from stepline.core.events import FUNCTION_FAILED, canonical_event_name
 from stepline.core.expressions import compile_expression
+from stepline.core.flow import FlowSpec, normalize_flow
 from stepline.core.triggers import CronTrigger, EventTrigger, Trigger
 from stepline.storage.records import FunctionRecord
 
@@ -94,6 +95,7 @@ class FunctionSpec:
     finish_timeout_ms: int | None = None
     retention_ms: int | None = None  # keep ended runs this long (None: the store-wide default)
     config: dict[str, Any] = field(default_factory=dict)
+    flow: FlowSpec | None = None  # concurrency, throttle, rate limit, debounce, priority, batch, singleton
 
     @classmethod
     def from_record(cls, rec: FunctionRecord) -> FunctionSpec:
@@ -101,7 +103,10 @@ class FunctionSpec:
         triggers: list[Trigger] = []
         for t in c.get("triggers", []):
             if "cron" in t:
-                triggers.append(CronTrigger(cron=t["cron"]))
+                try:
+                    triggers.append(CronTrigger(cron=t["cron"]))
+                except ValueError:
+                    continue  # stored before crons were validated: never fires, routes nothing else
             else:
                 triggers.append(EventTrigger(event=t["event"], expression=t.get("expression")))
         timeouts = c.get("timeouts") or {}
@@ -118,6 +123,7 @@ class FunctionSpec:
             finish_timeout_ms=timeouts.get("finish_ms"),
             retention_ms=c.get("retention_ms"),
             config=c,
+            flow=FlowSpec.from_config(c.get("flow")),
         )
 
     def matching_trigger(self, event: dict[str, Any]) -> bool:
@@ -140,6 +146,7 @@ class FunctionDef:
     timeouts: Timeouts = field(default_factory=Timeouts)
     failure_of: str | None = None  # for on_failure handlers: the composite id of the function they serve
     retention: dt.timedelta | None = None  # how long ended runs are kept (default: the worker's setting)
+    flow: dict[str, Any] = field(default_factory=dict)  # normalised flow control (core/flow.py)
 
     @property
     def id(self) -> str:
@@ -185,6 +192,8 @@ class FunctionDef:
             out["failure_of"] = self.failure_of
         if self.retention is not None:
             out["retention_ms"] = int(self.retention.total_seconds() * 1000)
+        if self.flow:
+            out["flow"] = self.flow
         return out
 
     def record(self) -> FunctionRecord:
@@ -205,6 +214,7 @@ def build_function(
     timeouts: Timeouts | Mapping[str, Any] | None = None,
     failure_of: str | None = None,
     retention: str | int | float | dt.timedelta | None = None,
+    flow: Mapping[str, Any] | None = None,
 ) -> FunctionDef:
     """Validate options and build a FunctionDef. Every problem raises ValueError naming function and field."""
     if not isinstance(slug, str) or not _SLUG.match(slug):
@@ -258,7 +268,9 @@ def build_function(
             raise ValueError(f"function {slug!r}: invalid retention: {exc}") from None
         if keep < dt.timedelta(hours=1):
             raise ValueError(f"function {slug!r}: retention must be at least 1h, got {retention!r}")
+    flow_config = normalize_flow(slug, {k: v for k, v in (flow or {}).items() if v is not None})
     return FunctionDef(
+        flow=flow_config,
         retention=keep,
         app_id=app_id,
         slug=slug,

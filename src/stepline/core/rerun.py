@@ -13,7 +13,7 @@ from typing import Any
 
 from stepline.core.engine import Engine, new_run
 from stepline.core.errors import SteplineError
-from stepline.storage.records import StepRecord
+from stepline.storage.records import RunFlow, StepRecord
 
 __all__ = ["RerunError", "RerunNotPossibleError", "RunNotFoundError", "StepNotFoundError", "rerun"]
 
@@ -66,7 +66,12 @@ async def rerun(engine: Engine, run_id: str, from_step_id: str | None = None) ->
         memo = [s for s in recorded[:index] if s.is_memo]
         reason["from_step"] = recorded[index].display_id
     now = engine.clock.now_ms()
-    run = dataclasses.replace(new_run(spec, original.event_id, now), batch=tuple(original.batch or ()))
+    trigger = await store.get_event(original.event_id)
+    run = new_run(spec, original.event_id, now, event=trigger.as_dict() if trigger is not None else None)
+    if run.flow is not None:  # a rerun is started by hand: only the claim-time limits (concurrency, priority) apply
+        run = dataclasses.replace(run, flow=RunFlow(run.flow.concurrency, run.flow.priority_ms,
+                                                    gates_claims=run.flow.gates_claims))  # fmt: skip
+    run = dataclasses.replace(run, batch=tuple(original.batch or ()))
     await store.create_run(run, memo, now, idle_reason=reason)
     engine.notify()
     return run.id

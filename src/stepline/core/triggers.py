@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from stepline.core.cron import CronSchedule, parse_cron
 from stepline.core.expressions import Expression, compile_expression
 
 __all__ = ["CronTrigger", "EventTrigger", "Trigger", "event_name_matches"]
@@ -58,13 +59,22 @@ class EventTrigger:
 
 @dataclass(frozen=True)
 class CronTrigger:
-    """Run on a cron schedule (held as given; scheduling is not implemented here)."""
+    """Run on a cron schedule: ``[TZ=Zone ]minute hour day-of-month month day-of-week`` (see ``core/cron.py``).
+
+    An expression that does not parse raises ValueError here, naming the field, so a bad schedule fails at
+    registration. Workers that define the function fire it once per scheduled time (``core/scheduler.py``).
+    """
 
     cron: str
 
     def __post_init__(self) -> None:
         if not isinstance(self.cron, str) or not self.cron.strip():
             raise ValueError(f"a cron trigger needs a non-empty cron expression, got {self.cron!r}")
+        parse_cron(self.cron)
+
+    @property
+    def schedule(self) -> CronSchedule:
+        return parse_cron(self.cron)
 
 
 Trigger: TypeAlias = EventTrigger | CronTrigger

@@ -18,13 +18,16 @@ import datetime as dt
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterable
 
 from stepline.core.engine import DEFAULT_RETENTION, Engine
 from stepline.core.errors import LeaseLost
 from stepline.core.executor import Executor
-from stepline.core.function import FunctionDef
+from stepline.core.function import FunctionDef, FunctionSpec
 from stepline.core.ids import new_ulid
+from stepline.core.scheduler import CronScheduler
+from stepline.core.triggers import CronTrigger
 from stepline.storage.records import ClaimedRun
 
 log = logging.getLogger("stepline.worker")
@@ -38,6 +41,7 @@ class Worker:
         *,
         concurrency: int = 200,
         claim_batch: int = 100,
+        claim_interval: float = 0.004,
         lease_seconds: float = 30.0,
         poll_interval: float = 1.0,
         change_poll_interval: float = 0.002,
@@ -51,6 +55,11 @@ class Worker:
         self.functions = {f.id: f for f in functions}
         self.concurrency = concurrency
         self.claim_batch = claim_batch
+        # Under load, claims come at most this often (pushed mode): notifications arriving in between are served
+        # by one claim of several runs instead of one claim each (with many nodes every NOTIFY wakes every node).
+        # A claim after a quiet spell is never delayed, so an idle worker starts new work at once.
+        self.claim_interval = claim_interval
+        self._last_claim = 0.0
         self.lease_ms = int(lease_seconds * 1000)
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
@@ -69,6 +78,9 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pushed = False
         self.runs_started = 0
+        self.scheduler = CronScheduler(engine)  # cron functions of this worker (started only if it has some)
+        self._scheduled: object = None  # the function set last given to the scheduler
+        self._scheduler_task: asyncio.Task[None] | None = None
 
     # --- wake-ups ---
     def _on_notify(self, due_at: int | None = None) -> None:
@@ -112,8 +124,9 @@ class Worker:
         if free <= 0 or not self.functions:
             return 0
         limit = min(free, self.claim_batch)
+        ids = list(self.functions)
         claimed = await self.engine.store.claim_runs(
-            self.owner, list(self.functions), self.engine.clock.now_ms(), limit, self.lease_ms
+            self.owner, ids, self.engine.clock.now_ms(), limit, self.lease_ms, self.engine.gated_ids(ids)
         )
         for c in claimed:
             task = asyncio.create_task(self._execute(c.run.id, c), name=f"stepline-run-{c.run.id}")
@@ -238,6 +251,24 @@ class Worker:
             if version is not None and self.engine.store.data_version() != version:
                 return
 
+    # --- cron ---
+    def _function_specs(self) -> list[FunctionSpec]:
+        """The routing specs of this worker's cron functions (a subclass with other function kinds overrides)."""
+        return [
+            FunctionSpec.from_record(f.record())
+            for f in self.functions.values()
+            if any(isinstance(t, CronTrigger) for t in f.triggers)
+        ]
+
+    def _sync_scheduler(self, start: bool = True) -> None:
+        """Give the scheduler the current function set when it changed; start its task at the first cron."""
+        if self.functions is self._scheduled:
+            return
+        self._scheduled = self.functions
+        self.scheduler.set_functions(self._function_specs())
+        if start and self._scheduler_task is None and self.scheduler.has_schedules:
+            self._scheduler_task = asyncio.create_task(self.scheduler.run(), name="stepline-cron")
+
     # --- running ---
     async def run(self) -> None:
         """Run until ``stop()`` is called."""
@@ -251,12 +282,18 @@ class Worker:
         try:
             while not self._stopping:
                 self._wake.clear()
+                self._sync_scheduler()
                 try:
                     if self._timer_at is not None and self._timer_at <= self.engine.clock.now_ms():
                         self._timer_at = None  # due now; the next timer comes from the store
                         self._claim_wanted = self._reread_due = True
                     free = self.concurrency - len(self._active)
                     if self._claim_wanted and free > 0:
+                        if self._pushed and self.claim_interval > 0:
+                            gap = self._last_claim + self.claim_interval - time.monotonic()
+                            if gap > 0:
+                                await asyncio.sleep(gap)
+                            self._last_claim = time.monotonic()
                         self._claim_wanted = False
                         functions = self.functions
                         claimed = await self._claim_and_spawn()
@@ -277,6 +314,10 @@ class Worker:
                     backoff = min(backoff * 2, 5.0)
         finally:
             prune.cancel()
+            if self._scheduler_task is not None:
+                self._scheduler_task.cancel()
+                await asyncio.gather(self._scheduler_task, return_exceptions=True)
+                self._scheduler_task = None
             self.engine.remove_listener(self._on_engine_notify)
             self.engine.store.unsubscribe(self._on_notify)
             await self._shutdown()  # runs still executing keep their leases renewed until they end
@@ -285,9 +326,12 @@ class Worker:
     async def run_until_idle(self, max_rounds: int = 10_000) -> None:
         """Execute every run that is due now (and whatever becomes due at the same clock time), then return.
 
-        For tests with a fake clock: advance the clock, call this, assert.
+        For tests with a fake clock: advance the clock, call this, assert. Cron schedules due now fire first.
         """
         self._loop = asyncio.get_running_loop()
+        self._sync_scheduler(start=False)
+        if self.scheduler.has_schedules:
+            await self.scheduler.fire_due()
         for _ in range(max_rounds):
             # A claim made while runs were executing may have raced their final writes (which can create or
             # wake runs): only a claim made with nothing executing, that finds nothing, means idle.

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from stepline.core.function import FunctionSpec
 from stepline.core.worker import Worker
 from stepline.server.functions import HttpFunction
 from stepline.server.http_executor import HttpExecutor
@@ -34,6 +35,13 @@ class HttpWorker(Worker):
         current: dict[str, object] = dict(self.functions)
         if functions != current:
             self.functions = functions  # type: ignore[assignment]
+
+    def _function_specs(self) -> list[FunctionSpec]:
+        return [f.spec for f in self.functions.values() if isinstance(f, HttpFunction)]
+
+    async def run_until_idle(self, max_rounds: int = 10_000) -> None:
+        await self._refresh_functions()  # so that cron functions synced since the last claim are scheduled
+        await super().run_until_idle(max_rounds)
 
     async def _claim_and_spawn(self) -> int:
         await self._refresh_functions()

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 T = TypeVar("T")
-RunStatus = Literal["Queued", "Running", "Completed", "Failed", "Cancelled"]
+RunStatus = Literal["Queued", "Running", "Completed", "Failed", "Cancelled", "Skipped"]
 REF = "#/components/schemas/{model}"
 
 

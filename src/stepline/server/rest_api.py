@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from stepline.core.clock import to_ms
 from stepline.core.events import StoredEvent
-from stepline.core.expressions import Bindings, ExpressionError, compile_expression
+from stepline.core.expressions import Bindings, Expression, ExpressionError, compile_expression
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import new_ulid
 from stepline.core.rerun import RerunNotPossibleError, RunNotFoundError, StepNotFoundError, rerun
@@ -59,7 +59,7 @@ from stepline.server.state import ServerState, state_of
 from stepline.storage.records import CancellationRecord, RunFilter, RunRecord, StepRecord
 
 STATUS_NAMES = {"queued": "Queued", "running": "Running", "completed": "Completed", "failed": "Failed",
-                "cancelled": "Cancelled"}  # fmt: skip
+                "cancelled": "Cancelled", "skipped": "Skipped"}  # fmt: skip
 LIVE = ("queued", "running")
 EVENTS_LIMIT = (20, 100)  # (default, maximum) page sizes, as Inngest
 RUNS_LIMIT = (20, 400)
@@ -208,7 +208,8 @@ def _run_fields(run: RunRecord, apps: _Apps, now: int) -> dict[str, Any]:
         "run_id": run.id, "function_id": run.function_id, "app_id": apps.of(run.function_id),
         "event_id": run.event_id, "batch": run.batch, "status": STATUS_NAMES.get(run.status, run.status),
         "output": run.output, "error": run.error, "attempt": run.attempt,
-        "idle_reason": run.idle_reason if live and not executing else None, "parent_run_id": run.parent_run_id,
+        "idle_reason": run.idle_reason if (live and not executing) or run.status == "skipped" else None,
+        "parent_run_id": run.parent_run_id,
         "created_at": _iso(run.created_at), "created_at_ms": run.created_at,
         "started_at": iso(run.started_at), "started_at_ms": run.started_at,
         "ended_at": iso(run.ended_at), "ended_at_ms": run.ended_at,
@@ -380,9 +381,18 @@ async def create_cancellation(request: Request) -> Response:
             expression = compile_expression(body.if_)
         except ExpressionError as exc:
             raise HttpError(400, f"invalid if expression: {exc}") from None
+    record = await bulk_cancel(st, body.app_id, function_id, after, before, expression)
+    return _ok(CancellationResponse(data=cancellation_out(record), metadata=_meta(st)))
+
+
+async def bulk_cancel(st: ServerState, app_id: str, function_id: str, after: int | None, before: int,
+                      expression: Expression | None, by: str = "bulk cancellation",
+                      statuses: Sequence[str] = LIVE) -> CancellationRecord:  # fmt: skip
+    """Cancel the live runs (``statuses``) of ``function_id`` created in ``[after, before]`` (whose trigger event
+    matches ``expression``) and record the cancellation (REST API and dashboard)."""
     cancellation_id = new_ulid()
     candidates: list[RunRecord] = []
-    for status in LIVE:
+    for status in statuses:
         candidates += await _all_runs(st, RunFilter(status=status, function_id=function_id, created_after=after,
                                                     created_before=before + 1))  # fmt: skip
     cancelled = 0
@@ -391,13 +401,13 @@ async def create_cancellation(request: Request) -> Response:
             ev = await st.engine.store.get_event(run.event_id)
             if ev is None or not expression.matches(Bindings({"event": ev.as_dict()})):
                 continue
-        if await st.engine.cancel_run(run.id, f"cancelled by bulk cancellation {cancellation_id}"):
+        if await st.engine.cancel_run(run.id, f"cancelled by {by} {cancellation_id}"):
             cancelled += 1
-    record = CancellationRecord(cancellation_id, body.app_id, function_id, after, before,
+    record = CancellationRecord(cancellation_id, app_id, function_id, after, before,
                                 expression.source if expression else None, cancelled,
                                 st.engine.clock.now_ms())  # fmt: skip
     await st.engine.store.save_cancellation(record)
-    return _ok(CancellationResponse(data=cancellation_out(record), metadata=_meta(st)))
+    return record
 
 
 async def list_cancellations(request: Request) -> Response:
@@ -437,6 +447,12 @@ async def list_apps(request: Request) -> Response:
         for app_id, n in sorted(counts.items()) if app_id not in synced
     ]  # fmt: skip
     return _ok(AppList(data=data, metadata=_meta(st)))
+
+
+# shared with the dashboard (server/dashboard/)
+AppIndex = _Apps
+all_runs = _all_runs
+resolve_function_id = _function_id
 
 
 async def openapi_json(request: Request) -> Response:

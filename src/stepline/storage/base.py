@@ -21,6 +21,7 @@ from stepline.storage.records import (
     IngestResult,
     NewRun,
     PruneResult,
+    RunCount,
     RunFilter,
     RunFinish,
     RunRecord,
@@ -74,9 +75,20 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim_runs(
-        self, owner: str, function_ids: list[str], now: int, limit: int, lease_ms: int
+        self,
+        owner: str,
+        function_ids: list[str],
+        now: int,
+        limit: int,
+        lease_ms: int,
+        gated_ids: frozenset[str] | set[str] = frozenset(),
     ) -> list[ClaimedRun]:
-        """Lease up to ``limit`` due, unleased runs of these functions; queued runs become running."""
+        """Lease up to ``limit`` due, unleased runs of these functions; queued runs become running.
+
+        Runs of ``gated_ids`` (functions with concurrency limits or priority) are taken in priority order and only
+        while each of their concurrency keys has a free slot (a slot is held by a leased run); a run whose key is
+        full stays unclaimed, says why in its idle reason, and becomes due again when a holder of that key drops
+        its lease (or, failing that, when the earliest holder's lease expires)."""
 
     @abc.abstractmethod
     async def next_due_at(self, function_ids: list[str]) -> int | None:
@@ -184,6 +196,22 @@ class Store(abc.ABC):
         """Forget the app and, unless another app URL has the same app id, that app id's functions (bumping the
         registry version when functions were removed), in one transaction. Unknown URLs are ignored."""
 
+    # --- cron schedules (core/scheduler.py) ---
+    @abc.abstractmethod
+    async def init_cron_schedules(self, function_id: str, initial: dict[str, int]) -> dict[str, int]:
+        """Start tracking the function's cron expressions, the keys of ``initial``: an expression not tracked yet
+        gets ``last_fire = initial[cron]`` (its most recent scheduled time at or before now, so a new schedule
+        never fires for times before it was first seen); tracked ones keep theirs; the function's other
+        expressions are forgotten (a changed cron starts afresh). Returns ``{cron: last_fire}``."""
+
+    @abc.abstractmethod
+    async def fire_cron(
+        self, function_id: str, cron: str, scheduled_ms: int, batch: IngestBatch, matcher: WaitMatcher, now: int
+    ) -> bool:
+        """Fire one scheduled time: in one transaction, move the schedule's ``last_fire`` forward to
+        ``scheduled_ms`` and, only if it was earlier, ingest ``batch`` (the timer event and the function's run).
+        Returns whether this call fired it; of several workers racing the same time exactly one gets True."""
+
     # --- runs created directly (rerun) ---
     @abc.abstractmethod
     async def create_run(
@@ -192,6 +220,17 @@ class Store(abc.ABC):
         """Insert one queued run without any idempotency check, with its cancel waits, and a copy of ``steps``
         (their ``run_id`` is replaced, their order kept) as its memo: claiming the run returns them.
         ``idle_reason`` is shown until a worker first runs it. The run's events must already be stored."""
+
+    # --- dashboard reads ---
+    @abc.abstractmethod
+    async def change_marker(self) -> object:
+        """A cheap value (no table read) that changes whenever any connection or node commits a write; the
+        dashboard polls it once per server to push live updates."""
+
+    @abc.abstractmethod
+    async def run_counts(self, ended_after: int, recent_after: int) -> list[RunCount]:
+        """Per function and status: the live (queued, running) runs, and the runs that ended at or after
+        ``ended_after`` (``recent``: at or after ``recent_after``, a later time)."""
 
     # --- bulk cancellations requested through the REST API ---
     @abc.abstractmethod

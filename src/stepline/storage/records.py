@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from stepline.core.events import StoredEvent
 
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+# "skipped": a run flow control dropped when its event arrived (rate limit, singleton skip); it never ran.
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "skipped"})
 StepStatus = Literal["completed", "failed", "retrying", "sleeping", "waiting", "invoking"]
 MEMO_STATUSES: frozenset[str] = frozenset({"completed", "failed"})
 
@@ -35,6 +36,20 @@ class WaitSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RunFlow:
+    """A run's flow-control keys, evaluated from its trigger event when it is planned (``core/flow.py``)."""
+
+    concurrency: tuple[tuple[str, int, str], ...] = ()  # (slot key, limit, key value shown to users)
+    priority_ms: int = 0  # moves the run ahead (+) or behind (-) of others due at the same time
+    throttle: tuple[str, int, int, int] | None = None  # (bucket key, limit, period ms, burst)
+    rate_limit: tuple[str, int, int] | None = None  # (bucket key, limit, period ms)
+    debounce: tuple[str, int, int | None] | None = None  # (key, period ms, timeout ms)
+    batch: tuple[str, int, int] | None = None  # (key, max size, timeout ms)
+    singleton: tuple[str, str] | None = None  # (key, "skip" | "cancel")
+    gates_claims: bool = False  # concurrency or priority: claimed through the flow-controlled path
+
+
+@dataclass(frozen=True, slots=True)
 class NewRun:
     id: str
     function_id: str
@@ -47,6 +62,7 @@ class NewRun:
     parent_run_id: str | None = None
     parent_step_id: str | None = None
     batch: tuple[str, ...] = ()
+    flow: RunFlow | None = None
 
 
 @dataclass(slots=True)
@@ -64,6 +80,8 @@ class IngestResult:
     skipped_run_ids: list[str]  # runs not created because their idempotency key was held
     woken_run_ids: list[str]  # runs whose wait matched one of the events
     cancelled_run_ids: list[str]
+    flow_skipped_run_ids: list[str] = field(default_factory=list)  # stored as "skipped" (rate limit, singleton)
+    merged_run_ids: list[str] = field(default_factory=list)  # planned runs whose event joined another run instead
 
 
 @dataclass(slots=True)
@@ -208,3 +226,13 @@ class CancellationRecord:
     expression: str | None  # CEL over `event` (the run's trigger)
     cancelled: int
     created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunCount:
+    """How many runs of a function have a status (dashboard): live runs now, or runs that ended in a window."""
+
+    function_id: str
+    status: str
+    count: int  # live: all of them; ended: since the window's start
+    recent: int  # live: the same; ended: since the shorter, recent window's start

@@ -41,6 +41,8 @@ class SqlAppsMixin:
 
         def _notify_work(self, conn: Any, due_at: int) -> None: ...
 
+        def _insert_run_row(self, conn: Any, run: NewRun, due_at: int | None) -> int: ...
+
     # --- apps ---
     async def save_app(self, app: AppRecord) -> None:
         params = {
@@ -79,14 +81,7 @@ class SqlAppsMixin:
             idle_reason = {"kind": "queued", "memo_steps": len(steps)}
 
         def op(conn: Any) -> None:
-            cur = conn.execute(
-                self.Q["insert_run"],
-                {"id": run.id, "function_id": run.function_id, "event_id": run.event_id,
-                 "batch": _j(list(run.batch)) if run.batch else None, "created_at": run.created_at,
-                 "start_deadline": run.start_deadline, "due_at": run.due_at, "parent_run_id": run.parent_run_id,
-                 "parent_step_id": run.parent_step_id},
-            )  # fmt: skip
-            if not cur.rowcount:
+            if not self._insert_run_row(conn, run, run.due_at):
                 return  # already created (this transaction retried after a lost commit)
             for w in run.cancel_waits:
                 conn.execute(

@@ -31,6 +31,9 @@ from stepline.storage.records import (
     WriteOutcome,
 )
 from stepline.storage.sql_apps import SqlAppsMixin
+from stepline.storage.sql_cron import SqlCronMixin
+from stepline.storage.sql_dashboard import SqlDashboardMixin
+from stepline.storage.sql_flow import SqlFlowMixin
 from stepline.storage.writer import GroupCommitWriter
 
 T = TypeVar("T")
@@ -83,7 +86,7 @@ class Conn(Protocol):
     def execute(self, sql: str, params: Any = ..., /) -> Any: ...
 
 
-class SqlStore(SqlAppsMixin, Store):
+class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, Store):
     """The ``Store`` methods, written once for every SQL backend (apps, reruns, cancellations: ``SqlAppsMixin``)."""
 
     Q: dict[str, str]
@@ -143,6 +146,7 @@ class SqlStore(SqlAppsMixin, Store):
 
     def _ingest(self, conn: Any, batch: IngestBatch, matcher: WaitMatcher, now: int) -> IngestResult:
         result = IngestResult([], [], [], [], [])
+        gated: set[str] = set()  # runs whose due time flow control set (and notified)
         if batch.events:
             self._lock_for_ingest(conn, sorted({ev.name for ev in batch.events}))
         fresh: list[StoredEvent] = []
@@ -169,13 +173,13 @@ class SqlStore(SqlAppsMixin, Store):
                 if got[0] != run.id:  # held by another run (equal: this very batch, retried after a lost commit)
                     result.skipped_run_ids.append(run.id)
                     continue
-            conn.execute(
-                self.Q["insert_run"],
-                {"id": run.id, "function_id": run.function_id, "event_id": run.event_id,
-                 "batch": _j(list(run.batch)) if run.batch else None, "created_at": run.created_at,
-                 "start_deadline": run.start_deadline, "due_at": run.due_at, "parent_run_id": run.parent_run_id,
-                 "parent_step_id": run.parent_step_id},
-            )  # fmt: skip
+            flow = run.flow
+            if flow is not None and (flow.rate_limit or flow.singleton or flow.debounce or flow.batch or flow.throttle):
+                if not self._admit(conn, run, now, matcher, result):
+                    continue  # skipped (stored as such) or merged into an open debounce/batch run
+                gated.add(run.id)
+            else:
+                self._insert_run_row(conn, run, run.due_at)
             for w in run.cancel_waits:
                 conn.execute(
                     self.Q["insert_wait"],
@@ -185,8 +189,8 @@ class SqlStore(SqlAppsMixin, Store):
             result.created_run_ids.append(run.id)
         if result.woken_run_ids:
             self._notify_work(conn, now)
-        if result.created_run_ids:
-            created = set(result.created_run_ids)
+        created = set(result.created_run_ids) - gated
+        if created:
             self._notify_work(conn, min(r.due_at for r in batch.runs if r.id in created))
         return result
 
@@ -221,21 +225,33 @@ class SqlStore(SqlAppsMixin, Store):
         return self._read(lambda c: c.execute(self.Q["event_cursor"]).fetchone()[0])  # type: ignore[no-any-return]
 
     async def claim_runs(
-        self, owner: str, function_ids: list[str], now: int, limit: int, lease_ms: int
+        self,
+        owner: str,
+        function_ids: list[str],
+        now: int,
+        limit: int,
+        lease_ms: int,
+        gated_ids: frozenset[str] | set[str] = frozenset(),
     ) -> list[ClaimedRun]:
-        ids = json.dumps(function_ids)
+        plain = [f for f in function_ids if f not in gated_ids]
+        gated = [f for f in function_ids if f in gated_ids]
+        ids = json.dumps(plain)
 
         def op(conn: Any) -> list[ClaimedRun]:
-            rows = conn.execute(
-                self.Q["claim_runs"],
-                {
-                    "owner": owner,
-                    "now": now,
-                    "lease_until": now + lease_ms,
-                    "limit": limit,
-                    "function_ids": ids,
-                },
-            ).fetchall()
+            rows: list[Any] = []
+            if gated:
+                rows = self._claim_gated(conn, owner, gated, now, limit, lease_ms)
+            if plain and len(rows) < limit:
+                rows += conn.execute(
+                    self.Q["claim_runs"],
+                    {
+                        "owner": owner,
+                        "now": now,
+                        "lease_until": now + lease_ms,
+                        "limit": limit - len(rows),
+                        "function_ids": ids,
+                    },
+                ).fetchall()
             if not rows:
                 return []
             runs = [_run(r) for r in rows]
@@ -274,8 +290,10 @@ class SqlStore(SqlAppsMixin, Store):
 
     async def release_run(self, run_id: str, owner: str, due_at: int) -> None:
         def op(conn: Any) -> None:
-            if conn.execute(self.Q["release_run"], {"run_id": run_id, "owner": owner, "due_at": due_at}).rowcount:
+            row = conn.execute(self.Q["release_run"], {"run_id": run_id, "owner": owner, "due_at": due_at}).fetchone()
+            if row is not None:
                 self._notify_work(conn, due_at)
+                self._free_slots(conn, row, due_at)
 
         await self.writer.run(op)
 
@@ -370,14 +388,15 @@ class SqlStore(SqlAppsMixin, Store):
                     )  # fmt: skip
                 if step.wake_at is not None:
                     due_at = step.wake_at if due_at is None else min(due_at, step.wake_at)
-            conn.execute(
+            keys = conn.execute(
                 self.Q["suspend_run"],
                 {
                     "run_id": run_id,
                     "due_at": due_at,
                     "idle_reason": None if due_at == now else _j(idle_reason),
                 },
-            )
+            ).fetchone()
+            self._free_slots(conn, keys, now)
             if due_at is not None:
                 self._notify_work(conn, due_at)
             return WriteOutcome("ok", cancelled_run_ids=tuple(cancelled))
@@ -399,11 +418,12 @@ class SqlStore(SqlAppsMixin, Store):
             bad = self._check_lease(conn, run_id, owner)
             if bad is not None:
                 return bad
-            conn.execute(
+            keys = conn.execute(
                 self.Q["retry_run"],
                 {"run_id": run_id, "due_at": due_at, "error": _j(error),
                  "idle_reason": _j({"kind": "retrying", "until": due_at})},
-            )  # fmt: skip
+            ).fetchone()  # fmt: skip
+            self._free_slots(conn, keys, now)
             self._notify_work(conn, due_at)
             return WriteOutcome("ok")
 
@@ -441,7 +461,8 @@ class SqlStore(SqlAppsMixin, Store):
             return False
         if finish.may_have_waits:
             conn.execute(self.Q["delete_run_waits"], {"run_id": run_id})
-        parent_run_id, parent_step_id, _ = row
+        parent_run_id, parent_step_id, _, *keys = row
+        self._free_slots(conn, tuple(keys), now)
         if parent_run_id is not None:
             result = finish.output if finish.status == "completed" else None  # the invoked function's output
             error = (
@@ -493,6 +514,8 @@ class SqlStore(SqlAppsMixin, Store):
             result.idempotency_keys += n
             if n < batch_size:
                 break
+        while await self.writer.run(functools.partial(self._prune_flow, now=now, limit=batch_size)) >= batch_size:
+            pass  # stale throttle/rate-limit buckets and closed debounce/batch entries
         return result
 
     def _delete_count(self, query: str, params: dict[str, Any], conn: Any) -> int:

@@ -55,9 +55,11 @@ RETURNING run_id
 
 -- name: insert_run
 INSERT INTO runs (id, function_id, event_id, batch, status, created_at, start_deadline, due_at,
-                  parent_run_id, parent_step_id)
-VALUES (%(id)s, %(function_id)s, %(event_id)s, %(batch)s::jsonb, 'queued', %(created_at)s, %(start_deadline)s, %(due_at)s,
-        %(parent_run_id)s, %(parent_step_id)s)
+                  parent_run_id, parent_step_id, idle_reason, flow, ckey1, ckey2, priority_ms, singleton_key,
+                  ended_at)
+VALUES (%(id)s, %(function_id)s, %(event_id)s, %(batch)s::jsonb, %(status)s, %(created_at)s, %(start_deadline)s, %(due_at)s,
+        %(parent_run_id)s, %(parent_step_id)s, %(idle_reason)s::jsonb, %(flow)s::jsonb, %(ckey1)s, %(ckey2)s, %(priority_ms)s,
+        %(singleton_key)s, %(ended_at)s)
 ON CONFLICT (id) DO NOTHING
 
 -- name: insert_wait
@@ -119,6 +121,7 @@ WHERE i NOT IN (SELECT id FROM runs WHERE lease_owner = %(owner)s AND id IN (SEL
 -- name: release_run
 UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, due_at = %(due_at)s
 WHERE id = %(run_id)s AND lease_owner = %(owner)s AND status IN ('queued', 'running')
+RETURNING ckey1, ckey2
 
 -- name: run_lease
 SELECT status, lease_owner FROM runs WHERE id = %(run_id)s
@@ -155,6 +158,7 @@ WHERE run_id = %(run_id)s AND step_id = %(step_id)s AND status NOT IN ('complete
 -- name: suspend_run
 UPDATE runs SET due_at = %(due_at)s, idle_reason = %(idle_reason)s::jsonb, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(run_id)s
+RETURNING ckey1, ckey2
 
 -- name: wake_run
 UPDATE runs SET due_at = %(now)s, idle_reason = NULL
@@ -165,6 +169,7 @@ UPDATE runs SET attempt = attempt + 1, due_at = %(due_at)s, error = %(error)s::j
                 idle_reason = %(idle_reason)s::jsonb,
                 lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(run_id)s
+RETURNING ckey1, ckey2
 
 -- name: finish_run
 UPDATE runs SET status = %(status)s, output = %(output)s::jsonb, error = %(error)s::jsonb, ended_at = %(now)s,
@@ -172,7 +177,7 @@ UPDATE runs SET status = %(status)s, output = %(output)s::jsonb, error = %(error
                 idle_reason = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(run_id)s AND status IN ('queued', 'running')
   AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
-RETURNING parent_run_id, parent_step_id, started_at
+RETURNING parent_run_id, parent_step_id, started_at, ckey1, ckey2
 
 -- name: select_run
 SELECT id, function_id, event_id, status, attempt, idle_reason::text, output::text, error::text, created_at,
@@ -352,3 +357,110 @@ ON CONFLICT (id) DO NOTHING
 -- name: list_cancellations
 SELECT id, app_id, function_id, started_after, started_before, expression, cancelled, created_at
 FROM cancellations ORDER BY created_at DESC, id DESC LIMIT %(limit)s
+
+-- ----- flow control (storage/sql_flow.py) -----
+
+-- name: flow_claim_candidates
+-- Due runs of flow-controlled functions, highest priority first (priority_ms moves a run's place in the queue).
+SELECT id, flow::text FROM runs
+WHERE due_at IS NOT NULL AND due_at <= %(now)s
+  AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)
+  AND function_id IN (SELECT jsonb_array_elements_text(%(function_ids)s::jsonb))
+ORDER BY due_at - priority_ms, id
+LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+
+-- name: flow_slots_held
+-- Runs holding a slot of this concurrency key: leased by a live worker.
+SELECT count(*), min(lease_expires_at) FROM runs
+WHERE (ckey1 = %(key)s OR ckey2 = %(key)s) AND lease_owner IS NOT NULL AND lease_expires_at > %(now)s
+
+-- name: flow_claim_one
+UPDATE runs
+SET status = CASE WHEN status = 'queued' THEN 'running' ELSE status END,
+    started_at = coalesce(started_at, %(now)s),
+    lease_owner = %(owner)s,
+    lease_expires_at = %(lease_until)s,
+    blocked_on = NULL
+WHERE id = %(id)s
+RETURNING id, function_id, event_id, status, attempt, idle_reason::text, output::text, error::text, created_at,
+          started_at, ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id,
+          parent_step_id, batch::text
+
+-- name: flow_block
+UPDATE runs SET blocked_on = %(key)s, due_at = %(due_at)s, idle_reason = %(idle_reason)s::jsonb WHERE id = %(id)s
+
+-- name: flow_wake_blocked
+-- A slot of this key was freed: the first run waiting for it (in priority order) is due now.
+UPDATE runs SET due_at = %(now)s
+WHERE id = (SELECT id FROM runs WHERE blocked_on = %(key)s AND due_at > %(now)s
+            AND status IN ('queued', 'running') ORDER BY created_at - priority_ms, id LIMIT 1)
+
+-- name: flow_bucket
+-- The bucket's theoretical arrival time (0 for a new bucket); the upsert locks the row until commit.
+INSERT INTO flow_buckets (key, tat) VALUES (%(key)s, 0)
+ON CONFLICT (key) DO UPDATE SET key = excluded.key
+RETURNING tat
+
+-- name: flow_set_bucket
+UPDATE flow_buckets SET tat = %(tat)s WHERE key = %(key)s
+
+-- name: flow_pending
+-- The open debounce or batch run of this key (this run, if none was open); the upsert locks the row until commit.
+INSERT INTO flow_pending (key, run_id, first_at, size) VALUES (%(key)s, %(run_id)s, %(now)s, 1)
+ON CONFLICT (key) DO UPDATE SET key = excluded.key
+RETURNING run_id, first_at, size
+
+-- name: flow_replace_pending
+UPDATE flow_pending SET run_id = %(run_id)s, first_at = %(now)s, size = 1 WHERE key = %(key)s
+
+-- name: flow_grow_pending
+UPDATE flow_pending SET size = size + 1 WHERE key = %(key)s
+
+-- name: flow_close_pending
+DELETE FROM flow_pending WHERE key = %(key)s
+
+-- name: flow_open_run
+-- The open run, if it has not started yet (it still takes events).
+SELECT batch::text FROM runs
+WHERE id = %(id)s AND status = 'queued' AND started_at IS NULL AND lease_owner IS NULL
+
+-- name: flow_debounce_run
+UPDATE runs SET event_id = %(event_id)s, due_at = %(due_at)s, idle_reason = %(idle_reason)s::jsonb
+WHERE id = %(id)s AND status = 'queued' AND started_at IS NULL AND lease_owner IS NULL
+
+-- name: flow_batch_run
+UPDATE runs SET batch = %(batch)s::jsonb, due_at = %(due_at)s, idle_reason = %(idle_reason)s::jsonb
+WHERE id = %(id)s AND status = 'queued' AND started_at IS NULL AND lease_owner IS NULL
+
+-- name: flow_singleton_live
+SELECT id FROM runs WHERE singleton_key = %(key)s AND status IN ('queued', 'running') ORDER BY id LIMIT 1
+
+-- name: flow_prune_buckets
+DELETE FROM flow_buckets WHERE key IN (SELECT key FROM flow_buckets WHERE tat < %(now)s LIMIT %(limit)s)
+
+-- name: flow_prune_pending
+DELETE FROM flow_pending WHERE key IN (
+    SELECT p.key FROM flow_pending p LEFT JOIN runs r ON r.id = p.run_id
+    WHERE r.id IS NULL OR r.started_at IS NOT NULL OR r.status NOT IN ('queued', 'running')
+    LIMIT %(limit)s
+)
+
+-- ----- cron -----
+
+-- name: cron_state_of_function
+SELECT cron, last_fire FROM cron_state WHERE function_id = %(function_id)s
+
+-- name: insert_cron_state
+INSERT INTO cron_state (function_id, cron, last_fire) VALUES (%(function_id)s, %(cron)s, %(last_fire)s)
+ON CONFLICT (function_id, cron) DO NOTHING
+
+-- name: delete_cron_state_except
+DELETE FROM cron_state
+WHERE function_id = %(function_id)s AND cron NOT IN (SELECT jsonb_array_elements_text(%(keep)s::jsonb))
+
+-- name: advance_cron_state
+INSERT INTO cron_state (function_id, cron, last_fire) VALUES (%(function_id)s, %(cron)s, %(scheduled)s)
+ON CONFLICT (function_id, cron) DO UPDATE SET last_fire = excluded.last_fire
+WHERE cron_state.last_fire < excluded.last_fire
+RETURNING last_fire

@@ -182,6 +182,10 @@ class PostgresStore(SqlStore):
     def _lock_for_wait(self, conn: Any, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(name)s, 0))", {"name": name})
 
+    def _lock_key(self, conn: Any, key: str) -> None:
+        # Flow-control keys (concurrency slots, singleton): another hash seed than the event-name locks above.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 1))", {"key": key})
+
     def _notify_work(self, conn: Any, due_at: int) -> None:
         # One NOTIFY per transaction, sent just before it commits, carrying the earliest due time it created.
         # Only the writer thread that owns ``conn`` touches its entry.

@@ -54,9 +54,11 @@ RETURNING run_id
 
 -- name: insert_run
 INSERT INTO runs (id, function_id, event_id, batch, status, created_at, start_deadline, due_at,
-                  parent_run_id, parent_step_id)
-VALUES (:id, :function_id, :event_id, :batch, 'queued', :created_at, :start_deadline, :due_at,
-        :parent_run_id, :parent_step_id)
+                  parent_run_id, parent_step_id, idle_reason, flow, ckey1, ckey2, priority_ms, singleton_key,
+                  ended_at)
+VALUES (:id, :function_id, :event_id, :batch, :status, :created_at, :start_deadline, :due_at,
+        :parent_run_id, :parent_step_id, :idle_reason, :flow, :ckey1, :ckey2, :priority_ms,
+        :singleton_key, :ended_at)
 ON CONFLICT (id) DO NOTHING
 
 -- name: insert_wait
@@ -109,6 +111,7 @@ WHERE value NOT IN (SELECT id FROM runs WHERE lease_owner = :owner AND id IN (SE
 -- name: release_run
 UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, due_at = :due_at
 WHERE id = :run_id AND lease_owner = :owner AND status IN ('queued', 'running')
+RETURNING ckey1, ckey2
 
 -- name: run_lease
 SELECT status, lease_owner FROM runs WHERE id = :run_id
@@ -140,6 +143,7 @@ WHERE run_id = :run_id AND step_id = :step_id AND status NOT IN ('completed', 'f
 -- name: suspend_run
 UPDATE runs SET due_at = :due_at, idle_reason = :idle_reason, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = :run_id
+RETURNING ckey1, ckey2
 
 -- name: wake_run
 UPDATE runs SET due_at = :now, idle_reason = NULL
@@ -149,12 +153,13 @@ WHERE id = :run_id AND status IN ('queued', 'running') AND (due_at IS NULL OR du
 UPDATE runs SET attempt = attempt + 1, due_at = :due_at, error = :error, idle_reason = :idle_reason,
                 lease_owner = NULL, lease_expires_at = NULL
 WHERE id = :run_id
+RETURNING ckey1, ckey2
 
 -- name: finish_run
 UPDATE runs SET status = :status, output = :output, error = :error, ended_at = :now, due_at = NULL,
                 idle_reason = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = :run_id AND status IN ('queued', 'running') AND (:owner IS NULL OR lease_owner = :owner)
-RETURNING parent_run_id, parent_step_id, started_at
+RETURNING parent_run_id, parent_step_id, started_at, ckey1, ckey2
 
 -- name: select_run
 SELECT id, function_id, event_id, status, attempt, idle_reason, output, error, created_at, started_at,
@@ -327,3 +332,107 @@ ON CONFLICT (id) DO NOTHING
 -- name: list_cancellations
 SELECT id, app_id, function_id, started_after, started_before, expression, cancelled, created_at
 FROM cancellations ORDER BY created_at DESC, id DESC LIMIT :limit
+
+-- ----- flow control (storage/sql_flow.py) -----
+
+-- name: flow_claim_candidates
+-- Due runs of flow-controlled functions, highest priority first (priority_ms moves a run's place in the queue).
+SELECT id, flow FROM runs
+WHERE due_at IS NOT NULL AND due_at <= :now
+  AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+  AND function_id IN (SELECT value FROM json_each(:function_ids))
+ORDER BY due_at - priority_ms, id
+LIMIT :limit
+
+-- name: flow_slots_held
+-- Runs holding a slot of this concurrency key: leased by a live worker.
+SELECT count(*), min(lease_expires_at) FROM runs
+WHERE (ckey1 = :key OR ckey2 = :key) AND lease_owner IS NOT NULL AND lease_expires_at > :now
+
+-- name: flow_claim_one
+UPDATE runs
+SET status = CASE WHEN status = 'queued' THEN 'running' ELSE status END,
+    started_at = coalesce(started_at, :now),
+    lease_owner = :owner,
+    lease_expires_at = :lease_until,
+    blocked_on = NULL
+WHERE id = :id
+RETURNING id, function_id, event_id, status, attempt, idle_reason, output, error, created_at, started_at,
+          ended_at, start_deadline, due_at, lease_owner, lease_expires_at, parent_run_id, parent_step_id, batch
+
+-- name: flow_block
+UPDATE runs SET blocked_on = :key, due_at = :due_at, idle_reason = :idle_reason WHERE id = :id
+
+-- name: flow_wake_blocked
+-- A slot of this key was freed: the first run waiting for it (in priority order) is due now.
+UPDATE runs SET due_at = :now
+WHERE id = (SELECT id FROM runs WHERE blocked_on = :key AND due_at > :now
+            AND status IN ('queued', 'running') ORDER BY created_at - priority_ms, id LIMIT 1)
+
+-- name: flow_bucket
+-- The bucket's theoretical arrival time (0 for a new bucket); the upsert locks the row until commit.
+INSERT INTO flow_buckets (key, tat) VALUES (:key, 0)
+ON CONFLICT (key) DO UPDATE SET key = excluded.key
+RETURNING tat
+
+-- name: flow_set_bucket
+UPDATE flow_buckets SET tat = :tat WHERE key = :key
+
+-- name: flow_pending
+-- The open debounce or batch run of this key (this run, if none was open); the upsert locks the row until commit.
+INSERT INTO flow_pending (key, run_id, first_at, size) VALUES (:key, :run_id, :now, 1)
+ON CONFLICT (key) DO UPDATE SET key = excluded.key
+RETURNING run_id, first_at, size
+
+-- name: flow_replace_pending
+UPDATE flow_pending SET run_id = :run_id, first_at = :now, size = 1 WHERE key = :key
+
+-- name: flow_grow_pending
+UPDATE flow_pending SET size = size + 1 WHERE key = :key
+
+-- name: flow_close_pending
+DELETE FROM flow_pending WHERE key = :key
+
+-- name: flow_open_run
+-- The open run, if it has not started yet (it still takes events).
+SELECT batch FROM runs
+WHERE id = :id AND status = 'queued' AND started_at IS NULL AND lease_owner IS NULL
+
+-- name: flow_debounce_run
+UPDATE runs SET event_id = :event_id, due_at = :due_at, idle_reason = :idle_reason
+WHERE id = :id AND status = 'queued' AND started_at IS NULL AND lease_owner IS NULL
+
+-- name: flow_batch_run
+UPDATE runs SET batch = :batch, due_at = :due_at, idle_reason = :idle_reason
+WHERE id = :id AND status = 'queued' AND started_at IS NULL AND lease_owner IS NULL
+
+-- name: flow_singleton_live
+SELECT id FROM runs WHERE singleton_key = :key AND status IN ('queued', 'running') ORDER BY id LIMIT 1
+
+-- name: flow_prune_buckets
+DELETE FROM flow_buckets WHERE key IN (SELECT key FROM flow_buckets WHERE tat < :now LIMIT :limit)
+
+-- name: flow_prune_pending
+DELETE FROM flow_pending WHERE key IN (
+    SELECT p.key FROM flow_pending p LEFT JOIN runs r ON r.id = p.run_id
+    WHERE r.id IS NULL OR r.started_at IS NOT NULL OR r.status NOT IN ('queued', 'running')
+    LIMIT :limit
+)
+
+-- ----- cron -----
+
+-- name: cron_state_of_function
+SELECT cron, last_fire FROM cron_state WHERE function_id = :function_id
+
+-- name: insert_cron_state
+INSERT INTO cron_state (function_id, cron, last_fire) VALUES (:function_id, :cron, :last_fire)
+ON CONFLICT (function_id, cron) DO NOTHING
+
+-- name: delete_cron_state_except
+DELETE FROM cron_state WHERE function_id = :function_id AND cron NOT IN (SELECT value FROM json_each(:keep))
+
+-- name: advance_cron_state
+INSERT INTO cron_state (function_id, cron, last_fire) VALUES (:function_id, :cron, :scheduled)
+ON CONFLICT (function_id, cron) DO UPDATE SET last_fire = excluded.last_fire
+WHERE cron_state.last_fire < excluded.last_fire
+RETURNING last_fire

@@ -1,0 +1,169 @@
+"""The cron scheduler: fires a worker's cron functions once per scheduled time, however many workers run it.
+
+Every ``Worker`` (in-process, and the server's ``HttpWorker``) runs one for the cron functions it executes. It
+sleeps on the engine's clock until the next scheduled time of any of them, then calls ``Store.fire_cron``,
+which moves the schedule's ``last_fire`` forward and stores the ``inngest/scheduled.timer`` event with the
+function's run in one transaction: when several workers or nodes wake for the same time, one fires and the
+others find ``last_fire`` already there.
+
+Missed times (the workers were down, or the clock jumped): when a worker looks again, only the most recent
+scheduled time at or before now fires, once; the earlier ones are skipped and counted in a warning. A schedule
+seen for the first time (a new function, or a changed cron) starts at now: it never fires for earlier times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from stepline.core.clock import from_ms, sleep_until
+from stepline.core.cron import CronSchedule
+from stepline.core.engine import Engine, new_run
+from stepline.core.events import StoredEvent
+from stepline.core.function import FunctionSpec
+from stepline.core.ids import ulid_from
+from stepline.core.triggers import CronTrigger
+from stepline.storage.records import IngestBatch
+
+__all__ = ["SCHEDULED_TIMER", "CronScheduler", "scheduled_batch", "timer_event_id"]
+
+log = logging.getLogger("stepline.cron")
+SCHEDULED_TIMER = "inngest/scheduled.timer"
+
+
+def timer_event_id(scheduled_ms: int) -> str:
+    """The timer event's ``id``: the scheduled time in RFC 3339 UTC, as Inngest (``2026-01-05T09:00:00Z``)."""
+    return from_ms(scheduled_ms).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def scheduled_batch(spec: FunctionSpec, cron: str, scheduled_ms: int, now: int) -> IngestBatch:
+    """The timer event of one scheduled time and the run it starts, for ``spec`` only (no fan-out to other
+    functions triggered by the event name). The event's internal id and the run's idempotency key are derived
+    from (function, scheduled time), so a retried or raced fire stores nothing twice."""
+    digest = hashlib.sha1(f"{spec.id}\x00{cron}\x00{scheduled_ms}".encode()).digest()[:10]
+    internal_id = ulid_from(scheduled_ms, digest)
+    event_id = timer_event_id(scheduled_ms)
+    event = StoredEvent(
+        internal_id=internal_id,
+        id=event_id,
+        name=SCHEDULED_TIMER,
+        data={"cron": cron},
+        user={},
+        ts=scheduled_ms,
+        v=None,
+        received_at=now,
+    )
+    run = new_run(spec, internal_id, now, idempotency_key=f"cron:{event_id}", event=event.as_dict())  # + flow control
+    return IngestBatch([event], [run])
+
+
+@dataclass
+class _Schedule:
+    spec: FunctionSpec
+    cron: str
+    schedule: CronSchedule
+    last: int  # the last scheduled time fired (by any worker) or skipped, as far as this worker knows
+    next_at: int  # the next scheduled time after ``last``
+
+
+class CronScheduler:
+    """Fires the cron functions it is given (``set_functions``); ``run`` loops, ``fire_due`` fires what is due."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._specs: dict[str, FunctionSpec] = {}
+        self._schedules: list[_Schedule] = []
+        self._dirty = False  # the function set changed: read the stored state again before firing
+        self._changed = asyncio.Event()
+        self.fired = 0  # scheduled times this scheduler fired (tests, metrics)
+        self.skipped = 0  # missed scheduled times it skipped
+
+    def set_functions(self, specs: Iterable[FunctionSpec]) -> None:
+        """The functions to schedule (those without a cron trigger are ignored); wakes ``run`` if they changed."""
+        crons = {s.id: s for s in specs if any(isinstance(t, CronTrigger) for t in s.triggers)}
+        if crons != self._specs:
+            self._specs = crons
+            self._dirty = True
+            self._changed.set()
+
+    @property
+    def has_schedules(self) -> bool:
+        return bool(self._specs)
+
+    def next_fire_at(self) -> int | None:
+        """The earliest scheduled time this scheduler will try to fire next (None: nothing scheduled)."""
+        return min((s.next_at for s in self._schedules), default=None)
+
+    async def _load(self) -> None:
+        now = self.engine.clock.now_ms()
+        schedules: list[_Schedule] = []
+        for spec in self._specs.values():
+            crons = {t.cron: t.schedule for t in spec.triggers if isinstance(t, CronTrigger)}
+            initial = {cron: sched.latest_at_or_before(now) for cron, sched in crons.items()}
+            stored = await self.engine.store.init_cron_schedules(spec.id, initial)
+            for cron, sched in crons.items():
+                last = stored.get(cron, initial[cron])
+                schedules.append(_Schedule(spec, cron, sched, last, sched.next_after(last)))
+        self._schedules = schedules
+        self._dirty = False
+
+    async def fire_due(self) -> int:
+        """Fire every schedule whose next time has come (the most recent due time of each); returns how many
+        this call fired (a time another worker fired first is not counted)."""
+        if self._dirty:
+            await self._load()
+        now = self.engine.clock.now_ms()
+        fired = 0
+        for s in self._schedules:
+            if s.next_at > now:
+                continue
+            latest = s.schedule.latest_at_or_before(now)
+            if latest > s.last:
+                batch = scheduled_batch(s.spec, s.cron, latest, now)
+                if await self.engine.store.fire_cron(s.spec.id, s.cron, latest, batch, self.engine.matcher, now):
+                    fired += 1
+                    missed = s.schedule.count_between(s.last, latest)
+                    if missed:
+                        self.skipped += missed
+                        log.warning(
+                            "function %s, cron %r: skipped %d missed scheduled time(s) between %s and %s; fired "
+                            "only the most recent, %s", s.spec.id, s.cron, missed, timer_event_id(s.last),
+                            timer_event_id(latest), timer_event_id(latest),
+                        )  # fmt: skip
+                s.last = latest
+            s.next_at = s.schedule.next_after(s.last)
+        if fired:
+            self.fired += fired
+            self.engine.notify()
+        return fired
+
+    async def run(self) -> None:
+        """Fire schedules as they fall due, until cancelled. Sleeps on the engine's clock (a FakeClock wakes it
+        when advanced); with no schedules it only waits for ``set_functions``."""
+        backoff = 0.1
+        while True:
+            self._changed.clear()
+            try:
+                await self.fire_due()
+                backoff = 0.1
+            except Exception as exc:  # the database went away: retry, reloading the stored state
+                self._dirty = bool(self._specs)
+                log.warning("cron scheduler: %s: %s; retrying in %.1f s", type(exc).__name__, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            await self._sleep(self.next_fire_at())
+
+    async def _sleep(self, until: int | None) -> None:
+        waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._changed.wait())}
+        if until is not None:
+            waits.add(asyncio.ensure_future(sleep_until(self.engine.clock, until)))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)

@@ -1,0 +1,242 @@
+"""Flow control in the SQL stores: the gates a new run passes at ingest, and concurrency-aware claims.
+
+Everything here runs inside the caller's write transaction. On PostgreSQL, per-key advisory locks (``_lock_key``)
+serialise the nodes that count or change the same key; buckets and open runs are rows locked by an upsert. On
+SQLite the single writer already serialises everything.
+
+At ingest (``_admit``), in this order: rate limit (skip), singleton (skip, or cancel the live run), debounce (the
+open run takes this event and moves later), batching (this event joins the open batch), throttle (GCRA: the run is
+due when the bucket admits it). At claim (``_claim_gated``): a run takes a slot of each concurrency key it has; if
+a key is full the run waits, ``blocked_on`` that key, until a run holding one of its slots drops its lease
+(``_free_slots``: the first waiting run becomes due) or, as a fallback, until the earliest holder's lease expires.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import TYPE_CHECKING, Any
+
+from stepline.storage.records import IngestResult, NewRun, RunFinish
+
+
+def _j(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def when(ms: int) -> str:
+    """A due time as people read it in a reason: ``2026-11-23 12:03:05 UTC``."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _gcra(tat: int, now: int, period_ms: int, limit: int, allowance: int) -> tuple[int, int]:
+    """Generic cell rate algorithm. ``allowance`` starts may happen at once (the bucket's depth); after that one
+    start every ``period / limit``. Returns (earliest start, the bucket's new theoretical arrival time)."""
+    interval = period_ms / limit
+    tolerance = interval * (allowance - 1)
+    tat = max(tat, now)
+    start = max(now, int(tat - tolerance))
+    return start, int(tat + interval)
+
+
+class SqlFlowMixin:
+    """Flow-control steps shared by the SQL stores (mixed into ``SqlStore``)."""
+
+    Q: dict[str, str]
+
+    def _lock_key(self, conn: Any, key: str) -> None:
+        """Serialise transactions that count or change this flow key (PostgreSQL: an advisory lock)."""
+
+    if TYPE_CHECKING:
+
+        def _notify_work(self, conn: Any, due_at: int) -> None: ...
+
+        def _finish(self, conn: Any, run_id: str, finish: RunFinish, matcher: Any, now: int) -> bool: ...
+
+    # --- rows ---
+    def _insert_run_row(
+        self,
+        conn: Any,
+        run: NewRun,
+        due_at: int | None,
+        *,
+        status: str = "queued",
+        idle_reason: dict[str, Any] | None = None,
+        batch: list[str] | None = None,
+        ended_at: int | None = None,
+    ) -> int:
+        flow = run.flow
+        conc = flow.concurrency if flow is not None else ()
+        batch = batch if batch is not None else (list(run.batch) if run.batch else None)
+        cur = conn.execute(
+            self.Q["insert_run"],
+            {"id": run.id, "function_id": run.function_id, "event_id": run.event_id, "batch": _j(batch),
+             "status": status, "created_at": run.created_at, "start_deadline": run.start_deadline,
+             "due_at": due_at, "parent_run_id": run.parent_run_id, "parent_step_id": run.parent_step_id,
+             "idle_reason": _j(idle_reason), "flow": _j({"c": [list(c) for c in conc]}) if conc else None,
+             "ckey1": conc[0][0] if conc else None, "ckey2": conc[1][0] if len(conc) > 1 else None,
+             "priority_ms": flow.priority_ms if flow is not None else 0,
+             "singleton_key": flow.singleton[0] if flow is not None and flow.singleton else None,
+             "ended_at": ended_at},
+        )  # fmt: skip
+        return int(cur.rowcount)
+
+    def _insert_skipped(self, conn: Any, run: NewRun, now: int, reason: dict[str, Any], result: IngestResult) -> None:
+        if self._insert_run_row(conn, run, None, status="skipped", idle_reason=reason, ended_at=now):
+            result.flow_skipped_run_ids.append(run.id)
+
+    # --- ingest ---
+    def _admit(self, conn: Any, run: NewRun, now: int, matcher: Any, result: IngestResult) -> bool:
+        """Pass a new run through its ingest gates and store it (or what it became). Returns False if nothing of
+        it remains to insert by the caller: skipped (stored as such) or merged into an open run."""
+        flow = run.flow
+        assert flow is not None
+        due = run.due_at
+        idle: dict[str, Any] | None = None
+        batch: list[str] | None = None
+        if flow.rate_limit is not None:
+            key, limit, period = flow.rate_limit
+            tat = int(conn.execute(self.Q["flow_bucket"], {"key": key}).fetchone()[0])
+            start, new_tat = _gcra(tat, now, period, limit, limit)
+            if start > now:
+                shown = key.split(":", 2)[2]
+                self._insert_skipped(conn, run, now, {
+                    "kind": "rate_limited", "key": shown, "limit": limit, "period_ms": period,
+                    "message": f"rate limited (skipped): {limit} per {period // 1000}s"
+                               + (f" for key {shown}" if shown else "")}, result)  # fmt: skip
+                return False
+            conn.execute(self.Q["flow_set_bucket"], {"key": key, "tat": new_tat})
+        if flow.singleton is not None:
+            key, mode = flow.singleton
+            self._lock_key(conn, key)
+            row = conn.execute(self.Q["flow_singleton_live"], {"key": key}).fetchone()
+            if row is not None:
+                shown = key.split(":", 2)[2]
+                if mode == "skip":
+                    self._insert_skipped(conn, run, now, {
+                        "kind": "singleton", "key": shown, "run_id": row[0],
+                        "message": f"skipped: run {row[0]} is live for singleton key {shown!r}"}, result)  # fmt: skip
+                    return False
+                reason = {"name": "Cancelled", "message": f"cancelled by run {run.id} (singleton, mode cancel)"}
+                if self._finish(conn, row[0], RunFinish("cancelled", error=reason), matcher, now):
+                    result.cancelled_run_ids.append(row[0])
+        if flow.debounce is not None:
+            key, period, timeout = flow.debounce
+            pending_id, first_at, _ = conn.execute(
+                self.Q["flow_pending"], {"key": key, "run_id": run.id, "now": now}
+            ).fetchone()
+            cap = None if timeout is None else first_at + timeout
+            due = now + period if cap is None else min(now + period, cap)
+            idle = {"kind": "debounced", "until": due, "message": f"debounced until {when(due)}"}
+            if pending_id != run.id:
+                moved = conn.execute(
+                    self.Q["flow_debounce_run"],
+                    {"id": pending_id, "event_id": run.event_id, "due_at": due, "idle_reason": _j(idle)},
+                ).rowcount
+                if moved:
+                    result.merged_run_ids.append(run.id)
+                    self._notify_work(conn, due)
+                    return False
+                # The open run has started: this event opens the next one.
+                due = now + period if timeout is None else min(now + period, now + timeout)
+                idle = {"kind": "debounced", "until": due, "message": f"debounced until {when(due)}"}
+                conn.execute(self.Q["flow_replace_pending"], {"key": key, "run_id": run.id, "now": now})
+        if flow.batch is not None:
+            key, max_size, timeout = flow.batch
+            pending_id, first_at, size = conn.execute(
+                self.Q["flow_pending"], {"key": key, "run_id": run.id, "now": now}
+            ).fetchone()
+            if pending_id != run.id:
+                row = conn.execute(self.Q["flow_open_run"], {"id": pending_id}).fetchone()
+                if row is not None and size < max_size:
+                    events = [*json.loads(row[0] or "[]"), run.event_id]
+                    full = len(events) >= max_size
+                    due = now if full else first_at + timeout
+                    idle = None if full else self._batch_reason(len(events), max_size, due)
+                    params = {"id": pending_id, "batch": _j(events), "due_at": due, "idle_reason": _j(idle)}
+                    conn.execute(self.Q["flow_batch_run"], params)
+                    conn.execute(self.Q["flow_close_pending" if full else "flow_grow_pending"], {"key": key})
+                    result.merged_run_ids.append(run.id)
+                    self._notify_work(conn, due)
+                    return False
+                conn.execute(self.Q["flow_replace_pending"], {"key": key, "run_id": run.id, "now": now})
+            batch = [run.event_id]
+            if max_size <= 1:
+                conn.execute(self.Q["flow_close_pending"], {"key": key})
+            else:
+                due = now + timeout
+                idle = self._batch_reason(1, max_size, due)
+        if flow.throttle is not None:
+            key, limit, period, burst = flow.throttle
+            tat = int(conn.execute(self.Q["flow_bucket"], {"key": key}).fetchone()[0])
+            start, new_tat = _gcra(tat, due, period, limit, limit + burst)
+            conn.execute(self.Q["flow_set_bucket"], {"key": key, "tat": new_tat})
+            if start > due:
+                due = start
+                shown = key.split(":", 2)[2]
+                idle = {"kind": "throttled", "until": due, "key": shown,
+                        "message": f"throttled until {when(due)}" + (f" (key {shown})" if shown else "")}  # fmt: skip
+        if not self._insert_run_row(conn, run, due, idle_reason=idle, batch=batch):
+            return False  # already stored (this transaction retried after a lost commit)
+        self._notify_work(conn, due)
+        return True
+
+    @staticmethod
+    def _batch_reason(size: int, max_size: int, due: int) -> dict[str, Any]:
+        return {"kind": "batch", "size": size, "max_size": max_size, "until": due,
+                "message": f"waiting in batch {size} of {max_size} (starts by {when(due)})"}  # fmt: skip
+
+    # --- claims ---
+    def _claim_gated(
+        self, conn: Any, owner: str, function_ids: list[str], now: int, limit: int, lease_ms: int
+    ) -> list[tuple[Any, ...]]:
+        """Claim due runs of flow-controlled functions in priority order, each only if every concurrency key it
+        has a slot free; the others wait (``blocked_on``). Returns the claimed runs' rows."""
+        candidates = conn.execute(
+            self.Q["flow_claim_candidates"], {"now": now, "limit": limit, "function_ids": json.dumps(function_ids)}
+        ).fetchall()
+        held: dict[str, tuple[int, int | None]] = {}  # key -> (slots held, earliest holder lease expiry)
+        claimed: list[tuple[Any, ...]] = []
+        for run_id, flow_text in candidates:
+            keys: list[list[Any]] = json.loads(flow_text)["c"] if flow_text else []
+            full: tuple[str, int, str, int, int | None] | None = None
+            for key, key_limit, shown in keys:
+                if key not in held:
+                    self._lock_key(conn, key)
+                    count, first_expiry = conn.execute(self.Q["flow_slots_held"], {"key": key, "now": now}).fetchone()
+                    held[key] = (int(count), None if first_expiry is None else int(first_expiry))
+                count, first_expiry = held[key]
+                if count >= key_limit:
+                    full = (key, key_limit, shown, count, first_expiry)
+                    break
+            if full is not None:
+                key, key_limit, shown, count, first_expiry = full
+                recheck = first_expiry if first_expiry is not None else now + lease_ms
+                reason = {"kind": "concurrency", "key": shown, "limit": key_limit, "active": count,
+                          "message": f"concurrency key {shown} at {count} of {key_limit}"}  # fmt: skip
+                conn.execute(self.Q["flow_block"],
+                             {"id": run_id, "key": key, "due_at": recheck, "idle_reason": _j(reason)})  # fmt: skip
+                continue
+            row = conn.execute(
+                self.Q["flow_claim_one"], {"id": run_id, "owner": owner, "now": now, "lease_until": now + lease_ms}
+            ).fetchone()
+            for key, _, _ in keys:
+                count, first_expiry = held[key]
+                held[key] = (count + 1, first_expiry)
+            claimed.append(row)
+        return claimed
+
+    def _free_slots(self, conn: Any, keys: tuple[Any, ...] | None, now: int) -> None:
+        """A run holding slots of these concurrency keys dropped its lease: the first run waiting on each is due."""
+        if not keys:
+            return
+        for key in keys:
+            if key is None:
+                continue
+            self._lock_key(conn, key)
+            if conn.execute(self.Q["flow_wake_blocked"], {"key": key, "now": now}).rowcount:
+                self._notify_work(conn, now)
+
+    def _prune_flow(self, conn: Any, now: int, limit: int) -> int:
+        n = conn.execute(self.Q["flow_prune_buckets"], {"now": now, "limit": limit}).rowcount
+        return int(n) + int(conn.execute(self.Q["flow_prune_pending"], {"limit": limit}).rowcount)

@@ -1,0 +1,155 @@
+"""Cron functions end to end (fake clock, SQLite and PostgreSQL): one run per scheduled time, the timer event's
+shape, several workers racing, downtime, and the worker's scheduler sleeping on the clock."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from stepline import FakeClock, Stepline
+from stepline.core.scheduler import SCHEDULED_TIMER
+from stepline.storage.base import Store
+
+from ..backends import Backend
+from .helpers import drain, runs
+
+MINUTE = 60
+
+
+def cron_function(client: Stepline, seen: list[dict[str, Any]], cron: str = "*/5 * * * *") -> None:
+    @client.function(id="tick", trigger={"cron": cron})
+    async def tick(ctx: Any) -> Any:
+        seen.append(ctx.event.as_dict() if hasattr(ctx.event, "as_dict") else dict(ctx.event))
+        return "ok"
+
+
+async def test_a_cron_function_runs_once_per_scheduled_time(client: Stepline, clock: FakeClock) -> None:
+    seen: list[dict[str, Any]] = []
+    cron_function(client, seen)
+
+    @client.function(id="listener", trigger=SCHEDULED_TIMER)
+    async def listener(ctx: Any) -> None:  # the timer event starts only the cron function's run
+        return None
+
+    await drain(client)  # 00:00 exactly: a new schedule does not fire for the time it is first seen at
+    assert await runs(client) == []
+    worker = client.worker()
+    try:
+        for _ in range(16):  # 00:01 ... 00:16, a minute at a time, draining twice each time
+            clock.advance(MINUTE)
+            await worker.run_until_idle()
+            await worker.run_until_idle()
+    finally:
+        worker.close()
+    done = await runs(client, "tick")
+    assert [r.status for r in done] == ["completed"] * 3
+    assert await runs(client, "listener") == []
+    assert [e["id"] for e in seen] == ["2026-01-01T00:05:00Z", "2026-01-01T00:10:00Z", "2026-01-01T00:15:00Z"]
+    first = seen[0]
+    assert (first["name"], first["data"], first["ts"]) == (SCHEDULED_TIMER, {"cron": "*/5 * * * *"}, 1767225900000)
+
+
+async def test_after_downtime_only_the_most_recent_missed_time_fires(
+    client: Stepline, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[dict[str, Any]] = []
+    cron_function(client, seen, "0 * * * *")
+    await drain(client)  # first seen at 00:00
+    clock.advance(dt.timedelta(hours=5, minutes=30))  # every worker was down from 00:00 to 05:30
+    with caplog.at_level(logging.WARNING, logger="stepline.cron"):
+        await drain(client)
+        await drain(client)  # a second worker starting afterwards fires nothing more
+    assert [e["id"] for e in seen] == ["2026-01-01T05:00:00Z"]
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "stepline.cron"]
+    assert "skipped 4 missed scheduled time(s)" in warning and "test-app-tick" in warning
+    clock.advance(dt.timedelta(minutes=30))
+    await drain(client)
+    assert [e["id"] for e in seen] == ["2026-01-01T05:00:00Z", "2026-01-01T06:00:00Z"]
+
+
+async def test_a_changed_cron_does_not_fire_for_times_before_it_was_seen(engine_store: Store, clock: FakeClock) -> None:
+    seen: list[dict[str, Any]] = []
+    old = Stepline("test-app", engine_store, clock=clock)
+    cron_function(old, seen, "0 * * * *")
+    await drain(old)
+    clock.advance(dt.timedelta(hours=3, minutes=10))
+    new = Stepline("test-app", engine_store, clock=clock)  # redeployed with another schedule
+    cron_function(new, seen, "30 * * * *")
+    await drain(new)
+    assert seen == []  # nothing at 03:10: 02:30 was before the new schedule was first seen
+    clock.advance(dt.timedelta(minutes=20))
+    await drain(new)
+    assert [e["id"] for e in seen] == ["2026-01-01T03:30:00Z"]
+
+
+async def test_two_workers_on_two_stores_race_and_each_time_fires_once(
+    client: Stepline, clock: FakeClock, backend: Backend, engine_store: Store
+) -> None:
+    seen: list[dict[str, Any]] = []
+    cron_function(client, seen, "* * * * *")
+    other_store = backend.same_database(engine_store)  # another process on the same database
+    other = Stepline("test-app", other_store, clock=clock)
+    cron_function(other, seen, "* * * * *")
+    await client.ready()
+    await other.ready()
+    workers = [client.worker(), client.worker(), other.worker()]
+    try:
+        await asyncio.gather(*(w.run_until_idle() for w in workers))  # each loads the schedule at 00:00
+        for _ in range(5):
+            clock.advance(MINUTE)
+            fired = await asyncio.gather(*(w.scheduler.fire_due() for w in workers))  # race for the same time
+            assert sorted(fired) == [0, 0, 1]
+            await asyncio.gather(*(w.run_until_idle() for w in workers))
+    finally:
+        for w in workers:
+            w.close()
+        await other_store.close()
+    ids = [e["id"] for e in seen]
+    assert ids == [f"2026-01-01T00:0{m}:00Z" for m in range(1, 6)]
+    assert [r.status for r in await runs(client, "tick")] == ["completed"] * 5
+
+
+async def test_the_worker_loop_sleeps_on_the_clock_until_the_next_scheduled_time(
+    client: Stepline, clock: FakeClock
+) -> None:
+    seen: list[dict[str, Any]] = []
+    cron_function(client, seen, "0 9 * * *")
+    await client.ready()
+    worker = client.worker(poll_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.2)
+        assert worker._scheduler_task is not None and worker.scheduler.next_fire_at() == 1767258000000  # 09:00
+        clock.advance(dt.timedelta(hours=8, minutes=59))
+        await asyncio.sleep(0.2)
+        assert seen == []
+        clock.advance(dt.timedelta(minutes=1))  # wakes the scheduler's sleep at once
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert [e["id"] for e in seen] == ["2026-01-01T09:00:00Z"]
+        assert worker.scheduler.next_fire_at() == 1767258000000 + 86_400_000
+    finally:
+        worker.stop()
+        await task
+
+
+async def test_a_worker_without_cron_functions_starts_no_scheduler(client: Stepline) -> None:
+    @client.function(id="plain", trigger="t/plain")
+    async def plain(ctx: Any) -> None:
+        return None
+
+    await client.ready()
+    worker = client.worker(poll_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.1)
+        assert worker._scheduler_task is None and not worker.scheduler.has_schedules
+    finally:
+        worker.stop()
+        await task
