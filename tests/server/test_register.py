@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 
 from stepline import FakeClock, Stepline
-from stepline.server.functions import NOT_YET_ENFORCED
 from stepline.server.signing import hashed_signing_key
 
 from .fake_app import (
@@ -238,39 +236,6 @@ async def test_an_unchanged_body_is_not_registered_again_and_both_app_name_keys_
     assert await function_ids(s) == ["till-charge"]
     stored = await s.store.get_app(app.url)
     assert stored is not None and (stored.app_id, stored.sdk, stored.framework) == ("till", "py:v0.5.19", "fast_api")
-
-
-async def test_flow_control_options_are_stored_and_reported_in_warnings(
-    app: FakeApp, make_stack: MakeStack, caplog: pytest.LogCaptureFixture
-) -> None:
-    s = await make_stack()
-    options = {
-        "concurrency": [{"limit": 2, "key": "event.data.user"}],
-        "throttle": {"limit": 1, "period": "1s"},
-        "rateLimit": {"limit": 10, "period": "1m", "key": "event.data.user"},
-        "debounce": {"period": "5s", "timeout": "1m"},
-        "priority": {"run": "event.data.priority"},
-        "batchEvents": {"maxSize": 10, "timeout": "5s"},
-        "singleton": {"key": "event.data.user", "mode": "skip"},
-    }
-    body = register_body(app.url, [fn_config(app.url, "limited", **options),
-                                   fn_config(app.url, "plain", concurrency=[], throttle=None)])  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="stepline.server.sync"):
-        res = await s.register(body)
-    assert res.status_code == 200, res.text
-    expected = [f"shop-limited: {option} is stored but not enforced yet" for option in sorted(options)]
-    assert res.json()["warnings"] == expected
-    logged = [r.getMessage() for r in caplog.records if r.name == "stepline.server.sync"]
-    assert logged == [f"app shop: function shop-limited registers {o}, which Stepline stores but does not enforce yet"
-                      for o in sorted(options)]  # fmt: skip
-
-    res = await s.api.get("/v1/functions")
-    configs = {f["id"]: f["config"] for f in res.json()["data"]}
-    assert configs["shop-limited"]["unenforced"] == list(NOT_YET_ENFORCED)
-    assert {k: configs["shop-limited"]["inngest"][k] for k in options} == options  # kept verbatim
-    assert "unenforced" not in configs["shop-plain"]
-    again = await s.register(body)  # unchanged: not registered again, still reported
-    assert (again.json()["modified"], again.json()["warnings"]) == (False, expected)
 
 
 # --- the server's PUT to the app ----------------------------------------------------------------------------------

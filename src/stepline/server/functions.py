@@ -1,26 +1,44 @@
 """Function configs as the Inngest SDKs register them, turned into Stepline's stored function records.
 
 Every option the SDKs send is kept verbatim under ``config["inngest"]``; the ones the engine routes or runs by
-(triggers, retries, cancel, timeouts, idempotency) are parsed into the same keys in-process functions use, so
-both kinds of function look alike to the engine. Options not enforced yet are listed in ``config["unenforced"]``
-and reported at sync, never silently dropped.
+(triggers, retries, cancel, timeouts, idempotency, flow control) are parsed into the same keys in-process functions
+use, so both kinds of function look alike to the engine. Flow control (``concurrency``, ``throttle``, ``rateLimit``,
+``debounce``, ``priority``, ``batchEvents``, ``singleton``) goes through ``core.flow.normalize_flow`` into
+``config["flow"]``, with the errors naming Inngest's fields. Options not enforced yet (none today) are listed in
+``config["unenforced"]`` and reported at sync, never silently dropped.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from stepline.core.cron import parse_cron
 from stepline.core.durations import parse_duration
 from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
+from stepline.core.flow import normalize_flow
 from stepline.core.function import DEFAULT_RETRIES, DEFAULT_WAIT_TIMEOUT, MAX_RETRIES, FunctionSpec
 from stepline.storage.records import FunctionRecord
 
-# Flow-control options the SDKs may register that the engine does not enforce yet (issue 5).
-NOT_YET_ENFORCED = ("concurrency", "throttle", "rateLimit", "debounce", "priority", "batchEvents", "singleton")
+# Options the SDKs may register that the engine does not enforce yet: stored, reported at sync (none today).
+NOT_YET_ENFORCED: tuple[str, ...] = ()
+# Inngest's flow-control options -> (Stepline's option in core/flow.py, {Inngest field: Stepline field}).
+FLOW_OPTIONS: dict[str, tuple[str, dict[str, str]]] = {
+    "throttle": ("throttle", {"limit": "limit", "period": "period", "burst": "burst", "key": "key"}),
+    "rateLimit": ("rate_limit", {"limit": "limit", "period": "period", "key": "key"}),
+    "debounce": ("debounce", {"period": "period", "key": "key", "timeout": "timeout"}),
+    "priority": ("priority", {"run": "run"}),
+    "batchEvents": ("batch", {"maxSize": "max_size", "timeout": "timeout", "key": "key", "if": "if"}),
+    "singleton": ("singleton", {"mode": "mode", "key": "key"}),
+}
+_DURATION_FIELDS = frozenset({"period", "timeout"})
+# Stepline's names in normalize_flow's messages -> Inngest's, so that an error names the field the app wrote.
+_INNGEST_NAMES = {"rate_limit": "rateLimit", "batch": "batchEvents", "max_size": "maxSize", "if_exp": "if"}
+_LEADING_PATH = re.compile(r"^(rate_limit|batch)\b(?:\.(\w+))?")
 MAX_TIMEOUT_MS = 366 * 24 * 3600 * 1000
 
 
@@ -83,7 +101,13 @@ def _triggers(fn_id: str, raw: Any) -> list[dict[str, Any]]:
         if not isinstance(t, Mapping):
             raise FunctionConfigError(f"function {fn_id!r}: triggers[{i}] must be an object")
         if t.get("cron"):
-            out.append({"cron": str(t["cron"])})
+            if not isinstance(t["cron"], str):
+                raise FunctionConfigError(f"function {fn_id!r}: triggers[{i}].cron must be a string, got {t['cron']!r}")
+            try:
+                parse_cron(t["cron"])
+            except ValueError as exc:
+                raise FunctionConfigError(f"function {fn_id!r}: invalid triggers[{i}].cron: {exc}") from None
+            out.append({"cron": t["cron"]})
         elif isinstance(t.get("event"), str) and t["event"]:
             item: dict[str, Any] = {"event": canonical_event_name(t["event"])}
             expr = _expression(fn_id, f"triggers[{i}].expression", t.get("expression"))
@@ -93,6 +117,78 @@ def _triggers(fn_id: str, raw: Any) -> list[dict[str, Any]]:
         else:
             raise FunctionConfigError(f"function {fn_id!r}: triggers[{i}] needs an event name or a cron")
     return out
+
+
+def _flow_error(fn_id: str, exc: ValueError, label: str | None = None) -> FunctionConfigError:
+    """normalize_flow's error, naming the field as the app registered it (``rateLimit.limit``, ``batchEvents.maxSize``,
+    ``concurrency[1].scope``)."""
+    prefix = f"function {fn_id!r}: "
+    detail = str(exc).removeprefix(prefix)
+    if label is not None:
+        detail = label + detail.removeprefix("concurrency")
+    detail = _LEADING_PATH.sub(
+        lambda m: _INNGEST_NAMES[m[1]] + (f".{_INNGEST_NAMES.get(m[2], m[2])}" if m[2] else ""), detail
+    )
+    return FunctionConfigError(prefix + detail)
+
+
+def _concurrency(fn_id: str, raw: Any) -> list[dict[str, Any]]:
+    """Inngest's ``concurrency``: a limit (JS), one ``{limit, key?, scope?}`` (JS) or a list of them (JS, Python).
+    A limit of 0 means no limit (the SDKs' documented meaning, as Inngest's server reads it): that entry is dropped.
+    Scopes ``env`` and ``account`` need a key, as on Inngest."""
+    if isinstance(raw, bool) or not isinstance(raw, int | Mapping | list):
+        raise FunctionConfigError(
+            f"function {fn_id!r}: concurrency must be a number, an object or a list of objects, got {raw!r}"
+        )
+    items: list[Any] = [{"limit": raw}] if isinstance(raw, int) else [raw] if isinstance(raw, Mapping) else raw
+    limits: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        label = f"concurrency[{i}]" if isinstance(raw, list) else "concurrency"
+        if not isinstance(item, Mapping):
+            raise FunctionConfigError(f"function {fn_id!r}: {label} must be an object {{limit, key?, scope?}}, "
+                                      f"got {item!r}")  # fmt: skip
+        limit = item.get("limit")
+        if limit == 0 and isinstance(limit, int) and not isinstance(limit, bool):
+            continue
+        entry = {"limit": limit, "key": item.get("key"), "scope": item.get("scope")}
+        try:
+            normalize_flow(fn_id, {"concurrency": entry})
+        except ValueError as exc:
+            raise _flow_error(fn_id, exc, label) from None
+        scope = entry["scope"] or "fn"
+        if scope != "fn" and not entry["key"]:
+            raise FunctionConfigError(f"function {fn_id!r}: {label}.key is required for a limit with scope {scope!r}")
+        limits.append(entry)
+    return limits
+
+
+def _flow(fn_id: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Inngest's flow-control options, validated and normalised as ``core.flow`` stores them (``config["flow"]``)."""
+    options: dict[str, Any] = {}
+    if raw.get("concurrency") is not None and (limits := _concurrency(fn_id, raw["concurrency"])):
+        options["concurrency"] = limits
+    for name, (ours, fields) in FLOW_OPTIONS.items():
+        value = raw.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise FunctionConfigError(f"function {fn_id!r}: {name} must be an object, got {value!r}")
+        converted: dict[str, Any] = {}
+        for theirs, mine in fields.items():
+            field = value.get(theirs)
+            if field is None or (field == "" and (theirs, name) in {("timeout", "debounce"), ("run", "priority")}):
+                continue  # absent (Python sends null); an empty optional duration or priority is none, as on Inngest
+            if theirs in _DURATION_FIELDS and not isinstance(field, str):
+                raise FunctionConfigError(f"function {fn_id!r}: {name}.{theirs} must be a duration string like '30s' "
+                                          f"or '1h30m', got {field!r}")  # fmt: skip
+            converted[mine] = field
+        if name == "priority" and "run" not in converted:
+            continue  # no expression: every run has the default priority
+        options[ours] = converted
+    try:
+        return normalize_flow(fn_id, options)
+    except ValueError as exc:
+        raise _flow_error(fn_id, exc) from None
 
 
 def _runtime(fn_id: str, steps: Any) -> tuple[str, int]:
@@ -152,6 +248,9 @@ def function_record(app_id: str, raw: Mapping[str, Any]) -> FunctionRecord:
     idem = _expression(fn_id, "idempotency", raw.get("idempotency"))
     if idem:
         config["idempotency"] = idem
+    flow = _flow(fn_id, raw)
+    if flow:
+        config["flow"] = flow
     unenforced = [k for k in NOT_YET_ENFORCED if raw.get(k) not in (None, [], {})]
     if unenforced:
         config["unenforced"] = unenforced

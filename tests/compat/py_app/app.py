@@ -10,6 +10,7 @@ handler and every execution of a step body is appended with the test's ``token``
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -318,6 +319,82 @@ async def cancellable(ctx: inngest.Context) -> dict[str, Any]:
     return {"finished": True}
 
 
+# --- flow control (tests/compat/test_flow_control.py; node_app/flow_app.ts has the same functions) ---------------
+@client.create_function(
+    fn_id="flow-concurrency",
+    trigger=inngest.TriggerEvent(event="compat/flow-concurrency"),
+    concurrency=[inngest.Concurrency(limit=1, key="event.data.key")],
+)
+async def flow_concurrency(ctx: inngest.Context) -> dict[str, Any]:
+    data = ctx.event.data
+    called("flow-concurrency", ctx, key=data["key"])
+
+    async def work() -> dict[str, Any]:
+        start = time.time()
+        await asyncio.sleep(float(str(data.get("hold", 0.5))))
+        return {"key": data["key"], "n": data["n"], "start": start, "end": time.time()}
+
+    return await ctx.step.run("work", work)
+
+
+@client.create_function(
+    fn_id="flow-rate-limit",
+    trigger=inngest.TriggerEvent(event="compat/flow-rate-limit"),
+    rate_limit=inngest.RateLimit(limit=1, period=dt.timedelta(hours=1), key="event.data.key"),
+)
+async def flow_rate_limit(ctx: inngest.Context) -> dict[str, Any]:
+    called("flow-rate-limit", ctx, n=ctx.event.data["n"])
+    return {"n": ctx.event.data["n"]}
+
+
+@client.create_function(
+    fn_id="flow-throttle",
+    trigger=inngest.TriggerEvent(event="compat/flow-throttle"),
+    throttle=inngest.Throttle(limit=1, period=dt.timedelta(seconds=1), key="event.data.token"),  # burst: 1 (default)
+)
+async def flow_throttle(ctx: inngest.Context) -> dict[str, Any]:
+    called("flow-throttle", ctx, n=ctx.event.data["n"])
+    return {"n": ctx.event.data["n"], "started": time.time()}
+
+
+@client.create_function(
+    fn_id="flow-debounce",
+    trigger=inngest.TriggerEvent(event="compat/flow-debounce"),
+    debounce=inngest.Debounce(period=dt.timedelta(seconds=1), key="event.data.token"),
+)
+async def flow_debounce(ctx: inngest.Context) -> dict[str, Any]:
+    called("flow-debounce", ctx, n=ctx.event.data["n"])
+    return {"n": ctx.event.data["n"], "event_id": ctx.event.id, "started": time.time()}
+
+
+@client.create_function(
+    fn_id="flow-batch",
+    trigger=inngest.TriggerEvent(event="compat/flow-batch"),
+    batch_events=inngest.Batch(max_size=3, timeout=dt.timedelta(seconds=2), key="event.data.token"),
+)
+async def flow_batch(ctx: inngest.Context) -> dict[str, Any]:
+    called("flow-batch", ctx, count=len(ctx.events))
+    return {"ns": [e.data["n"] for e in ctx.events], "started": time.time()}
+
+
+@client.create_function(
+    fn_id="flow-singleton",
+    trigger=inngest.TriggerEvent(event="compat/flow-singleton"),
+    singleton=inngest.Singleton(mode="skip", key="event.data.token"),
+)
+async def flow_singleton(ctx: inngest.Context) -> dict[str, Any]:
+    token = ctx.event.data["token"]
+    called("flow-singleton", ctx, n=ctx.event.data["n"])
+
+    async def started() -> float:
+        record(fn="flow-singleton", what="step", step="started", token=token, n=ctx.event.data["n"])
+        return time.time()
+
+    await ctx.step.run("started", started)
+    await ctx.step.sleep("hold", duration(ctx.event.data.get("hold"), "1s"))
+    return {"n": ctx.event.data["n"]}
+
+
 FUNCTIONS = [
     ping,
     hello,
@@ -338,6 +415,12 @@ FUNCTIONS = [
     non_retriable,
     retry_after,
     cancellable,
+    flow_concurrency,
+    flow_rate_limit,
+    flow_throttle,
+    flow_debounce,
+    flow_batch,
+    flow_singleton,
 ]
 
 app = fastapi.FastAPI()
