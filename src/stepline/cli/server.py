@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -41,6 +42,16 @@ def _common_options(fn: F) -> F:
         click.option("--app-dir", default=".", show_default=True, help="Directory added to sys.path for --app."),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
                      show_default=True),
+        click.option("--admin-token", envvar="STEPLINE_ADMIN_TOKEN", default=None, show_envvar=True,
+                     help="The dashboard's login token. `start` generates and logs one when none is given; "
+                     "`dev` is open without one."),
+        click.option("--alert-webhook", envvar="STEPLINE_ALERT_WEBHOOK", default=None, show_envvar=True,
+                     metavar="URL", help="POST a JSON alert (with the run's link and error) here when runs fail."),
+        click.option("--alert-cooldown", envvar="STEPLINE_ALERT_COOLDOWN", type=click.FloatRange(min=0),
+                     default=60.0, show_default=True, show_envvar=True,
+                     help="Seconds after an alert in which further failures are summed up in one message."),
+        click.option("--public-url", envvar="STEPLINE_PUBLIC_URL", default=None, show_envvar=True, metavar="URL",
+                     help="How people reach this server, for links in alerts (default http://127.0.0.1:PORT)."),
         db_option(),
         click.pass_context,
     ]  # fmt: skip
@@ -90,6 +101,7 @@ async def _serve(ctx: click.Context, config: ServerConfig, hosts: list[str], por
     sockets = _sockets(hosts, port)
     app = create_app(engine, config)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    app.state.shutdown_probe = lambda: server.should_exit  # ends the dashboard's live streams at shutdown
     workers = [c.worker() for c in clients]
     shown = ", ".join(f"http://{f'[{h}]' if ':' in h else h}:{port}" for h in hosts[: len(sockets)])
     log.info("stepline %s server on %s (db %s, kind %s)", "dev" if config.kind == "dev" else "start", shown,
@@ -142,14 +154,30 @@ def _run(ctx: click.Context, config: ServerConfig, hosts: list[str], port: int, 
 @_common_options
 def dev_command(ctx: click.Context, hosts: tuple[str, ...], no_discovery: bool, port: int,
                 sdk_urls: tuple[str, ...], no_poll: bool, poll_interval: float, apps: tuple[str, ...],
-                app_dir: str, log_level: str) -> None:  # fmt: skip
+                app_dir: str, log_level: str, **dashboard: Any) -> None:  # fmt: skip
     """Development server: no keys, SQLite by default, apps synced from -u URLs and discovered on local ports.
 
     Point an Inngest SDK app at it with INNGEST_DEV=http://127.0.0.1:8288.
     """
     config = _config("dev", sdk_urls=sdk_urls, discovery=not no_discovery, poll=not no_poll,
-                     poll_interval=poll_interval, extra={"port": str(port)})  # fmt: skip
+                     poll_interval=poll_interval, extra={"port": str(port)},
+                     **_dashboard_options(dashboard, required=False))  # fmt: skip
     _run(ctx, config, list(hosts) or ["127.0.0.1", "::1"], port, apps, app_dir, log_level)
+
+
+def _dashboard_options(options: dict[str, Any], *, required: bool) -> dict[str, Any]:
+    """Dashboard login and alerts. ``required`` (start): without ``--admin-token`` one is generated and logged."""
+    token = (options.get("admin_token") or "").strip() or None
+    if token is None and required:
+        token = secrets.token_urlsafe(24)
+        log.warning("dashboard admin token (generated: set --admin-token or STEPLINE_ADMIN_TOKEN to keep one): %s",
+                    token)  # fmt: skip
+    webhook = (options.get("alert_webhook") or "").strip() or None
+    if webhook is not None and not webhook.startswith(("http://", "https://")):
+        raise CliError(f"--alert-webhook must be an http(s) URL, got {webhook!r}")
+    public = (options.get("public_url") or "").strip().rstrip("/") or None
+    return {"admin_token": token, "alert_webhook": webhook, "alert_cooldown": float(options["alert_cooldown"]),
+            "public_url": public}  # fmt: skip
 
 
 def _check_key(key: str, what: str) -> str:
@@ -178,7 +206,7 @@ def _check_key(key: str, what: str) -> str:
 def start_command(ctx: click.Context, hosts: tuple[str, ...], signing_key: str | None,
                   signing_key_fallback: str | None, event_keys: tuple[str, ...], discovery: bool, port: int,
                   sdk_urls: tuple[str, ...], no_poll: bool, poll_interval: float, apps: tuple[str, ...],
-                  app_dir: str, log_level: str) -> None:  # fmt: skip
+                  app_dir: str, log_level: str, **dashboard: Any) -> None:  # fmt: skip
     """Production server: signed calls, event keys, SQLite or PostgreSQL (--db postgresql://...).
 
     Point an Inngest SDK app at it with INNGEST_BASE_URL, INNGEST_SIGNING_KEY and INNGEST_EVENT_KEY.
@@ -197,5 +225,5 @@ def start_command(ctx: click.Context, hosts: tuple[str, ...], signing_key: str |
         raise CliError("stepline start needs at least one event key: --event-key or STEPLINE_EVENT_KEYS")
     config = _config("cloud", signing_keys=tuple(keys), event_keys=frozenset(accepted), sdk_urls=sdk_urls,
                      discovery=discovery, poll=not no_poll, poll_interval=poll_interval,
-                     extra={"port": str(port)})  # fmt: skip
+                     extra={"port": str(port)}, **_dashboard_options(dashboard, required=True))  # fmt: skip
     _run(ctx, config, list(hosts) or ["0.0.0.0"], port, apps, app_dir, log_level)

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepline.core.engine import Engine
-from stepline.server import events_api, rest_api, sdk_api, sync
+from stepline.server import dashboard, events_api, rest_api, sdk_api, sync
 from stepline.server.config import ServerConfig
 from stepline.server.http_worker import HttpWorker
 from stepline.server.state import ServerState, state_of
@@ -57,6 +57,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
     routes += sync.routes()
     routes += sdk_api.routes()
     routes += rest_api.routes()
+    dash = dashboard.Dashboard(engine, cfg)
+    routes += dashboard.routes(dash)  # GET / and /dashboard/...
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -71,6 +73,9 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
                     await stack.enter_async_context(worker.running())
                 syncer = sync.Syncer(st)
                 await stack.enter_async_context(syncer.running())
+                await stack.enter_async_context(dashboard.running(dash, st, app.state))
                 yield
 
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ServerKindHeader, kind=cfg.kind)])
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ServerKindHeader, kind=cfg.kind)])
+    app.state.dashboard = dash
+    return app

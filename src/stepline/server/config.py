@@ -30,6 +30,9 @@ class ServerConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     backoff: Backoff = field(default_factory=Backoff)  # between retries of failed calls and steps
     public_url: str | None = None  # how people reach this server (links in logs and alerts)
+    admin_token: str | None = None  # the dashboard's login (start mode always has one; dev is open without)
+    alert_webhook: str | None = None  # POSTed when runs fail (dashboard alerts)
+    alert_cooldown: float = 60.0  # seconds after an alert during which further failures are summed up in one
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

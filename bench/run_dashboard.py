@@ -1,0 +1,145 @@
+"""How fast dashboard pages load with a million runs in a SQLite store (a benchmark, not a test).
+
+Inserts ``--runs`` runs (default 1,000,000) straight into a fresh SQLite database with SQL (10 functions of 2 apps,
+created over the last 30 days; 90% completed, 7% failed, 2% cancelled, 1% running), then times whole dashboard
+pages (HTTP request to rendered HTML, through the server app in-process) for the runs list under each filter, a
+deep page reached by cursor, a run page and the functions page (run counts)::
+
+    .venv/bin/python bench/run_dashboard.py                 # 1,000,000 runs (~1 min to insert)
+    .venv/bin/python bench/run_dashboard.py --runs 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from stepline.core.engine import Engine
+from stepline.server.app import create_app
+from stepline.server.config import ServerConfig
+from stepline.storage.records import FunctionRecord
+from stepline.storage.sqlite.store import SQLiteStore
+
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+DAY_MS = 24 * 3600 * 1000
+
+
+def ulid(ms: int, rand: int) -> str:
+    value = (ms << 80) | rand
+    return "".join(CROCKFORD[(value >> (5 * i)) & 31] for i in range(25, -1, -1))
+
+
+def fill(path: Path, n: int, now: int) -> list[str]:
+    functions = [f"app{a}-fn{f}" for a in range(2) for f in range(5)]
+    rng = random.Random(7)
+    start = now - 30 * DAY_MS
+    step = (30 * DAY_MS) / n
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO events (internal_id, id, name, data, user, ts, v, received_at) "
+                 "VALUES ('01EVENT', '01EVENT', 'bench/event', '{}', '{}', ?, NULL, ?)", (now, now))  # fmt: skip
+    batch = []
+    ids = []
+    for i in range(n):
+        created = int(start + i * step)
+        roll = rng.random()
+        status = "completed" if roll < 0.90 else "failed" if roll < 0.97 else "cancelled" if roll < 0.99 else "running"
+        ended = None if status == "running" else created + rng.randint(5, 5000)
+        error = '{"name":"Error","message":"boom"}' if status == "failed" else None
+        run_id = ulid(created, rng.getrandbits(80))
+        ids.append(run_id)
+        batch.append((run_id, functions[i % len(functions)], "01EVENT", status, error, created, created, ended))
+        if len(batch) == 50_000:
+            conn.executemany("INSERT INTO runs (id, function_id, event_id, status, output, error, created_at, "
+                             "started_at, ended_at) VALUES (?, ?, ?, ?, 'null', ?, ?, ?, ?)", batch)  # fmt: skip
+            batch.clear()
+    if batch:
+        conn.executemany("INSERT INTO runs (id, function_id, event_id, status, output, error, created_at, "
+                         "started_at, ended_at) VALUES (?, ?, ?, ?, 'null', ?, ?, ?, ?)", batch)  # fmt: skip
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    conn.close()
+    return ids
+
+
+async def measure(path: Path, ids: list[str], repeat: int) -> list[tuple[str, float, float, int]]:
+    store = SQLiteStore(path, synchronous="OFF")
+    await store.open()
+    engine = Engine(store)
+    for a in range(2):
+        config = {"triggers": [{"event": f"bench/{a}"}]}
+        records = [FunctionRecord(f"app{a}-fn{f}", f"app{a}", f"fn{f}", f"Function {f}", config) for f in range(5)]
+        await engine.register(f"app{a}", records)
+    app = create_app(engine, ServerConfig(discovery=False, poll=False))
+    deep = ids[len(ids) // 2]
+    mid = engine.clock.now_ms() - 15 * DAY_MS
+    cases = [
+        ("runs, no filter", "/dashboard/runs"),
+        ("runs, status failed", "/dashboard/runs?status=failed"),
+        ("runs, function", "/dashboard/runs?function_id=app1-fn3"),
+        ("runs, function + status failed", "/dashboard/runs?function_id=app1-fn3&status=failed"),
+        ("runs, app", "/dashboard/runs?app_id=app0"),
+        ("runs, status failed, last 24 h", "/dashboard/runs?status=failed&range=24h"),
+        ("runs, status running (1%)", "/dashboard/runs?status=running"),
+        ("runs, page at the 500,000th run (cursor)", f"/dashboard/runs?before={deep}"),
+        ("runs, failed, page at the middle (cursor)", f"/dashboard/runs?status=failed&before={deep}"),
+        ("runs, created 15 days ago (1 h window)", f"/dashboard/runs?from={mid}&to={mid + 3600_000}"),
+        ("search by run id", f"/dashboard/runs?q={deep}"),
+        ("run page", f"/dashboard/runs/{deep}"),
+        ("functions page (run counts, 1 h / 24 h)", "/dashboard/functions"),
+    ]
+    out = []
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://bench") as http:
+            for name, url in cases:
+                times = []
+                rows = 0
+                for _ in range(repeat):
+                    if "functions" in url:
+                        app.state.dashboard.forget_counts()  # measure the uncached read
+                    t0 = time.perf_counter()
+                    resp = await http.get(url)
+                    times.append((time.perf_counter() - t0) * 1000)
+                    assert resp.status_code in (200, 303), (url, resp.status_code, resp.text[:300])
+                    rows = resp.text.count('class="run-row"') or resp.text.count("<tr data-function=")
+                out.append((name, statistics.median(times), max(times), rows))
+    await store.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "stepline.db"
+        asyncio.run(_create(path))
+        now = int(time.time() * 1000)
+        t0 = time.perf_counter()
+        ids = fill(path, args.runs, now)
+        print(f"inserted {args.runs:,} runs in {time.perf_counter() - t0:.1f} s "
+              f"({path.stat().st_size / 1e6:.0f} MB)")  # fmt: skip
+        results = asyncio.run(measure(path, ids, args.repeat))
+    print(f"\n| page ({args.runs:,} runs, SQLite) | median ms | max ms | rows |\n| --- | ---: | ---: | ---: |")
+    for name, median, worst, rows in results:
+        print(f"| {name} | {median:.1f} | {worst:.1f} | {rows} |")
+
+
+async def _create(path: Path) -> None:
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+
+
+if __name__ == "__main__":
+    main()

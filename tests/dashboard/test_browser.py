@@ -1,0 +1,161 @@
+"""The dashboard in a real browser (Playwright driving Debian's chromium) against real ``stepline dev`` and
+``stepline start`` processes running the functions of ``dash_app.py`` in-process.
+
+Skipped only when chromium is not installed (``.ci/run`` installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..serving.harness import Server
+from .conftest import ADMIN_TOKEN
+
+CHROMIUM = os.environ.get("STEPLINE_CHROMIUM", "/usr/bin/chromium")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run does)",
+                allow_module_level=True)  # fmt: skip
+
+from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright  # noqa: E402
+
+APP_DIR = str(Path(__file__).parent)
+TIMEOUT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _server(tmp: Path, **kw: object) -> Server:
+    return Server(workdir=tmp, app_urls=[], extra_args=["--app", "dash_app:client", "--app-dir", APP_DIR],
+                  **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = _server(tmp_path_factory.mktemp("dev"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    p = context.new_page()
+    p.on("dialog", lambda dialog: dialog.accept())  # every action asks to confirm
+    try:
+        yield p
+    finally:
+        context.close()
+
+
+def _stay(page: Page) -> None:
+    """Mark the page: if it reloads or navigates, the mark is gone."""
+    page.evaluate("window.__stepline_same_page = true")
+
+
+def _same_page(page: Page) -> bool:
+    return bool(page.evaluate("window.__stepline_same_page === true"))
+
+
+def test_a_sent_event_shows_its_run_appear_and_complete_without_reloading(dev: Server, page: Page) -> None:
+    page.goto(f"{dev.url}/dashboard/runs")
+    expect(page.locator("#live-status.on")).to_be_visible()
+    _stay(page)
+    run_id = dev.run_of(dev.send("dash/greet", {"name": "browser"}))["run_id"]
+    row = page.locator(f'tr[data-run-id="{run_id}"]')
+    expect(row.locator(".status")).to_have_text("completed")
+    assert _same_page(page)
+
+    page.goto(f"{dev.url}/dashboard/events")
+    _stay(page)
+    event_id = dev.send("dash/greet", {"name": "stream"})
+    expect(page.locator(f'tr[data-event-id="{event_id}"]')).to_be_visible()
+    assert _same_page(page)
+
+
+def test_a_failed_run_shows_its_failed_step_then_rerun_from_it_succeeds(dev: Server, page: Page) -> None:
+    run_id = dev.trigger("dash/checkout", {"key": "browser"})["run_id"]
+    page.goto(f"{dev.url}/dashboard/runs/{run_id}")
+    expect(page.locator("#run-status .status")).to_have_text("failed")
+    charge = page.locator('li.step[data-step="charge"]')
+    expect(charge.locator(".status")).to_have_text("failed")
+    expect(charge.locator(".error-box")).to_contain_text("card declined for browser")
+    charge.locator(".error-box summary").click()
+    expect(charge.locator(".error-box pre")).to_contain_text("Traceback")
+
+    charge.get_by_role("button", name="Rerun from here").click()
+    page.wait_for_url(re.compile(r"/dashboard/runs/(?!" + run_id + r")[0-9A-Z]+"))
+    expect(page.locator(".flash")).to_contain_text("from step charge")
+    expect(page.locator("#run-status .status")).to_have_text("completed")
+    expect(page.locator("#run-output")).to_contain_text("charged browser")
+
+
+def test_cancel_a_sleeping_run(dev: Server, page: Page) -> None:
+    run_id = dev.run_of(dev.send("dash/nap"))["run_id"]
+    page.goto(f"{dev.url}/dashboard/runs/{run_id}")
+    expect(page.locator("#idle-reason")).to_contain_text("Sleeping in step 'long-nap'")
+    asked: list[str] = []
+
+    def remember(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+
+    page.on("dialog", remember)
+    page.locator("#cancel-run").click()
+    expect(page.locator("#run-status .status")).to_have_text("cancelled")
+    assert asked == [f"Cancel run {run_id}?"]
+    assert dev.rest(f"/v1/runs/{run_id}")["status"] == "Cancelled"
+
+
+def test_filter_runs(dev: Server, page: Page) -> None:
+    dev.trigger("dash/greet", {"name": "filter"})
+    failed = dev.trigger("dash/checkout", {"key": "filter"})["run_id"]
+    page.goto(f"{dev.url}/dashboard/runs")
+    page.select_option("#f-status", "failed")
+    page.select_option("#f-function", "dash-checkout")
+    page.locator("#apply-filters").click()
+    page.wait_for_url(re.compile(r"status=failed"))
+    rows = page.locator("tr.run-row")
+    expect(rows.first).to_be_visible()
+    assert all(s == "failed" for s in rows.locator(".status").all_inner_texts())
+    expect(page.locator(f'tr[data-run-id="{failed}"]')).to_be_visible()
+    page.fill("#q", failed)
+    page.locator("#q").press("Enter")
+    page.wait_for_url(re.compile(f"/dashboard/runs/{failed}$"))
+
+
+def test_start_mode_needs_a_login_and_logs_out(tmp_path: Path, page: Page) -> None:
+    server = _server(tmp_path, signing_key="signkey-test-" + "cd" * 32)
+    server.extra_args += ["--admin-token", ADMIN_TOKEN]
+    server.start()
+    try:
+        page.goto(f"{server.url}/dashboard/runs")
+        expect(page).to_have_url(re.compile(r"/dashboard/login\?next="))
+        page.fill("#token", "not-the-token")
+        page.locator("#login").click()
+        expect(page.locator("#login-error")).to_contain_text("Wrong admin token")
+        page.fill("#token", ADMIN_TOKEN)
+        page.locator("#login").click()
+        expect(page).to_have_url(re.compile(r"/dashboard/runs$"))
+        expect(page.locator("h1")).to_have_text("Runs")
+        page.locator("#logout").click()
+        expect(page).to_have_url(re.compile(r"/dashboard/login$"))
+        page.goto(f"{server.url}/dashboard/functions")
+        expect(page).to_have_url(re.compile(r"/dashboard/login\?next="))
+        assert page.request.get(f"{server.url}/dashboard/stream").status == 401
+    finally:
+        server.stop()
