@@ -400,6 +400,11 @@ async def test_singleton_cancel_replaces_the_live_run(client: Stepline, clock: F
         ({"debounce": {"period": "10s", "timeout": "5s"}}, "debounce.timeout (5s) must not be shorter"),
         ({"batch": {"max_size": 10, "timeout": "2m"}}, "batch.timeout must be from 1s to 1m"),
         ({"singleton": {"mode": "queue"}}, "singleton.mode must be 'skip' or 'cancel'"),
+        ({"concurrency": {"limit": 1, "scope": "account"}}, "key is required for a limit with scope 'account'"),
+        (
+            {"batch": {"max_size": 2, "timeout": "1s"}, "priority": {"run": "1"}},
+            "batch cannot be combined with priority",
+        ),
         ({"priority": {"run": "1 +"}}, "priority.run: invalid expression"),
         ({"throttle": {"limit": 1, "period": "1s", "rate": 2}}, "throttle: unknown option(s) rate"),
     ],

@@ -190,7 +190,7 @@ INVALID_FLOW: list[tuple[dict[str, Any], str]] = [
     (bad(batchEvents={"maxSize": 3, "timeout": "2s", "key": "event.data.x =="}),
      f"batchEvents.key: invalid expression: {CEL_ERROR}"),
     (bad(batchEvents={"maxSize": 3, "timeout": "2s"}, debounce={"period": "1s"}),
-     "batchEvents cannot be combined with debounce (a batch run has many events, debounce keeps one)"),
+     "batchEvents cannot be combined with debounce (as in Inngest)"),
     # singleton
     (bad(singleton={"mode": "replace"}), "singleton.mode must be 'skip' or 'cancel', got 'replace'"),
     (bad(singleton={"key": "event.data.k"}), "singleton.mode must be 'skip' or 'cancel', got None"),

@@ -220,6 +220,8 @@ def _normalize(options: Mapping[str, Any]) -> dict[str, Any]:
             scope = raw.get("scope") or "fn"
             if scope not in ("fn", "env", "account"):
                 raise _Invalid(f"{label}.scope must be 'fn', 'env' or 'account', got {scope!r}")
+            if scope != "fn" and not raw.get("key"):
+                raise _Invalid(f"{label}.key is required for a limit with scope {scope!r}")
             limits.append({"limit": _int(raw, "limit", label, low=1, high=100_000), "key": _expr(raw, "key", label),
                            "scope": scope})  # fmt: skip
         if limits:
@@ -265,9 +267,9 @@ def _normalize(options: Mapping[str, Any]) -> dict[str, Any]:
         if mode not in ("skip", "cancel"):
             raise _Invalid(f"singleton.mode must be 'skip' or 'cancel', got {mode!r}")
         out["singleton"] = {"mode": mode, "key": _expr(raw, "key", "singleton")}
-    if "batch" in out and ("debounce" in out or "singleton" in out):
-        other = "debounce" if "debounce" in out else "singleton"
-        raise _Invalid(f"batch cannot be combined with {other} (a batch run has many events, {other} keeps one)")
+    if "batch" in out and ("debounce" in out or "singleton" in out or "priority" in out):
+        other = next(k for k in ("debounce", "singleton", "priority") if k in out)
+        raise _Invalid(f"batch cannot be combined with {other} (as in Inngest)")
     return out
 
 

@@ -29,6 +29,13 @@ def when(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _period(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
 def _gcra(tat: int, now: int, period_ms: int, limit: int, allowance: int) -> tuple[int, int]:
     """Generic cell rate algorithm. ``allowance`` starts may happen at once (the bucket's depth); after that one
     start every ``period / limit``. Returns (earliest start, the bucket's new theoretical arrival time)."""
@@ -102,7 +109,7 @@ class SqlFlowMixin:
                 shown = key.split(":", 2)[2]
                 self._insert_skipped(conn, run, now, {
                     "kind": "rate_limited", "key": shown, "limit": limit, "period_ms": period,
-                    "message": f"rate limited (skipped): {limit} per {period // 1000}s"
+                    "message": f"rate limited (skipped): {limit} per {_period(period)}"
                                + (f" for key {shown}" if shown else "")}, result)  # fmt: skip
                 return False
             conn.execute(self.Q["flow_set_bucket"], {"key": key, "tat": new_tat})
