@@ -30,9 +30,16 @@ def log_claims(store: PostgresStore) -> None:
     step result committed before that time must be in the memo. Written before the runs start executing."""
     inner = store.claim_runs
 
-    async def claim_runs(owner: str, function_ids: list[str], now: int, limit: int, lease_ms: int) -> list[ClaimedRun]:
+    async def claim_runs(
+        owner: str,
+        function_ids: list[str],
+        now: int,
+        limit: int,
+        lease_ms: int,
+        gated_ids: frozenset[str] = frozenset(),
+    ) -> list[ClaimedRun]:
         before = time.time()
-        claimed = await inner(owner, function_ids, now, limit, lease_ms)
+        claimed = await inner(owner, function_ids, now, limit, lease_ms, gated_ids)
         lines = []
         for c in claimed:
             memo = sorted(s.display_id for s in c.steps.values() if s.status == "completed")
