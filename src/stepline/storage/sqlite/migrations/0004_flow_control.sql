@@ -11,7 +11,7 @@ ALTER TABLE runs ADD COLUMN singleton_key TEXT;
 
 CREATE INDEX runs_ckey1_active ON runs (ckey1, lease_expires_at) WHERE lease_owner IS NOT NULL;
 CREATE INDEX runs_ckey2_active ON runs (ckey2, lease_expires_at) WHERE lease_owner IS NOT NULL;
-CREATE INDEX runs_blocked_on ON runs (blocked_on, created_at) WHERE blocked_on IS NOT NULL;
+CREATE INDEX runs_blocked_on ON runs (blocked_on, (created_at - priority_ms), id) WHERE blocked_on IS NOT NULL;
 CREATE INDEX runs_singleton_live ON runs (singleton_key) WHERE singleton_key IS NOT NULL;
 
 CREATE TABLE flow_buckets (
