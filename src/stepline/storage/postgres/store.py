@@ -84,7 +84,7 @@ class PostgresStore(SqlStore):
         self._listen_thread: threading.Thread | None = None
         self._closing = threading.Event()
         # writer connection -> the earliest due time its open transaction created (sent as the NOTIFY payload)
-        self._notify_pending: dict[int, int] = {}
+        self._notify_pending: dict[int, tuple[int, int | None]] = {}
 
     # --- connections ---
     def _connect(self) -> psycopg.Connection[Any]:
@@ -187,17 +187,32 @@ class PostgresStore(SqlStore):
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 1))", {"key": key})
 
     def _notify_work(self, conn: Any, due_at: int) -> None:
-        # One NOTIFY per transaction, sent just before it commits, carrying the earliest due time it created.
+        # At most two NOTIFYs per transaction, sent just before it commits: the earliest due time it created and
+        # the next later one (flow control makes one ingest create runs due at several times: throttled starts,
+        # debounce and batch deadlines). A worker claims what is due, sets a timer for the later time, and reads
+        # the store's next due time when that timer fires, so it never waits for its safety poll.
         # Only the writer thread that owns ``conn`` touches its entry.
         key = id(conn)
         pending = self._notify_pending.get(key)
-        if pending is None or due_at < pending:
-            self._notify_pending[key] = due_at
+        if pending is None:
+            self._notify_pending[key] = (due_at, None)
+            return
+        first, then = pending
+        if due_at == first or due_at == then:
+            return
+        if due_at < first:
+            self._notify_pending[key] = (due_at, first if then is None else min(first, then))
+        elif then is None or due_at < then:
+            self._notify_pending[key] = (first, due_at)
 
     def _notify_before_commit(self, conn: Any) -> None:
-        due_at = self._notify_pending.pop(id(conn), None)
-        if due_at is not None:
-            conn.execute("SELECT pg_notify(%(channel)s, %(due)s)", {"channel": NOTIFY_CHANNEL, "due": str(due_at)})
+        pending = self._notify_pending.pop(id(conn), None)
+        if pending is None:
+            return
+        first, then = pending
+        conn.execute("SELECT pg_notify(%(channel)s, %(due)s)", {"channel": NOTIFY_CHANNEL, "due": str(first)})
+        if then is not None:
+            conn.execute("SELECT pg_notify(%(channel)s, %(due)s)", {"channel": NOTIFY_CHANNEL, "due": str(then)})
 
     # --- notifications ---
     def subscribe(self, callback: Callable[[int | None], None]) -> bool:
