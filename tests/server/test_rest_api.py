@@ -19,7 +19,7 @@ from stepline.server import rest_api
 from stepline.server.config import ServerConfig
 from stepline.server.signing import hashed_signing_key
 from stepline.server.state import ServerState
-from stepline.storage.records import AppRecord, RunFilter
+from stepline.storage.records import AppRecord, FunctionRecord, RunFilter
 
 from ..integration.helpers import drain
 from .openapi_check import SchemaError, response_schema, validate
@@ -211,6 +211,30 @@ async def test_a_waiting_run_says_why(client: Stepline, clock: FakeClock, api: h
     (step,) = data(await api.get(f"/v1/runs/{run['run_id']}/steps"))
     assert (step["status"], step["ended_at"], step["duration_ms"]) == ("sleeping", None, None)
     assert step["wake_at"] == "2026-01-01T01:00:00.000Z"
+
+
+async def test_run_logs(client: Stepline, clock: FakeClock, api: httpx.AsyncClient) -> None:
+    @client.function(id="logger", trigger="t/log")
+    async def logger(ctx: Any) -> Any:
+        ctx.logger.info("hello %s", ctx.event.data["who"])
+        await ctx.step.run("greet", lambda: ctx.logger.warning("in the step"))
+
+    await client.store.register_functions("shop", [FunctionRecord(
+        "shop-remote", "shop", "remote", "Remote", {"triggers": [{"event": "t/remote"}], "runtime": "http"})],
+        clock.now_ms())  # fmt: skip
+    await client.engine.refresh_registry(force=True)  # PostgreSQL: checked every second otherwise
+    await client.send([{"name": "t/log", "data": {"who": "you"}}, {"name": "t/remote"}])
+    await drain(client)
+    [run] = await client.store.list_runs(RunFilter(function_id="test-app-logger"))
+    logs = data(await api.get(f"/v1/runs/{run.id}/logs"))
+    assert logs["captured"] is True
+    assert [(x["seq"], x["level"], x["logger"], x["message"], x["step_id"], x["step"]) for x in logs["lines"]] == [
+        (1, "INFO", "stepline.fn.logger", "hello you", None, None),
+        (2, "WARNING", "stepline.fn.logger", "in the step", hash_step_id("greet"), "greet")]  # fmt: skip
+    assert logs["lines"][0]["ts"] == "2026-01-01T00:00:00.000Z" and logs["lines"][0]["ts_ms"] == clock.now_ms()
+    [remote] = await client.store.list_runs(RunFilter(function_id="shop-remote"))
+    assert data(await api.get(f"/v1/runs/{remote.id}/logs")) == {"captured": False, "lines": []}
+    assert error(await api.get("/v1/runs/01NOPE/logs"), 404) == "run '01NOPE' not found"
 
 
 async def test_runs_list_filters_and_pages(client: Stepline, clock: FakeClock, api: httpx.AsyncClient) -> None:

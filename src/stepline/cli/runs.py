@@ -21,7 +21,7 @@ from stepline.cli.common import (
 from stepline.core.engine import Engine
 from stepline.core.events import StoredEvent
 from stepline.storage import Store
-from stepline.storage.records import RunFilter, RunRecord, StepRecord
+from stepline.storage.records import RunFilter, RunLogLine, RunRecord, StepRecord
 
 STATUSES = ["queued", "running", "completed", "failed", "cancelled"]
 LIVE = ("queued", "running")
@@ -152,29 +152,47 @@ def _print_run(run: RunRecord, event: StoredEvent | None, steps: list[StepRecord
     click.echo(table(["STEP", "KIND", "STATUS", "ATTEMPTS", "STARTED", "ENDED", "OUTPUT / ERROR"], rows))
 
 
+def _log_rows(logs: list[RunLogLine], steps: list[StepRecord]) -> list[dict[str, Any]]:
+    names = {s.step_id: s.display_id for s in steps}
+    return [{"seq": line.seq, "ts": iso(line.ts), "level": line.level, "logger": line.logger,
+             "step": names.get(line.step_id, line.step_id) if line.step_id else None, "message": line.message}
+            for line in logs]  # fmt: skip
+
+
 @runs_group.command("show")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="The run, its trigger event and steps as one JSON object.")
+@click.option("--logs", "last_logs", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many of the run's last log lines to show (0: none).")  # fmt: skip
 @db_option()
 @click.pass_context
-def show_run(ctx: click.Context, run_id: str, as_json: bool) -> None:
-    """Show a run: status, output or error, why it is idle, its trigger event and its steps."""
+def show_run(ctx: click.Context, run_id: str, as_json: bool, last_logs: int) -> None:
+    """Show a run: status, output or error, why it is idle, its trigger event, its steps and its last log lines."""
 
-    async def go() -> tuple[RunRecord, StoredEvent | None, list[StepRecord]]:
+    async def go() -> tuple[RunRecord, StoredEvent | None, list[StepRecord], list[RunLogLine]]:
         async with opened_store(ctx, must_exist=True) as store:
             run = await store.get_run(run_id)
             if run is None:
                 raise NotFoundError(f"no run with id {run_id!r}")
-            return run, await store.get_event(run.event_id), await store.list_steps(run_id)
+            logs = await store.list_run_logs(run_id) if last_logs else []
+            return run, await store.get_event(run.event_id), await store.list_steps(run_id), logs
 
-    run, event, steps = run_async(go())
+    run, event, steps, logs = run_async(go())
+    shown = _log_rows(logs[-last_logs:] if last_logs else [], steps)
     if as_json:
         out = run_dict(run)
         out["event"] = event_dict(event) if event is not None else None
         out["steps"] = [step_dict(s) for s in steps]
+        out["logs"] = shown
         click.echo(compact(out))
-    else:
-        _print_run(run, event, steps)
+        return
+    _print_run(run, event, steps)
+    if shown:
+        click.echo(f"\nLogs (last {len(shown)} of {len(logs)}):")
+        for row in shown:
+            first, *more = row["message"].splitlines() or [""]
+            step = f" [{row['step']}]" if row["step"] else ""
+            click.echo(f"{row['ts']} {row['level']:<8}{step} {first}" + (f" (+{len(more)} lines)" if more else ""))
 
 
 @runs_group.command("cancel")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import datetime as dt
 import inspect
 import logging
@@ -17,6 +18,7 @@ from pydantic import BaseModel, TypeAdapter
 from stepline.core.errors import _RunSignal
 from stepline.core.events import Event, StoredEvent
 from stepline.core.function import FunctionDef
+from stepline.core.run_logs import enter_step, leave_step
 from stepline.core.steps import Execute, Memo, StepDriver, sleep_until_ms
 
 T = TypeVar("T")
@@ -55,6 +57,7 @@ class AsyncStep:
         out_type = output_type or _annotated_model(fn)
         if isinstance(plan, Memo):
             return _convert(plan.value, out_type)
+        in_step = enter_step(plan.step_id)  # log records from here on belong to this step
         try:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
@@ -66,6 +69,8 @@ class AsyncStep:
             # runs again when the run is replayed.
             self._d.abandon(plan)
             raise
+        finally:
+            leave_step(in_step)
         return _convert(await self._d.finish_run(plan, value=value), out_type)
 
     async def sleep(self, id: str, duration: Duration) -> None:
@@ -105,13 +110,17 @@ class SyncStep:
         out_type = output_type or _annotated_model(fn)
         if isinstance(plan, Memo):
             return _convert(plan.value, out_type)
+        in_step = enter_step(plan.step_id)
         try:
             value = fn(*args, **kwargs)
         except Exception as exc:
+            leave_step(in_step)
             return _convert(self._call(self._d.finish_run(plan, error=exc)), out_type)
         except BaseException:
+            leave_step(in_step)
             self._loop.call_soon_threadsafe(self._d.abandon, plan)
             raise
+        leave_step(in_step)
         return _convert(self._call(self._d.finish_run(plan, value=value)), out_type)
 
     def sleep(self, id: str, duration: Duration) -> None:
@@ -142,7 +151,8 @@ class Group:
         if not callables:
             return []
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(callables)) as pool:
-            futures = [pool.submit(c) for c in callables]
+            # Each branch runs in a copy of this context, so the run's log capture follows it into the thread.
+            futures = [pool.submit(contextvars.copy_context().run, c) for c in callables]
             concurrent.futures.wait(futures)
         signals = [f.exception() for f in futures if isinstance(f.exception(), _RunSignal)]
         if signals:

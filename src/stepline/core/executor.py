@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 from typing import Any
 
@@ -28,6 +29,7 @@ from stepline.core.errors import (
 )
 from stepline.core.events import to_json_value
 from stepline.core.function import FunctionDef
+from stepline.core.run_logs import RunLogger, activate, deactivate
 from stepline.core.steps import StepDriver
 from stepline.storage.records import ClaimedRun, RunFinish
 
@@ -101,15 +103,16 @@ class Executor:
             function_id=fn.id,
             step=AsyncStep(driver) if fn.is_async else SyncStep(driver, loop),
             group=Group(),
-            logger=logging.LoggerAdapter(logging.getLogger(f"stepline.fn.{fn.slug}"), {"run_id": run.id}),
+            logger=RunLogger(logging.getLogger(f"stepline.fn.{fn.slug}"), {"run_id": run.id}),
         )
         result: Any = None
         error: BaseException | None = None
+        capturing = activate(driver.logs)  # this task's context, and the copy the thread pool gets
         try:
             if fn.is_async:
                 result = await fn.handler(ctx)
             else:
-                result = await loop.run_in_executor(self.threads, fn.handler, ctx)
+                result = await loop.run_in_executor(self.threads, contextvars.copy_context().run, fn.handler, ctx)
         except asyncio.CancelledError:
             await driver.wait_idle()
             driver.closed = True
@@ -118,6 +121,8 @@ class Executor:
             raise
         except BaseException as exc:
             error = exc
+        finally:
+            deactivate(capturing)
         await driver.wait_idle()
         driver.closed = True
         self._forget(run.id, driver)
@@ -131,7 +136,8 @@ class Executor:
         run = claimed.run
         if driver.timed_out:
             await self._finish(claimed, RunFinish("cancelled", error={
-                "name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}))  # fmt: skip
+                "name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"},
+                logs=driver.logs.take()))  # fmt: skip
             return
         if isinstance(driver.stop, RunCancelled | LeaseLost) or isinstance(error, RunCancelled | LeaseLost):
             return  # cancelled elsewhere, or another worker owns the run now: nothing more to write here
@@ -158,7 +164,7 @@ class Executor:
             reasons = sorted(driver.reasons, key=lambda r: r.get("until") or 0)
             idle = reasons[0] if len(reasons) == 1 else {"kind": "multiple", "reasons": reasons}
             cap = deadline if driver.pending else now
-            outcome = await self.engine.store.suspend_run(run.id, self.owner, driver.pending, idle,
+            outcome = await self.engine.store.suspend_run(run.id, self.owner, driver.pending_with_logs(), idle,
                                                           self.engine.matcher, now, max_due_at=cap)  # fmt: skip
             await self.engine.announce_cancellations(outcome.cancelled_run_ids)
             self.engine.notify()
@@ -174,10 +180,13 @@ class Executor:
         else:
             due = now + int(fn.backoff.delay(run.attempt).total_seconds() * 1000)
         log.info("run %s of %s failed (attempt %d), retrying: %s", run.id, fn.id, run.attempt, error)
-        await self.engine.store.retry_run(run.id, self.owner, due, serialize_error(error), now)
+        await self.engine.store.retry_run(run.id, self.owner, due, serialize_error(error), now,
+                                          logs=driver.logs.take())  # fmt: skip
 
     async def _finish(self, claimed: ClaimedRun, finish: RunFinish, driver: StepDriver | None = None) -> None:
         fn = self.functions.get(claimed.run.function_id) if self.functions else None
+        if driver is not None:
+            finish.logs = driver.logs.take()
         if fn is not None and not fn.cancel_on and driver is not None:
             # Waits exist only for cancel_on and wait_for_event steps: without either there is nothing to delete.
             kinds = {s.kind for s in driver.memo.values()} | {u.kind for u in driver.pending}

@@ -13,6 +13,7 @@ executor waits until no step is in flight, then writes every pending update in o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import threading
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from stepline.core.events import StoredEvent, canonical_event_name, to_json_valu
 from stepline.core.expressions import compile_expression, match_to_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
 from stepline.core.ids import StepIdCounter
+from stepline.core.run_logs import RunLogCapture
 from stepline.storage.records import StepRecord, StepUpdate, WaitSpec, WriteOutcome
 
 if TYPE_CHECKING:
@@ -81,6 +83,10 @@ class StepDriver:
         self._idle = asyncio.Event()
         self._idle.set()
         self._lock = threading.Lock()
+        # Replaying while a step recorded by an earlier execution is still ahead (and no new step was planned):
+        # log records emitted meanwhile were captured the first time, so the capture drops them.
+        self._replayed: set[str] = set(memo)
+        self.logs = RunLogCapture(engine.clock.now_ms, replaying=bool(memo))
 
     # --- bookkeeping ---
     def _now(self) -> int:
@@ -104,6 +110,9 @@ class StepDriver:
             raise ValueError(f"a step id must be a non-empty string, got {user_id!r}")
         display_id, step_id = self.ids.next(user_id)
         rec = self.memo.get(step_id)
+        if self.logs.replaying:
+            self._replayed.discard(step_id)
+            self.logs.replaying = rec is not None and bool(self._replayed)
         if rec is not None and rec.kind != kind:
             err = StepIdConflictError(
                 f"step {display_id!r} was recorded as a {rec.kind!r} step, but the code now uses it as a "
@@ -112,6 +121,13 @@ class StepDriver:
             self.fatal = err
             raise err
         return display_id, step_id, rec
+
+    def pending_with_logs(self) -> list[StepUpdate]:
+        """The pending updates, the last one carrying the log lines captured since the last write."""
+        logs = self.logs.take()
+        if logs is None or not self.pending:
+            return self.pending
+        return [*self.pending[:-1], dataclasses.replace(self.pending[-1], logs=logs)]
 
     def _suspend(self, update: StepUpdate, reason: dict[str, Any]) -> Suspend:
         with self._lock:
@@ -125,6 +141,9 @@ class StepDriver:
             await self._idle.wait()
 
     async def _record(self, update: StepUpdate) -> StepRecord:
+        logs = self.logs.take()
+        if logs is not None:
+            update = dataclasses.replace(update, logs=logs)
         outcome: WriteOutcome = await self.engine.store.record_step(
             self.run_id, self.owner, update, self.engine.matcher, self._now()
         )

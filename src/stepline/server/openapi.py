@@ -101,6 +101,26 @@ class StepOut(Out):
     wake_at: str | None = Field(description="Pending steps: when the retry, sleep end or wait timeout is due")
 
 
+class LogLineOut(Out):
+    seq: int = Field(description="Position in the run's log, from 1")
+    ts: str = Field(description="When it was logged (RFC 3339)")
+    ts_ms: int
+    level: str = Field(description="DEBUG | INFO | WARNING | ERROR | CRITICAL")
+    logger: str = Field(description="The logger's name (ctx.logger: stepline.fn.<slug>)")
+    message: str = Field(description="The formatted message, with any traceback")
+    step_id: str | None = Field(description="The hashed id of the step whose code logged it; null: the function body")
+    step: str | None = Field(description="That step's name, as in the steps list")
+
+
+class RunLogsOut(Out):
+    captured: bool = Field(
+        description="False for runs of HTTP functions (apps on the SDKs): their logs stay in the app's process"
+    )
+    lines: list[LogLineOut] = Field(
+        description="In order; at most 1,000 per run, then one line counting the records dropped"
+    )
+
+
 class FunctionOut(Out):
     id: str
     app_id: str
@@ -185,6 +205,9 @@ class RunList(Envelope[list[RunOut]]): ...
 
 
 class StepList(Envelope[list[StepOut]]): ...
+
+
+class RunLogsResponse(Envelope[RunLogsOut]): ...
 
 
 class FunctionList(Envelope[list[FunctionOut]]): ...

@@ -39,6 +39,7 @@ from stepline.server.openapi import (
     FunctionList,
     FunctionOut,
     Handler,
+    LogLineOut,
     Metadata,
     OpenApiDocument,
     Param,
@@ -47,6 +48,8 @@ from stepline.server.openapi import (
     RerunResponse,
     RunDetailOut,
     RunList,
+    RunLogsOut,
+    RunLogsResponse,
     RunOut,
     RunPage,
     RunResponse,
@@ -306,6 +309,19 @@ async def run_steps(request: Request) -> Response:
     return _ok(StepList(data=[step_out(s) for s in steps], metadata=_meta(st)))
 
 
+async def run_logs(request: Request) -> Response:
+    st = state_of(request)
+    run = await _run_or_404(st, request.path_params["run_id"])
+    spec = await st.engine.find_function(run.function_id)
+    lines = await st.engine.store.list_run_logs(run.id)
+    names = {s.step_id: s.display_id for s in await st.engine.store.list_steps(run.id)} if lines else {}
+    data = RunLogsOut(captured=spec is None or spec.config.get("runtime") != "http", lines=[
+        LogLineOut(seq=line.seq, ts=_iso(line.ts), ts_ms=line.ts, level=line.level, logger=line.logger,
+                   message=line.message, step_id=line.step_id, step=names.get(line.step_id or ""))
+        for line in lines])  # fmt: skip
+    return _ok(RunLogsResponse(data=data, metadata=_meta(st)))
+
+
 async def list_runs(request: Request) -> Response:
     st = state_of(request)
     q = request.query_params
@@ -485,6 +501,8 @@ ENDPOINTS: Sequence[Endpoint] = (
              (_RUN_ID,)),
     Endpoint("GET", "/v1/runs/{run_id}/steps", run_steps, "A run's steps in the order they were first recorded",
              StepList, (404,), (_RUN_ID,)),
+    Endpoint("GET", "/v1/runs/{run_id}/logs", run_logs, "The log lines of a run's in-process function code",
+             RunLogsResponse, (404,), (_RUN_ID,)),
     Endpoint("DELETE", "/v1/runs/{run_id}", cancel_run, "Cancel a run (409 if it already ended)", None,
              (404, 409), (_RUN_ID,), ok_status=204),
     Endpoint("DELETE", "/v0/runs/{run_id}", cancel_run, "Cancel a run (409 if it already ended)", None,

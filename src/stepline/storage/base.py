@@ -13,6 +13,7 @@ from typing import Any
 
 from stepline.core.events import StoredEvent
 from stepline.storage.records import (
+    RUN_LOG_LIMIT,
     AppRecord,
     CancellationRecord,
     ClaimedRun,
@@ -24,6 +25,8 @@ from stepline.storage.records import (
     RunCount,
     RunFilter,
     RunFinish,
+    RunLogLine,
+    RunLogs,
     RunRecord,
     StepRecord,
     StepUpdate,
@@ -141,8 +144,12 @@ class Store(abc.ABC):
         and drop the lease."""
 
     @abc.abstractmethod
-    async def retry_run(self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int) -> WriteOutcome:
-        """A function-level error with attempts left: bump the attempt, run again at ``due_at``."""
+    async def retry_run(
+        self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int, logs: RunLogs | None = None
+    ) -> WriteOutcome:
+        """A function-level error with attempts left: bump the attempt, run again at ``due_at``. ``logs``: the
+        run's last captured log lines, stored in the same transaction (as ``StepUpdate.logs`` and
+        ``RunFinish.logs`` are by the other writes)."""
 
     @abc.abstractmethod
     async def finish_run(
@@ -170,6 +177,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_steps(self, run_id: str) -> list[StepRecord]:
         """Steps of a run in the order they were first recorded."""
+
+    @abc.abstractmethod
+    async def list_run_logs(self, run_id: str, limit: int = RUN_LOG_LIMIT + 1) -> list[RunLogLine]:
+        """The first ``limit`` log lines of a run in the order they were emitted (with ``seq``). Lines are written
+        by the run's own writes, at most ``RUN_LOG_LIMIT`` of them, then one line counting the dropped records."""
 
     @abc.abstractmethod
     async def get_event(self, internal_id: str) -> StoredEvent | None: ...

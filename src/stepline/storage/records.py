@@ -13,6 +13,9 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled
 StepStatus = Literal["completed", "failed", "retrying", "sleeping", "waiting", "invoking"]
 MEMO_STATUSES: frozenset[str] = frozenset({"completed", "failed"})
 
+RUN_LOG_LIMIT = 1000  # log lines stored per run; one more line counts the records dropped beyond it
+RUN_LOG_MESSAGE_LIMIT = 8192  # characters kept of one log message (with its traceback)
+
 # (expression or None, the waiting run's trigger event, the candidate event) -> does it match?
 WaitMatcher = Callable[[str | None, dict[str, Any], dict[str, Any]], bool]
 
@@ -139,6 +142,26 @@ class ClaimedRun:
 
 
 @dataclass(frozen=True, slots=True)
+class RunLogLine:
+    """One logging record emitted by a run's in-process function code (captured by ``core/run_logs.py``)."""
+
+    ts: int  # unix ms, the engine's clock
+    level: str  # "INFO", "WARNING", ...
+    logger: str  # the logger's name
+    message: str  # formatted, with any traceback; at most RUN_LOG_MESSAGE_LIMIT characters (and a note)
+    step_id: str | None = None  # the hashed id of the run step whose code logged it; None: the function body
+    seq: int = 0  # position in the run's log from 1, set by the store when read
+
+
+@dataclass(frozen=True, slots=True)
+class RunLogs:
+    """Log lines captured since the run's previous write, stored in the transaction of the next one."""
+
+    lines: tuple[RunLogLine, ...] = ()
+    dropped: int = 0  # records not kept in memory (over the limit): counted in the run's "dropped" line
+
+
+@dataclass(frozen=True, slots=True)
 class StepUpdate:
     """A step's new state. Memo states (completed, failed) are written once: the first write wins."""
 
@@ -154,6 +177,7 @@ class StepUpdate:
     since: int | str = 0  # event_cursor() read when the wait step started: only later events match
     invoke: IngestBatch | None = None  # for status "invoking": the child run and its event
     emit: IngestBatch | None = None  # for step.send_event: events stored with the memo, atomically
+    logs: RunLogs | None = None  # the run's log lines captured before this write, stored with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +210,7 @@ class RunFinish:
     error: dict[str, Any] | None = None
     follow_up: IngestBatch = field(default_factory=lambda: IngestBatch([], []))  # system events + runs
     may_have_waits: bool = True  # False lets the store skip deleting waits of a run that never had any
+    logs: RunLogs | None = None  # the run's last captured log lines, stored with its end
 
 
 @dataclass(slots=True)

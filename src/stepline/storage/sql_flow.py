@@ -36,14 +36,22 @@ def _period(ms: int) -> str:
     return f"{ms}ms"
 
 
+_NS = 1_000_000  # bucket times are in nanoseconds: period / limit is often not a whole number of ms
+_MAX_TAT = 2**62  # stays a BIGINT whatever backlog a throttle queues (year 2116)
+
+
 def _gcra(tat: int, now: int, period_ms: int, limit: int, allowance: int) -> tuple[int, int]:
     """Generic cell rate algorithm. ``allowance`` starts may happen at once (the bucket's depth); after that one
-    start every ``period / limit``. Returns (earliest start, the bucket's new theoretical arrival time)."""
-    interval = period_ms / limit
-    tolerance = interval * (allowance - 1)
-    tat = max(tat, now)
-    start = max(now, int(tat - tolerance))
-    return start, int(tat + interval)
+    start every ``period / limit``. ``tat`` (the bucket's theoretical arrival time) is in ns, ``now`` in ms.
+    Returns (earliest start in ms, rounded up; the bucket's new theoretical arrival time in ns).
+
+    The interval is rounded up to a whole ns: starts are never closer than ``period / limit`` (in whole ms the
+    error piled up, and with ``limit`` above ``period`` in ms the bucket never filled)."""
+    interval = -(-period_ms * _NS // limit)
+    now_ns = now * _NS
+    tat = max(tat, now_ns)
+    start = max(now_ns, tat - interval * (allowance - 1))
+    return -(-start // _NS), min(tat + interval, _MAX_TAT)
 
 
 class SqlFlowMixin:
@@ -93,11 +101,27 @@ class SqlFlowMixin:
             result.flow_skipped_run_ids.append(run.id)
 
     # --- ingest ---
-    def _admit(self, conn: Any, run: NewRun, now: int, matcher: Any, result: IngestResult) -> bool:
+    def _admit(
+        self, conn: Any, run: NewRun, now: int, matcher: Any, result: IngestResult, replayed: bool = False
+    ) -> bool:
         """Pass a new run through its ingest gates and store it (or what it became). Returns False if nothing of
-        it remains to insert by the caller: skipped (stored as such) or merged into an open run."""
+        it remains to insert by the caller: skipped (stored as such) or merged into an open run.
+
+        ``replayed``: the run's event was already stored, by an earlier application of this very write (the
+        writer runs a batch again when a COMMIT's acknowledgement was lost). The gates already ran then: running
+        them again would charge buckets twice, add the event to a batch twice or cancel the run's own singleton.
+        """
         flow = run.flow
         assert flow is not None
+        if replayed:
+            row = conn.execute(self.Q["run_lease"], {"run_id": run.id}).fetchone()
+            if row is None:  # merged into an open debounce/batch run the first time
+                result.merged_run_ids.append(run.id)
+                return False
+            if row[0] == "skipped":
+                result.flow_skipped_run_ids.append(run.id)
+                return False
+            return True
         due = run.due_at
         idle: dict[str, Any] | None = None
         batch: list[str] | None = None
@@ -160,12 +184,17 @@ class SqlFlowMixin:
                     full = len(events) >= max_size
                     due = now if full else first_at + timeout
                     idle = None if full else self._batch_reason(len(events), max_size, due)
+                    if row[1] is not None and int(row[1]) > first_at + timeout and int(row[1]) > due:
+                        # A throttle gave the open run a later start: filling it does not start it earlier.
+                        due, idle = int(row[1]), json.loads(row[2]) if row[2] else idle
                     params = {"id": pending_id, "batch": _j(events), "due_at": due, "idle_reason": _j(idle)}
-                    conn.execute(self.Q["flow_batch_run"], params)
-                    conn.execute(self.Q["flow_close_pending" if full else "flow_grow_pending"], {"key": key})
-                    result.merged_run_ids.append(run.id)
-                    self._notify_work(conn, due)
-                    return False
+                    # The update finds nothing if a worker claimed the open run since it was read (its timeout
+                    # came): then this event opens the next batch.
+                    if conn.execute(self.Q["flow_batch_run"], params).rowcount:
+                        conn.execute(self.Q["flow_close_pending" if full else "flow_grow_pending"], {"key": key})
+                        result.merged_run_ids.append(run.id)
+                        self._notify_work(conn, due)
+                        return False
                 conn.execute(self.Q["flow_replace_pending"], {"key": key, "run_id": run.id, "now": now})
             batch = [run.event_id]
             if max_size <= 1:
@@ -204,18 +233,23 @@ class SqlFlowMixin:
         ).fetchall()
         held: dict[str, tuple[int, int | None]] = {}  # key -> (slots held, earliest holder lease expiry)
         claimed: list[tuple[Any, ...]] = []
-        for run_id, flow_text in candidates:
-            keys: list[list[Any]] = json.loads(flow_text)["c"] if flow_text else []
+        parsed = [(run_id, json.loads(flow_text)["c"] if flow_text else []) for run_id, flow_text in candidates]
+        # Every key these runs need, locked in one order (sorted): two claims (or a claim and a release) taking
+        # them in the order their runs come would deadlock.
+        for key in sorted({k[0] for _, keys in parsed for k in keys}):
+            self._lock_key(conn, key)
+        for run_id, keys in parsed:
             full: tuple[str, int, str, int, int | None] | None = None
+            passed: list[str] = []  # keys with a free slot this run passed before finding one full
             for key, key_limit, shown in keys:
                 if key not in held:
-                    self._lock_key(conn, key)
                     count, first_expiry = conn.execute(self.Q["flow_slots_held"], {"key": key, "now": now}).fetchone()
                     held[key] = (int(count), None if first_expiry is None else int(first_expiry))
                 count, first_expiry = held[key]
                 if count >= key_limit:
                     full = (key, key_limit, shown, count, first_expiry)
                     break
+                passed.append(key)
             if full is not None:
                 key, key_limit, shown, count, first_expiry = full
                 recheck = first_expiry if first_expiry is not None else now + lease_ms
@@ -223,6 +257,11 @@ class SqlFlowMixin:
                           "message": f"concurrency key {shown} at {count} of {key_limit}"}  # fmt: skip
                 conn.execute(self.Q["flow_block"],
                              {"id": run_id, "key": key, "due_at": recheck, "idle_reason": _j(reason)})  # fmt: skip
+                # This run may have been the one woken for a slot of an earlier key, which it cannot use now:
+                # hand that wake on, or the next run waiting for that key sleeps until its fallback.
+                for free_key in passed:
+                    if conn.execute(self.Q["flow_wake_blocked"], {"key": free_key, "now": now}).rowcount:
+                        self._notify_work(conn, now)
                 continue
             row = conn.execute(
                 self.Q["flow_claim_one"], {"id": run_id, "owner": owner, "now": now, "lease_until": now + lease_ms}
@@ -237,13 +276,11 @@ class SqlFlowMixin:
         """A run holding slots of these concurrency keys dropped its lease: the first run waiting on each is due."""
         if not keys:
             return
-        for key in keys:
-            if key is None:
-                continue
+        for key in sorted(k for k in keys if k is not None):  # the order claims lock keys in
             self._lock_key(conn, key)
             if conn.execute(self.Q["flow_wake_blocked"], {"key": key, "now": now}).rowcount:
                 self._notify_work(conn, now)
 
     def _prune_flow(self, conn: Any, now: int, limit: int) -> int:
-        n = conn.execute(self.Q["flow_prune_buckets"], {"now": now, "limit": limit}).rowcount
+        n = conn.execute(self.Q["flow_prune_buckets"], {"now": now * _NS, "limit": limit}).rowcount
         return int(n) + int(conn.execute(self.Q["flow_prune_pending"], {"limit": limit}).rowcount)

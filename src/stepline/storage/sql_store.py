@@ -24,6 +24,7 @@ from stepline.storage.records import (
     PruneResult,
     RunFilter,
     RunFinish,
+    RunLogs,
     RunRecord,
     StepRecord,
     StepUpdate,
@@ -34,6 +35,7 @@ from stepline.storage.sql_apps import SqlAppsMixin
 from stepline.storage.sql_cron import SqlCronMixin
 from stepline.storage.sql_dashboard import SqlDashboardMixin
 from stepline.storage.sql_flow import SqlFlowMixin
+from stepline.storage.sql_logs import SqlLogsMixin
 from stepline.storage.writer import GroupCommitWriter
 
 T = TypeVar("T")
@@ -86,7 +88,7 @@ class Conn(Protocol):
     def execute(self, sql: str, params: Any = ..., /) -> Any: ...
 
 
-class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, Store):
+class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlLogsMixin, Store):
     """The ``Store`` methods, written once for every SQL backend (apps, reruns, cancellations: ``SqlAppsMixin``)."""
 
     Q: dict[str, str]
@@ -163,6 +165,12 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, Stor
         # event matches nothing: it already resolved whatever waits it matched the first time.
         for ev in fresh:
             self._match_waits(conn, ev, matcher, now, result)
+        # Events stored by an earlier application of this write (a batch the writer ran again after a lost COMMIT
+        # acknowledgement): their runs already passed the flow-control gates.
+        replayed = {ev.internal_id for ev in batch.events} - {ev.internal_id for ev in fresh}
+        # Singleton keys locked in one order (sorted), before any is needed: two ingests would deadlock otherwise.
+        for key in sorted({r.flow.singleton[0] for r in batch.runs if r.flow is not None and r.flow.singleton}):
+            self._lock_key(conn, key)
         for run in batch.runs:
             if run.idempotency_key is not None:
                 got = conn.execute(
@@ -175,7 +183,7 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, Stor
                     continue
             flow = run.flow
             if flow is not None and (flow.rate_limit or flow.singleton or flow.debounce or flow.batch or flow.throttle):
-                if not self._admit(conn, run, now, matcher, result):
+                if not self._admit(conn, run, now, matcher, result, run.event_id in replayed):
                     continue  # skipped (stored as such) or merged into an open debounce/batch run
                 gated.add(run.id)
             else:
@@ -337,6 +345,8 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, Stor
             cancelled: list[str] = []
             if wrote and update.emit is not None:
                 cancelled = self._ingest(conn, update.emit, matcher, now).cancelled_run_ids
+            if wrote:  # not written: another execution's result won, and its logs are stored
+                self._insert_run_logs(conn, run_id, update.logs, now)
             return WriteOutcome(bad.status if bad else "ok", step, tuple(cancelled))
 
         return await self.writer.run(op)
@@ -360,6 +370,7 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, Stor
             cancelled: list[str] = []
             for u in pending:
                 step, _ = self._write_step(conn, run_id, u, now)
+                self._insert_run_logs(conn, run_id, u.logs, now)
                 if step.is_memo:
                     due_at = now  # already resolved (by another writer): resume at once
                     continue
@@ -413,11 +424,14 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, Stor
                 return candidate
         return None
 
-    async def retry_run(self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int) -> WriteOutcome:
+    async def retry_run(
+        self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int, logs: RunLogs | None = None
+    ) -> WriteOutcome:
         def op(conn: Any) -> WriteOutcome:
             bad = self._check_lease(conn, run_id, owner)
             if bad is not None:
                 return bad
+            self._insert_run_logs(conn, run_id, logs, now)
             keys = conn.execute(
                 self.Q["retry_run"],
                 {"run_id": run_id, "due_at": due_at, "error": _j(error),
@@ -459,6 +473,7 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, Stor
         ).fetchone()  # fmt: skip
         if row is None:
             return False
+        self._insert_run_logs(conn, run_id, finish.logs, now)
         if finish.may_have_waits:
             conn.execute(self.Q["delete_run_waits"], {"run_id": run_id})
         parent_run_id, parent_step_id, _, *keys = row
@@ -528,6 +543,7 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, Stor
         encoded = json.dumps(ids)
         steps = conn.execute(self.Q["delete_steps_of_runs"], {"ids": encoded}).rowcount
         conn.execute(self.Q["delete_run_waits_of_runs"], {"ids": encoded})
+        conn.execute(self.Q["delete_run_logs_of_runs"], {"ids": encoded})
         runs = conn.execute(self.Q["delete_runs"], {"ids": encoded}).rowcount
         return int(runs), int(steps)
 

@@ -421,12 +421,15 @@ UPDATE flow_pending SET size = size + 1 WHERE key = %(key)s
 DELETE FROM flow_pending WHERE key = %(key)s
 
 -- name: flow_open_run
--- The open run, if it has not started yet (it still takes events).
-SELECT batch::text FROM runs
+-- The open run, if it has not started yet (it still takes events), its due time and why it waits.
+SELECT batch::text, due_at, idle_reason::text FROM runs
 WHERE id = %(id)s AND status = 'queued' AND started_at IS NULL AND lease_owner IS NULL
 
 -- name: flow_debounce_run
-UPDATE runs SET event_id = %(event_id)s, due_at = %(due_at)s, idle_reason = %(idle_reason)s::jsonb
+-- Never earlier than it is: a throttle may have given the open run a later start.
+UPDATE runs SET event_id = %(event_id)s,
+                due_at = CASE WHEN due_at > %(due_at)s THEN due_at ELSE %(due_at)s END,
+                idle_reason = CASE WHEN due_at > %(due_at)s THEN idle_reason ELSE %(idle_reason)s::jsonb END
 WHERE id = %(id)s AND status = 'queued' AND started_at IS NULL AND lease_owner IS NULL
 
 -- name: flow_batch_run
@@ -464,3 +467,25 @@ INSERT INTO cron_state (function_id, cron, last_fire) VALUES (%(function_id)s, %
 ON CONFLICT (function_id, cron) DO UPDATE SET last_fire = excluded.last_fire
 WHERE cron_state.last_fire < excluded.last_fire
 RETURNING last_fire
+
+-- ----- run logs (storage/sql_logs.py) -----
+
+-- name: last_run_log
+SELECT seq, message FROM run_logs WHERE run_id = %(run_id)s ORDER BY seq DESC LIMIT 1
+
+-- name: insert_run_logs
+INSERT INTO run_logs (run_id, seq, ts, level, logger, message, step_id)
+SELECT %(run_id)s, %(after)s + t.n, (t.v ->> 0)::bigint, t.v ->> 1, t.v ->> 2, t.v ->> 3, t.v ->> 4
+FROM jsonb_array_elements(%(lines)s::jsonb) WITH ORDINALITY AS t(v, n)
+
+-- name: upsert_run_log
+INSERT INTO run_logs (run_id, seq, ts, level, logger, message, step_id)
+VALUES (%(run_id)s, %(seq)s, %(ts)s, %(level)s, %(logger)s, %(message)s, NULL)
+ON CONFLICT (run_id, seq) DO UPDATE SET ts = excluded.ts, message = excluded.message
+
+-- name: list_run_logs
+SELECT seq, ts, level, logger, message, step_id FROM run_logs WHERE run_id = %(run_id)s ORDER BY seq
+LIMIT %(limit)s
+
+-- name: delete_run_logs_of_runs
+DELETE FROM run_logs WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))

@@ -394,12 +394,15 @@ UPDATE flow_pending SET size = size + 1 WHERE key = :key
 DELETE FROM flow_pending WHERE key = :key
 
 -- name: flow_open_run
--- The open run, if it has not started yet (it still takes events).
-SELECT batch FROM runs
+-- The open run, if it has not started yet (it still takes events), its due time and why it waits.
+SELECT batch, due_at, idle_reason FROM runs
 WHERE id = :id AND status = 'queued' AND started_at IS NULL AND lease_owner IS NULL
 
 -- name: flow_debounce_run
-UPDATE runs SET event_id = :event_id, due_at = :due_at, idle_reason = :idle_reason
+-- Never earlier than it is: a throttle may have given the open run a later start.
+UPDATE runs SET event_id = :event_id,
+                due_at = CASE WHEN due_at > :due_at THEN due_at ELSE :due_at END,
+                idle_reason = CASE WHEN due_at > :due_at THEN idle_reason ELSE :idle_reason END
 WHERE id = :id AND status = 'queued' AND started_at IS NULL AND lease_owner IS NULL
 
 -- name: flow_batch_run
@@ -436,3 +439,25 @@ INSERT INTO cron_state (function_id, cron, last_fire) VALUES (:function_id, :cro
 ON CONFLICT (function_id, cron) DO UPDATE SET last_fire = excluded.last_fire
 WHERE cron_state.last_fire < excluded.last_fire
 RETURNING last_fire
+
+-- ----- run logs (storage/sql_logs.py) -----
+
+-- name: last_run_log
+SELECT seq, message FROM run_logs WHERE run_id = :run_id ORDER BY seq DESC LIMIT 1
+
+-- name: insert_run_logs
+INSERT INTO run_logs (run_id, seq, ts, level, logger, message, step_id)
+SELECT :run_id, :after + key + 1, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+       json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]')
+FROM json_each(:lines)
+
+-- name: upsert_run_log
+INSERT INTO run_logs (run_id, seq, ts, level, logger, message, step_id)
+VALUES (:run_id, :seq, :ts, :level, :logger, :message, NULL)
+ON CONFLICT (run_id, seq) DO UPDATE SET ts = excluded.ts, message = excluded.message
+
+-- name: list_run_logs
+SELECT seq, ts, level, logger, message, step_id FROM run_logs WHERE run_id = :run_id ORDER BY seq LIMIT :limit
+
+-- name: delete_run_logs_of_runs
+DELETE FROM run_logs WHERE run_id IN (SELECT value FROM json_each(:ids))
