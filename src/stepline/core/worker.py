@@ -60,6 +60,7 @@ class Worker:
         # A claim after a quiet spell is never delayed, so an idle worker starts new work at once.
         self.claim_interval = claim_interval
         self._last_claim = 0.0
+        self._last_claim_got_work = True
         self.lease_ms = int(lease_seconds * 1000)
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
@@ -207,6 +208,10 @@ class Worker:
             if next_due is not None:
                 self._learn_due(next_due)
                 if self._claim_wanted:
+                    # Work is due now: claim it, then read again, for work stored for later (throttled starts,
+                    # debounce deadlines) that no notification will announce again. Not after a claim that found
+                    # nothing: another node took the work, and its own writes notify what follows.
+                    self._reread_due = self._last_claim_got_work
                     return
         deadline = loop.time() + self._safety_poll()
         while not self._wake.is_set() and not self._stopping:
@@ -297,6 +302,7 @@ class Worker:
                         self._claim_wanted = False
                         functions = self.functions
                         claimed = await self._claim_and_spawn()
+                        self._last_claim_got_work = claimed > 0
                         if claimed >= min(free, self.claim_batch):
                             self._claim_wanted = True  # a full batch: more may be due
                         if self.functions is not functions:  # a subclass changed the set: look again for all of it
