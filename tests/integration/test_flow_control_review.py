@@ -301,7 +301,6 @@ async def test_claims_lock_concurrency_keys_in_one_order(
 # --- functions without flow control ---
 
 
-@pytest.mark.xfail(strict=True, reason="claims serve flow-controlled functions first (not fixed: see the review)")
 async def test_a_plain_function_is_not_starved_by_a_flow_controlled_backlog(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="plain", trigger="job/plain")
     async def plain(ctx: Any) -> Any:

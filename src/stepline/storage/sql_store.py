@@ -245,21 +245,29 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
         gated = [f for f in function_ids if f in gated_ids]
         ids = json.dumps(plain)
 
+        def claim_plain(conn: Any, n: int) -> list[Any]:
+            params = {"owner": owner, "now": now, "lease_until": now + lease_ms, "limit": n, "function_ids": ids}
+            return list(conn.execute(self.Q["claim_runs"], params).fetchall())
+
         def op(conn: Any) -> list[ClaimedRun]:
             rows: list[Any] = []
-            if gated:
+            if gated and plain:
+                # Both kinds: the kind whose earliest due run waited longer is served first, so neither starves.
+                row = conn.execute(
+                    self.Q["flow_earliest_due"], {"now": now, "plain_ids": ids, "all_ids": json.dumps(function_ids)}
+                ).fetchone()
+                if row is not None and row[0]:
+                    rows = claim_plain(conn, limit)
+                    if len(rows) < limit:
+                        rows += self._claim_gated(conn, owner, gated, now, limit - len(rows), lease_ms)
+                else:
+                    rows = self._claim_gated(conn, owner, gated, now, limit, lease_ms)
+                    if len(rows) < limit:
+                        rows += claim_plain(conn, limit - len(rows))
+            elif gated:
                 rows = self._claim_gated(conn, owner, gated, now, limit, lease_ms)
-            if plain and len(rows) < limit:
-                rows += conn.execute(
-                    self.Q["claim_runs"],
-                    {
-                        "owner": owner,
-                        "now": now,
-                        "lease_until": now + lease_ms,
-                        "limit": limit - len(rows),
-                        "function_ids": ids,
-                    },
-                ).fetchall()
+            elif plain:
+                rows = claim_plain(conn, limit)
             if not rows:
                 return []
             runs = [_run(r) for r in rows]

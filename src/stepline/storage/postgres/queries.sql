@@ -124,7 +124,9 @@ WHERE id = %(run_id)s AND lease_owner = %(owner)s AND status IN ('queued', 'runn
 RETURNING ckey1, ckey2
 
 -- name: run_lease
-SELECT status, lease_owner FROM runs WHERE id = %(run_id)s
+-- Locks the row: a claim by another node (FOR UPDATE SKIP LOCKED) cannot take the run between this check and
+-- the write that follows it in the same transaction.
+SELECT status, lease_owner FROM runs WHERE id = %(run_id)s FOR UPDATE
 
 -- name: select_steps_for_runs
 SELECT run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
@@ -489,3 +491,13 @@ LIMIT %(limit)s
 
 -- name: delete_run_logs_of_runs
 DELETE FROM run_logs WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
+
+-- name: flow_earliest_due
+-- A worker with both plain and flow-controlled functions: is the run that has been due longest a plain one?
+-- (Serve that kind first, so neither starves.) An index-ordered read that stops at the first due run.
+SELECT function_id IN (SELECT jsonb_array_elements_text(%(plain_ids)s::jsonb)) FROM runs
+WHERE due_at IS NOT NULL AND due_at <= %(now)s
+  AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)
+  AND function_id IN (SELECT jsonb_array_elements_text(%(all_ids)s::jsonb))
+ORDER BY due_at
+LIMIT 1

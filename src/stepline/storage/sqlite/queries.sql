@@ -461,3 +461,13 @@ SELECT seq, ts, level, logger, message, step_id FROM run_logs WHERE run_id = :ru
 
 -- name: delete_run_logs_of_runs
 DELETE FROM run_logs WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: flow_earliest_due
+-- A worker with both plain and flow-controlled functions: is the run that has been due longest a plain one?
+-- (Serve that kind first, so neither starves.) An index-ordered read that stops at the first due run.
+SELECT function_id IN (SELECT value FROM json_each(:plain_ids)) FROM runs
+WHERE due_at IS NOT NULL AND due_at <= :now
+  AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+  AND +function_id IN (SELECT value FROM json_each(:all_ids))
+ORDER BY due_at
+LIMIT 1
