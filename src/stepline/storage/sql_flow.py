@@ -36,6 +36,7 @@ def _period(ms: int) -> str:
     return f"{ms}ms"
 
 
+LONG_RECHECK_LEASES = 10  # runs waiting behind the first on a full key check again after this many lease periods
 _NS = 1_000_000  # bucket times are in nanoseconds: period / limit is often not a whole number of ms
 _MAX_TAT = 2**62  # stays a BIGINT whatever backlog a throttle queues (year 2116)
 
@@ -59,8 +60,9 @@ class SqlFlowMixin:
 
     Q: dict[str, str]
 
-    def _lock_key(self, conn: Any, key: str) -> None:
-        """Serialise transactions that count or change this flow key (PostgreSQL: an advisory lock)."""
+    def _lock_key(self, conn: Any, key: str, shared: bool = False) -> None:
+        """Serialise transactions that count or change this flow key (PostgreSQL: an advisory lock). ``shared``:
+        for freeing slots, which conflicts with claims counting the key but not with other frees."""
 
     if TYPE_CHECKING:
 
@@ -232,6 +234,7 @@ class SqlFlowMixin:
             self.Q["flow_claim_candidates"], {"now": now, "limit": limit, "function_ids": json.dumps(function_ids)}
         ).fetchall()
         held: dict[str, tuple[int, int | None]] = {}  # key -> (slots held, earliest holder lease expiry)
+        fallback_given: set[str] = set()
         claimed: list[tuple[Any, ...]] = []
         parsed = [(run_id, json.loads(flow_text)["c"] if flow_text else []) for run_id, flow_text in candidates]
         # Every key these runs need, locked in one order (sorted): two claims (or a claim and a release) taking
@@ -252,7 +255,15 @@ class SqlFlowMixin:
                 passed.append(key)
             if full is not None:
                 key, key_limit, shown, count, first_expiry = full
-                recheck = first_expiry if first_expiry is not None else now + lease_ms
+                # Freed slots wake waiting runs one by one. The fallback (a holder may die without freeing its slot:
+                # check again when its lease expires) is needed by one waiting run per key: the first this claim
+                # blocks. The others check again much later, or every run waiting on a hot key would be re-read
+                # and blocked again each time the holders' leases come round.
+                if key in fallback_given:
+                    recheck = now + LONG_RECHECK_LEASES * lease_ms
+                else:
+                    fallback_given.add(key)
+                    recheck = first_expiry if first_expiry is not None else now + lease_ms
                 reason = {"kind": "concurrency", "key": shown, "limit": key_limit, "active": count,
                           "message": f"concurrency key {shown} at {count} of {key_limit}"}  # fmt: skip
                 conn.execute(self.Q["flow_block"],
@@ -277,7 +288,9 @@ class SqlFlowMixin:
         if not keys:
             return
         for key in sorted(k for k in keys if k is not None):  # the order claims lock keys in
-            self._lock_key(conn, key)
+            # Shared: frees of one key run side by side (each wakes a different run: the wake skips locked rows);
+            # a claim counting the key holds it exclusively, so a wake is never missed by a claim blocking a run.
+            self._lock_key(conn, key, shared=True)
             if conn.execute(self.Q["flow_wake_blocked"], {"key": key, "now": now}).rowcount:
                 self._notify_work(conn, now)
 

@@ -211,9 +211,18 @@ SELECT run_id, step_id, display_id, kind, status, attempts, output::text, error:
 FROM steps WHERE run_id = %(run_id)s ORDER BY seq
 
 -- name: next_due_at
-SELECT min(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > due_at THEN lease_expires_at
-                ELSE due_at END)
-FROM runs WHERE due_at IS NOT NULL AND function_id IN (SELECT jsonb_array_elements_text(%(function_ids)s::jsonb))
+-- The earliest of: the first due time of a run nobody holds (read in due_at order: it stops at the first row, however
+-- many runs wait for later), and the first lease expiry of a held run (few: as many as execute now).
+SELECT min(t) FROM (
+    (SELECT due_at AS t FROM runs
+     WHERE due_at IS NOT NULL AND (lease_expires_at IS NULL OR lease_expires_at <= due_at)
+       AND function_id IN (SELECT jsonb_array_elements_text(%(function_ids)s::jsonb))
+     ORDER BY due_at LIMIT 1)
+    UNION ALL
+    SELECT lease_expires_at FROM runs
+    WHERE lease_owner IS NOT NULL AND due_at IS NOT NULL AND lease_expires_at > due_at
+      AND function_id IN (SELECT jsonb_array_elements_text(%(function_ids)s::jsonb))
+) AS next_times
 
 -- name: prunable_runs_of_function
 SELECT id FROM runs
@@ -393,10 +402,13 @@ RETURNING id, function_id, event_id, status, attempt, idle_reason::text, output:
 UPDATE runs SET blocked_on = %(key)s, due_at = %(due_at)s, idle_reason = %(idle_reason)s::jsonb WHERE id = %(id)s
 
 -- name: flow_wake_blocked
--- A slot of this key was freed: the first run waiting for it (in priority order) is due now.
+-- A slot of this key was freed: the first run waiting for it (in priority order) is due now. A waiting run locked
+-- by another transaction is skipped, never waited for: that is a claim holding it as a candidate (it takes the
+-- run or blocks it again), and waiting for its row while holding this key's lock would deadlock with it.
 UPDATE runs SET due_at = %(now)s
 WHERE id = (SELECT id FROM runs WHERE blocked_on = %(key)s AND due_at > %(now)s
-            AND status IN ('queued', 'running') ORDER BY created_at - priority_ms, id LIMIT 1)
+            AND status IN ('queued', 'running') ORDER BY created_at - priority_ms, id LIMIT 1
+            FOR UPDATE SKIP LOCKED)
 
 -- name: flow_bucket
 -- The bucket's theoretical arrival time (0 for a new bucket); the upsert locks the row until commit.

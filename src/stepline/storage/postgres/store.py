@@ -182,9 +182,10 @@ class PostgresStore(SqlStore):
     def _lock_for_wait(self, conn: Any, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(name)s, 0))", {"name": name})
 
-    def _lock_key(self, conn: Any, key: str) -> None:
+    def _lock_key(self, conn: Any, key: str, shared: bool = False) -> None:
         # Flow-control keys (concurrency slots, singleton): another hash seed than the event-name locks above.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 1))", {"key": key})
+        fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        conn.execute(f"SELECT {fn}(hashtextextended(%(key)s, 1))", {"key": key})
 
     def _notify_work(self, conn: Any, due_at: int) -> None:
         # At most two NOTIFYs per transaction, sent just before it commits: the earliest due time it created and

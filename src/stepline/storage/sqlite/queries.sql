@@ -188,9 +188,18 @@ SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_
 FROM steps WHERE run_id = :run_id ORDER BY seq
 
 -- name: next_due_at
-SELECT min(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > due_at THEN lease_expires_at
-                ELSE due_at END)
-FROM runs WHERE due_at IS NOT NULL AND +function_id IN (SELECT value FROM json_each(:function_ids))
+-- The earliest of: the first due time of a run nobody holds (read in due_at order: it stops at the first row, however
+-- many runs wait for later), and the first lease expiry of a held run (few: as many as execute now).
+SELECT min(t) FROM (
+    SELECT * FROM (SELECT due_at AS t FROM runs
+                   WHERE due_at IS NOT NULL AND (lease_expires_at IS NULL OR lease_expires_at <= due_at)
+                     AND +function_id IN (SELECT value FROM json_each(:function_ids))
+                   ORDER BY due_at LIMIT 1)
+    UNION ALL
+    SELECT lease_expires_at FROM runs  -- "+": through the partial lease_owner index, not every due run
+    WHERE lease_owner IS NOT NULL AND +due_at IS NOT NULL AND lease_expires_at > +due_at
+      AND +function_id IN (SELECT value FROM json_each(:function_ids))
+)
 
 -- name: prunable_runs_of_function
 SELECT id FROM runs
