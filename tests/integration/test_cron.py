@@ -139,6 +139,29 @@ async def test_the_worker_loop_sleeps_on_the_clock_until_the_next_scheduled_time
         await task
 
 
+async def test_a_worker_fires_crons_after_run_until_idle_and_after_a_restart(
+    client: Stepline, clock: FakeClock
+) -> None:
+    seen: list[dict[str, Any]] = []
+    cron_function(client, seen, "0 9 * * *")
+    await client.ready()
+    worker = client.worker(poll_interval=0.05)
+    await worker.run_until_idle()  # the same worker, later run() for real (it must still start its scheduler)
+    for hours in (9, 24):  # 09:00 on the first day; then, after a restart of the same worker, on the next day
+        task = asyncio.create_task(worker.run())
+        try:
+            await asyncio.sleep(0.2)
+            clock.advance(dt.timedelta(hours=hours))
+            deadline = time.monotonic() + 10
+            while len(seen) < (1 if hours == 9 else 2) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            worker.stop()
+            await task
+            worker._stopping = False  # run() again, as a supervisor restarting the worker would
+    assert [e["id"] for e in seen] == ["2026-01-01T09:00:00Z", "2026-01-02T09:00:00Z"]
+
+
 async def test_a_worker_without_cron_functions_starts_no_scheduler(client: Stepline) -> None:
     @client.function(id="plain", trigger="t/plain")
     async def plain(ctx: Any) -> None:

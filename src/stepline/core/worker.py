@@ -267,10 +267,9 @@ class Worker:
 
     def _sync_scheduler(self, start: bool = True) -> None:
         """Give the scheduler the current function set when it changed; start its task at the first cron."""
-        if self.functions is self._scheduled:
-            return
-        self._scheduled = self.functions
-        self.scheduler.set_functions(self._function_specs())
+        if self.functions is not self._scheduled:
+            self._scheduled = self.functions
+            self.scheduler.set_functions(self._function_specs())
         if start and self._scheduler_task is None and self.scheduler.has_schedules:
             self._scheduler_task = asyncio.create_task(self.scheduler.run(), name="stepline-cron")
 
