@@ -10,7 +10,7 @@ from contextlib import AbstractAsyncContextManager
 from stepline.core.function import FunctionSpec
 from stepline.core.scheduler import SCHEDULED_TIMER, scheduled_batch
 from stepline.storage.base import Store
-from stepline.storage.records import IngestBatch, RunFilter
+from stepline.storage.records import AppRecord, IngestBatch, RunFilter
 
 from .builders import FN, HOUR, MATCH, NOW, function
 
@@ -94,3 +94,24 @@ async def test_racing_stores_fire_each_time_once(store: Store, reopen: Reopen) -
             results = await asyncio.gather(*(s.fire_cron(FN, CRON, at, batch(at), MATCH, at) for s in stores))
             assert sorted(results) == [False, False, True], hour
     assert len(await runs(store)) == 5
+
+
+async def test_a_function_that_leaves_or_loses_its_cron_forgets_its_schedule(store: Store) -> None:
+    app = FN.rsplit("-", 1)[0]
+    with_cron = function("fn", triggers=[{"cron": CRON}])
+    await store.register_functions(app, [with_cron], NOW)
+    await store.init_cron_schedules(FN, {CRON: NOW})
+    assert await store.fire_cron(FN, CRON, NOW + HOUR, batch(NOW + HOUR), MATCH, NOW + HOUR)
+    # The app is synced without the function, then with it again much later: its schedule starts afresh.
+    await store.register_functions(app, [], NOW + 2 * HOUR)
+    await store.register_functions(app, [with_cron], NOW + 50 * HOUR)
+    assert await store.init_cron_schedules(FN, {CRON: NOW + 50 * HOUR}) == {CRON: NOW + 50 * HOUR}
+    # The same when the function stays but its cron trigger goes away and comes back.
+    await store.register_functions(app, [function("fn", triggers=[{"event": "x/y"}])], NOW + 51 * HOUR)
+    await store.register_functions(app, [with_cron], NOW + 60 * HOUR)
+    assert await store.init_cron_schedules(FN, {CRON: NOW + 60 * HOUR}) == {CRON: NOW + 60 * HOUR}
+    # And when the app is deleted.
+    await store.save_app(AppRecord("http://a", app, None, None, None, None, None, None, NOW, NOW))
+    await store.delete_app("http://a")
+    await store.register_functions(app, [with_cron], NOW + 70 * HOUR)
+    assert await store.init_cron_schedules(FN, {CRON: NOW + 70 * HOUR}) == {CRON: NOW + 70 * HOUR}

@@ -67,6 +67,7 @@ class SqlAppsMixin:
             app_id = row[0]
             if conn.execute(self.Q["count_apps_with_app_id"], {"app_id": app_id}).fetchone()[0]:
                 return  # the same app is still served from another URL: its functions stay
+            conn.execute(self.Q["forget_cron_states_except"], {"app_id": app_id, "keep": "[]"})
             if conn.execute(self.Q["delete_app_functions"], {"app_id": app_id}).rowcount:
                 conn.execute(self.Q["bump_registry_version"]).fetchone()
 

@@ -124,6 +124,10 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
                      "config": json.dumps(fn.config, sort_keys=True), "now": now},
                 )  # fmt: skip
                 changed += cur.rowcount
+            # Schedules of functions that leave the app or lose their cron triggers are forgotten: registered again
+            # later, a cron starts afresh (it never fires for times before it was seen again).
+            with_crons = [f.id for f in functions if any("cron" in t for t in f.config.get("triggers", []))]
+            conn.execute(self.Q["forget_cron_states_except"], {"app_id": app_id, "keep": json.dumps(with_crons)})
             cur = conn.execute(
                 self.Q["delete_app_functions_except"],
                 {"app_id": app_id, "keep": json.dumps([f.id for f in functions])},

@@ -513,3 +513,8 @@ WHERE due_at IS NOT NULL AND due_at <= %(now)s
   AND function_id IN (SELECT jsonb_array_elements_text(%(all_ids)s::jsonb))
 ORDER BY due_at
 LIMIT 1
+
+-- name: forget_cron_states_except
+DELETE FROM cron_state WHERE function_id IN (
+    SELECT id FROM functions WHERE app_id = %(app_id)s AND id NOT IN (SELECT jsonb_array_elements_text(%(keep)s::jsonb))
+)

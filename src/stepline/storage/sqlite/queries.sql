@@ -480,3 +480,8 @@ WHERE due_at IS NOT NULL AND due_at <= :now
   AND +function_id IN (SELECT value FROM json_each(:all_ids))
 ORDER BY due_at
 LIMIT 1
+
+-- name: forget_cron_states_except
+DELETE FROM cron_state WHERE function_id IN (
+    SELECT id FROM functions WHERE app_id = :app_id AND id NOT IN (SELECT value FROM json_each(:keep))
+)
