@@ -176,3 +176,39 @@ async def test_a_worker_without_cron_functions_starts_no_scheduler(client: Stepl
     finally:
         worker.stop()
         await task
+
+
+async def test_a_schedule_that_fails_to_fire_does_not_hold_the_others(
+    client: Stepline, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    fired: list[str] = []
+
+    @client.function(id="broken", trigger={"cron": "0 * * * *"})
+    async def broken(ctx: Any) -> None:
+        fired.append("broken")
+
+    @client.function(id="fine", trigger={"cron": "0 * * * *"})
+    async def fine(ctx: Any) -> None:
+        fired.append("fine")
+
+    await client.ready()
+    real_fire = client.store.fire_cron
+    failures = 0
+
+    async def fire(function_id: str, *args: Any) -> bool:
+        nonlocal failures
+        if function_id.endswith("-broken") and failures < 1:
+            failures += 1
+            raise RuntimeError("the database refused this one")
+        return await real_fire(function_id, *args)
+
+    await drain(client)  # the schedules are first seen now (00:00): nothing fires for that
+    client.store.fire_cron = fire  # type: ignore[method-assign]
+    clock.advance(dt.timedelta(hours=1))
+    with caplog.at_level(logging.ERROR, logger="stepline.cron"):
+        await drain(client)
+    assert fired == ["fine"]  # the other schedule fired although the first one failed
+    assert "firing 2026-01-01T01:00:00Z failed; retrying in 5 s" in caplog.text
+    clock.advance(dt.timedelta(seconds=5))
+    await drain(client)
+    assert sorted(fired) == ["broken", "fine"]  # retried: that time still fires, once

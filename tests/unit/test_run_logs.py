@@ -104,3 +104,17 @@ def test_outside_a_run_nothing_is_captured_and_last_resort_still_prints(
     monkeypatch.setattr(log, "handlers", [logging.StreamHandler(other)])
     log.warning("handled by another handler")
     assert capsys.readouterr().err == "" and other.getvalue() == "handled by another handler\n"
+
+
+async def test_a_task_the_run_started_logs_nothing_into_it_once_the_execution_ended(capture: RunLogCapture) -> None:
+    import asyncio
+
+    async def background() -> None:  # e.g. a library's connection-pool task, created while the run executed
+        await asyncio.sleep(0)
+        log.warning("from the background")
+
+    log.warning("while running")
+    capture.closed = True  # what the executor sets after the run's last write
+    await asyncio.create_task(background())  # it inherited the run's context
+    assert [line.message for line in taken(capture).lines] == ["while running"]
+    assert capture.take() is None

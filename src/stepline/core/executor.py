@@ -130,6 +130,10 @@ class Executor:
             await self._conclude(fn, claimed, driver, result, error, deadline)
         except (RunCancelled, LeaseLost):
             pass
+        finally:
+            # Tasks the run's code started (a library's background task, a reader callback) keep the run's
+            # context and so its capture: from now on their records go nowhere, instead of piling up.
+            driver.logs.closed = True
 
     async def _conclude(self, fn: FunctionDef, claimed: ClaimedRun, driver: StepDriver, result: Any,
                         error: BaseException | None, deadline: int | None) -> None:  # fmt: skip

@@ -67,13 +67,14 @@ class RunLogCapture:
     def __init__(self, now: Callable[[], int], replaying: bool = False) -> None:
         self._now = now
         self.replaying = replaying  # StepDriver clears it once the execution reaches new work
+        self.closed = False  # the execution ended: its last lines were written
         self._lines: list[RunLogLine] = []
         self._kept = 0
         self._dropped = 0
         self._lock = threading.Lock()  # sync functions log from the thread pool
 
     def add(self, record: logging.LogRecord, step_id: str | None) -> None:
-        if self.replaying:
+        if self.replaying or self.closed:
             return
         with self._lock:
             if self._kept >= RUN_LOG_LIMIT:

@@ -30,6 +30,7 @@ from stepline.storage.records import IngestBatch
 
 __all__ = ["SCHEDULED_TIMER", "CronScheduler", "scheduled_batch", "timer_event_id"]
 
+FIRE_RETRY_MS = 5000  # a schedule whose fire failed tries again after this long
 log = logging.getLogger("stepline.cron")
 SCHEDULED_TIMER = "inngest/scheduled.timer"
 
@@ -123,7 +124,14 @@ class CronScheduler:
             latest = s.schedule.latest_at_or_before(now)
             if latest > s.last:
                 batch = scheduled_batch(s.spec, s.cron, latest, now)
-                if await self.engine.store.fire_cron(s.spec.id, s.cron, latest, batch, self.engine.matcher, now):
+                try:
+                    won = await self.engine.store.fire_cron(s.spec.id, s.cron, latest, batch, self.engine.matcher, now)
+                except Exception:  # one schedule failing (a bad function config, say) must not hold the others
+                    log.exception("function %s, cron %r: firing %s failed; retrying in %d s", s.spec.id, s.cron,
+                                  timer_event_id(latest), FIRE_RETRY_MS // 1000)  # fmt: skip
+                    s.next_at = now + FIRE_RETRY_MS
+                    continue
+                if won:
                     fired += 1
                     missed = s.schedule.count_between(s.last, latest)
                     if missed:

@@ -124,8 +124,10 @@ class StepDriver:
 
     def pending_with_logs(self) -> list[StepUpdate]:
         """The pending updates, the last one carrying the log lines captured since the last write."""
+        if not self.pending:
+            return self.pending  # nothing to carry them: the lines wait for the run's next write
         logs = self.logs.take()
-        if logs is None or not self.pending:
+        if logs is None:
             return self.pending
         return [*self.pending[:-1], dataclasses.replace(self.pending[-1], logs=logs)]
 
