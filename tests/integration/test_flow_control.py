@@ -69,7 +69,7 @@ async def test_a_full_key_says_why_and_the_next_run_starts_when_a_slot_frees(
     await client.ready()
     await client.send([{"name": "job/run", "data": {"user": "u42", "n": n}} for n in range(3)])
     store, now = client.store, ms(clock)
-    gated = client.engine.gated_ids([f"{client.app_id}-one-at-a-time"])
+    gated = frozenset({f"{client.app_id}-one-at-a-time"})  # concurrency: claimed through flow control
     first = await store.claim_runs("node-a", list(gated), now, 10, 30_000, gated)
     assert len(first) == 1  # one slot: the other two wait
     waiting = [r for r in await runs(client, "one-at-a-time") if r.id != first[0].run.id]
@@ -93,7 +93,7 @@ async def test_a_dead_holder_frees_its_slot_when_its_lease_expires(client: Stepl
 
     await client.ready()
     await client.send([{"name": "job/run"}, {"name": "job/run"}])
-    gated = client.engine.gated_ids([f"{client.app_id}-solo"])
+    gated = frozenset({f"{client.app_id}-solo"})
     held = await client.store.claim_runs("dead-node", list(gated), ms(clock), 10, 30_000, gated)
     assert len(held) == 1
     await drain(client)  # the other run waits for the dead node's slot
@@ -164,7 +164,7 @@ async def test_priority_moves_a_run_ahead_under_contention(client: Stepline, clo
     clock.advance(dt.timedelta(seconds=1))
     await client.send({"name": "job/run", "data": {"name": "late-high", "boost": 600}})
     order = []
-    gated = client.engine.gated_ids([f"{client.app_id}-prio"])
+    gated = frozenset({f"{client.app_id}-prio"})
     for _ in range(3):
         (c,) = await client.store.claim_runs("n", list(gated), ms(clock), 1, 30_000, gated)
         order.append(c.event.data["name"])

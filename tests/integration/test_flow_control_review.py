@@ -234,7 +234,7 @@ async def test_a_freed_slot_is_not_lost_to_a_woken_run_blocked_on_its_other_key(
 
     await client.ready()
     f = fid(client, "two")
-    gated = client.engine.gated_ids([f])
+    gated = frozenset({f})
     names = {}
     for name, a, b in [("h1", "x", "p"), ("h2", "y", "q"), ("r1", "x", "q"), ("r2", "x", "r")]:
         (names[name],) = (await client.engine.ingest({"name": "job/run", "data": {"a": a, "b": b}})).created_run_ids
@@ -263,7 +263,7 @@ async def test_claims_lock_concurrency_keys_in_one_order(
 
     await client.ready()
     f = fid(client, "keyed")
-    gated = client.engine.gated_ids([f])
+    gated = frozenset({f})
     for k in ["A", "B", "B", "A"]:
         await client.engine.ingest({"name": "job/run", "data": {"k": k}})
         clock.advance(dt.timedelta(milliseconds=1))
@@ -315,5 +315,5 @@ async def test_a_plain_function_is_not_starved_by_a_flow_controlled_backlog(clie
     clock.advance(dt.timedelta(seconds=1))
     await client.send([{"name": "job/prio"}] * 3)
     ids = [fid(client, "plain"), fid(client, "prio")]
-    (first,) = await client.store.claim_runs("n", ids, ms(clock), 1, 30_000, client.engine.gated_ids(ids))
+    (first,) = await client.store.claim_runs("n", ids, ms(clock), 1, 30_000, frozenset({fid(client, "prio")}))
     assert first.run.function_id == fid(client, "plain")  # due a second earlier than any of the backlog

@@ -138,12 +138,6 @@ class Engine:
             raise UnknownFunctionError(f"no registered function has id {function_id!r} (registered: {known})")
         return spec
 
-    def gated_ids(self, function_ids: Sequence[str]) -> frozenset[str]:
-        """Those of ``function_ids`` whose runs are claimed through flow control (concurrency or priority), by the
-        cached registry (refreshed by every send and run end)."""
-        return frozenset(f for f in function_ids if (s := self._specs.get(f)) is not None and s.flow is not None
-                         and s.flow.gates_claims)  # fmt: skip
-
     # --- notifications (wake local workers at once instead of waiting for their next poll) ---
     def add_listener(self, callback: Callable[[], None]) -> None:
         self._listeners.append(callback)
@@ -268,7 +262,7 @@ class Engine:
         now = self.clock.now_ms()
         ev = self.stored_event(validate_event(Event(name=FUNCTION_INVOKED, data=data or {}),
                                               allow_reserved=True), now)  # fmt: skip
-        run = new_run(spec, ev.internal_id, now, event=ev.as_dict())
+        run = new_run(spec, ev.internal_id, now, event=ev.as_dict() if spec.flow is not None else None)
         result = await self.store.ingest(IngestBatch([ev], [run]), self.matcher, now)
         await self.announce_cancellations(result.cancelled_run_ids)
         self.notify()
@@ -318,7 +312,7 @@ class Engine:
                                "expire": expires_at}  # fmt: skip
         ev = self.stored_event(Event(name=FUNCTION_INVOKED, data=payload), now)
         child = new_run(spec, ev.internal_id, now, parent_run_id=parent_run_id, parent_step_id=step_id,
-                        event=ev.as_dict())  # fmt: skip
+                        event=ev.as_dict() if spec.flow is not None else None)  # fmt: skip
         return IngestBatch([ev], [child])
 
     async def end_run(self, run: RunRecord, trigger: StoredEvent, owner: str | None, finish: RunFinish) -> None:

@@ -126,6 +126,16 @@ class FunctionSpec:
             flow=FlowSpec.from_config(c.get("flow")),
         )
 
+    @property
+    def gates_claims(self) -> bool:
+        """Runs are claimed through flow control (concurrency or priority)."""
+        return self.flow is not None and self.flow.gates_claims
+
+    @property
+    def captures_logs(self) -> bool:
+        """Stepline keeps the run's log lines (in-process functions; an HTTP app logs in its own process)."""
+        return self.config.get("runtime") != "http"
+
     def matching_trigger(self, event: dict[str, Any]) -> bool:
         return any(isinstance(t, EventTrigger) and t.matches(event) for t in self.triggers)
 
@@ -156,6 +166,11 @@ class FunctionDef:
     def finish_timeout_ms(self) -> int | None:
         """``timeouts.finish`` in milliseconds (parsed once: the executor reads it for every run)."""
         return None if self.timeouts.finish is None else _ms(self.timeouts.finish)
+
+    @property
+    def gates_claims(self) -> bool:
+        """Runs are claimed through flow control (concurrency or priority)."""
+        return FlowSpec(self.flow).gates_claims
 
     @property
     def is_async(self) -> bool:

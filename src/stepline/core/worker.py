@@ -61,6 +61,8 @@ class Worker:
         self.claim_interval = claim_interval
         self._last_claim = 0.0
         self._last_claim_got_work = True
+        self._gated_for: object = None  # the function set _gated was derived from
+        self._gated: frozenset[str] = frozenset()  # its functions claimed through flow control
         self.lease_ms = int(lease_seconds * 1000)
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
@@ -125,9 +127,11 @@ class Worker:
         if free <= 0 or not self.functions:
             return 0
         limit = min(free, self.claim_batch)
-        ids = list(self.functions)
+        if self._gated_for is not self.functions:  # derived once per function set (a subclass may replace it)
+            self._gated_for = self.functions
+            self._gated = frozenset(fid for fid, f in self.functions.items() if f.gates_claims)
         claimed = await self.engine.store.claim_runs(
-            self.owner, ids, self.engine.clock.now_ms(), limit, self.lease_ms, self.engine.gated_ids(ids)
+            self.owner, list(self.functions), self.engine.clock.now_ms(), limit, self.lease_ms, self._gated
         )
         for c in claimed:
             task = asyncio.create_task(self._execute(c.run.id, c), name=f"stepline-run-{c.run.id}")

@@ -58,6 +58,10 @@ class HttpFunction:
     def id(self) -> str:
         return self.spec.id
 
+    @property
+    def gates_claims(self) -> bool:
+        return self.spec.gates_claims
+
     def call_url(self, step_id: str = "step") -> str:
         parts = urlsplit(self.url)
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "stepId"]

@@ -315,7 +315,7 @@ async def run_logs(request: Request) -> Response:
     spec = await st.engine.find_function(run.function_id)
     lines = await st.engine.store.list_run_logs(run.id)
     names = {s.step_id: s.display_id for s in await st.engine.store.list_steps(run.id)} if lines else {}
-    data = RunLogsOut(captured=spec is None or spec.config.get("runtime") != "http", lines=[
+    data = RunLogsOut(captured=spec is None or spec.captures_logs, lines=[
         LogLineOut(seq=line.seq, ts=_iso(line.ts), ts_ms=line.ts, level=line.level, logger=line.logger,
                    message=line.message, step_id=line.step_id, step=names.get(line.step_id or ""))
         for line in lines])  # fmt: skip

@@ -171,7 +171,9 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
             self._match_waits(conn, ev, matcher, now, result)
         # Events stored by an earlier application of this write (a batch the writer ran again after a lost COMMIT
         # acknowledgement): their runs already passed the flow-control gates.
-        replayed = {ev.internal_id for ev in batch.events} - {ev.internal_id for ev in fresh}
+        replayed: set[str] = set()
+        if len(fresh) < len(batch.events) and any(r.flow is not None for r in batch.runs):
+            replayed = {ev.internal_id for ev in batch.events} - {ev.internal_id for ev in fresh}
         # Singleton keys locked in one order (sorted), before any is needed: two ingests would deadlock otherwise.
         for key in sorted({r.flow.singleton[0] for r in batch.runs if r.flow is not None and r.flow.singleton}):
             self._lock_key(conn, key)

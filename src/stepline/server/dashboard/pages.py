@@ -172,7 +172,7 @@ async def run_page(dash: Dashboard, request: Request, session: Session) -> Respo
     children = await store.list_runs(RunFilter(event_id=run.event_id, limit=20)) if event else []
     [row] = await run_rows(dash, request, [run])
     spec = await dash.engine.find_function(run.function_id)
-    logs_captured = spec is None or spec.config.get("runtime") != "http"  # HTTP apps log in their own process
+    logs_captured = spec is None or spec.captures_logs  # HTTP apps log in their own process
     logs = await store.list_run_logs(run.id) if logs_captured else []
     return dash.render(request, "run.html", session, row=row, run=run, steps=views.timeline(run, steps, now),
                        event=event, batch=batch, siblings=[r for r in children if r.id != run.id],
