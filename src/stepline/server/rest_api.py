@@ -185,7 +185,7 @@ def event_out(ev: StoredEvent) -> EventOut:
                     v=ev.v, received_at=_iso(ev.received_at), received_at_ms=ev.received_at)  # fmt: skip
 
 
-class _Apps:
+class AppIndex:
     """Which app a function id belongs to: the registry first, else the longest known app id it starts with."""
 
     def __init__(self, specs: dict[str, FunctionSpec], app_ids: set[str]) -> None:
@@ -193,7 +193,7 @@ class _Apps:
         self.app_ids = sorted(app_ids | {s.app_id for s in specs.values()}, key=len, reverse=True)
 
     @classmethod
-    async def load(cls, st: ServerState) -> _Apps:
+    async def load(cls, st: ServerState) -> AppIndex:
         specs = await st.engine.refresh_registry()
         return cls(specs, {a.app_id for a in await st.engine.store.list_apps() if a.app_id})
 
@@ -204,7 +204,7 @@ class _Apps:
         return next((a for a in self.app_ids if function_id.startswith(f"{a}-")), None)
 
 
-def _run_fields(run: RunRecord, apps: _Apps, now: int) -> dict[str, Any]:
+def _run_fields(run: RunRecord, apps: AppIndex, now: int) -> dict[str, Any]:
     live = run.status in LIVE
     executing = run.lease_owner is not None and (run.lease_expires_at or 0) > now
     return {
@@ -271,12 +271,12 @@ async def event_runs(request: Request) -> Response:
     internal_id = request.path_params["internal_id"]
     if await st.engine.store.get_event(internal_id) is None:
         raise HttpError(404, f"event {internal_id!r} not found")
-    found = await _all_runs(st, RunFilter(event_id=internal_id))
-    apps, now = await _Apps.load(st), st.engine.clock.now_ms()
+    found = await all_runs(st, RunFilter(event_id=internal_id))
+    apps, now = await AppIndex.load(st), st.engine.clock.now_ms()
     return _ok(RunList(data=[RunOut(**_run_fields(r, apps, now)) for r in found], metadata=_meta(st)))
 
 
-async def _all_runs(st: ServerState, flt: RunFilter, page_size: int = 500) -> list[RunRecord]:
+async def all_runs(st: ServerState, flt: RunFilter, page_size: int = 500) -> list[RunRecord]:
     out: list[RunRecord] = []
     before = flt.before_id
     while True:
@@ -297,7 +297,7 @@ async def get_run(request: Request) -> Response:
     st = state_of(request)
     run = await _run_or_404(st, request.path_params["run_id"])
     ev = await st.engine.store.get_event(run.event_id)
-    fields = _run_fields(run, await _Apps.load(st), st.engine.clock.now_ms())
+    fields = _run_fields(run, await AppIndex.load(st), st.engine.clock.now_ms())
     data = RunDetailOut(**fields, event=None if ev is None else event_out(ev))
     return _ok(RunResponse(data=data, metadata=_meta(st)))
 
@@ -329,14 +329,14 @@ async def list_runs(request: Request) -> Response:
     app_id = q.get("app_id") or None
     function_id = q.get("function_id") or None
     if function_id is not None and app_id is not None:
-        function_id = await _function_id(st, app_id, function_id) or function_id
+        function_id = await resolve_function_id(st, app_id, function_id) or function_id
     flt = RunFilter(status=_status(q.get("status")), function_id=function_id, app_id=app_id,
                     created_after=_query_time(request, "created_after"),
                     created_before=_query_time(request, "created_before"),
                     limit=limit + 1, before_id=q.get("cursor") or None)  # fmt: skip
     found = await st.engine.store.list_runs(flt)
     page = found[:limit]
-    apps, now = await _Apps.load(st), st.engine.clock.now_ms()
+    apps, now = await AppIndex.load(st), st.engine.clock.now_ms()
     return _ok(RunPage(data=[RunOut(**_run_fields(r, apps, now)) for r in page], metadata=_meta(st),
                        cursor=page[-1].id if len(found) > limit else None))  # fmt: skip
 
@@ -370,7 +370,7 @@ async def rerun_run(request: Request) -> Response:
 # --- cancellations ------------------------------------------------------------------------------------------
 
 
-async def _function_id(st: ServerState, app_id: str, function_id: str) -> str | None:
+async def resolve_function_id(st: ServerState, app_id: str, function_id: str) -> str | None:
     """The composite id of the app's function given by slug or composite id; None if the app has no such one."""
     specs = await st.engine.refresh_registry()
     for candidate in (f"{app_id}-{function_id}", function_id):
@@ -384,7 +384,7 @@ async def create_cancellation(request: Request) -> Response:
     """Cancel the live runs of one function created in a time window (whose trigger event matches ``if``)."""
     st = state_of(request)
     body: CancellationIn = await _body(request, CancellationIn)
-    function_id = await _function_id(st, body.app_id, body.function_id)
+    function_id = await resolve_function_id(st, body.app_id, body.function_id)
     if function_id is None:
         raise HttpError(404, f"function {body.function_id!r} not found in app {body.app_id!r}")
     before = parse_time(body.started_before, "started_before")
@@ -409,7 +409,7 @@ async def bulk_cancel(st: ServerState, app_id: str, function_id: str, after: int
     cancellation_id = new_ulid()
     candidates: list[RunRecord] = []
     for status in statuses:
-        candidates += await _all_runs(st, RunFilter(status=status, function_id=function_id, created_after=after,
+        candidates += await all_runs(st, RunFilter(status=status, function_id=function_id, created_after=after,
                                                     created_before=before + 1))  # fmt: skip
     cancelled = 0
     for run in sorted(candidates, key=lambda r: r.id):
@@ -463,12 +463,6 @@ async def list_apps(request: Request) -> Response:
         for app_id, n in sorted(counts.items()) if app_id not in synced
     ]  # fmt: skip
     return _ok(AppList(data=data, metadata=_meta(st)))
-
-
-# shared with the dashboard (server/dashboard/)
-AppIndex = _Apps
-all_runs = _all_runs
-resolve_function_id = _function_id
 
 
 async def openapi_json(request: Request) -> Response:
