@@ -21,6 +21,7 @@ from stepline.storage.records import (
     FunctionRecord,
     IngestBatch,
     IngestResult,
+    NewRun,
     PruneResult,
     RunFilter,
     RunFinish,
@@ -36,7 +37,7 @@ from stepline.storage.sql_cron import SqlCronMixin
 from stepline.storage.sql_dashboard import SqlDashboardMixin
 from stepline.storage.sql_flow import SqlFlowMixin
 from stepline.storage.sql_logs import SqlLogsMixin
-from stepline.storage.writer import GroupCommitWriter
+from stepline.storage.writer import GroupCommitWriter, MergeableOp
 
 T = TypeVar("T")
 _RUN_LIVE = ("queued", "running")
@@ -148,52 +149,100 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
 
     # --- events and runs ---
     async def ingest(self, batch: IngestBatch, matcher: WaitMatcher, now: int) -> IngestResult:
-        return await self.writer.run(lambda conn: self._ingest(conn, batch, matcher, now))
+        result: IngestResult = await self.writer.run(_IngestOp(self, batch, matcher, now))
+        return result
 
     def _ingest(self, conn: Any, batch: IngestBatch, matcher: WaitMatcher, now: int) -> IngestResult:
-        result = IngestResult([], [], [], [], [])
-        gated: set[str] = set()  # runs whose due time flow control set (and notified)
-        if batch.events:
-            self._lock_for_ingest(conn, sorted({ev.name for ev in batch.events}))
-        fresh: list[StoredEvent] = []
-        for ev in batch.events:
+        return self._ingest_many(conn, [(batch, matcher, now)])[0]
+
+    # Dialect hooks for the multi-row statements of an ingest (PostgreSQL overrides them with one statement each).
+    def _insert_events(self, conn: Any, events: list[StoredEvent]) -> set[str]:
+        """Store the events not stored yet; return the internal ids this call stored."""
+        stored: set[str] = set()
+        for ev in events:
             cur = conn.execute(
                 self.Q["insert_event"],
                 {"internal_id": ev.internal_id, "id": ev.id, "name": ev.name, "data": json.dumps(ev.data),
                  "user": json.dumps(ev.user), "ts": ev.ts, "v": ev.v, "received_at": ev.received_at},
             )  # fmt: skip
-            result.event_ids.append(ev.internal_id)
             if cur.rowcount != 0:  # 0: the same event again (a retried event API request with the same seed)
-                fresh.append(ev)
-        # Match waits before this batch's runs exist: an event never cancels the run it starts. A redelivered
-        # event matches nothing: it already resolved whatever waits it matched the first time.
-        for ev in fresh:
-            self._match_waits(conn, ev, matcher, now, result)
-        # Events stored by an earlier application of this write (a batch the writer ran again after a lost COMMIT
-        # acknowledgement): their runs already passed the flow-control gates.
-        replayed: set[str] = set()
-        if len(fresh) < len(batch.events) and any(r.flow is not None for r in batch.runs):
-            replayed = {ev.internal_id for ev in batch.events} - {ev.internal_id for ev in fresh}
+                stored.add(ev.internal_id)
+        return stored
+
+    def _names_with_waits(self, conn: Any, names: list[str]) -> set[str]:
+        """Which of these event names some wait may be waiting for (a superset is fine: each is looked up)."""
+        return set(names)
+
+    def _insert_plain_runs(self, conn: Any, runs: list[NewRun]) -> None:
+        for run in runs:
+            self._insert_run_row(conn, run, run.due_at)
+
+    def _ingest_many(self, conn: Any, items: list[tuple[IngestBatch, WaitMatcher, int]]) -> list[IngestResult]:
+        """Apply several ingests in this transaction, with multi-row statements where the dialect has them.
+
+        The same outcome as applying them one after the other: events are stored in order, a redelivered event
+        (stored already, or earlier in this call) matches no wait, waits are matched before any of these runs
+        exist, and every run passes its flow-control gates in order.
+        """
+        results = [IngestResult([], [], [], [], []) for _ in items]
+        names = sorted({ev.name for batch, _, _ in items for ev in batch.events})
+        if names:
+            self._lock_for_ingest(conn, names)
+        stored = self._insert_events(conn, [ev for batch, _, _ in items for ev in batch.events])
+        fresh_per_item: list[list[StoredEvent]] = []
+        seen: set[str] = set()
+        for (batch, _, _), result in zip(items, results, strict=True):
+            result.event_ids.extend(ev.internal_id for ev in batch.events)
+            fresh = []
+            for ev in batch.events:
+                if ev.internal_id in stored and ev.internal_id not in seen:
+                    fresh.append(ev)
+                seen.add(ev.internal_id)
+            fresh_per_item.append(fresh)
+        waited = self._names_with_waits(conn, sorted({ev.name for fresh in fresh_per_item for ev in fresh}))
+        # Match waits before these runs exist: an event never cancels the run it starts. A redelivered event
+        # matches nothing: it already resolved whatever waits it matched the first time.
+        for (_, matcher, now), fresh, result in zip(items, fresh_per_item, results, strict=True):
+            for ev in fresh:
+                if ev.name in waited:
+                    self._match_waits(conn, ev, matcher, now, result)
         # Singleton keys locked in one order (sorted), before any is needed: two ingests would deadlock otherwise.
-        for key in sorted({r.flow.singleton[0] for r in batch.runs if r.flow is not None and r.flow.singleton}):
+        singletons = {
+            r.flow.singleton[0] for b, _, _ in items for r in b.runs if r.flow is not None and r.flow.singleton
+        }
+        for key in sorted(singletons):
             self._lock_key(conn, key)
-        for run in batch.runs:
-            if run.idempotency_key is not None:
-                got = conn.execute(
-                    self.Q["claim_idempotency_key"],
-                    {"function_id": run.function_id, "key": run.idempotency_key, "run_id": run.id,
-                     "expires_at": now + 24 * 3600 * 1000, "now": now},
-                ).fetchone()  # fmt: skip
-                if got[0] != run.id:  # held by another run (equal: this very batch, retried after a lost commit)
-                    result.skipped_run_ids.append(run.id)
-                    continue
-            flow = run.flow
-            if flow is not None and (flow.rate_limit or flow.singleton or flow.debounce or flow.batch or flow.throttle):
-                if not self._admit(conn, run, now, matcher, result, run.event_id in replayed):
-                    continue  # skipped (stored as such) or merged into an open debounce/batch run
-                gated.add(run.id)
-            else:
-                self._insert_run_row(conn, run, run.due_at)
+        plain: list[NewRun] = []
+        created: list[tuple[IngestResult, NewRun, bool]] = []  # (its result, the run, passed a gate)
+        for (batch, matcher, now), fresh, result in zip(items, fresh_per_item, results, strict=True):
+            # Events stored by an earlier application of this write (a batch the writer ran again after a lost
+            # COMMIT acknowledgement): their runs already passed the flow-control gates.
+            replayed: set[str] = set()
+            if len(fresh) < len(batch.events) and any(r.flow is not None for r in batch.runs):
+                replayed = {ev.internal_id for ev in batch.events} - {ev.internal_id for ev in fresh}
+            for run in batch.runs:
+                if run.idempotency_key is not None:
+                    got = conn.execute(
+                        self.Q["claim_idempotency_key"],
+                        {"function_id": run.function_id, "key": run.idempotency_key, "run_id": run.id,
+                         "expires_at": now + 24 * 3600 * 1000, "now": now},
+                    ).fetchone()  # fmt: skip
+                    if got[0] != run.id:  # held by another run (equal: this very batch, retried after a lost commit)
+                        result.skipped_run_ids.append(run.id)
+                        continue
+                flow = run.flow
+                gated = flow is not None and bool(
+                    flow.rate_limit or flow.singleton or flow.debounce or flow.batch or flow.throttle
+                )
+                if gated:
+                    if not self._admit(conn, run, now, matcher, result, run.event_id in replayed):
+                        continue  # skipped (stored as such) or merged into an open debounce/batch run
+                else:
+                    plain.append(run)
+                created.append((result, run, gated))
+        if plain:
+            self._insert_plain_runs(conn, plain)
+        for result, run, _ in created:
             for w in run.cancel_waits:
                 conn.execute(
                     self.Q["insert_wait"],
@@ -201,12 +250,13 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
                      "expression": w.expression, "expires_at": w.expires_at},
                 )  # fmt: skip
             result.created_run_ids.append(run.id)
-        if result.woken_run_ids:
-            self._notify_work(conn, now)
-        created = set(result.created_run_ids) - gated
-        if created:
-            self._notify_work(conn, min(r.due_at for r in batch.runs if r.id in created))
-        return result
+        for (_, _, now), result in zip(items, results, strict=True):
+            if result.woken_run_ids:
+                self._notify_work(conn, now)
+        due = [run.due_at for _, run, gated in created if not gated]  # gated runs were notified by their gate
+        if due:
+            self._notify_work(conn, min(due))
+        return results
 
     def _match_waits(self, conn: Any, ev: StoredEvent, matcher: WaitMatcher, now: int, result: IngestResult) -> None:
         rows = conn.execute(self.Q["waits_for_event"], {"event_name": ev.name, "now": now}).fetchall()
@@ -460,14 +510,29 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
     async def finish_run(
         self, run_id: str, owner: str | None, finish: RunFinish, matcher: WaitMatcher, now: int
     ) -> WriteOutcome:
-        def op(conn: Any) -> WriteOutcome:
-            cancelled: list[str] = []
-            if self._finish(conn, run_id, finish, matcher, now, owner, cancelled):
-                return WriteOutcome("ok", cancelled_run_ids=tuple(cancelled))
-            # Not ended by this call: already ended (cancelled elsewhere), or another worker holds the lease.
-            return (self._check_lease(conn, run_id, owner) if owner is not None else None) or WriteOutcome("cancelled")
+        outcome: WriteOutcome = await self.writer.run(_FinishOp(self, run_id, owner, finish, matcher, now))
+        return outcome
 
-        return await self.writer.run(op)
+    def _finish_many(self, conn: Any, ops: list[_FinishOp]) -> list[WriteOutcome]:
+        """End several runs; the events their ends emit are ingested together, after the last one."""
+        outcomes: list[WriteOutcome | None] = []
+        follow_ups: list[tuple[IngestBatch, WaitMatcher, int]] = []
+        whose: list[int] = []  # the op each follow-up belongs to
+        for i, op in enumerate(ops):
+            later: list[tuple[IngestBatch, WaitMatcher, int]] = []
+            if self._finish(conn, op.run_id, op.finish, op.matcher, op.now, op.owner, follow_ups=later):
+                outcomes.append(None)
+                follow_ups += later
+                whose += [i] * len(later)
+            else:
+                # Not ended by this call: already ended (cancelled elsewhere), or another worker holds the lease.
+                bad = self._check_lease(conn, op.run_id, op.owner) if op.owner is not None else None
+                outcomes.append(bad or WriteOutcome("cancelled"))
+        cancelled: list[list[str]] = [[] for _ in ops]
+        if follow_ups:
+            for i, result in zip(whose, self._ingest_many(conn, follow_ups), strict=True):
+                cancelled[i] += result.cancelled_run_ids
+        return [o or WriteOutcome("ok", cancelled_run_ids=tuple(c)) for o, c in zip(outcomes, cancelled, strict=True)]
 
     def _finish(
         self,
@@ -477,9 +542,12 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
         matcher: WaitMatcher,
         now: int,
         owner: str | None = None,
-        cancelled: list[str] | None = None,
+        follow_ups: list[tuple[IngestBatch, WaitMatcher, int]] | None = None,
     ) -> bool:
-        """End the run if it is live (and leased by ``owner``, when given); False if nothing changed."""
+        """End the run if it is live (and leased by ``owner``, when given); False if nothing changed.
+
+        The events the end emits are ingested here, or added to ``follow_ups`` for the caller to ingest.
+        """
         row = conn.execute(
             self.Q["finish_run"],
             {"run_id": run_id, "status": finish.status, "output": _j(finish.output), "error": _j(finish.error),
@@ -507,9 +575,10 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
                 conn.execute(self.Q["wake_run"], {"run_id": parent_run_id, "now": now})
                 self._notify_work(conn, now)
         if finish.follow_up.events or finish.follow_up.runs:
-            follow = self._ingest(conn, finish.follow_up, matcher, now)
-            if cancelled is not None:
-                cancelled += follow.cancelled_run_ids
+            if follow_ups is not None:
+                follow_ups.append((finish.follow_up, matcher, now))
+            else:
+                self._ingest(conn, finish.follow_up, matcher, now)
         return True
 
     # --- retention ---
@@ -593,3 +662,30 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
         params = {"name": name, "limit": limit, "before": before}
         query = "list_events" if name is None else "list_events_by_name"
         return [_event(r) for r in self._read(lambda c: c.execute(self.Q[query], params).fetchall())]
+
+
+class _IngestOp(MergeableOp):
+    """One ingest; the writer applies the ingests of a batch together (``SqlStore._ingest_many``)."""
+
+    __slots__ = ("batch", "matcher", "now", "store")
+
+    def __init__(self, store: SqlStore, batch: IngestBatch, matcher: WaitMatcher, now: int) -> None:
+        self.store, self.batch, self.matcher, self.now = store, batch, matcher, now
+
+    def merge(self, conn: Any, ops: list[Any]) -> list[Any]:
+        return list(self.store._ingest_many(conn, [(op.batch, op.matcher, op.now) for op in ops]))
+
+
+class _FinishOp(MergeableOp):
+    """One run's end; the writer applies the ends of a batch together (``SqlStore._finish_many``)."""
+
+    __slots__ = ("finish", "matcher", "now", "owner", "run_id", "store")
+
+    def __init__(
+        self, store: SqlStore, run_id: str, owner: str | None, finish: RunFinish, matcher: WaitMatcher, now: int
+    ) -> None:
+        self.store, self.run_id, self.owner, self.finish, self.matcher, self.now = (
+            store, run_id, owner, finish, matcher, now)  # fmt: skip
+
+    def merge(self, conn: Any, ops: list[Any]) -> list[Any]:
+        return list(self.store._finish_many(conn, ops))

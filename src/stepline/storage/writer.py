@@ -9,6 +9,7 @@ lets many small writes per second through.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import logging
@@ -235,22 +236,38 @@ class GroupCommitWriter:
         Operations run without savepoints (two statements fewer each). If one raises, the transaction is rolled
         back, that operation's caller gets the error, and the rest of the batch runs again without it: errors
         are rare, so the common path stays short.
+
+        Operations of the same kind that can be applied together (``MergeableOp`` with the same ``merge``
+        function) are applied by one call, at the place of the first of them: multi-row statements instead of
+        a few statements each. If that call raises, the batch runs again with those operations one by one, so
+        that an error stays with the operation that caused it.
         """
         failed: list[tuple[_Waiter, Any, BaseException | None]] = []
         # A caller that gave up (its asyncio task was cancelled) cancelled its future: skip its op.
         batch = [(op, w) for op, w in batch if w.start()]
+        merging = True
         while batch:
             conn.execute(self._begin)
             results: list[tuple[_Waiter, Any, BaseException | None]] = []
-            for index, (op, waiter) in enumerate(batch):
+            units = _units(batch) if merging else [[i] for i in range(len(batch))]
+            for unit in units:
                 try:
-                    results.append((waiter, op(conn), None))
+                    if len(unit) == 1:
+                        op, waiter = batch[unit[0]]
+                        results.append((waiter, op(conn), None))
+                    else:
+                        ops = [batch[i][0] for i in unit]
+                        values = ops[0].merge(conn, ops)  # type: ignore[attr-defined]
+                        results.extend((batch[i][1], v, None) for i, v in zip(unit, values, strict=True))
                 except BaseException as exc:
                     if self._is_transient(exc):
                         raise
                     conn.execute("ROLLBACK")
-                    failed.append((waiter, None, exc))
-                    del batch[index]
+                    if len(unit) > 1:
+                        merging = False  # find the one that fails
+                    else:
+                        failed.append((batch[unit[0]][1], None, exc))
+                        del batch[unit[0]]
                     break
             else:
                 if self._before_commit is not None:
@@ -260,3 +277,38 @@ class GroupCommitWriter:
                 self.ops += len(batch)
                 return results + failed
         return failed
+
+
+class MergeableOp(abc.ABC):
+    """A write operation that can be applied together with others of its kind (see ``GroupCommitWriter._apply``).
+
+    ``merge(conn, ops)`` applies every op of the list and returns their results in order; ``__call__(conn)``
+    applies one. Subclasses set ``merge`` (ops with the same ``merge`` function are merged).
+    """
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def merge(self, conn: Any, ops: list[Any]) -> list[Any]:
+        """Apply ``ops`` (all of this op's type, this one first) in order; their results in the same order."""
+
+    def __call__(self, conn: Any) -> Any:
+        return self.merge(conn, [self])[0]
+
+
+def _units(batch: list[tuple[WriteOp[Any], _Waiter]]) -> list[list[int]]:
+    """Indexes of the batch in the order they run: mergeable ops of one kind together, at the first one's place."""
+    units: list[list[int]] = []
+    groups: dict[Any, list[int]] = {}
+    for i, (op, _) in enumerate(batch):
+        if isinstance(op, MergeableOp):
+            key = type(op).merge
+            group = groups.get(key)
+            if group is not None:
+                group.append(i)
+                continue
+            groups[key] = group = [i]
+            units.append(group)
+        else:
+            units.append([i])
+    return units

@@ -7,6 +7,34 @@ INSERT INTO events (internal_id, id, name, data, "user", ts, v, received_at)
 VALUES (%(internal_id)s, %(id)s, %(name)s, %(data)s::jsonb, %(user)s::jsonb, %(ts)s, %(v)s, %(received_at)s)
 ON CONFLICT (internal_id) DO NOTHING
 
+-- name: insert_events
+-- Many events in one statement (arrays of equal length, in order); returns the ones not stored before.
+INSERT INTO events (internal_id, id, name, data, "user", ts, v, received_at)
+SELECT internal_id, id, name, data::jsonb, u::jsonb, ts, v, received_at
+FROM unnest(%(internal_id)s::text[], %(id)s::text[], %(name)s::text[], %(data)s::text[], %(user)s::text[],
+            %(ts)s::bigint[], %(v)s::text[], %(received_at)s::bigint[])
+     WITH ORDINALITY AS e(internal_id, id, name, data, u, ts, v, received_at, ord)
+ORDER BY ord
+ON CONFLICT (internal_id) DO NOTHING
+RETURNING internal_id
+
+-- name: names_with_waits
+SELECT DISTINCT event_name FROM waits WHERE event_name = ANY(%(names)s::text[])
+
+-- name: insert_plain_runs
+-- Queued runs without ingest gates (concurrency keys and priority only), many in one statement.
+INSERT INTO runs (id, function_id, event_id, batch, status, created_at, start_deadline, due_at,
+                  parent_run_id, parent_step_id, flow, ckey1, ckey2, priority_ms)
+SELECT id, function_id, event_id, batch::jsonb, 'queued', created_at, start_deadline, due_at,
+       parent_run_id, parent_step_id, flow::jsonb, ckey1, ckey2, priority_ms
+FROM unnest(%(id)s::text[], %(function_id)s::text[], %(event_id)s::text[], %(batch)s::text[],
+            %(created_at)s::bigint[], %(start_deadline)s::bigint[], %(due_at)s::bigint[], %(parent_run_id)s::text[],
+            %(parent_step_id)s::text[], %(flow)s::text[], %(ckey1)s::text[], %(ckey2)s::text[],
+            %(priority_ms)s::bigint[])
+     AS r(id, function_id, event_id, batch, created_at, start_deadline, due_at, parent_run_id, parent_step_id,
+          flow, ckey1, ckey2, priority_ms)
+ON CONFLICT (id) DO NOTHING
+
 -- name: event_cursor
 SELECT pg_current_snapshot()::text
 

@@ -10,6 +10,7 @@ step started.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -20,6 +21,8 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
+from stepline.core.events import StoredEvent
+from stepline.storage.records import NewRun
 from stepline.storage.sql import load_migrations, load_queries
 from stepline.storage.sql_store import SqlStore
 from stepline.storage.writer import GroupCommitWriter
@@ -178,6 +181,42 @@ class PostgresStore(SqlStore):
             "SELECT pg_advisory_xact_lock_shared(hashtextextended(n, 0)) FROM unnest(%(names)s::text[]) AS n",
             {"names": names},
         )
+
+    def _insert_events(self, conn: Any, events: list[StoredEvent]) -> set[str]:
+        if len(events) < 2:
+            return super()._insert_events(conn, events)
+        rows = conn.execute(
+            self.Q["insert_events"],
+            {"internal_id": [e.internal_id for e in events], "id": [e.id for e in events],
+             "name": [e.name for e in events], "data": [json.dumps(e.data) for e in events],
+             "user": [json.dumps(e.user) for e in events], "ts": [e.ts for e in events], "v": [e.v for e in events],
+             "received_at": [e.received_at for e in events]},
+        ).fetchall()  # fmt: skip
+        return {r[0] for r in rows}
+
+    def _names_with_waits(self, conn: Any, names: list[str]) -> set[str]:
+        if not names:
+            return set()
+        return {r[0] for r in conn.execute(self.Q["names_with_waits"], {"names": names})}
+
+    def _insert_plain_runs(self, conn: Any, runs: list[NewRun]) -> None:
+        if len(runs) < 2:
+            super()._insert_plain_runs(conn, runs)
+            return
+        concs = [r.flow.concurrency if r.flow is not None else () for r in runs]
+        conn.execute(
+            self.Q["insert_plain_runs"],
+            {"id": [r.id for r in runs], "function_id": [r.function_id for r in runs],
+             "event_id": [r.event_id for r in runs],
+             "batch": [json.dumps(list(r.batch)) if r.batch else None for r in runs],
+             "created_at": [r.created_at for r in runs], "start_deadline": [r.start_deadline for r in runs],
+             "due_at": [r.due_at for r in runs], "parent_run_id": [r.parent_run_id for r in runs],
+             "parent_step_id": [r.parent_step_id for r in runs],
+             "flow": [json.dumps({"c": [list(c) for c in conc]}) if conc else None for conc in concs],
+             "ckey1": [conc[0][0] if conc else None for conc in concs],
+             "ckey2": [conc[1][0] if len(conc) > 1 else None for conc in concs],
+             "priority_ms": [r.flow.priority_ms if r.flow is not None else 0 for r in runs]},
+        )  # fmt: skip
 
     def _lock_for_wait(self, conn: Any, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(name)s, 0))", {"name": name})
