@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from stepline.storage.base import Store
-from stepline.storage.records import IngestBatch, IngestResult, RunFilter, RunFinish, WaitSpec
+from stepline.storage.records import IngestBatch, IngestResult, RunFilter, RunFinish, StepResultConflict, WaitSpec
 
 from .builders import (
     DAY,
@@ -26,6 +26,7 @@ from .builders import (
     NOW,
     OTHER_FN,
     event,
+    memo,
     new_run,
     start,
     start_and_claim,
@@ -187,3 +188,24 @@ async def test_many_run_ends_in_one_batch_each_get_their_own_outcome_and_follow_
     assert stored == {finished[i].internal_id for i in range(6)}
     started = await store.claim_runs("w3", [OTHER_FN], NOW + 3, 20, LEASE)
     assert sorted(c.run.id for c in started) == sorted(then[i].id for i in range(6))
+
+
+async def test_run_ends_in_one_batch_store_their_held_back_results_and_a_conflict_fails_alone(store: Store) -> None:
+    evs = [event(EVENT, {"i": i}) for i in range(6)]
+    await ingest_op(store, evs, [new_run(ev) for ev in evs])
+    ids = sorted(c.run.id for c in await store.claim_runs("w1", [FN], NOW, 100, LEASE))
+    # a worker that lost the lease recorded step "s" of run 4 with another result, and of run 5 with the same one
+    await store.record_step(ids[4], "stale", memo("s", "theirs"), MATCH, NOW + 1)
+    await store.record_step(ids[5], "stale", memo("s", 5), MATCH, NOW + 1)
+    ends = [
+        store.finish_run(run_id, "w1", RunFinish("completed", i, steps=[memo("s", i)]), MATCH, NOW + 2)
+        for i, run_id in enumerate(ids)
+    ]
+    outcomes = await together(store, *ends)
+    assert isinstance(outcomes[4], StepResultConflict)
+    assert [getattr(o, "status", None) for i, o in enumerate(outcomes) if i != 4] == ["ok"] * 5
+    runs = {r.id: r for r in await store.list_runs(RunFilter())}
+    assert [runs[i].status for i in ids] == ["completed"] * 4 + ["running", "completed"]  # run 4: not ended
+    for i, run_id in enumerate(ids):
+        (step,) = await store.list_steps(run_id)
+        assert (step.display_id, step.status, step.output) == ("s", "completed", "theirs" if i == 4 else i)

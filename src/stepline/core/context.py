@@ -6,9 +6,11 @@ import asyncio
 import concurrent.futures
 import contextvars
 import datetime as dt
+import functools
 import inspect
 import logging
 import typing
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,7 +30,19 @@ Duration = str | int | float | dt.timedelta
 def _convert(value: Any, output_type: Any) -> Any:
     if output_type is None or value is None:
         return value
-    return TypeAdapter(output_type).validate_python(value)
+    try:
+        adapter = _adapter(output_type)
+    except TypeError:  # an unhashable type expression
+        adapter = TypeAdapter(output_type)
+    return adapter.validate_python(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter(output_type: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(output_type)
+
+
+_MODELS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def _annotated_model(fn: Callable[..., Any]) -> Any:
@@ -37,11 +51,22 @@ def _annotated_model(fn: Callable[..., Any]) -> Any:
     if not ann or "return" not in ann:
         return None
     ret = ann["return"]
-    if isinstance(ret, str):
+    if isinstance(ret, str):  # postponed annotations: resolved once per function (get_type_hints is slow)
+        key = getattr(fn, "__func__", fn)
+        try:
+            return _MODELS[key]
+        except (KeyError, TypeError):
+            pass
         try:
             ret = typing.get_type_hints(fn).get("return")
         except Exception:
-            return None
+            ret = None
+        model = ret if isinstance(ret, type) and issubclass(ret, BaseModel) else None
+        try:
+            _MODELS[key] = model
+        except TypeError:  # not weakly referenceable
+            pass
+        return model
     return ret if isinstance(ret, type) and issubclass(ret, BaseModel) else None
 
 

@@ -31,7 +31,7 @@ from stepline.core.events import to_json_value
 from stepline.core.function import FunctionDef
 from stepline.core.run_logs import RunLogger, activate, deactivate
 from stepline.core.steps import StepDriver
-from stepline.storage.records import ClaimedRun, RunFinish
+from stepline.storage.records import ClaimedRun, RunFinish, StepResultConflict
 
 log = logging.getLogger("stepline.executor")
 _FINAL_ERRORS = (StepError, NonRetriableError, StepIdConflictError, SerializationError)
@@ -168,6 +168,7 @@ class Executor:
             reasons = sorted(driver.reasons, key=lambda r: r.get("until") or 0)
             idle = reasons[0] if len(reasons) == 1 else {"kind": "multiple", "reasons": reasons}
             cap = deadline if driver.pending else now
+            await driver.flush()
             outcome = await self.engine.store.suspend_run(run.id, self.owner, driver.pending_with_logs(), idle,
                                                           self.engine.matcher, now, max_due_at=cap)  # fmt: skip
             await self.engine.announce_cancellations(outcome.cancelled_run_ids)
@@ -184,6 +185,7 @@ class Executor:
         else:
             due = now + int(fn.backoff.delay(run.attempt).total_seconds() * 1000)
         log.info("run %s of %s failed (attempt %d), retrying: %s", run.id, fn.id, run.attempt, error)
+        await driver.flush()
         await self.engine.store.retry_run(run.id, self.owner, due, serialize_error(error), now,
                                           logs=driver.logs.take())  # fmt: skip
 
@@ -191,8 +193,16 @@ class Executor:
         fn = self.functions.get(claimed.run.function_id) if self.functions else None
         if driver is not None:
             finish.logs = driver.logs.take()
+            finish.steps = driver.unwritten
         if fn is not None and not fn.cancel_on and driver is not None:
             # Waits exist only for cancel_on and wait_for_event steps: without either there is nothing to delete.
             kinds = {s.kind for s in driver.memo.values()} | {u.kind for u in driver.pending}
             finish.may_have_waits = "wait_for_event" in kinds
-        await self.engine.end_run(claimed.run, claimed.event, self.owner, finish)
+        try:
+            await self.engine.end_run(claimed.run, claimed.event, self.owner, finish)
+        except StepResultConflict as exc:
+            # A worker that lost this run's lease recorded one of its steps with another result: replay the run
+            # from what is stored (rare; the end was not written).
+            log.warning("run %s: %s; replaying it", claimed.run.id, exc)
+            await self.engine.store.release_run(claimed.run.id, self.owner, self.engine.clock.now_ms())
+            self.engine.notify()

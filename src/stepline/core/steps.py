@@ -79,6 +79,9 @@ class StepDriver:
         self.deadline_ms: int | None = None  # timeouts.finish
         self.lease_until: int | None = None  # this worker's lease, as last claimed or renewed
         self.timed_out = False
+        # A step's result held back until the run's next write (see ``finish_run``), and that write in progress.
+        self.unwritten: list[StepUpdate] = []
+        self._flushing: asyncio.Future[None] | None = None
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -142,10 +145,51 @@ class StepDriver:
             self._idle.clear()
             await self._idle.wait()
 
-    async def _record(self, update: StepUpdate) -> StepRecord:
+    async def flush(self) -> None:
+        """Write the step result held back by ``finish_run``: before any other step begins or the run writes.
+
+        Callers that arrive while it is being written wait for the same write, in the order they arrived.
+        """
+        if self._flushing is None:
+            if not self.unwritten:
+                return
+            self._flushing = asyncio.ensure_future(self._write_unwritten())
+        await asyncio.shield(self._flushing)
+
+    async def _write_unwritten(self) -> None:
+        try:
+            while self.unwritten:
+                await self._write(self.unwritten[0])
+                del self.unwritten[0]
+        finally:
+            self.unwritten.clear()  # written, or the run stopped (cancelled, lease lost): nothing more to write
+            self._flushing = None
+
+    def _hold_back(self, update: StepUpdate) -> StepRecord:
+        """Keep a completed step's result for the run's next write instead of writing it now.
+
+        The run's code goes on at once; the result becomes durable with whatever the run writes next (the next
+        step flushes it first, the run's end writes it in the same transaction). No step's code starts before
+        it is durable, and a crash before then runs the step again, as a crash before its own write would.
+        """
         logs = self.logs.take()
         if logs is not None:
             update = dataclasses.replace(update, logs=logs)
+        self.unwritten.append(update)
+        now = self._now()
+        rec = StepRecord(self.run_id, update.step_id, update.display_id, update.kind, update.status,
+                         update.attempts, update.output, None, None, now, now)  # fmt: skip
+        self.memo[rec.step_id] = rec
+        return rec
+
+    async def _record(self, update: StepUpdate) -> StepRecord:
+        await self.flush()
+        logs = self.logs.take()
+        if logs is not None:
+            update = dataclasses.replace(update, logs=logs)
+        return await self._write(update)
+
+    async def _write(self, update: StepUpdate) -> StepRecord:
         outcome: WriteOutcome = await self.engine.store.record_step(
             self.run_id, self.owner, update, self.engine.matcher, self._now()
         )
@@ -170,6 +214,7 @@ class StepDriver:
 
     # --- step.run ---
     async def plan_run(self, user_id: str) -> Memo | Execute:
+        await self.flush()
         display_id, step_id, rec = self._begin("run", user_id)
         if rec is not None:
             if rec.is_memo:
@@ -198,9 +243,10 @@ class StepDriver:
                 except SerializationError as exc:
                     error = exc
             if error is None:
-                rec = await self._record(StepUpdate(plan.step_id, plan.display_id, "run", "completed",
-                                                    plan.attempt + 1, output=output))  # fmt: skip
-                return self._memo_value(rec)
+                update = StepUpdate(plan.step_id, plan.display_id, "run", "completed", plan.attempt + 1, output=output)
+                if self._inflight == 1 and not self.unwritten and self._flushing is None:
+                    return self._hold_back(update).output  # no parallel step in flight: see _hold_back
+                return self._memo_value(await self._record(update))
             now = self._now()
             retriable = not isinstance(error, NonRetriableError | SerializationError)
             if retriable and plan.attempt < self.fn.retries:
@@ -223,6 +269,7 @@ class StepDriver:
 
     # --- step.sleep / sleep_until ---
     async def sleep(self, user_id: str, until: int | None, duration: Any = None) -> None:
+        await self.flush()
         display_id, step_id, rec = self._begin("sleep", user_id)
         now = self._now()
         if rec is not None:
@@ -248,6 +295,7 @@ class StepDriver:
     async def wait_for_event(
         self, user_id: str, event: str, if_exp: str | None, match: str | None, timeout: Any
     ) -> dict[str, Any] | None:
+        await self.flush()
         display_id, step_id, rec = self._begin("wait_for_event", user_id)
         now = self._now()
         if rec is not None:
@@ -281,6 +329,7 @@ class StepDriver:
 
     # --- step.invoke ---
     async def invoke(self, user_id: str, function: FunctionDef | str, data: Any, timeout: Any) -> Any:
+        await self.flush()
         display_id, step_id, rec = self._begin("invoke", user_id)
         now = self._now()
         if rec is not None:
@@ -315,6 +364,7 @@ class StepDriver:
 
     # --- step.send_event ---
     async def send_event(self, user_id: str, events: Any) -> list[str]:
+        await self.flush()
         display_id, step_id, rec = self._begin("send_event", user_id)
         if rec is not None and rec.is_memo:
             return list(self._memo_value(rec) or [])

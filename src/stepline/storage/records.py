@@ -180,6 +180,10 @@ class StepUpdate:
     logs: RunLogs | None = None  # the run's log lines captured before this write, stored with it
 
 
+class StepResultConflict(Exception):
+    """A run's end carried a step result, but that step already has another one: the run must replay it."""
+
+
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
     """What a write on a leased run found: ok, or why the caller must stop executing the run."""
@@ -211,6 +215,9 @@ class RunFinish:
     follow_up: IngestBatch = field(default_factory=lambda: IngestBatch([], []))  # system events + runs
     may_have_waits: bool = True  # False lets the store skip deleting waits of a run that never had any
     logs: RunLogs | None = None  # the run's last captured log lines, stored with its end
+    # Results of the run's last steps not written yet (see StepDriver._hold_back), stored with its end: if one was
+    # already recorded with another result (by a worker that lost the lease), the end raises StepResultConflict.
+    steps: list[StepUpdate] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -28,6 +28,7 @@ from stepline.storage.records import (
     RunLogs,
     RunRecord,
     StepRecord,
+    StepResultConflict,
     StepUpdate,
     WaitMatcher,
     WriteOutcome,
@@ -514,20 +515,24 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
         return outcome
 
     def _finish_many(self, conn: Any, ops: list[_FinishOp]) -> list[WriteOutcome]:
-        """End several runs; the events their ends emit are ingested together, after the last one."""
-        outcomes: list[WriteOutcome | None] = []
+        """End several runs: their rows and held-back step results with one statement each where the dialect
+        can, and the events their ends emit ingested together, after the last one."""
+        rows = self._end_run_rows(conn, [(op.run_id, op.finish, op.now, op.owner) for op in ops])
+        ended = [(op, row) for op, row in zip(ops, rows, strict=True) if row is not None]
+        self._write_end_steps(conn, [(op.run_id, u, op.now) for op, _ in ended for u in op.finish.steps])
         follow_ups: list[tuple[IngestBatch, WaitMatcher, int]] = []
         whose: list[int] = []  # the op each follow-up belongs to
-        for i, op in enumerate(ops):
-            later: list[tuple[IngestBatch, WaitMatcher, int]] = []
-            if self._finish(conn, op.run_id, op.finish, op.matcher, op.now, op.owner, follow_ups=later):
-                outcomes.append(None)
-                follow_ups += later
-                whose += [i] * len(later)
-            else:
+        outcomes: list[WriteOutcome | None] = []
+        for i, (op, row) in enumerate(zip(ops, rows, strict=True)):
+            if row is None:
                 # Not ended by this call: already ended (cancelled elsewhere), or another worker holds the lease.
                 bad = self._check_lease(conn, op.run_id, op.owner) if op.owner is not None else None
                 outcomes.append(bad or WriteOutcome("cancelled"))
+                continue
+            outcomes.append(None)
+            n = len(follow_ups)
+            self._after_end(conn, op.run_id, row, op.finish, op.matcher, op.now, follow_ups)
+            whose += [i] * (len(follow_ups) - n)
         cancelled: list[list[str]] = [[] for _ in ops]
         if follow_ups:
             for i, result in zip(whose, self._ingest_many(conn, follow_ups), strict=True):
@@ -542,19 +547,50 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
         matcher: WaitMatcher,
         now: int,
         owner: str | None = None,
-        follow_ups: list[tuple[IngestBatch, WaitMatcher, int]] | None = None,
     ) -> bool:
-        """End the run if it is live (and leased by ``owner``, when given); False if nothing changed.
-
-        The events the end emits are ingested here, or added to ``follow_ups`` for the caller to ingest.
-        """
-        row = conn.execute(
-            self.Q["finish_run"],
-            {"run_id": run_id, "status": finish.status, "output": _j(finish.output), "error": _j(finish.error),
-             "now": now, "owner": owner},
-        ).fetchone()  # fmt: skip
+        """End the run if it is live (and leased by ``owner``, when given); False if nothing changed."""
+        (row,) = self._end_run_rows(conn, [(run_id, finish, now, owner)])
         if row is None:
             return False
+        self._write_end_steps(conn, [(run_id, u, now) for u in finish.steps])
+        self._after_end(conn, run_id, row, finish, matcher, now, None)
+        return True
+
+    # Dialect hooks for the multi-row statements of run ends (PostgreSQL overrides them with one statement each).
+    def _end_run_rows(
+        self, conn: Any, items: list[tuple[str, RunFinish, int, str | None]]
+    ) -> list[tuple[Any, ...] | None]:
+        """End each run if it is live (and leased by the owner, when given): its row, or None if not ended."""
+        return [
+            conn.execute(
+                self.Q["finish_run"],
+                {"run_id": run_id, "status": finish.status, "output": _j(finish.output),
+                 "error": _j(finish.error), "now": now, "owner": owner},
+            ).fetchone()
+            for run_id, finish, now, owner in items
+        ]  # fmt: skip
+
+    def _write_end_steps(self, conn: Any, items: list[tuple[str, StepUpdate, int]]) -> None:
+        """Store results that ended runs held back; one already recorded with another result is a conflict."""
+        for run_id, u, now in items:
+            step, wrote = self._write_step(conn, run_id, u, now)
+            if wrote:
+                self._insert_run_logs(conn, run_id, u.logs, now)
+            elif (step.status, step.output) != (u.status, u.output):
+                raise StepResultConflict(f"step {u.display_id!r} of run {run_id} already has another result")
+
+    def _after_end(
+        self,
+        conn: Any,
+        run_id: str,
+        row: tuple[Any, ...],
+        finish: RunFinish,
+        matcher: WaitMatcher,
+        now: int,
+        follow_ups: list[tuple[IngestBatch, WaitMatcher, int]] | None,
+    ) -> None:
+        """What a run's end does beyond its row: logs, waits, slots, the parent's invoke step, the events it emits
+        (ingested here, or added to ``follow_ups`` for the caller to ingest)."""
         self._insert_run_logs(conn, run_id, finish.logs, now)
         if finish.may_have_waits:
             conn.execute(self.Q["delete_run_waits"], {"run_id": run_id})
@@ -579,7 +615,6 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
                 follow_ups.append((finish.follow_up, matcher, now))
             else:
                 self._ingest(conn, finish.follow_up, matcher, now)
-        return True
 
     # --- retention ---
     async def prune(

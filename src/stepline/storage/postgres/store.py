@@ -22,9 +22,9 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
 from stepline.core.events import StoredEvent
-from stepline.storage.records import NewRun
+from stepline.storage.records import NewRun, RunFinish, StepUpdate
 from stepline.storage.sql import load_migrations, load_queries
-from stepline.storage.sql_store import SqlStore
+from stepline.storage.sql_store import SqlStore, _j
 from stepline.storage.writer import GroupCommitWriter
 
 T = TypeVar("T")
@@ -217,6 +217,40 @@ class PostgresStore(SqlStore):
              "ckey2": [conc[1][0] if len(conc) > 1 else None for conc in concs],
              "priority_ms": [r.flow.priority_ms if r.flow is not None else 0 for r in runs]},
         )  # fmt: skip
+
+    def _end_run_rows(
+        self, conn: Any, items: list[tuple[str, RunFinish, int, str | None]]
+    ) -> list[tuple[Any, ...] | None]:
+        if len(items) < 2 or len({run_id for run_id, *_ in items}) < len(items):
+            return super()._end_run_rows(conn, items)
+        rows = conn.execute(
+            self.Q["finish_runs"],
+            {"id": [i[0] for i in items], "status": [i[1].status for i in items],
+             "output": [_j(i[1].output) for i in items], "error": [_j(i[1].error) for i in items],
+             "now": [i[2] for i in items], "owner": [i[3] for i in items]},
+        ).fetchall()  # fmt: skip
+        ended = {r[0]: tuple(r[1:]) for r in rows}
+        return [ended.get(run_id) for run_id, *_ in items]
+
+    def _write_end_steps(self, conn: Any, items: list[tuple[str, StepUpdate, int]]) -> None:
+        plain = all(u.status in ("completed", "failed") and u.kind == "run" for _, u, _ in items)
+        if len(items) < 2 or not plain or len({run_id for run_id, *_ in items}) < len(items):
+            super()._write_end_steps(conn, items)
+            return
+        rows = conn.execute(
+            self.Q["insert_end_steps"],
+            {"run_id": [i[0] for i in items], "step_id": [i[1].step_id for i in items],
+             "display_id": [i[1].display_id for i in items], "kind": [i[1].kind for i in items],
+             "status": [i[1].status for i in items], "attempts": [i[1].attempts for i in items],
+             "output": [_j(i[1].output) for i in items], "error": [_j(i[1].error) for i in items],
+             "now": [i[2] for i in items]},
+        ).fetchall()  # fmt: skip
+        written = {(r[0], r[1]) for r in rows}
+        for run_id, u, now in items:
+            if (run_id, u.step_id) in written:
+                self._insert_run_logs(conn, run_id, u.logs, now)
+            else:  # recorded before: the same result is fine, another one is a conflict
+                super()._write_end_steps(conn, [(run_id, u, now)])
 
     def _lock_for_wait(self, conn: Any, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(name)s, 0))", {"name": name})
