@@ -109,19 +109,21 @@ def validate_event(raw: Event | Mapping[str, Any], *, allow_reserved: bool = Fal
             "are sent by Stepline itself"
         )
     try:
-        data = to_json_value(event.data, f"data of event {event.name!r}")
-        user = to_json_value(event.user, f"user of event {event.name!r}")
+        text = dumps(event.data)
+        data = json.loads(text)
+        user = to_json_value(event.user, f"user of event {event.name!r}") if event.user else {}
     except SerializationError as exc:
-        raise EventValidationError(str(exc)) from None
+        raise EventValidationError(f"data of event {event.name!r} is not JSON-compatible: {exc}") from None
     if data is None:
-        data = {}
+        data, text = {}, "{}"
     if not isinstance(data, dict):
         raise EventValidationError(
             f"data of event {event.name!r} must be a JSON object (dict or pydantic model), got {type(data).__name__}"
         )
-    if not allow_reserved:
-        data.pop("_inngest", None)
-    size = len(dumps(data))
+    if not allow_reserved and "_inngest" in data:
+        del data["_inngest"]
+        text = dumps(data)
+    size = len(text)
     if size > MAX_EVENT_BYTES:
         raise EventValidationError(
             f"event {event.name!r} is {size} bytes of data; the limit is {MAX_EVENT_BYTES} bytes"

@@ -70,12 +70,17 @@ class _WriterGroup:
 
 
 class PostgresStore(SqlStore):
-    """``url`` is a libpq connection string (``postgresql://user@host:port/db``)."""
+    """``url`` is a libpq connection string (``postgresql://user@host:port/db``).
+
+    ``writers``: group-commit writer connections. One is the default: its batches grow with the load, and
+    with several processes on a machine, more connections committing smaller batches cost the server more
+    (one-step runs/s at 4 worker processes on 2 cores: 1,255 with one writer each, 1,102 with two).
+    """
 
     Q = QUERIES
     registry_check_seconds = 1.0  # a registry-version round trip per send would cost more than it is worth
 
-    def __init__(self, url: str, *, writers: int = 2, pool_size: int = 4, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, writers: int = 1, pool_size: int = 4, migrate: bool = True) -> None:
         self.url = url
         self._writer_count = writers
         self._pool_size = pool_size
