@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from stepline import FakeClock, Stepline
@@ -103,3 +104,32 @@ async def test_a_result_recorded_meanwhile_by_a_worker_that_lost_the_lease_wins(
     assert (run.status, run.output) == ("completed", "theirs")
     assert calls == ["s"]  # the replay took the stored result
     assert [(s.display_id, s.output) for s in await steps(client, run.id)] == [("s", "theirs")]
+
+
+async def test_a_stopping_worker_writes_the_result_it_held_back(client: Stepline) -> None:
+    """Shutdown cancels a run still in its code after a step (grace over): the step's result is kept, so the worker
+    that takes the run over does not run the step again."""
+    calls: list[str] = []
+    in_slow_part = asyncio.Event()
+
+    @client.function(id="slow", trigger="t/slow")
+    async def slow(ctx: Any) -> Any:
+        value = await ctx.step.run("a", lambda: calls.append("a") or "A")
+        if len(calls) == 1 and not in_slow_part.is_set():
+            in_slow_part.set()
+            await asyncio.sleep(60)  # code between steps, still running when the worker stops
+        return value
+
+    await client.ready()
+    await client.send({"name": "t/slow"})
+    worker = client.worker(shutdown_grace=0.1, poll_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(in_slow_part.wait(), 10)
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    run = await only_run(client)
+    assert run.status == "running" and run.lease_owner is None  # released for another worker
+    assert [(s.display_id, s.output) for s in await steps(client, run.id)] == [("a", "A")]
+    await drain(client)
+    run = await only_run(client)
+    assert (run.status, run.output, calls) == ("completed", "A", ["a"])

@@ -115,6 +115,10 @@ class Executor:
                 result = await loop.run_in_executor(self.threads, contextvars.copy_context().run, fn.handler, ctx)
         except asyncio.CancelledError:
             await driver.wait_idle()
+            try:  # a stopping worker keeps what its steps finished: they need not run again elsewhere
+                await driver.flush()
+            except (RunCancelled, LeaseLost):
+                pass
             driver.closed = True
             self._forget(run.id, driver)
             await self.engine.store.release_run(run.id, self.owner, self.engine.clock.now_ms())
