@@ -9,7 +9,7 @@ from stepline import FakeClock, Stepline
 from stepline.core.ids import hash_step_id
 from stepline.storage.records import StepUpdate
 
-from .helpers import advance, drain, only_run, steps
+from .helpers import advance, drain, only_run, runs, steps
 
 
 async def test_a_step_result_is_durable_before_the_next_step_starts(client: Stepline) -> None:
@@ -133,3 +133,61 @@ async def test_a_stopping_worker_writes_the_result_it_held_back(client: Stepline
     await drain(client)
     run = await only_run(client)
     assert (run.status, run.output, calls) == ("completed", "A", ["a"])
+
+
+async def test_a_held_back_result_that_lost_to_another_is_replayed_before_later_steps_use_it(client: Stepline) -> None:
+    """The next step finds another result recorded for the held-back one: what later steps compute comes from the
+    recorded result (the run is replayed from the store), never from the value that lost."""
+    calls: list[str] = []
+
+    @client.function(id="race2", trigger="t/race2")
+    async def race2(ctx: Any) -> Any:
+        mine = await ctx.step.run("s", lambda: calls.append("s") or "mine")
+        if len(calls) == 1:
+            await client.store.record_step(ctx.run_id, "stale-worker", StepUpdate(
+                hash_step_id("s"), "s", "run", "completed", 1, output="theirs"), client.engine.matcher,
+                client.engine.clock.now_ms())  # fmt: skip
+        return await ctx.step.run("t", lambda: calls.append("t") or f"from-{mine}")
+
+    await client.send({"name": "t/race2"})
+    await drain(client)
+    run = await only_run(client)
+    assert (run.status, run.output) == ("completed", "from-theirs")
+    assert [(s.display_id, s.output) for s in await steps(client, run.id)] == [("s", "theirs"), ("t", "from-theirs")]
+    assert calls == ["s", "t"]  # "t" ran once, after the replay
+
+
+async def test_the_live_execution_and_a_replay_see_the_same_step_value(client: Stepline, clock: FakeClock) -> None:
+    seen: list[Any] = []
+
+    @client.function(id="keys", trigger="t/keys", retries=1)
+    async def keys(ctx: Any) -> Any:
+        d = await ctx.step.run("d", lambda: {"bb": 1, "a": 2, "big": 1e20, "small": 1.5e-7})
+        seen.append((list(d), repr(d["big"]), repr(d["small"])))
+        if ctx.attempt == 0:
+            raise ValueError("retried: the next attempt replays 'd' from the store")
+        return None
+
+    await client.send({"name": "t/keys"})
+    await drain(client)
+    await advance(client, clock, 600)
+    assert (await only_run(client)).status == "completed"
+    assert seen == [(["bb", "a", "big", "small"], "1e+20", "1.5e-07")] * 2
+
+
+async def test_results_and_errors_with_nul_characters_are_stored(client: Stepline) -> None:
+    @client.function(id="nul", trigger="t/nul", retries=0)
+    async def nul(ctx: Any) -> Any:
+        part = await ctx.step.run("a", lambda: "a\x00b")
+        if ctx.event.data.get("fail"):
+            raise ValueError("bad \x00 byte")
+        return part + "\x00"
+
+    await client.send([{"name": "t/nul"}, {"name": "t/nul", "data": {"fail": True}}])
+    await drain(client)
+    by_status = {r.status: r for r in await runs(client)}
+    assert sorted(by_status) == ["completed", "failed"]
+    assert by_status["completed"].output == "a\x00b\x00"
+    assert "bad \x00 byte" in (by_status["failed"].error or {}).get("message", "")
+    for run in by_status.values():
+        assert [(s.display_id, s.output) for s in await steps(client, run.id)] == [("a", "a\x00b")]

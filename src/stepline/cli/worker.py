@@ -75,11 +75,6 @@ async def serve(client: Stepline, concurrency: int, threads: int, db_label: str)
         await client.close()
         raise NotFoundError(f"cannot open database {db_label}: {type(exc).__name__}: {exc}") from None
     worker = client.worker(concurrency=concurrency, threads=threads)
-    functions = ", ".join(sorted(client.functions)) or "none"
-    log.info("stepline worker: app %s, db %s, %d function(s): %s",
-             client.app_id, db_label, len(client.functions), functions)  # fmt: skip
-    if not client.functions:
-        log.warning("app %r defines no functions: this worker will never run anything", client.app_id)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     signals_seen = 0
@@ -107,6 +102,12 @@ async def serve(client: Stepline, concurrency: int, threads: int, db_label: str)
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
             pass
+    # Announced once the signal handlers are in place: a SIGTERM sent on seeing this line stops the worker cleanly.
+    functions = ", ".join(sorted(client.functions)) or "none"
+    log.info("stepline worker: app %s, db %s, %d function(s): %s",
+             client.app_id, db_label, len(client.functions), functions)  # fmt: skip
+    if not client.functions:
+        log.warning("app %r defines no functions: this worker will never run anything", client.app_id)
     try:
         await worker.run()
     finally:

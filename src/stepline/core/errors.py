@@ -98,3 +98,8 @@ class RunCancelled(_RunSignal):
 
 class LeaseLost(_RunSignal):
     """Another worker owns this run now; stop executing it here."""
+
+
+class ReplayRun(_RunSignal):
+    """A step's result, held back and used by the code already, lost to another one stored meanwhile (a worker
+    that lost the lease wrote first): stop, and replay the run from the store at once."""

@@ -18,6 +18,7 @@ from stepline.core.engine import Engine
 from stepline.core.errors import (
     LeaseLost,
     NonRetriableError,
+    ReplayRun,
     RetryAfterError,
     RunCancelled,
     SerializationError,
@@ -42,7 +43,7 @@ def _unwrap_signals(error: BaseException | None) -> BaseException | None:
     if not isinstance(error, BaseExceptionGroup):
         return error
     found = [e for e in _leaves(error) if isinstance(e, _RunSignal)]
-    for kind in (RunCancelled, LeaseLost, Suspend):
+    for kind in (RunCancelled, LeaseLost, ReplayRun, Suspend):
         for e in found:
             if isinstance(e, kind):
                 return e
@@ -154,6 +155,9 @@ class Executor:
         error = _unwrap_signals(error)
         if isinstance(error, RunCancelled | LeaseLost):
             return
+        if isinstance(driver.stop, ReplayRun) or isinstance(error, ReplayRun):
+            await self._replay(claimed, "a step's result lost to one recorded meanwhile")
+            return
         if driver.pending and (error is None or isinstance(error, Exception)):
             # Steps are waiting to be retried, sleeping or waiting, but the code went on (it swallowed the
             # signal: gather(return_exceptions=True), except BaseException, ...). Their state must be kept, and
@@ -205,8 +209,32 @@ class Executor:
         try:
             await self.engine.end_run(claimed.run, claimed.event, self.owner, finish)
         except StepResultConflict as exc:
-            # A worker that lost this run's lease recorded one of its steps with another result: replay the run
-            # from what is stored (rare; the end was not written).
-            log.warning("run %s: %s; replaying it", claimed.run.id, exc)
-            await self.engine.store.release_run(claimed.run.id, self.owner, self.engine.clock.now_ms())
-            self.engine.notify()
+            # A worker that lost this run's lease recorded one of its steps with another result (the end was not
+            # written): replay the run from what is stored.
+            await self._replay(claimed, str(exc))
+        except Exception as exc:
+            if not finish.steps:
+                raise
+            # The end failed with held-back step results in it: write them on their own (an error that is theirs
+            # shows there), then end without them.
+            await self._end_without_held_back(claimed, finish, exc)
+
+    async def _replay(self, claimed: ClaimedRun, why: str) -> None:
+        log.warning("run %s: %s; replaying it", claimed.run.id, why)
+        await self.engine.store.release_run(claimed.run.id, self.owner, self.engine.clock.now_ms())
+        self.engine.notify()
+
+    async def _end_without_held_back(self, claimed: ClaimedRun, finish: RunFinish, first: Exception) -> None:
+        steps, finish.steps = finish.steps, []
+        run_id = claimed.run.id
+        for u in steps:  # an error here is the step's own: it propagates, as when the step wrote by itself
+            outcome = await self.engine.store.record_step(
+                run_id, self.owner, u, self.engine.matcher, self.engine.clock.now_ms()
+            )
+            if outcome.status != "ok":
+                return  # cancelled meanwhile, or another worker owns the run now
+            if outcome.step is not None and (outcome.step.status, outcome.step.output) != (u.status, u.output):
+                await self._replay(claimed, f"step {u.display_id!r} already has another result")
+                return
+        log.warning("run %s: its end failed once with its last step results (%s); ended without them", run_id, first)
+        await self.engine.end_run(claimed.run, claimed.event, self.owner, finish)

@@ -24,12 +24,14 @@ from stepline.core.durations import parse_duration, to_utc
 from stepline.core.errors import (
     LeaseLost,
     NonRetriableError,
+    ReplayRun,
     RetryAfterError,
     RunCancelled,
     SerializationError,
     StepError,
     StepIdConflictError,
     Suspend,
+    _RunSignal,
     serialize_error,
 )
 from stepline.core.events import StoredEvent, canonical_event_name, to_json_value
@@ -159,11 +161,28 @@ class StepDriver:
     async def _write_unwritten(self) -> None:
         try:
             while self.unwritten:
-                await self._write(self.unwritten[0])
-                del self.unwritten[0]
+                update = self.unwritten[0]
+                try:
+                    rec = await self._write(update)
+                except _RunSignal:
+                    self.unwritten.clear()  # the run stopped (cancelled, lease lost): nothing more to write
+                    raise
+                del self.unwritten[0]  # (an error leaves it for the next write to try again)
+                if (rec.status, rec.output) != (update.status, update.output):
+                    # The code went on with a value that is not the recorded one: only a replay sees the truth.
+                    self.stop = ReplayRun()
+                    raise self.stop
         finally:
-            self.unwritten.clear()  # written, or the run stopped (cancelled, lease lost): nothing more to write
             self._flushing = None
+
+    async def _flush_before(self, rec: StepRecord | None) -> None:
+        """Before a step goes on (its id is taken first, so parallel steps keep the order they began in): the
+        held-back result is durable, unless this step only returns a recorded result."""
+        if rec is not None and rec.is_memo:
+            return
+        await self.flush()
+        if self.stop is not None:
+            raise self.stop
 
     def _hold_back(self, update: StepUpdate) -> StepRecord:
         """Keep a completed step's result for the run's next write instead of writing it now.
@@ -214,8 +233,8 @@ class StepDriver:
 
     # --- step.run ---
     async def plan_run(self, user_id: str) -> Memo | Execute:
-        await self.flush()
         display_id, step_id, rec = self._begin("run", user_id)
+        await self._flush_before(rec)
         if rec is not None:
             if rec.is_memo:
                 return Memo(self._memo_value(rec))
@@ -269,8 +288,8 @@ class StepDriver:
 
     # --- step.sleep / sleep_until ---
     async def sleep(self, user_id: str, until: int | None, duration: Any = None) -> None:
-        await self.flush()
         display_id, step_id, rec = self._begin("sleep", user_id)
+        await self._flush_before(rec)
         now = self._now()
         if rec is not None:
             if rec.is_memo:
@@ -295,8 +314,8 @@ class StepDriver:
     async def wait_for_event(
         self, user_id: str, event: str, if_exp: str | None, match: str | None, timeout: Any
     ) -> dict[str, Any] | None:
-        await self.flush()
         display_id, step_id, rec = self._begin("wait_for_event", user_id)
+        await self._flush_before(rec)
         now = self._now()
         if rec is not None:
             if rec.is_memo:
@@ -329,8 +348,8 @@ class StepDriver:
 
     # --- step.invoke ---
     async def invoke(self, user_id: str, function: FunctionDef | str, data: Any, timeout: Any) -> Any:
-        await self.flush()
         display_id, step_id, rec = self._begin("invoke", user_id)
+        await self._flush_before(rec)
         now = self._now()
         if rec is not None:
             if rec.is_memo:
@@ -364,8 +383,8 @@ class StepDriver:
 
     # --- step.send_event ---
     async def send_event(self, user_id: str, events: Any) -> list[str]:
-        await self.flush()
         display_id, step_id, rec = self._begin("send_event", user_id)
+        await self._flush_before(rec)
         if rec is not None and rec.is_memo:
             return list(self._memo_value(rec) or [])
         batch = await self.engine.plan_ingest(events)

@@ -181,9 +181,11 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
     def _ingest_many(self, conn: Any, items: list[tuple[IngestBatch, WaitMatcher, int]]) -> list[IngestResult]:
         """Apply several ingests in this transaction, with multi-row statements where the dialect has them.
 
-        The same outcome as applying them one after the other: events are stored in order, a redelivered event
-        (stored already, or earlier in this call) matches no wait, waits are matched before any of these runs
-        exist, and every run passes its flow-control gates in order.
+        As if they were applied one after the other, except that the events of every ingest are matched against
+        waits before the runs of any of them exist (they are concurrent sends: an event never cancels or resumes
+        a run created in the same call, as if it had been applied first). Events are stored in order, a
+        redelivered event (stored already, or earlier in this call) matches no wait, and every run passes its
+        flow-control gates in order.
         """
         results = [IngestResult([], [], [], [], []) for _ in items]
         names = sorted({ev.name for batch, _, _ in items for ev in batch.events})

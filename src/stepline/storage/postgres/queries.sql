@@ -1,16 +1,17 @@
 -- Stepline PostgreSQL queries. Parameters are named (%(name)s, psycopg style). Times are unix milliseconds.
--- JSON goes in as text cast to jsonb and comes out as text (::text), so the shared code sees the same values
--- as with SQLite.
+-- JSON goes in as text and comes out as text (::text), so the shared code sees the same values as with SQLite.
+-- What user code produced or sent (event payloads, step and run results and errors) is json, kept as written
+-- (migration 0007); Stepline's own documents (configs, idle reasons, flow keys) are jsonb.
 
 -- name: insert_event
 INSERT INTO events (internal_id, id, name, data, "user", ts, v, received_at)
-VALUES (%(internal_id)s, %(id)s, %(name)s, %(data)s::jsonb, %(user)s::jsonb, %(ts)s, %(v)s, %(received_at)s)
+VALUES (%(internal_id)s, %(id)s, %(name)s, %(data)s::json, %(user)s::json, %(ts)s, %(v)s, %(received_at)s)
 ON CONFLICT (internal_id) DO NOTHING
 
 -- name: insert_events
 -- Many events in one statement (arrays of equal length, in order); returns the ones not stored before.
 INSERT INTO events (internal_id, id, name, data, "user", ts, v, received_at)
-SELECT internal_id, id, name, data::jsonb, u::jsonb, ts, v, received_at
+SELECT internal_id, id, name, data::json, u::json, ts, v, received_at
 FROM unnest(%(internal_id)s::text[], %(id)s::text[], %(name)s::text[], %(data)s::text[], %(user)s::text[],
             %(ts)s::bigint[], %(v)s::text[], %(received_at)s::bigint[])
      WITH ORDINALITY AS e(internal_id, id, name, data, u, ts, v, received_at, ord)
@@ -169,8 +170,8 @@ FROM steps WHERE run_id = %(run_id)s AND step_id = %(step_id)s
 -- name: upsert_step
 INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
                    ended_at, seq)
-VALUES (%(run_id)s, %(step_id)s, %(display_id)s, %(kind)s, %(status)s, %(attempts)s, %(output)s::jsonb,
-        %(error)s::jsonb, %(wake_at)s, %(now)s,
+VALUES (%(run_id)s, %(step_id)s, %(display_id)s, %(kind)s, %(status)s, %(attempts)s, %(output)s::json,
+        %(error)s::json, %(wake_at)s, %(now)s,
         %(ended_at)s, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = %(run_id)s))
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
@@ -181,7 +182,7 @@ RETURNING run_id, step_id, display_id, kind, status, attempts, output::text, err
           ended_at
 
 -- name: complete_pending_step
-UPDATE steps SET status = %(status)s, output = %(output)s::jsonb, error = %(error)s::jsonb, wake_at = NULL,
+UPDATE steps SET status = %(status)s, output = %(output)s::json, error = %(error)s::json, wake_at = NULL,
                  ended_at = %(now)s
 WHERE run_id = %(run_id)s AND step_id = %(step_id)s AND status NOT IN ('completed', 'failed')
 
@@ -195,14 +196,14 @@ UPDATE runs SET due_at = %(now)s, idle_reason = NULL
 WHERE id = %(run_id)s AND status IN ('queued', 'running') AND (due_at IS NULL OR due_at > %(now)s)
 
 -- name: retry_run
-UPDATE runs SET attempt = attempt + 1, due_at = %(due_at)s, error = %(error)s::jsonb,
+UPDATE runs SET attempt = attempt + 1, due_at = %(due_at)s, error = %(error)s::json,
                 idle_reason = %(idle_reason)s::jsonb,
                 lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(run_id)s
 RETURNING ckey1, ckey2
 
 -- name: finish_run
-UPDATE runs SET status = %(status)s, output = %(output)s::jsonb, error = %(error)s::jsonb, ended_at = %(now)s,
+UPDATE runs SET status = %(status)s, output = %(output)s::json, error = %(error)s::json, ended_at = %(now)s,
                 due_at = NULL,
                 idle_reason = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(run_id)s AND status IN ('queued', 'running')
@@ -211,7 +212,7 @@ RETURNING parent_run_id, parent_step_id, started_at, ckey1, ckey2
 
 -- name: finish_runs
 -- finish_run for many runs at once (distinct ids); returns the id of each run it ended, then finish_run's columns.
-UPDATE runs SET status = f.status, output = f.output::jsonb, error = f.error::jsonb, ended_at = f.now,
+UPDATE runs SET status = f.status, output = f.output::json, error = f.error::json, ended_at = f.now,
                 due_at = NULL, idle_reason = NULL, lease_owner = NULL, lease_expires_at = NULL
 FROM unnest(%(id)s::text[], %(status)s::text[], %(output)s::text[], %(error)s::text[], %(now)s::bigint[],
             %(owner)s::text[]) AS f(id, status, output, error, now, owner)
@@ -222,7 +223,7 @@ RETURNING runs.id, parent_run_id, parent_step_id, started_at, ckey1, ckey2
 -- Completed or failed results of ended runs' last steps (one per run); returns the ones written (first write wins).
 INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
                    ended_at, seq)
-SELECT s.run_id, s.step_id, s.display_id, s.kind, s.status, s.attempts, s.output::jsonb, s.error::jsonb, NULL,
+SELECT s.run_id, s.step_id, s.display_id, s.kind, s.status, s.attempts, s.output::json, s.error::json, NULL,
        s.now, s.now, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE steps.run_id = s.run_id)
 FROM unnest(%(run_id)s::text[], %(step_id)s::text[], %(display_id)s::text[], %(kind)s::text[], %(status)s::text[],
             %(attempts)s::int[], %(output)s::text[], %(error)s::text[], %(now)s::bigint[])
@@ -404,8 +405,8 @@ UPDATE runs SET idle_reason = %(idle_reason)s::jsonb WHERE id = %(run_id)s
 -- name: insert_step_copy
 INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
                    ended_at, seq)
-VALUES (%(run_id)s, %(step_id)s, %(display_id)s, %(kind)s, %(status)s, %(attempts)s, %(output)s::jsonb,
-        %(error)s::jsonb, %(wake_at)s, %(started_at)s, %(ended_at)s, %(seq)s)
+VALUES (%(run_id)s, %(step_id)s, %(display_id)s, %(kind)s, %(status)s, %(attempts)s, %(output)s::json,
+        %(error)s::json, %(wake_at)s, %(started_at)s, %(ended_at)s, %(seq)s)
 ON CONFLICT (run_id, step_id) DO NOTHING
 
 -- ----- bulk cancellations -----
