@@ -95,7 +95,8 @@ async def test_an_app_that_is_down_is_retried_with_backoff_and_the_run_completes
     run = (await s.runs_of(event_id))[fid("charge")]
     retrying(run, 1, t0 + 10_000)
     assert run.error is not None and run.error["name"] == "AppUnreachable"
-    assert run.error["message"].startswith(f"calling {app.url}?fnId=shop-charge&stepId=step failed: ConnectError")
+    failed = f"calling {app.url}?fnId=shop-charge&stepId=step failed: ClientConnectorError: Cannot connect to host"
+    assert run.error["message"].startswith(failed), run.error
 
     await s.advance(9.999)  # not due yet
     assert (await s.run(run.id)).attempt == 1

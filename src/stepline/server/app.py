@@ -62,12 +62,12 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=cfg.max_calls_per_app * 4)
-        timeout = httpx.Timeout(cfg.call_timeout, connect=10.0)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        timeout = httpx.Timeout(30.0, connect=10.0)  # sync PUTs, discovery probes, webhooks; calls: AppCalls
+        async with httpx.AsyncClient(timeout=timeout) as client:
             st = ServerState(engine=engine, config=cfg, http=client)
             app.state.stepline = st
             async with contextlib.AsyncExitStack() as stack:
+                stack.push_async_callback(st.calls.close)  # after the worker below has stopped calling
                 if run_worker:
                     worker = HttpWorker(st)
                     await stack.enter_async_context(worker.running())

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from stepline.core.durations import parse_duration
 from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT
 from stepline.server import protocol, signing
+from stepline.server.app_calls import AppCallFailed, ResponseTooLarge
 from stepline.server.functions import HttpFunction
 from stepline.server.protocol import CallState, Op, Outcome
 from stepline.server.state import ServerState
@@ -213,24 +212,16 @@ class _Execution:
             f"the app's response is larger than the limit of {limit} bytes")})  # fmt: skip
         try:
             async with self.ex.slots(self.fn.url), asyncio.timeout(self.st.config.call_timeout):  # the whole call
-                async with self.st.http.stream("POST", self.fn.call_url(step_id), content=raw,
-                                               headers=headers) as resp:  # fmt: skip
-                    declared = resp.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > limit:
-                        return step_id, too_large
-                    content = bytearray()
-                    async for chunk in resp.aiter_bytes():
-                        content += chunk
-                        if len(content) > limit:
-                            return step_id, too_large
-        except (TimeoutError, httpx.TimeoutException):
+                answer = await self.st.calls.post(self.fn.call_url(step_id), raw, headers, limit)
+        except ResponseTooLarge:
+            return step_id, too_large
+        except TimeoutError:
             return step_id, Outcome("error", error={"name": "CallTimeout", "message": (
                 f"the app did not answer within {self.st.config.call_timeout:g} s")})  # fmt: skip
-        except httpx.HTTPError as exc:
+        except AppCallFailed as exc:
             return step_id, Outcome("error", error={"name": "AppUnreachable", "message": (
-                f"calling {self.fn.call_url(step_id)} failed: {type(exc).__name__}: {exc}")})  # fmt: skip
-        body_bytes = bytes(content)
-        lower = {k.lower(): v for k, v in resp.headers.items()}
+                f"calling {self.fn.call_url(step_id)} failed: {exc}")})  # fmt: skip
+        body_bytes, lower = answer.body, answer.headers
         if self.st.config.signed and "x-inngest-sdk" in lower:
             # A signed server only trusts answers signed with its key (the SDK signs with the key that verified).
             header = lower.get("x-inngest-signature")
@@ -240,7 +231,7 @@ class _Execution:
                     "error",
                     error={"name": "InvalidResponseSignature", "message": _signature_problem(header, checked_at)},
                 )
-        return step_id, protocol.parse_response(resp.status_code, lower, body_bytes, self.now())
+        return step_id, protocol.parse_response(answer.status, lower, body_bytes, self.now())
 
     # --- what a response means ---
     async def handle(self, outcome: Outcome, targeted: str | None) -> list[str]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from starlette.requests import Request
 
 from stepline.core.engine import Engine
+from stepline.server.app_calls import AppCalls
 from stepline.server.config import ServerConfig
 
 
@@ -15,7 +16,8 @@ from stepline.server.config import ServerConfig
 class ServerState:
     engine: Engine
     config: ServerConfig
-    http: httpx.AsyncClient  # calls to apps (sync PUTs and function calls)
+    http: httpx.AsyncClient  # sync PUTs, discovery probes, alert webhooks
+    calls: AppCalls = field(default_factory=AppCalls)  # function calls (the hot path); closed by the lifespan
 
 
 def state_of(request: Request) -> ServerState:

@@ -1,0 +1,72 @@
+"""The HTTP client for function calls to apps: the server's hot path (N + 1 POSTs for a run of N steps).
+
+It is aiohttp, not the httpx client the server uses elsewhere (sync PUTs, discovery probes, alert webhooks):
+a POST costs ~0.2 ms of client CPU with aiohttp against ~1.5 ms with httpx on a 2-core machine, and the calls,
+not the engine, were most of the server's CPU (bench/README.md, "Where the time goes in the HTTP path").
+
+``post`` returns the whole answer or raises one of three things: ``TimeoutError`` (connecting took longer than
+``connect_timeout``; the whole-call deadline is the caller's ``asyncio.timeout``), ``ResponseTooLarge`` (declared
+or streamed beyond the limit: reading stops there), or ``AppCallFailed`` (refused, reset, not HTTP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+
+
+class ResponseTooLarge(Exception):
+    pass
+
+
+class AppCallFailed(Exception):
+    """The call did not get an HTTP answer; ``str()`` names the underlying error's type and message."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+class AppCalls:
+    """One aiohttp session, opened on first use (it must be created inside the running loop) and closed by
+    ``close``. Connections are kept alive per app; how many calls run at once is the caller's to limit."""
+
+    def __init__(self, connect_timeout: float = 10.0) -> None:
+        self.connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
+                auto_decompress=True,
+                trust_env=False,
+            )
+        return self._session
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], limit: int) -> Answer:
+        try:
+            async with self._open().post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                declared = resp.content_length
+                if declared is not None and declared > limit:
+                    raise ResponseTooLarge
+                content = bytearray()
+                async for chunk in resp.content.iter_any():
+                    content += chunk
+                    if len(content) > limit:
+                        raise ResponseTooLarge
+                return Answer(resp.status, {k.lower(): v for k, v in resp.headers.items()}, bytes(content))
+        except TimeoutError:
+            raise
+        except aiohttp.ClientError as exc:
+            raise AppCallFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
