@@ -42,10 +42,12 @@ class AppCalls:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+                # No limit here: the executor caps calls in flight per app. Idle connections are dropped after
+                # 4 s, before the apps' servers drop them (uvicorn and Node close idle ones after 5 s): reusing a
+                # connection the app is closing would fail the call.
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
-                auto_decompress=True,
-                trust_env=False,
+                trust_env=True,  # HTTP(S)_PROXY / NO_PROXY, as the httpx client for sync PUTs
             )
         return self._session
 
