@@ -24,6 +24,7 @@ import pytest
 from stepline import FakeClock, Stepline
 from stepline.core.ids import hash_step_id
 from stepline.server import signing
+from stepline.server.http_worker import HttpWorker
 
 from .fake_app import (
     APP_ID,
@@ -493,3 +494,24 @@ async def test_runs_of_a_deleted_app_wait_without_crashing_the_worker_and_unknow
     run = await s.run(queued.id)
     assert (run.status, run.output) == ("completed", "charged")
     assert len(app.calls) == 1
+
+
+# --- several server nodes -----------------------------------------------------------------------------------------
+async def test_a_node_claims_only_what_its_call_slots_can_serve_so_another_node_shares_the_work(
+    app: FakeApp, make_stack: MakeStack
+) -> None:
+    s = await make_stack(max_calls_per_app=2)
+    app.start()
+    app.script(fid("slow"), dataclasses.replace(complete("ok"), hang=0.05))
+    await register(s, app, fn_config(app.url, "slow"))
+    event_ids = [await s.send() for _ in range(40)]
+    other = HttpWorker(s.st)  # a second `stepline start` node on the same database
+    try:
+        await asyncio.gather(s.worker.run_until_idle(), other.run_until_idle())
+    finally:
+        other.close()
+    runs = [(await s.runs_of(e))[fid("slow")] for e in event_ids]
+    assert [r.status for r in runs] == ["completed"] * 40
+    assert s.worker.runs_started + other.runs_started == 40
+    assert min(s.worker.runs_started, other.runs_started) >= 10  # neither node took (nearly) everything
+    assert s.worker.concurrency == other.concurrency == 6  # 3 runs per call slot, 2 slots, one app

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from stepline.core.function import FunctionSpec
 from stepline.core.worker import Worker
@@ -17,10 +18,18 @@ from stepline.server.functions import HttpFunction
 from stepline.server.http_executor import HttpExecutor
 from stepline.server.state import ServerState
 
+RUNS_PER_CALL_SLOT = 3
+
 
 class HttpWorker(Worker):
+    """``concurrency`` (runs claimed at once) is, unless given, ``RUNS_PER_CALL_SLOT`` runs per call slot of every
+    app (``max_calls_per_app`` per app origin): enough to keep the slots busy while runs record their steps
+    between calls, and no more, so a node does not hold leases on runs it cannot call yet while other
+    ``stepline start`` nodes sharing the database are idle."""
+
     def __init__(self, st: ServerState, **options: Any) -> None:
-        options.setdefault("concurrency", 500)
+        self._fixed_concurrency = "concurrency" in options
+        options.setdefault("concurrency", RUNS_PER_CALL_SLOT * st.config.max_calls_per_app)
         super().__init__(st.engine, [], **options)
         self.st = st
         self.executor = HttpExecutor(st, self.owner)  # type: ignore[assignment]
@@ -35,6 +44,9 @@ class HttpWorker(Worker):
         current: dict[str, object] = dict(self.functions)
         if functions != current:
             self.functions = functions  # type: ignore[assignment]
+            if not self._fixed_concurrency:
+                apps = {urlsplit(fn.url)[:2] for fn in functions.values()}
+                self.concurrency = RUNS_PER_CALL_SLOT * self.st.config.max_calls_per_app * max(1, len(apps))
 
     def _function_specs(self) -> list[FunctionSpec]:
         return [f.spec for f in self.functions.values() if isinstance(f, HttpFunction)]
