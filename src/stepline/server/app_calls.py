@@ -11,7 +11,9 @@ or streamed beyond the limit: reading stops there), or ``AppCallFailed`` (refuse
 
 from __future__ import annotations
 
+import urllib.request
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -31,13 +33,28 @@ class Answer:
     body: bytes
 
 
+def app_origin(url: str) -> str:
+    """``scheme://host:port`` of an app URL: what calls in flight and claims are counted per. A URL that cannot be
+    parsed (registration only checks the scheme) is its own origin."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}"
+    except ValueError:
+        return url
+
+
 class AppCalls:
     """One aiohttp session, opened on first use (it must be created inside the running loop) and closed by
-    ``close``. Connections are kept alive per app; how many calls run at once is the caller's to limit."""
+    ``close``. Connections are kept alive per app; how many calls run at once is the caller's to limit.
+
+    Proxies come from ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY``, as for the httpx client, looked up once per
+    app origin (aiohttp's ``trust_env`` would look them up, and read ``~/.netrc``, on every call, and send that
+    file's credentials to the apps)."""
 
     def __init__(self, connect_timeout: float = 10.0) -> None:
         self.connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, str | None] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -47,13 +64,28 @@ class AppCalls:
                 # connection the app is closing would fail the call.
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
-                trust_env=True,  # HTTP(S)_PROXY / NO_PROXY, as the httpx client for sync PUTs
+                trust_env=False,
             )
         return self._session
 
+    def _proxy_for(self, url: str) -> str | None:
+        origin = app_origin(url)
+        if origin not in self._proxies:
+            proxy = None
+            try:
+                parts = urlsplit(url)
+                proxy = urllib.request.getproxies().get(parts.scheme)
+                if proxy is not None and urllib.request.proxy_bypass(parts.hostname or ""):
+                    proxy = None
+            except ValueError:
+                pass
+            self._proxies[origin] = proxy
+        return self._proxies[origin]
+
     async def post(self, url: str, body: bytes, headers: dict[str, str], limit: int) -> Answer:
         try:
-            async with self._open().post(url, data=body, headers=headers, allow_redirects=False) as resp:
+            async with self._open().post(url, data=body, headers=headers, allow_redirects=False,
+                                         proxy=self._proxy_for(url)) as resp:  # fmt: skip
                 declared = resp.content_length
                 if declared is not None and declared > limit:
                     raise ResponseTooLarge
@@ -65,7 +97,7 @@ class AppCalls:
                 return Answer(resp.status, {k.lower(): v for k, v in resp.headers.items()}, bytes(content))
         except TimeoutError:
             raise
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a URL or header aiohttp refuses to send
             raise AppCallFailed(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:

@@ -16,14 +16,13 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from stepline.core.durations import parse_duration
 from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT
 from stepline.server import protocol, signing
-from stepline.server.app_calls import AppCallFailed, ResponseTooLarge
+from stepline.server.app_calls import AppCallFailed, ResponseTooLarge, app_origin
 from stepline.server.functions import HttpFunction
 from stepline.server.protocol import CallState, Op, Outcome
 from stepline.server.state import ServerState
@@ -59,8 +58,7 @@ class HttpExecutor:
     def slots(self, url: str) -> asyncio.Semaphore:
         """At most ``max_calls_per_app`` calls in flight to one app: beyond that, queueing inside the HTTP client's
         connection pool costs more CPU than the calls (measured in bench/README.md)."""
-        origin = urlsplit(url)[:2]
-        key = f"{origin[0]}://{origin[1]}"
+        key = app_origin(url)
         slots = self._slots.get(key)
         if slots is None:
             slots = self._slots[key] = asyncio.Semaphore(self.st.config.max_calls_per_app)
