@@ -515,3 +515,29 @@ async def test_a_node_claims_only_what_its_call_slots_can_serve_so_another_node_
     assert s.worker.runs_started + other.runs_started == 40
     assert min(s.worker.runs_started, other.runs_started) >= 10  # neither node took (nearly) everything
     assert s.worker.concurrency == other.concurrency == 6  # 3 runs per call slot, 2 slots, one app
+
+
+async def test_a_slow_apps_backlog_does_not_hold_up_another_apps_runs(app: FakeApp, make_stack: MakeStack) -> None:
+    s = await make_stack(max_calls_per_app=1)  # 3 runs claimed at most per app
+    fast = FakeApp().start()
+    try:
+        app.start()
+        app.script(fid("slow"), dataclasses.replace(complete("ok"), hang=0.3))
+        fast.script("b-fast", complete("ok"))
+        await register(s, app, fn_config(app.url, "slow", event="a/go"))
+        res = await s.register(register_body(fast.url, [fn_config(fast.url, "fast", app_id="b", event="b/go")],
+                                             appName="b"))  # fmt: skip
+        assert res.status_code == 200, res.text
+        for _ in range(12):
+            await s.send("a/go")
+        await s.send("b/go")
+        async with s.worker.running():
+            deadline = time.monotonic() + 10
+            while not fast.calls:
+                assert time.monotonic() < deadline, "the other app was never called"
+                await asyncio.sleep(0.005)
+            slow_calls_before = len(app.calls)
+        assert slow_calls_before <= 2  # with one limit for both apps it came after 8 of the slow app's calls
+        assert s.worker.concurrency == 6  # 3 per app, two apps
+    finally:
+        await fast.astop()

@@ -73,6 +73,8 @@ class Worker:
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepline-fn")
         self.executor = Executor(engine, self.owner, self._threads, self.functions)
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._active_fn: dict[str, str] = {}  # run id -> function id, for the runs in _active
+        self._claim_limit = 0  # what the last claim asked for
         self._wake = asyncio.Event()
         self._claim_wanted = True  # work may be due now: claim at the next turn of the loop
         self._timer_at: int | None = None  # pushed mode: the earliest later due time notifications told us of
@@ -122,20 +124,28 @@ class Worker:
             return False  # no earlier than a timer already set
         return True
 
-    async def _claim_and_spawn(self) -> int:
+    def _claimable(self) -> tuple[list[str], int]:
+        """The functions whose runs the next claim may take, and at most how many: every function, up to the free
+        slots, or nothing when all slots are taken. A subclass may narrow both; what it returns also decides
+        whether the worker looks for due work at all."""
         free = self.concurrency - len(self._active)
-        if free <= 0 or not self.functions:
+        return (list(self.functions), free) if free > 0 else ([], 0)
+
+    async def _claim_and_spawn(self) -> int:
+        functions, room = self._claimable()
+        self._claim_limit = limit = min(room, self.claim_batch)
+        if limit <= 0 or not functions:
             return 0
-        limit = min(free, self.claim_batch)
         if self._gated_for is not self.functions:  # derived once per function set (a subclass may replace it)
             self._gated_for = self.functions
             self._gated = frozenset(fid for fid, f in self.functions.items() if f.gates_claims)
         claimed = await self.engine.store.claim_runs(
-            self.owner, list(self.functions), self.engine.clock.now_ms(), limit, self.lease_ms, self._gated
+            self.owner, functions, self.engine.clock.now_ms(), limit, self.lease_ms, self._gated
         )
         for c in claimed:
             task = asyncio.create_task(self._execute(c.run.id, c), name=f"stepline-run-{c.run.id}")
             self._active[c.run.id] = task
+            self._active_fn[c.run.id] = c.run.function_id
         self.runs_started += len(claimed)
         return len(claimed)
 
@@ -151,6 +161,7 @@ class Worker:
             # re-claimed it before this task got here): only forget our own entry.
             if self._active.get(run_id) is asyncio.current_task():
                 del self._active[run_id]
+                del self._active_fn[run_id]
             if self._claim_wanted or not self._pushed:  # a claim waits for a free slot (pushed: only then)
                 self._wake.set()
 
@@ -206,9 +217,10 @@ class Worker:
     async def _wait_pushed(self) -> None:
         """Sleep until a notification, the earliest known timer, or the safety poll."""
         loop = asyncio.get_running_loop()
-        if self._reread_due and len(self._active) < self.concurrency:
+        claimable, _ = self._claimable()
+        if self._reread_due and claimable:
             self._reread_due = False
-            next_due = await self.engine.store.next_due_at(list(self.functions))
+            next_due = await self.engine.store.next_due_at(claimable)
             if next_due is not None:
                 self._learn_due(next_due)
                 if self._claim_wanted:
@@ -240,13 +252,14 @@ class Worker:
     async def _wait_polling(self) -> None:
         loop = asyncio.get_running_loop()
         timeout = self.poll_interval
-        if len(self._active) < self.concurrency:
-            next_due = await self.engine.store.next_due_at(list(self.functions))
+        claimable, _ = self._claimable()
+        if claimable:
+            next_due = await self.engine.store.next_due_at(claimable)
             if next_due is not None:
                 timeout = min(timeout, max(0.0, (next_due - self.engine.clock.now_ms()) / 1000))
         deadline = loop.time() + timeout
         # Notice other processes' commits by polling data_version (SQLite).
-        poll = len(self._active) < self.concurrency
+        poll = bool(claimable)
         version = self.engine.store.data_version() if poll else None
         while not self._wake.is_set() and not self._stopping:
             left = deadline - loop.time()
@@ -295,8 +308,7 @@ class Worker:
                     if self._timer_at is not None and self._timer_at <= self.engine.clock.now_ms():
                         self._timer_at = None  # due now; the next timer comes from the store
                         self._claim_wanted = self._reread_due = True
-                    free = self.concurrency - len(self._active)
-                    if self._claim_wanted and free > 0:
+                    if self._claim_wanted and self._claimable()[1] > 0:
                         if self._pushed and self.claim_interval > 0:
                             gap = self._last_claim + self.claim_interval - time.monotonic()
                             if gap > 0:
@@ -306,13 +318,13 @@ class Worker:
                         functions = self.functions
                         claimed = await self._claim_and_spawn()
                         self._last_claim_got_work = claimed > 0
-                        if claimed >= min(free, self.claim_batch):
+                        if claimed >= self._claim_limit:
                             self._claim_wanted = True  # a full batch: more may be due
                         if self.functions is not functions:  # a subclass changed the set: look again for all of it
                             self._claim_wanted = self._reread_due = True
                         # A claim that got less than it asked for took everything due at that moment; work made
                         # due since then has notified us (and set _claim_wanted again).
-                        if self._claim_wanted and len(self._active) < self.concurrency:
+                        if self._claim_wanted and self._claimable()[1] > 0:
                             continue
                     await self._wait_for_work()
                     backoff = 0.1

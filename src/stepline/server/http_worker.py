@@ -7,13 +7,14 @@ function set read from the registry: whatever apps have synced, on any node shar
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from stepline.core.function import FunctionSpec
 from stepline.core.worker import Worker
+from stepline.server.app_calls import app_origin
 from stepline.server.functions import HttpFunction
 from stepline.server.http_executor import HttpExecutor
 from stepline.server.state import ServerState
@@ -22,17 +23,20 @@ RUNS_PER_CALL_SLOT = 3
 
 
 class HttpWorker(Worker):
-    """``concurrency`` (runs claimed at once) is, unless given, ``RUNS_PER_CALL_SLOT`` runs per call slot of every
-    app (``max_calls_per_app`` per app origin): enough to keep the slots busy while runs record their steps
-    between calls, and no more, so a node does not hold leases on runs it cannot call yet while other
-    ``stepline start`` nodes sharing the database are idle."""
+    """Runs are claimed per app: at most ``RUNS_PER_CALL_SLOT`` runs per call slot of an app (``max_calls_per_app``
+    per app origin) at once. That keeps the app's slots busy while its runs record their steps between calls, and
+    no more: a node does not hold leases on runs it cannot call yet while other ``stepline start`` nodes sharing
+    the database are idle, and one slow app's backlog does not keep other apps' runs from being claimed.
+    ``concurrency=N`` replaces this with one limit of N runs for all apps."""
 
     def __init__(self, st: ServerState, **options: Any) -> None:
-        self._fixed_concurrency = "concurrency" in options
-        options.setdefault("concurrency", RUNS_PER_CALL_SLOT * st.config.max_calls_per_app)
+        self._per_app = "concurrency" not in options
+        self._per_app_limit = RUNS_PER_CALL_SLOT * st.config.max_calls_per_app
+        options.setdefault("concurrency", self._per_app_limit)
         super().__init__(st.engine, [], **options)
         self.st = st
         self.executor = HttpExecutor(st, self.owner)  # type: ignore[assignment]
+        self._origin: dict[str, str] = {}  # function id -> app origin
 
     async def _refresh_functions(self) -> None:
         specs = await self.engine.refresh_registry()
@@ -43,10 +47,21 @@ class HttpWorker(Worker):
                 functions[fn.id] = fn
         current: dict[str, object] = dict(self.functions)
         if functions != current:
+            self._origin = {fid: app_origin(fn.url) for fid, fn in functions.items()}
+            if self._per_app:
+                self.concurrency = self._per_app_limit * max(1, len(set(self._origin.values())))
             self.functions = functions  # type: ignore[assignment]
-            if not self._fixed_concurrency:
-                apps = {urlsplit(fn.url)[:2] for fn in functions.values()}
-                self.concurrency = RUNS_PER_CALL_SLOT * self.st.config.max_calls_per_app * max(1, len(apps))
+
+    def _claimable(self) -> tuple[list[str], int]:
+        functions, free = super()._claimable()
+        if not self._per_app or not self._origin or free <= 0:
+            return functions, free  # no functions yet: the claim refreshes them
+        busy = collections.Counter(self._origin.get(fid) for fid in self._active_fn.values())
+        open_apps = {o for o in set(self._origin.values()) if busy[o] < self._per_app_limit}
+        if not open_apps:
+            return [], 0
+        room = min(free, *(self._per_app_limit - busy[o] for o in open_apps))
+        return [fid for fid, o in self._origin.items() if o in open_apps], room
 
     def _function_specs(self) -> list[FunctionSpec]:
         return [f.spec for f in self.functions.values() if isinstance(f, HttpFunction)]
