@@ -252,14 +252,15 @@ class Worker:
     async def _wait_polling(self) -> None:
         loop = asyncio.get_running_loop()
         timeout = self.poll_interval
-        claimable, _ = self._claimable()
+        claimable, room = self._claimable()
         if claimable:
             next_due = await self.engine.store.next_due_at(claimable)
             if next_due is not None:
                 timeout = min(timeout, max(0.0, (next_due - self.engine.clock.now_ms()) / 1000))
         deadline = loop.time() + timeout
-        # Notice other processes' commits by polling data_version (SQLite).
-        poll = bool(claimable)
+        # Notice other processes' commits by polling data_version (SQLite); also with no functions yet (an HTTP
+        # worker learns of apps synced by another process at its next claim).
+        poll = room > 0
         version = self.engine.store.data_version() if poll else None
         while not self._wake.is_set() and not self._stopping:
             left = deadline - loop.time()
