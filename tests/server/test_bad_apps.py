@@ -541,3 +541,30 @@ async def test_a_slow_apps_backlog_does_not_hold_up_another_apps_runs(app: FakeA
         assert s.worker.concurrency == 6  # 3 per app, two apps
     finally:
         await fast.astop()
+
+
+async def test_a_full_apps_backlog_is_claimed_as_its_runs_end_while_another_app_is_idle(
+    app: FakeApp, make_stack: MakeStack
+) -> None:
+    s = await make_stack(max_calls_per_app=1)  # 3 runs claimed at most per app
+    idle = FakeApp().start()
+    try:
+        app.start()
+        app.script(fid("slow"), dataclasses.replace(complete("ok"), hang=0.3))
+        await register(s, app, fn_config(app.url, "slow", event="a/go"))
+        res = await s.register(register_body(idle.url, [fn_config(idle.url, "idle", app_id="b", event="b/go")],
+                                             appName="b"))  # fmt: skip
+        assert res.status_code == 200, res.text
+        for _ in range(6):
+            await s.send("a/go")
+        started = time.monotonic()
+        async with s.worker.running():
+            while len(app.calls) < 6:
+                assert time.monotonic() - started < 20, f"{len(app.calls)} of 6 calls"
+                await asyncio.sleep(0.005)
+            elapsed = time.monotonic() - started
+        # 6 calls of 0.3 s one after the other: ~1.5 s. The runs claimed after the first three waited for the
+        # worker's safety poll (5 s) on PostgreSQL when a claim left the full app out and found nothing for the other.
+        assert elapsed < 4, elapsed
+    finally:
+        await idle.astop()

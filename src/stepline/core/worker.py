@@ -75,6 +75,7 @@ class Worker:
         self._active: dict[str, asyncio.Task[None]] = {}
         self._active_fn: dict[str, str] = {}  # run id -> function id, for the runs in _active
         self._claim_limit = 0  # what the last claim asked for
+        self._claim_narrowed = False  # the last claim left some functions out (_claimable): see _execute
         self._wake = asyncio.Event()
         self._claim_wanted = True  # work may be due now: claim at the next turn of the loop
         self._timer_at: int | None = None  # pushed mode: the earliest later due time notifications told us of
@@ -134,6 +135,9 @@ class Worker:
     async def _claim_and_spawn(self) -> int:
         functions, room = self._claimable()
         self._claim_limit = limit = min(room, self.claim_batch)
+        # A claim that left functions out and got less than it asked for did not take everything due: the runs of
+        # the functions left out wait for room, and a run that ends (no notification) is what makes it.
+        self._claim_narrowed = len(functions) < len(self.functions)
         if limit <= 0 or not functions:
             return 0
         if self._gated_for is not self.functions:  # derived once per function set (a subclass may replace it)
@@ -162,6 +166,8 @@ class Worker:
             if self._active.get(run_id) is asyncio.current_task():
                 del self._active[run_id]
                 del self._active_fn[run_id]
+            if self._claim_narrowed:
+                self._claim_wanted = True  # a function left out of the last claim may have room now
             if self._claim_wanted or not self._pushed:  # a claim waits for a free slot (pushed: only then)
                 self._wake.set()
 
