@@ -61,8 +61,9 @@ class Worker:
         self.claim_interval = claim_interval
         self._last_claim = 0.0
         self._last_claim_got_work = True
-        self._gated_for: object = None  # the function set _gated was derived from
+        self._gated_for: object = None  # the function set _gated and _function_ids were derived from
         self._gated: frozenset[str] = frozenset()  # its functions claimed through flow control
+        self._function_ids: list[str] = []  # its function ids
         self.lease_ms = int(lease_seconds * 1000)
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
@@ -130,7 +131,16 @@ class Worker:
         slots, or nothing when all slots are taken. A subclass may narrow both; what it returns also decides
         whether the worker looks for due work at all."""
         free = self.concurrency - len(self._active)
-        return (list(self.functions), free) if free > 0 else ([], 0)
+        if free <= 0:
+            return [], 0
+        self._derive_from_functions()
+        return self._function_ids, free
+
+    def _derive_from_functions(self) -> None:
+        if self._gated_for is not self.functions:  # once per function set (a subclass may replace it)
+            self._gated_for = self.functions
+            self._gated = frozenset(fid for fid, f in self.functions.items() if f.gates_claims)
+            self._function_ids = list(self.functions)
 
     async def _claim_and_spawn(self) -> int:
         functions, room = self._claimable()
@@ -140,9 +150,7 @@ class Worker:
         self._claim_narrowed = len(functions) < len(self.functions)
         if limit <= 0 or not functions:
             return 0
-        if self._gated_for is not self.functions:  # derived once per function set (a subclass may replace it)
-            self._gated_for = self.functions
-            self._gated = frozenset(fid for fid, f in self.functions.items() if f.gates_claims)
+        self._derive_from_functions()
         claimed = await self.engine.store.claim_runs(
             self.owner, functions, self.engine.clock.now_ms(), limit, self.lease_ms, self._gated
         )

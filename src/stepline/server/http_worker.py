@@ -37,6 +37,7 @@ class HttpWorker(Worker):
         self.st = st
         self.executor = HttpExecutor(st, self.owner)  # type: ignore[assignment]
         self._origin: dict[str, str] = {}  # function id -> app origin
+        self._apps: frozenset[str] = frozenset()  # the origins of all functions
 
     async def _refresh_functions(self) -> None:
         specs = await self.engine.refresh_registry()
@@ -48,8 +49,9 @@ class HttpWorker(Worker):
         current: dict[str, object] = dict(self.functions)
         if functions != current:
             self._origin = {fid: app_origin(fn.url) for fid, fn in functions.items()}
+            self._apps = frozenset(self._origin.values())
             if self._per_app:
-                self.concurrency = self._per_app_limit * max(1, len(set(self._origin.values())))
+                self.concurrency = self._per_app_limit * max(1, len(self._apps))
             self.functions = functions  # type: ignore[assignment]
 
     def _claimable(self) -> tuple[list[str], int]:
@@ -57,7 +59,9 @@ class HttpWorker(Worker):
         if not self._per_app or not self._origin or free <= 0:
             return functions, free  # no functions yet: the claim refreshes them
         busy = collections.Counter(self._origin.get(fid) for fid in self._active_fn.values())
-        open_apps = {o for o in set(self._origin.values()) if busy[o] < self._per_app_limit}
+        open_apps = {o for o in self._apps if busy[o] < self._per_app_limit}
+        if len(open_apps) == len(self._apps):
+            return functions, min(free, *(self._per_app_limit - busy[o] for o in open_apps))
         if not open_apps:
             return [], 0
         room = min(free, *(self._per_app_limit - busy[o] for o in open_apps))
