@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,10 +34,17 @@ async def race(workers: list[Worker]) -> None:
         await asyncio.gather(*(w.run_until_idle() for w in workers))
 
 
-async def start_workers(nodes: list[Stepline]) -> list[Worker]:
+@contextlib.asynccontextmanager
+async def three_workers(nodes: list[Stepline]) -> AsyncIterator[list[Worker]]:
+    """Two workers on the first node's store, one on the second's; closed at the end."""
     for node in nodes:
         await node.ready()
-    return [nodes[0].worker(), nodes[0].worker(), nodes[1].worker()]
+    workers = [nodes[0].worker(), nodes[0].worker(), nodes[1].worker()]
+    try:
+        yield workers
+    finally:
+        for w in workers:
+            w.close()
 
 
 async def test_each_sleep_resumes_once_across_three_workers(nodes: list[Stepline], clock: FakeClock) -> None:
@@ -54,16 +62,12 @@ async def test_each_sleep_resumes_once_across_three_workers(nodes: list[Stepline
             await ctx.step.sleep("nap", "10s")
             return await ctx.step.run("after", mark, "after")
 
-    workers = await start_workers(nodes)
-    try:
+    async with three_workers(nodes) as workers:
         await nodes[0].send([{"name": "job/nap", "data": {"n": f"r{i}"}} for i in range(40)])
         await race(workers)
         assert {r.status for r in await runs(nodes[0], "napper")} == {"running"}  # all asleep
         clock.advance(dt.timedelta(seconds=10))
         await race(workers)
-    finally:
-        for w in workers:
-            w.close()
     assert [r.status for r in await runs(nodes[0], "napper")] == ["completed"] * 40
     assert executed == {(f"r{i}", step): 1 for i in range(40) for step in ("before", "after")}
 
@@ -83,15 +87,11 @@ async def test_each_wait_timeout_fires_once_across_three_workers(nodes: list[Ste
 
             return await ctx.step.run("after", note)
 
-    workers = await start_workers(nodes)
-    try:
+    async with three_workers(nodes) as workers:
         await nodes[1].send([{"name": "job/wait", "data": {"n": i}} for i in range(30)])
         await race(workers)
         clock.advance(dt.timedelta(seconds=31))
         await race(workers)
-    finally:
-        for w in workers:
-            w.close()
     done = await runs(nodes[0], "waiter")
     assert [(r.status, r.output) for r in done] == [("completed", True)] * 30  # every wait timed out
     assert resumed == {i: 1 for i in range(30)}
@@ -107,8 +107,7 @@ async def test_debounce_sent_from_two_nodes_starts_once_per_key(nodes: list[Step
             started[ctx.event.data["doc"]] += 1
             return ctx.event.data["rev"]
 
-    workers = await start_workers(nodes)
-    try:
+    async with three_workers(nodes) as workers:
         for rev in range(4):  # each node sends every other revision of every document, concurrently
             sender = nodes[rev % 2]
             await asyncio.gather(
@@ -119,9 +118,6 @@ async def test_debounce_sent_from_two_nodes_starts_once_per_key(nodes: list[Step
         assert started == {}  # never quiet for 5 s yet
         clock.advance(dt.timedelta(seconds=5))
         await race(workers)
-    finally:
-        for w in workers:
-            w.close()
     done = await runs(nodes[0], "deb")
     assert [(r.status, r.output) for r in done] == [("completed", 3)] * 8  # one run per document, last event
     assert started == {f"d{d}": 1 for d in range(8)}

@@ -71,6 +71,13 @@ async def register(s: Stack, app: FakeApp, *functions: dict[str, Any], **headers
     assert res.status_code == 200, res.text
 
 
+async def register_second_app(s: Stack, other: FakeApp, slug: str, event: str) -> None:
+    """Another app, ``b``, with one function ``b-<slug>`` on ``event``."""
+    res = await s.register(register_body(other.url, [fn_config(other.url, slug, app_id="b", event=event)],
+                                         appName="b"))  # fmt: skip
+    assert res.status_code == 200, res.text
+
+
 async def wait_for_calls(app: FakeApp, n: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while len(app.calls) < n:
@@ -525,9 +532,7 @@ async def test_a_slow_apps_backlog_does_not_hold_up_another_apps_runs(app: FakeA
         app.script(fid("slow"), dataclasses.replace(complete("ok"), hang=0.3))
         fast.script("b-fast", complete("ok"))
         await register(s, app, fn_config(app.url, "slow", event="a/go"))
-        res = await s.register(register_body(fast.url, [fn_config(fast.url, "fast", app_id="b", event="b/go")],
-                                             appName="b"))  # fmt: skip
-        assert res.status_code == 200, res.text
+        await register_second_app(s, fast, "fast", "b/go")
         for _ in range(12):
             await s.send("a/go")
         await s.send("b/go")
@@ -552,9 +557,7 @@ async def test_a_full_apps_backlog_is_claimed_as_its_runs_end_while_another_app_
         app.start()
         app.script(fid("slow"), dataclasses.replace(complete("ok"), hang=0.3))
         await register(s, app, fn_config(app.url, "slow", event="a/go"))
-        res = await s.register(register_body(idle.url, [fn_config(idle.url, "idle", app_id="b", event="b/go")],
-                                             appName="b"))  # fmt: skip
-        assert res.status_code == 200, res.text
+        await register_second_app(s, idle, "idle", "b/go")
         for _ in range(6):
             await s.send("a/go")
         started = time.monotonic()
