@@ -6,6 +6,7 @@ runs) and the CLI. All state lives in the store; the engine only caches the func
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -24,11 +25,13 @@ from stepline.core.events import (
     StoredEvent,
     validate_event,
 )
-from stepline.core.expressions import Bindings, compile_expression
+from stepline.core.expressions import Bindings, ExpressionError, compile_expression
+from stepline.core.flow import KeyExpressionFailed, evaluate_key
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import new_ulid
 from stepline.storage.base import Store
 from stepline.storage.records import (
+    ExpressionFailure,
     FunctionRecord,
     IngestBatch,
     IngestResult,
@@ -45,10 +48,19 @@ EventInput = Event | Mapping[str, Any]
 
 
 def match_wait(expression: str | None, trigger: dict[str, Any], candidate: dict[str, Any]) -> bool:
-    """Does ``candidate`` satisfy a wait or cancellation set up by a run triggered by ``trigger``?"""
+    """Does ``candidate`` satisfy a wait or cancellation set up by a run triggered by ``trigger``?
+
+    A field missing from either event is no match. Any other failure (an expression that no longer compiles or
+    passes the limits, a type error, an evaluation cut off by its budget) raises ExpressionError: the store then
+    counts it as no match and writes it to the waiting run's log."""
     if expression is None:
         return True
-    return compile_expression(expression).matches({"event": trigger, "async": candidate})
+    try:
+        return compile_expression(expression).check({"event": trigger, "async": candidate})
+    except ExpressionError as exc:
+        if exc.missing_key:
+            return False
+        raise
 
 
 RUN_END_EVENTS = frozenset({FUNCTION_FINISHED, FUNCTION_FAILED, FUNCTION_CANCELLED})
@@ -75,9 +87,10 @@ def new_run(
     parent_run_id: str | None = None,
     parent_step_id: str | None = None,
     event: dict[str, Any] | None = None,
+    batched: bool | None = None,
 ) -> NewRun:
     """A run of ``spec`` for an event, with the function's start timeout and cancel_on waits, and (given the
-    trigger ``event``) its flow-control keys."""
+    trigger ``event``) its flow-control keys. Raises KeyExpressionFailed when a key cannot be evaluated."""
     return NewRun(
         id=new_ulid(),
         function_id=spec.id,
@@ -89,8 +102,34 @@ def new_run(
         cancel_waits=tuple(WaitSpec(name, expr, now + timeout) for name, expr, timeout in spec.cancel),
         parent_run_id=parent_run_id,
         parent_step_id=parent_step_id,
-        flow=spec.flow.plan(spec.id, event) if spec.flow is not None and event is not None else None,
+        flow=spec.flow.plan(spec.id, event, batched) if spec.flow is not None and event is not None else None,
     )
+
+
+def run_end_data(function_id: str, run_id: str, trigger: dict[str, Any], finish: RunFinish) -> dict[str, Any]:
+    """The data of a run's ``stepline/function.finished|failed|cancelled`` events."""
+    data: dict[str, Any] = {"function_id": function_id, "run_id": run_id, "event": trigger, "status": finish.status}
+    if finish.status == "completed":
+        data["result"] = finish.output
+    else:
+        data["error"] = finish.error
+    if trigger.get("name") == FUNCTION_INVOKED:
+        corr = ((trigger.get("data") or {}).get("_inngest") or {}).get("correlation_id")
+        if corr:
+            data["correlation_id"] = corr
+    return data
+
+
+def run_end_names(status: str) -> list[str]:
+    names = [FUNCTION_FINISHED]
+    if status == "failed":
+        names.append(FUNCTION_FAILED)
+    elif status == "cancelled":
+        names.append(FUNCTION_CANCELLED)
+    return names
+
+
+REPORT_EVERY_MS = 10_000  # an expression failure is stored at most this often per (function, place) and process
 
 
 class Engine:
@@ -102,6 +141,7 @@ class Engine:
         self._version = -1
         self._checked_at = 0.0
         self._listeners: list[Callable[[], None]] = []
+        self._reported: dict[tuple[str, str], tuple[int, int]] = {}  # (function, place) -> (last stored, held)
 
     # --- registry ---
     async def register(self, app_id: str, records: list[FunctionRecord]) -> None:
@@ -119,7 +159,13 @@ class Engine:
         self._checked_at = now
         if force or version != self._version:
             records = await self.store.list_functions()
-            self._specs = {r.id: FunctionSpec.from_record(r) for r in records}
+            specs = {r.id: FunctionSpec.from_record(r) for r in records}
+            for spec in specs.values():
+                old = self._specs.get(spec.id)
+                for problem in spec.problems if old is None or old.problems != spec.problems else ():
+                    log.warning("function %s: a stored expression is refused and will not be evaluated: %s",
+                                spec.id, problem)  # fmt: skip
+            self._specs = specs
             self._version = version
         return self._specs
 
@@ -197,11 +243,25 @@ class Engine:
         else:
             stored = [self.stored_event(e, now) for e in validated]
             user_ids = [e.id for e in validated]
-        return IngestBatch(stored, await self._plan_runs(stored, user_ids, now))
+        runs, failures = await self._plan_runs(stored, user_ids, now)
+        return IngestBatch(stored, runs, failures)
 
-    async def _plan_runs(self, events: list[StoredEvent], user_ids: list[str | None], now: int) -> list[NewRun]:
+    async def _plan_runs(
+        self, events: list[StoredEvent], user_ids: list[str | None], now: int
+    ) -> tuple[list[NewRun], list[ExpressionFailure]]:
+        """The runs the events start, and the expression failures met deciding them. When a function's expressions
+        have comprehensions (evaluated on a budget in the sandbox process), the planning runs in a thread so the
+        event loop keeps serving while it waits."""
         specs = await self.refresh_registry()
+        if any(spec.isolated for spec in specs.values()):
+            return await asyncio.to_thread(self._plan_runs_now, specs, events, user_ids, now)
+        return self._plan_runs_now(specs, events, user_ids, now)
+
+    def _plan_runs_now(
+        self, specs: dict[str, FunctionSpec], events: list[StoredEvent], user_ids: list[str | None], now: int
+    ) -> tuple[list[NewRun], list[ExpressionFailure]]:
         runs: list[NewRun] = []
+        failures: list[ExpressionFailure] = []
         for ev, user_id in zip(events, user_ids, strict=True):
             if _ends_a_run_started_by_a_run_end(ev):
                 continue  # bounded cascades: see _ends_a_run_started_by_a_run_end
@@ -211,20 +271,75 @@ class Engine:
             for spec in specs.values():
                 if spec.id == system_source:
                     continue  # a run's own end never re-triggers its function (no self-feeding loops)
-                if not spec.matching_trigger(as_dict):
+                met: list[tuple[str, str, str]] = []
+                fired = spec.matching_trigger(as_dict, met)
+                failures += self._reportable(spec.id, met, now)
+                if not fired:
                     continue
                 key: str | None = None
-                if spec.idempotency:
-                    bindings = bindings or Bindings({"event": as_dict})
-                    try:
-                        key = "expr:" + str(compile_expression(spec.idempotency).evaluate(bindings))
-                    except ValueError as exc:
-                        log.warning("function %s: idempotency expression failed for event %s: %s",
-                                    spec.id, ev.internal_id, exc)  # fmt: skip
-                elif user_id:
-                    key = "event:" + user_id
-                runs.append(new_run(spec, ev.internal_id, now, idempotency_key=key, event=as_dict))
-        return runs
+                try:
+                    if spec.idempotency:
+                        bindings = bindings or Bindings({"event": as_dict})
+                        key = "expr:" + str(evaluate_key("idempotency", spec.idempotency, bindings))
+                    elif user_id:
+                        key = "event:" + user_id
+                    batched = None
+                    if spec.flow is not None:
+                        try:
+                            batched = spec.flow.batched(as_dict)
+                        except ExpressionError as exc:  # a failing batch `if`: the run goes alone, reported
+                            batched = False
+                            failures += self._reportable(spec.id, [("batch if", spec.flow.raw["batch"]["if"],
+                                                                    str(exc))], now)  # fmt: skip
+                    runs.append(new_run(spec, ev.internal_id, now, idempotency_key=key, event=as_dict,
+                                        batched=batched))  # fmt: skip
+                except KeyExpressionFailed as exc:
+                    failures += self._reportable(spec.id, [(exc.place, exc.expression, str(exc))], now)
+                    runs.append(self._failed_run(specs, spec, ev, key, now, str(exc)))
+        return runs, failures
+
+    def _failed_run(self, specs: dict[str, FunctionSpec], spec: FunctionSpec, ev: StoredEvent, key: str | None,
+                    now: int, message: str, parent_run_id: str | None = None,
+                    parent_step_id: str | None = None) -> NewRun:  # fmt: skip
+        """A run that fails before it starts (a key expression failed), with its end events and what they start."""
+        run_id = new_ulid()
+        error = {"name": "ExpressionError", "message": message}
+        data = run_end_data(spec.id, run_id, ev.as_dict(), RunFinish("failed", error=error))
+        events = [self.stored_event(Event(name=n, data=dict(data)), now) for n in run_end_names("failed")]
+        runs, failures = self._plan_runs_now(specs, events, [None] * len(events), now)
+        return NewRun(id=run_id, function_id=spec.id, event_id=ev.internal_id, idempotency_key=key, created_at=now,
+                      due_at=now, parent_run_id=parent_run_id, parent_step_id=parent_step_id, failure=error,
+                      follow_up=IngestBatch(events, runs, failures))  # fmt: skip
+
+    def plan_run(self, spec: FunctionSpec, ev: StoredEvent, now: int, *, idempotency_key: str | None = None,
+                 parent_run_id: str | None = None, parent_step_id: str | None = None) -> NewRun:  # fmt: skip
+        """A run of ``spec`` for ``ev`` started directly (invoke, cron, rerun): ``new_run`` with its flow keys, or,
+        when a key expression cannot be evaluated, a run that fails at once with a clear error."""
+        try:
+            return new_run(spec, ev.internal_id, now, idempotency_key=idempotency_key, parent_run_id=parent_run_id,
+                           parent_step_id=parent_step_id,
+                           event=ev.as_dict() if spec.flow is not None else None)  # fmt: skip
+        except KeyExpressionFailed as exc:
+            return self._failed_run(self._specs, spec, ev, idempotency_key, now, str(exc), parent_run_id,
+                                    parent_step_id)  # fmt: skip
+
+    def _reportable(self, function_id: str, met: list[tuple[str, str, str]], now: int) -> list[ExpressionFailure]:
+        """The failures to store now: each (function, place) at most every REPORT_EVERY_MS per process, with the
+        count of the ones held back since; the others are counted and logged at debug level."""
+        out: list[ExpressionFailure] = []
+        for place, expression, message in met:
+            slot = (function_id, place)
+            last, held = self._reported.get(slot, (0, 0))
+            if now - last < REPORT_EVERY_MS:
+                self._reported[slot] = (last, held + 1)
+                log.debug("function %s: %s failed again: %s", function_id, place, message)
+                continue
+            if len(self._reported) > 10_000:
+                self._reported.clear()
+            self._reported[slot] = (now, 0)
+            log.warning("function %s: the %s expression failed: %s", function_id, place, message)
+            out.append(ExpressionFailure(function_id, place, expression, message, count=held + 1))
+        return out
 
     async def ingest(
         self, events: EventInput | Sequence[EventInput], *, internal_ids: Sequence[str] | None = None
@@ -262,7 +377,7 @@ class Engine:
         now = self.clock.now_ms()
         ev = self.stored_event(validate_event(Event(name=FUNCTION_INVOKED, data=data or {}),
                                               allow_reserved=True), now)  # fmt: skip
-        run = new_run(spec, ev.internal_id, now, event=ev.as_dict() if spec.flow is not None else None)
+        run = self.plan_run(spec, ev, now)
         result = await self.store.ingest(IngestBatch([ev], [run]), self.matcher, now)
         await self.announce_cancellations(result.cancelled_run_ids)
         self.notify()
@@ -272,27 +387,10 @@ class Engine:
     async def follow_up(self, run: RunRecord, trigger: StoredEvent, finish: RunFinish) -> None:
         """Attach the system events of a run's end (and the runs they trigger) to ``finish``."""
         now = self.clock.now_ms()
-        data: dict[str, Any] = {
-            "function_id": run.function_id,
-            "run_id": run.id,
-            "event": trigger.as_dict(),
-            "status": finish.status,
-        }
-        if finish.status == "completed":
-            data["result"] = finish.output
-        else:
-            data["error"] = finish.error
-        if trigger.name == FUNCTION_INVOKED:
-            corr = (trigger.data.get("_inngest") or {}).get("correlation_id")
-            if corr:
-                data["correlation_id"] = corr
-        names = [FUNCTION_FINISHED]
-        if finish.status == "failed":
-            names.append(FUNCTION_FAILED)
-        elif finish.status == "cancelled":
-            names.append(FUNCTION_CANCELLED)
-        events = [self.stored_event(Event(name=n, data=dict(data)), now) for n in names]
-        finish.follow_up = IngestBatch(events, await self._plan_runs(events, [None] * len(events), now))
+        data = run_end_data(run.function_id, run.id, trigger.as_dict(), finish)
+        events = [self.stored_event(Event(name=n, data=dict(data)), now) for n in run_end_names(finish.status)]
+        runs, failures = await self._plan_runs(events, [None] * len(events), now)
+        finish.follow_up = IngestBatch(events, runs, failures)
 
     def plan_invoke(
         self,
@@ -311,8 +409,7 @@ class Engine:
                                "source_fn_id": source_fn_id, "source_run_id": parent_run_id,
                                "expire": expires_at}  # fmt: skip
         ev = self.stored_event(Event(name=FUNCTION_INVOKED, data=payload), now)
-        child = new_run(spec, ev.internal_id, now, parent_run_id=parent_run_id, parent_step_id=step_id,
-                        event=ev.as_dict() if spec.flow is not None else None)  # fmt: skip
+        child = self.plan_run(spec, ev, now, parent_run_id=parent_run_id, parent_step_id=step_id)
         return IngestBatch([ev], [child])
 
     async def end_run(self, run: RunRecord, trigger: StoredEvent, owner: str | None, finish: RunFinish) -> None:

@@ -4,6 +4,11 @@ Library: common-expression-language 0.10 (``cel``, Rust), not cel-python 0.5 (``
 one realistic event: cel 17k evals/s from a dict (mostly dict conversion; 470k/s on a reused context, hence
 ``Bindings``), celpy 2.8k-4.9k/s (4k-11k pre-converted); cel compiles 10x faster. celpy fails ``1.0 == 1``
 and ``150 > 100.5`` (no matching overload); cel got all the probed filters right.
+
+The library can be crashed (a deep expression overflows its stack) and panics on some inputs, so nothing reaches
+it unchecked: every expression is measured against static limits first (``cel_limits``), a panic is caught as
+an error, and expressions with comprehensions, whose cost depends on the data, are evaluated on a time budget in
+a child process (``cel_sandbox``). See ``docs/security.md``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 
 import cel
 
+from stepline.core import cel_limits
+from stepline.core.cel_sandbox import SandboxError, evaluate_isolated
 from stepline.core.errors import SteplineError
 
 __all__ = [
@@ -37,7 +44,14 @@ _RESERVED = frozenset(
 
 
 class ExpressionError(SteplineError, ValueError):
-    """An expression that does not compile, or whose evaluation failed."""
+    """An expression that does not compile, or whose evaluation failed.
+
+    ``missing_key``: it failed only because the data lacks a field it reads (``event.data.amount`` of an event
+    without ``amount``): for a filter that is an ordinary "no match", not a fault worth reporting."""
+
+    def __init__(self, message: str, *, missing_key: bool = False) -> None:
+        super().__init__(message)
+        self.missing_key = missing_key
 
 
 def _normalize(value: Any) -> Any:
@@ -76,6 +90,11 @@ def _to_python(value: Any) -> Any:
     return value
 
 
+def _is_panic(exc: BaseException) -> bool:
+    """A Rust panic surfaces as pyo3's ``PanicException``, a BaseException that ``except Exception`` misses."""
+    return type(exc).__name__ == "PanicException"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         return f"no such key: {exc.args[0]!r}"
@@ -93,38 +112,62 @@ class Bindings:
     the mapping are not seen.
     """
 
-    __slots__ = ("_context",)
+    __slots__ = ("_context", "values")
 
     def __init__(self, bindings: Mapping[str, Any]) -> None:
         try:
-            self._context = cel.Context(_normalize(bindings))
-        except Exception as exc:
-            raise ExpressionError(f"cannot bind values for CEL: {_describe(exc)}") from exc
+            self.values = _normalize(bindings)
+            self._context = cel.Context(self.values)
+        except BaseException as exc:
+            if not isinstance(exc, Exception) and not _is_panic(exc):
+                raise
+            raise ExpressionError(f"cannot bind values for CEL: {_describe(exc)}") from None
 
 
 class Expression:
-    """A compiled CEL expression; obtain one with :func:`compile_expression`."""
+    """A compiled CEL expression; obtain one with :func:`compile_expression`.
 
-    __slots__ = ("_program", "source")
+    ``isolated``: it has comprehensions, so it is evaluated in the sandbox process on a time budget; the calling
+    thread waits for at most that budget (callers on the event loop run such evaluations in a thread).
+    """
 
-    def __init__(self, source: str, program: cel.Program) -> None:
+    __slots__ = ("_program", "shape", "source")
+
+    def __init__(self, source: str, program: cel.Program, shape: cel_limits.ExpressionShape) -> None:
         self.source = source
+        self.shape = shape
         self._program = program
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
 
+    @property
+    def isolated(self) -> bool:
+        return self.shape.has_loops
+
     def _execute(self, bindings: Mapping[str, Any] | Bindings) -> Any:
         try:
+            if self.isolated:
+                values = bindings.values if isinstance(bindings, Bindings) else _normalize(bindings)
+                return evaluate_isolated(self.source, values)
             if isinstance(bindings, Bindings):
                 return self._program.execute(bindings._context)
             return self._program.execute(_normalize(bindings))
-        except Exception as exc:
-            raise ExpressionError(f"evaluating CEL expression {self.source!r} failed: {_describe(exc)}") from exc
+        except BaseException as exc:
+            if not isinstance(exc, Exception) and not _is_panic(exc):
+                raise
+            detail = str(exc) if isinstance(exc, SandboxError) else _describe(exc)
+            missing = isinstance(exc, KeyError) or detail.startswith("KeyError")
+            raise ExpressionError(f"evaluating CEL expression {_short(self.source)} failed: {detail}",
+                                  missing_key=missing) from None  # fmt: skip
 
     def evaluate(self, bindings: Mapping[str, Any] | Bindings) -> Any:
         """The expression's value as plain Python data; ExpressionError if evaluation fails."""
         return _to_python(self._execute(bindings))
+
+    def check(self, bindings: Mapping[str, Any] | Bindings) -> bool:
+        """True only if the expression evaluates to boolean true; ExpressionError if evaluation fails."""
+        return self._execute(bindings) is True
 
     def matches(self, bindings: Mapping[str, Any] | Bindings) -> bool:
         """True only if the expression evaluates to boolean true; evaluation errors count as no match."""
@@ -134,16 +177,36 @@ class Expression:
             return False
 
 
+def _short(source: str, limit: int = 120) -> str:
+    """The expression as quoted in messages: whole when short, else its start and its length."""
+    if len(source) <= limit:
+        return repr(source)
+    return f"{source[:limit]!r}... ({len(source):,} characters)"
+
+
+def _cel_compile(source: str) -> cel.Program:
+    try:
+        return cel.compile(source)
+    except BaseException as exc:
+        if not isinstance(exc, Exception) and not _is_panic(exc):
+            raise
+        detail = _PARSE_PREFIX.sub("", str(exc), count=1).strip() or type(exc).__name__
+        raise ExpressionError(f"invalid CEL expression {_short(source)}: {detail[:500]}") from None
+
+
 @functools.lru_cache(maxsize=4096)
 def _compile_cached(source: str) -> Expression:
     if not source.strip():
         raise ExpressionError("CEL expression is empty")
     try:
-        program = cel.compile(source)
-    except Exception as exc:
-        detail = _PARSE_PREFIX.sub("", str(exc), count=1).strip() or type(exc).__name__
-        raise ExpressionError(f"invalid CEL expression {source!r}: {detail}") from exc
-    return Expression(source, program)
+        shape = cel_limits.measure(source)
+    except cel_limits.OverLimit as exc:
+        raise ExpressionError(f"CEL expression {_short(source)} refused: {exc}") from None
+    except cel_limits.LimitExceeded as exc:
+        _cel_compile(source)  # not CEL: the library's own message says where (it is safe at this size)
+        raise ExpressionError(f"CEL expression {_short(source)} refused: Stepline cannot check its shape "
+                              f"({exc})") from None  # fmt: skip
+    return Expression(source, _cel_compile(source), shape)
 
 
 def compile_expression(source: str) -> Expression:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from stepline.core.durations import parse_duration
-from stepline.core.expressions import Bindings, compile_expression
+from stepline.core.expressions import Bindings, ExpressionError, compile_expression
 from stepline.storage.records import RunFlow
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "Concurrency",
     "Debounce",
     "FlowSpec",
+    "KeyExpressionFailed",
     "Priority",
     "RateLimit",
     "Singleton",
@@ -282,13 +283,30 @@ def normalize_flow(fn_label: str, options: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"function {fn_label!r}: {exc}") from None
 
 
-def _key_value(expression: str | None, bindings: Bindings | None) -> str:
+class KeyExpressionFailed(ValueError):
+    """A key expression could not be evaluated for a run's event (not just a missing field): the run fails."""
+
+    def __init__(self, place: str, expression: str, error: str) -> None:
+        super().__init__(f"the {place} expression could not be evaluated for this run's event: {error}")
+        self.place = place
+        self.expression = expression
+
+
+def evaluate_key(place: str, expression: str, bindings: Bindings | dict[str, Any]) -> Any:
+    """A key expression's value. A field missing from the event gives ``None`` (as Inngest, where such runs share
+    one key); any other failure raises KeyExpressionFailed."""
+    try:
+        return compile_expression(expression).evaluate(bindings)
+    except ExpressionError as exc:
+        if exc.missing_key:
+            return None
+        raise KeyExpressionFailed(place, expression, str(exc)) from None
+
+
+def _key_value(place: str, expression: str | None, bindings: Bindings | None) -> str:
     if expression is None or bindings is None:
         return ""
-    try:
-        value = compile_expression(expression).evaluate(bindings)
-    except ValueError:
-        return "<error>"
+    value = evaluate_key(place, expression, bindings)
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -314,19 +332,40 @@ class FlowSpec:
         return bool(self.raw.get("concurrency") or self.raw.get("priority"))
 
     def batched(self, event: dict[str, Any]) -> bool:
-        """Whether ``event`` joins a batch (a batch ``if`` false: it runs alone)."""
+        """Whether ``event`` joins a batch (a batch ``if`` false: it runs alone). A batch ``if`` that fails for
+        another reason than a missing field raises ExpressionError (the caller reports it; the run goes alone)."""
         batch = self.raw.get("batch")
         if not batch:
             return False
         if batch.get("if") is None:
             return True
         try:
-            return compile_expression(batch["if"]).matches({"event": event})
-        except ValueError:
-            return False
+            return compile_expression(batch["if"]).check({"event": event})
+        except ExpressionError as exc:
+            if exc.missing_key:
+                return False
+            raise
 
-    def plan(self, function_id: str, event: dict[str, Any]) -> RunFlow:
-        """Evaluate the keys of a run triggered by ``event``."""
+    @property
+    def expressions(self) -> list[tuple[str, str]]:
+        """(place, expression) of every expression in the options, as named in errors."""
+        out: list[tuple[str, str]] = []
+        for i, c in enumerate(self.raw.get("concurrency") or ()):
+            if c.get("key"):
+                out.append((f"concurrency[{i}] key" if i else "concurrency key", c["key"]))
+        for name in ("throttle", "rate_limit", "debounce", "batch", "singleton"):
+            opts = self.raw.get(name) or {}
+            if opts.get("key"):
+                out.append((f"{name} key", opts["key"]))
+        if (self.raw.get("batch") or {}).get("if"):
+            out.append(("batch if", self.raw["batch"]["if"]))
+        if (self.raw.get("priority") or {}).get("run"):
+            out.append(("priority run", self.raw["priority"]["run"]))
+        return out
+
+    def plan(self, function_id: str, event: dict[str, Any], batched: bool | None = None) -> RunFlow:
+        """Evaluate the keys of a run triggered by ``event``. Raises KeyExpressionFailed when a key cannot be
+        evaluated. ``batched``: the batch ``if`` already decided by the caller (else decided here)."""
         raw = self.raw
         needs_bindings = any(
             (isinstance(v, dict) and (v.get("key") or v.get("run"))) or isinstance(v, list) for v in raw.values()
@@ -334,7 +373,7 @@ class FlowSpec:
         bindings = Bindings({"event": event}) if needs_bindings else None
         concurrency = []
         for c in raw.get("concurrency") or ():
-            value = _key_value(c.get("key"), bindings)
+            value = _key_value("concurrency key", c.get("key"), bindings)
             if c["scope"] == "fn":
                 key = f"fn:{function_id}:{value}"
             else:  # env and account: shared by every function using the same key expression's value
@@ -342,29 +381,27 @@ class FlowSpec:
             concurrency.append((key, int(c["limit"]), value or function_id))
         priority_ms = 0
         if (pri := raw.get("priority")) and bindings is not None:
-            try:
-                seconds = compile_expression(pri["run"]).evaluate(bindings)
-            except ValueError:
-                seconds = 0
+            seconds = evaluate_key("priority run", pri["run"], bindings)
             if isinstance(seconds, int | float) and not isinstance(seconds, bool):
                 priority_ms = int(max(-PRIORITY_RANGE_S, min(PRIORITY_RANGE_S, seconds)) * 1000)
         thr = raw.get("throttle")
         rl = raw.get("rate_limit")
         deb = raw.get("debounce")
-        bat = raw.get("batch") if self.batched(event) else None
+        bat = raw.get("batch") if (self.batched(event) if batched is None else batched) else None
         sin = raw.get("singleton")
+
+        def bucket(kind: str, name: str, opts: dict[str, Any]) -> str:
+            return f"{kind}:{function_id}:{_key_value(f'{name} key', opts.get('key'), bindings)}"
+
         return RunFlow(
             concurrency=tuple(concurrency),
             priority_ms=priority_ms,
-            throttle=None if not thr else (f"throttle:{function_id}:{_key_value(thr.get('key'), bindings)}",
-                                           int(thr["limit"]), int(thr["period_ms"]), int(thr.get("burst", 0))),
-            rate_limit=None if not rl else (f"rate:{function_id}:{_key_value(rl.get('key'), bindings)}",
-                                            int(rl["limit"]), int(rl["period_ms"])),
-            debounce=None if not deb else (f"debounce:{function_id}:{_key_value(deb.get('key'), bindings)}",
-                                           int(deb["period_ms"]), deb.get("timeout_ms")),
-            batch=None if not bat else (f"batch:{function_id}:{_key_value(bat.get('key'), bindings)}",
-                                        int(bat["max_size"]), int(bat["timeout_ms"])),
-            singleton=None if not sin else (f"singleton:{function_id}:{_key_value(sin.get('key'), bindings)}",
-                                            str(sin["mode"])),
+            throttle=None if not thr else (bucket("throttle", "throttle", thr), int(thr["limit"]),
+                                           int(thr["period_ms"]), int(thr.get("burst", 0))),
+            rate_limit=None if not rl else (bucket("rate", "rate_limit", rl), int(rl["limit"]), int(rl["period_ms"])),
+            debounce=None if not deb else (bucket("debounce", "debounce", deb), int(deb["period_ms"]),
+                                           deb.get("timeout_ms")),
+            batch=None if not bat else (bucket("batch", "batch", bat), int(bat["max_size"]), int(bat["timeout_ms"])),
+            singleton=None if not sin else (bucket("singleton", "singleton", sin), str(sin["mode"])),
             gates_claims=self.gates_claims,
         )  # fmt: skip

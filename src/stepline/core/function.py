@@ -18,7 +18,7 @@ from typing import Any
 from stepline.core.backoff import Backoff
 from stepline.core.durations import parse_duration
 from stepline.core.events import FUNCTION_FAILED, canonical_event_name
-from stepline.core.expressions import compile_expression
+from stepline.core.expressions import ExpressionError, compile_expression
 from stepline.core.flow import FlowSpec, normalize_flow
 from stepline.core.triggers import CronTrigger, EventTrigger, Trigger
 from stepline.storage.records import FunctionRecord
@@ -96,19 +96,44 @@ class FunctionSpec:
     retention_ms: int | None = None  # keep ended runs this long (None: the store-wide default)
     config: dict[str, Any] = field(default_factory=dict)
     flow: FlowSpec | None = None  # concurrency, throttle, rate limit, debounce, priority, batch, singleton
+    # Stored expressions that no longer compile or pass the limits (stored by an older version, or before a limit
+    # was lowered): reported on the function and its app, never evaluated. A trigger among them never fires; a
+    # key among them fails the runs that need it; a cancel condition among them never matches.
+    problems: tuple[str, ...] = ()
+    isolated: bool = False  # some expression has comprehensions (evaluated on a budget, off the event loop)
 
     @classmethod
     def from_record(cls, rec: FunctionRecord) -> FunctionSpec:
         c = rec.config
         triggers: list[Trigger] = []
+        problems: list[str] = []
+        isolated = False
+
+        def check(place: str, expression: str | None) -> bool:
+            nonlocal isolated
+            if not expression:
+                return True
+            try:
+                isolated |= compile_expression(expression).isolated
+            except ValueError as exc:
+                problems.append(f"{place}: {exc}")
+                return False
+            return True
+
         for t in c.get("triggers", []):
             if "cron" in t:
                 try:
                     triggers.append(CronTrigger(cron=t["cron"]))
                 except ValueError:
                     continue  # stored before crons were validated: never fires, routes nothing else
-            else:
+            elif check(f"trigger {t.get('event')!r} if", t.get("expression")):
                 triggers.append(EventTrigger(event=t["event"], expression=t.get("expression")))
+        check("idempotency", c.get("idempotency"))
+        for x in c.get("cancel", []):
+            check(f"cancel_on {x.get('event')!r} if", x.get("expression"))
+        flow = FlowSpec.from_config(c.get("flow"))
+        for place, expression in flow.expressions if flow is not None else ():
+            check(place, expression)
         timeouts = c.get("timeouts") or {}
         return cls(
             id=rec.id,
@@ -123,7 +148,9 @@ class FunctionSpec:
             finish_timeout_ms=timeouts.get("finish_ms"),
             retention_ms=c.get("retention_ms"),
             config=c,
-            flow=FlowSpec.from_config(c.get("flow")),
+            flow=flow,
+            problems=tuple(problems),
+            isolated=isolated,
         )
 
     @property
@@ -136,8 +163,19 @@ class FunctionSpec:
         """Stepline keeps the run's log lines (in-process functions; an HTTP app logs in its own process)."""
         return self.config.get("runtime") != "http"
 
-    def matching_trigger(self, event: dict[str, Any]) -> bool:
-        return any(isinstance(t, EventTrigger) and t.matches(event) for t in self.triggers)
+    def matching_trigger(self, event: dict[str, Any], failures: list[tuple[str, str, str]] | None = None) -> bool:
+        """Whether one of the event triggers fires for ``event``. A trigger whose ``if`` fails for another reason
+        than a missing field does not fire, and is added to ``failures`` as (place, expression, error)."""
+        for t in self.triggers:
+            if not isinstance(t, EventTrigger):
+                continue
+            try:
+                if t.check(event):
+                    return True
+            except ExpressionError as exc:
+                if failures is not None and t.expression is not None:
+                    failures.append((f"trigger {t.event!r} if", t.expression, str(exc)))
+        return False
 
 
 @dataclass

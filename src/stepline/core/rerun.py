@@ -13,7 +13,7 @@ from typing import Any
 
 from stepline.core.engine import Engine, new_run
 from stepline.core.errors import SteplineError
-from stepline.storage.records import RunFlow, StepRecord
+from stepline.storage.records import IngestBatch, RunFlow, StepRecord
 
 __all__ = ["RerunError", "RerunNotPossibleError", "RunNotFoundError", "StepNotFoundError", "rerun"]
 
@@ -67,11 +67,18 @@ async def rerun(engine: Engine, run_id: str, from_step_id: str | None = None) ->
         reason["from_step"] = recorded[index].display_id
     now = engine.clock.now_ms()
     trigger = await store.get_event(original.event_id)
-    run = new_run(spec, original.event_id, now, event=trigger.as_dict() if trigger is not None else None)
+    if trigger is not None:
+        run = engine.plan_run(spec, trigger, now)
+    else:
+        run = new_run(spec, original.event_id, now)
     if run.flow is not None:  # a rerun is started by hand: only the claim-time limits (concurrency, priority) apply
         run = dataclasses.replace(run, flow=RunFlow(run.flow.concurrency, run.flow.priority_ms,
                                                     gates_claims=run.flow.gates_claims))  # fmt: skip
     run = dataclasses.replace(run, batch=tuple(original.batch or ()))
+    if run.failure is not None:  # a key expression fails for this event: the rerun fails at once, saying why
+        await store.ingest(IngestBatch([], [run]), engine.matcher, now)
+        engine.notify()
+        return run.id
     await store.create_run(run, memo, now, idle_reason=reason)
     engine.notify()
     return run.id

@@ -40,10 +40,12 @@ def timer_event_id(scheduled_ms: int) -> str:
     return from_ms(scheduled_ms).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def scheduled_batch(spec: FunctionSpec, cron: str, scheduled_ms: int, now: int) -> IngestBatch:
+def scheduled_batch(spec: FunctionSpec, cron: str, scheduled_ms: int, now: int,
+                    engine: Engine | None = None) -> IngestBatch:  # fmt: skip
     """The timer event of one scheduled time and the run it starts, for ``spec`` only (no fan-out to other
     functions triggered by the event name). The event's internal id and the run's idempotency key are derived
-    from (function, scheduled time), so a retried or raced fire stores nothing twice."""
+    from (function, scheduled time), so a retried or raced fire stores nothing twice. With the ``engine``, a run
+    whose flow-control key cannot be evaluated is stored as failed (``Engine.plan_run``) instead of raising."""
     digest = hashlib.sha1(f"{spec.id}\x00{cron}\x00{scheduled_ms}".encode()).digest()[:10]
     internal_id = ulid_from(scheduled_ms, digest)
     event_id = timer_event_id(scheduled_ms)
@@ -57,7 +59,11 @@ def scheduled_batch(spec: FunctionSpec, cron: str, scheduled_ms: int, now: int) 
         v=None,
         received_at=now,
     )
-    run = new_run(spec, internal_id, now, idempotency_key=f"cron:{event_id}", event=event.as_dict())  # + flow control
+    key = f"cron:{event_id}"
+    if engine is not None:
+        run = engine.plan_run(spec, event, now, idempotency_key=key)
+    else:
+        run = new_run(spec, internal_id, now, idempotency_key=key, event=event.as_dict())  # + flow control
     return IngestBatch([event], [run])
 
 
@@ -123,7 +129,7 @@ class CronScheduler:
                 continue
             latest = s.schedule.latest_at_or_before(now)
             if latest > s.last:
-                batch = scheduled_batch(s.spec, s.cron, latest, now)
+                batch = scheduled_batch(s.spec, s.cron, latest, now, self.engine)
                 try:
                     won = await self.engine.store.fire_cron(s.spec.id, s.cron, latest, batch, self.engine.matcher, now)
                 except Exception:  # one schedule failing (a bad function config, say) must not hold the others

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from stepline.core.cron import CronSchedule, parse_cron
-from stepline.core.expressions import Expression, compile_expression
+from stepline.core.expressions import Expression, ExpressionError, compile_expression
 
 __all__ = ["CronTrigger", "EventTrigger", "Trigger", "event_name_matches"]
 
@@ -50,11 +50,27 @@ class EventTrigger:
             object.__setattr__(self, "_compiled", compile_expression(self.expression))
 
     def matches(self, event: Mapping[str, Any]) -> bool:
-        """Whether ``event`` (a dict with ``name``, ``data``, ...) fires this trigger."""
+        """Whether ``event`` (a dict with ``name``, ``data``, ...) fires this trigger; an expression that fails
+        does not fire it."""
+        try:
+            return self.check(event)
+        except ExpressionError:
+            return False
+
+    def check(self, event: Mapping[str, Any]) -> bool:
+        """As ``matches``, but an expression that fails for another reason than a field missing from the event
+        raises ExpressionError (so the caller can report it)."""
         name = event.get("name")
         if not isinstance(name, str) or not event_name_matches(self.event, name):
             return False
-        return self._compiled is None or self._compiled.matches({"event": event})
+        if self._compiled is None:
+            return True
+        try:
+            return self._compiled.check({"event": event})
+        except ExpressionError as exc:
+            if exc.missing_key:
+                return False
+            raise
 
 
 @dataclass(frozen=True)

@@ -121,12 +121,26 @@ class RunLogsOut(Out):
     )
 
 
+class ExpressionErrorOut(Out):
+    place: str = Field(description="Where the expression sits: 'trigger ... if', 'idempotency', 'concurrency key', ...")
+    expression: str
+    message: str = Field(description="The last failure")
+    count: int = Field(description="How many evaluations failed")
+    first_at: str
+    last_at: str
+
+
 class FunctionOut(Out):
     id: str
     app_id: str
     slug: str
     name: str
     config: dict[str, Any] = Field(description="Triggers, retries, cancellation, timeouts, ... as registered")
+    problems: list[str] = Field(default_factory=list, description="Stored expressions that no longer compile or "
+                                "pass the limits: never evaluated (docs/security.md)")  # fmt: skip
+    expression_errors: list[ExpressionErrorOut] = Field(
+        default_factory=list, description="Expressions that failed while events were routed: a trigger's if (no run "
+        "started), a key (the run failed), a batch if (the run went alone)")  # fmt: skip
 
 
 class AppOut(Out):
@@ -140,6 +154,8 @@ class AppOut(Out):
     synced_at: str | None
     error: str | None = Field(description="The last sync error; null after a successful sync")
     function_count: int
+    problems: list[str] = Field(default_factory=list, description="Problems of its functions' stored expressions "
+                                "(see the functions)")  # fmt: skip
     created_at: str | None
     updated_at: str | None
 

@@ -7,9 +7,11 @@ In cloud mode every endpoint requires ``Authorization: Bearer <signing key>`` (r
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +38,7 @@ from stepline.server.openapi import (
     EventOut,
     EventPage,
     EventResponse,
+    ExpressionErrorOut,
     FunctionList,
     FunctionOut,
     Handler,
@@ -60,6 +63,8 @@ from stepline.server.openapi import (
 from stepline.server.signing import bearer_matches
 from stepline.server.state import ServerState, state_of
 from stepline.storage.records import CancellationRecord, RunFilter, RunRecord, StepRecord
+
+log = logging.getLogger("stepline.server.rest")
 
 STATUS_NAMES = {"queued": "Queued", "running": "Running", "completed": "Completed", "failed": "Failed",
                 "cancelled": "Cancelled", "skipped": "Skipped"}  # fmt: skip
@@ -412,18 +417,36 @@ async def bulk_cancel(st: ServerState, app_id: str, function_id: str, after: int
         candidates += await all_runs(st, RunFilter(status=status, function_id=function_id, created_after=after,
                                                     created_before=before + 1))  # fmt: skip
     cancelled = 0
+    failures: list[str] = []
     for run in sorted(candidates, key=lambda r: r.id):
         if expression is not None:
             ev = await st.engine.store.get_event(run.event_id)
-            if ev is None or not expression.matches(Bindings({"event": ev.as_dict()})):
+            if ev is None or not await _if_matches(expression, ev.as_dict(), failures):
                 continue
         if await st.engine.cancel_run(run.id, f"cancelled by {by} {cancellation_id}"):
             cancelled += 1
+    if failures:
+        log.warning("%s %s: the if expression could not be evaluated for %d run(s), which were not cancelled; "
+                    "first error: %s", by, cancellation_id, len(failures), failures[0])  # fmt: skip
     record = CancellationRecord(cancellation_id, app_id, function_id, after, before,
                                 expression.source if expression else None, cancelled,
                                 st.engine.clock.now_ms())  # fmt: skip
     await st.engine.store.save_cancellation(record)
     return record
+
+
+async def _if_matches(expression: Expression, event: dict[str, Any], failures: list[str]) -> bool:
+    """Whether a bulk cancellation's ``if`` holds for a run's event; a failure other than a missing field counts as
+    no match and is added to ``failures``. Expressions with comprehensions are evaluated off the event loop."""
+    try:
+        bindings = Bindings({"event": event})
+        if expression.isolated:
+            return await asyncio.to_thread(expression.check, bindings)
+        return expression.check(bindings)
+    except ExpressionError as exc:
+        if not exc.missing_key:
+            failures.append(str(exc))
+        return False
 
 
 async def list_cancellations(request: Request) -> Response:
@@ -439,27 +462,41 @@ async def list_functions(request: Request) -> Response:
     st = state_of(request)
     app_id = request.query_params.get("app_id") or None
     found = [f for f in await st.engine.store.list_functions() if app_id is None or f.app_id == app_id]
-    data = [FunctionOut(id=f.id, app_id=f.app_id, slug=f.slug, name=f.name, config=f.config) for f in found]
+    errors = await expression_errors_by_function(st)
+    data = [FunctionOut(id=f.id, app_id=f.app_id, slug=f.slug, name=f.name, config=f.config,
+                        problems=list(FunctionSpec.from_record(f).problems), expression_errors=errors.get(f.id, []))
+            for f in found]  # fmt: skip
     return _ok(FunctionList(data=data, metadata=_meta(st)))
+
+
+async def expression_errors_by_function(st: ServerState) -> dict[str, list[ExpressionErrorOut]]:
+    out: dict[str, list[ExpressionErrorOut]] = {}
+    for e in await st.engine.store.list_expression_errors():
+        out.setdefault(e.function_id, []).append(ExpressionErrorOut(
+            place=e.place, expression=e.expression, message=e.message, count=e.count, first_at=_iso(e.first_at),
+            last_at=_iso(e.last_at)))  # fmt: skip
+    return out
 
 
 async def list_apps(request: Request) -> Response:
     """Apps synced over HTTP, then apps known only from their registered functions (in-process workers)."""
     st = state_of(request)
     counts: dict[str, int] = {}
+    problems: dict[str, list[str]] = {}
     for f in await st.engine.store.list_functions():
         counts[f.app_id] = counts.get(f.app_id, 0) + 1
+        problems.setdefault(f.app_id, []).extend(f"{f.id}: {p}" for p in FunctionSpec.from_record(f).problems)
     data = [
         AppOut(app_id=a.app_id, url=a.url, sdk=a.sdk, framework=a.framework, app_version=a.app_version,
                checksum=a.checksum, synced_at=iso(a.synced_at), error=a.error,
                function_count=counts.get(a.app_id, 0) if a.app_id else 0, created_at=iso(a.created_at),
-               updated_at=iso(a.updated_at))
+               updated_at=iso(a.updated_at), problems=problems.get(a.app_id, []) if a.app_id else [])
         for a in await st.engine.store.list_apps()
     ]  # fmt: skip
     synced = {a.app_id for a in data}
     data += [
         AppOut(app_id=app_id, url=None, sdk=None, framework=None, app_version=None, checksum=None, synced_at=None,
-               error=None, function_count=n, created_at=None, updated_at=None)
+               error=None, function_count=n, created_at=None, updated_at=None, problems=problems.get(app_id, []))
         for app_id, n in sorted(counts.items()) if app_id not in synced
     ]  # fmt: skip
     return _ok(AppList(data=data, metadata=_meta(st)))

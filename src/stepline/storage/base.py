@@ -17,6 +17,7 @@ from stepline.storage.records import (
     AppRecord,
     CancellationRecord,
     ClaimedRun,
+    ExpressionErrorRecord,
     FunctionRecord,
     IngestBatch,
     IngestResult,
@@ -185,6 +186,32 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_event(self, internal_id: str) -> StoredEvent | None: ...
+
+    # --- hardening: expression errors, dashboard sessions, login throttle (docs/security.md) ---
+    @abc.abstractmethod
+    async def list_expression_errors(self) -> list[ExpressionErrorRecord]:
+        """The last failure per (function, place) of the expressions met while planning runs
+        (``IngestBatch.expression_failures``, written by ``ingest``), with counts."""
+
+    @abc.abstractmethod
+    async def create_dashboard_session(self, sid: str, expires_at: int, now: int) -> None:
+        """Store a dashboard login (and delete expired ones)."""
+
+    @abc.abstractmethod
+    async def revoke_dashboard_session(self, sid: str, now: int) -> None:
+        """Log a session out, for every node, for good."""
+
+    @abc.abstractmethod
+    async def dashboard_session_valid(self, sid: str, now: int) -> bool:
+        """Whether the session exists, has not expired and has not been revoked."""
+
+    @abc.abstractmethod
+    async def add_login_failure(self, address: str, now: int) -> int:
+        """Count a failed dashboard login from ``address`` in the current minute; returns the count so far."""
+
+    @abc.abstractmethod
+    async def login_failures(self, address: str, now: int) -> int:
+        """Failed dashboard logins from ``address`` in the current minute (all nodes)."""
 
     @abc.abstractmethod
     async def list_events(self, name: str | None, limit: int, before: str | None = None) -> list[StoredEvent]:

@@ -66,6 +66,22 @@ class NewRun:
     parent_step_id: str | None = None
     batch: tuple[str, ...] = ()
     flow: RunFlow | None = None
+    # A run that failed before it started (a key expression could not be evaluated): stored as ``failed`` with
+    # this error, its end events (``follow_up``) ingested in the same transaction; no flow-control gate applies.
+    failure: dict[str, Any] | None = None
+    follow_up: IngestBatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpressionFailure:
+    """A function's expression that could not be evaluated while events were planned (a trigger's ``if``, a
+    batch ``if``, a key): stored with the ingest (``expression_errors``), shown on the function."""
+
+    function_id: str
+    place: str  # "trigger", "idempotency", "concurrency key", "throttle key", "batch if", ...
+    expression: str
+    message: str
+    count: int = 1  # failures this record stands for (the engine reports each place at most every few seconds)
 
 
 @dataclass(slots=True)
@@ -74,6 +90,7 @@ class IngestBatch:
 
     events: list[StoredEvent]
     runs: list[NewRun]
+    expression_failures: list[ExpressionFailure] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +102,7 @@ class IngestResult:
     cancelled_run_ids: list[str]
     flow_skipped_run_ids: list[str] = field(default_factory=list)  # stored as "skipped" (rate limit, singleton)
     merged_run_ids: list[str] = field(default_factory=list)  # planned runs whose event joined another run instead
+    failed_run_ids: list[str] = field(default_factory=list)  # stored as "failed": a key expression failed
 
 
 @dataclass(slots=True)
@@ -268,3 +286,16 @@ class RunCount:
     status: str
     count: int  # live: all of them; ended: since the window's start
     recent: int  # live: the same; ended: since the shorter, recent window's start
+
+
+@dataclass(frozen=True, slots=True)
+class ExpressionErrorRecord:
+    """The last failure of one of a function's expressions at one place, and how often it failed."""
+
+    function_id: str
+    place: str
+    expression: str
+    message: str
+    count: int
+    first_at: int
+    last_at: int

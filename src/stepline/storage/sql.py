@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from importlib import resources
 
@@ -21,6 +22,17 @@ def parse_queries(text: str) -> dict[str, str]:
 
 def load_queries(package: str, filename: str) -> dict[str, str]:
     return parse_queries(resources.files(package).joinpath(filename).read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _package_queries(package: str, filename: str) -> dict[str, str]:
+    return load_queries(package, filename)
+
+
+def backend_queries(store: object, filename: str) -> dict[str, str]:
+    """The queries of ``filename`` in the package of ``store``'s concrete class (``stepline.storage.sqlite``,
+    ``...postgres``), loaded once: how the mixins shared by every SQL backend find their dialect's SQL."""
+    return _package_queries(type(store).__module__.rsplit(".", 1)[0], filename)
 
 
 def load_migrations(package: str) -> list[tuple[int, str, str]]:

@@ -5,19 +5,13 @@ The queries live in each backend package's ``dashboard.sql`` (beside its ``queri
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepline.storage.records import RunCount
-from stepline.storage.sql import load_queries
+from stepline.storage.sql import backend_queries
 
 T = TypeVar("T")
-
-
-@functools.cache
-def _queries(package: str) -> dict[str, str]:
-    return load_queries(package, "dashboard.sql")
 
 
 class SqlDashboardMixin:
@@ -29,7 +23,7 @@ class SqlDashboardMixin:
 
     @property
     def _dashboard_queries(self) -> dict[str, str]:
-        return _queries(type(self).__module__.rsplit(".", 1)[0])
+        return backend_queries(self, "dashboard.sql")
 
     async def change_marker(self) -> object:
         query = self._dashboard_queries["change_marker"]

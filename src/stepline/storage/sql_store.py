@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 from stepline.core.events import StoredEvent
 from stepline.storage.base import Store
 from stepline.storage.records import (
+    RUN_LOG_MESSAGE_LIMIT,
     ClaimedRun,
     FunctionRecord,
     IngestBatch,
@@ -25,6 +26,7 @@ from stepline.storage.records import (
     PruneResult,
     RunFilter,
     RunFinish,
+    RunLogLine,
     RunLogs,
     RunRecord,
     StepRecord,
@@ -38,6 +40,7 @@ from stepline.storage.sql_cron import SqlCronMixin
 from stepline.storage.sql_dashboard import SqlDashboardMixin
 from stepline.storage.sql_flow import SqlFlowMixin
 from stepline.storage.sql_logs import SqlLogsMixin
+from stepline.storage.sql_security import SqlSecurityMixin
 from stepline.storage.writer import GroupCommitWriter, MergeableOp
 
 T = TypeVar("T")
@@ -90,7 +93,7 @@ class Conn(Protocol):
     def execute(self, sql: str, params: Any = ..., /) -> Any: ...
 
 
-class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlLogsMixin, Store):
+class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlLogsMixin, SqlSecurityMixin, Store):
     """The ``Store`` methods, written once for every SQL backend (apps, reruns, cancellations: ``SqlAppsMixin``)."""
 
     Q: dict[str, str]
@@ -223,6 +226,8 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
             replayed: set[str] = set()
             if len(fresh) < len(batch.events) and any(r.flow is not None for r in batch.runs):
                 replayed = {ev.internal_id for ev in batch.events} - {ev.internal_id for ev in fresh}
+            if batch.expression_failures:
+                self._record_expression_failures(conn, batch.expression_failures, now)
             for run in batch.runs:
                 if run.idempotency_key is not None:
                     got = conn.execute(
@@ -233,6 +238,9 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
                     if got[0] != run.id:  # held by another run (equal: this very batch, retried after a lost commit)
                         result.skipped_run_ids.append(run.id)
                         continue
+                if run.failure is not None:
+                    self._insert_failed(conn, run, now, result, matcher)
+                    continue
                 flow = run.flow
                 gated = flow is not None and bool(
                     flow.rate_limit or flow.singleton or flow.debounce or flow.batch or flow.throttle
@@ -261,6 +269,16 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
             self._notify_work(conn, min(due))
         return results
 
+    def _insert_failed(self, conn: Any, run: NewRun, now: int, result: IngestResult, matcher: WaitMatcher) -> None:
+        """A run that failed before it started: stored as ``failed`` with its error, its end events with it."""
+        if not self._insert_run_row(conn, run, None, status="failed", ended_at=now):
+            return  # the same write applied again (a lost COMMIT acknowledgement)
+        conn.execute(self.Q["set_run_error"], {"run_id": run.id, "error": _j(run.failure)})
+        result.failed_run_ids.append(run.id)
+        finish = RunFinish("failed", error=run.failure, may_have_waits=False,
+                           follow_up=run.follow_up or IngestBatch([], []))  # fmt: skip
+        self._after_end(conn, run.id, (run.parent_run_id, run.parent_step_id, None), finish, matcher, now, None)
+
     def _match_waits(self, conn: Any, ev: StoredEvent, matcher: WaitMatcher, now: int, result: IngestResult) -> None:
         rows = conn.execute(self.Q["waits_for_event"], {"event_name": ev.name, "now": now}).fetchall()
         if not rows:
@@ -270,7 +288,8 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
         for wait_id, run_id, step_id, kind, expression, *trigger in rows:
             if run_id in done:
                 continue
-            if not matcher(expression, _event(trigger).as_dict(), candidate):
+            if not self._wait_matches(conn, run_id, kind, matcher, expression, _event(trigger).as_dict(), candidate,
+                                      now):  # fmt: skip
                 continue
             if kind == "cancel":
                 reason = {"name": "Cancelled", "message": f"cancelled by event {ev.name!r} ({ev.internal_id})"}
@@ -450,7 +469,7 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
                         row = conn.execute(self.Q["select_run"], {"run_id": run_id}).fetchone()
                         ev = conn.execute(self.Q["select_event"], {"internal_id": row[2]}).fetchone()
                         trigger = _event(ev).as_dict()
-                    matched = self._first_match_since(conn, u, trigger, matcher)
+                    matched = self._first_match_since(conn, run_id, u, trigger, matcher, now)
                     if matched is not None:
                         conn.execute(
                             self.Q["complete_pending_step"],
@@ -482,14 +501,29 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
         return await self.writer.run(op)
 
     def _first_match_since(
-        self, conn: Any, u: StepUpdate, trigger: dict[str, Any], matcher: WaitMatcher
+        self, conn: Any, run_id: str, u: StepUpdate, trigger: dict[str, Any], matcher: WaitMatcher, now: int
     ) -> dict[str, Any] | None:
         assert u.wait is not None
-        for row in conn.execute(self.Q["events_after_cursor"], {"name": u.wait.event_name, "since": u.since}):
+        rows = conn.execute(self.Q["events_after_cursor"], {"name": u.wait.event_name, "since": u.since}).fetchall()
+        for row in rows:
             candidate = _event(row).as_dict()
-            if matcher(u.wait.expression, trigger, candidate):
+            if self._wait_matches(conn, run_id, "event", matcher, u.wait.expression, trigger, candidate, now):
                 return candidate
         return None
+
+    def _wait_matches(self, conn: Any, run_id: str, kind: str, matcher: WaitMatcher, expression: str | None,
+                      trigger: dict[str, Any], candidate: dict[str, Any], now: int) -> bool:  # fmt: skip
+        """The matcher's answer; an expression that cannot be evaluated (the matcher raises ValueError) does not
+        match, and the run's log says so (its page and ``GET /v1/runs/{id}/logs`` show it)."""
+        try:
+            return matcher(expression, trigger, candidate)
+        except ValueError as exc:
+            what = "cancel_on condition" if kind == "cancel" else "wait_for_event condition"
+            message = (f"the {what} could not be evaluated for event {candidate.get('name')!r} "
+                       f"({candidate.get('id')}), so it did not match: {exc}")  # fmt: skip
+            line = RunLogLine(now, "WARNING", "stepline.waits", message[:RUN_LOG_MESSAGE_LIMIT])
+            self._insert_run_logs(conn, run_id, RunLogs((line,)), now)
+            return False
 
     async def retry_run(
         self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int, logs: RunLogs | None = None

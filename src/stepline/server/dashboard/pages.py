@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from stepline.core.clock import SystemClock, to_ms
+from stepline.core.function import FunctionSpec
 from stepline.core.ids import ulid_from
 from stepline.server import rest_api
 from stepline.server.dashboard import views
@@ -196,8 +197,10 @@ async def function_page(dash: Dashboard, request: Request, session: Session) -> 
         raise ActionError(404, f"No registered function has the id {function_id!r}.")
     runs = await dash.engine.store.list_runs(RunFilter(function_id=function_id, limit=20))
     counts = (await dash.function_counts()).get(function_id)
+    errors = [e for e in await dash.engine.store.list_expression_errors() if e.function_id == function_id]
     return dash.render(request, "function.html", session, fn=record, counts=counts,
-                       rows=await run_rows(dash, request, runs))  # fmt: skip
+                       rows=await run_rows(dash, request, runs),
+                       problems=FunctionSpec.from_record(record).problems, expression_errors=errors)  # fmt: skip
 
 
 async def events_page(dash: Dashboard, request: Request, session: Session) -> Response:

@@ -571,3 +571,6 @@ LIMIT 1
 DELETE FROM cron_state WHERE function_id IN (
     SELECT id FROM functions WHERE app_id = %(app_id)s AND id NOT IN (SELECT jsonb_array_elements_text(%(keep)s::jsonb))
 )
+
+-- name: set_run_error
+UPDATE runs SET error = %(error)s::json WHERE id = %(run_id)s

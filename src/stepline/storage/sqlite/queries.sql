@@ -485,3 +485,6 @@ LIMIT 1
 DELETE FROM cron_state WHERE function_id IN (
     SELECT id FROM functions WHERE app_id = :app_id AND id NOT IN (SELECT value FROM json_each(:keep))
 )
+
+-- name: set_run_error
+UPDATE runs SET error = :error WHERE id = :run_id
