@@ -37,6 +37,7 @@ from stepline.server import signing
 from stepline.server.app import create_app
 from stepline.server.config import ServerConfig
 from stepline.server.http_worker import HttpWorker
+from stepline.server.outbound import Lookup
 from stepline.server.state import ServerState
 from stepline.storage.records import RunFilter, RunRecord, StoredEvent
 
@@ -332,8 +333,8 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def server_stack(client: Stepline, clock: FakeClock, caplog: pytest.LogCaptureFixture,
-                       config: ServerConfig) -> AsyncIterator[Stack]:  # fmt: skip
-    app = create_app(client.engine, config, run_worker=False)
+                       config: ServerConfig, outbound_lookup: Lookup | None = None) -> AsyncIterator[Stack]:  # fmt: skip
+    app = create_app(client.engine, config, run_worker=False, outbound_lookup=outbound_lookup)
     async with app.router.lifespan_context(app):
         st: ServerState = app.state.stepline
         worker = HttpWorker(st)
@@ -374,6 +375,8 @@ async def stack_factory(
     async with contextlib.AsyncExitStack() as exits:
 
         async def make(**options: Any) -> Stack:
-            return await exits.enter_async_context(server_stack(client, clock, caplog, quiet_config(**options)))
+            lookup = options.pop("outbound_lookup", None)
+            return await exits.enter_async_context(server_stack(client, clock, caplog, quiet_config(**options),
+                                                                lookup))  # fmt: skip
 
         yield make

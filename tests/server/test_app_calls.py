@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from stepline.server.app_calls import AppCallFailed, AppCalls, app_origin
+from stepline.server.outbound import proxy_for
 
 from .fake_app import FakeApp, complete
 
@@ -53,12 +54,12 @@ def test_proxies_come_from_the_environment_once_per_app_unless_no_proxy(monkeypa
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
-    calls = AppCalls()
-    assert calls._proxy_for("http://app.internal:3000/api/inngest?fnId=a") == "http://proxy.internal:3128"
-    assert calls._proxy_for("http://127.0.0.1:3000/api/inngest") is None
-    assert calls._proxy_for("https://app.internal/api/inngest") is None  # no HTTPS_PROXY
+    cache: dict[str, str | None] = {}
+    assert proxy_for("http://app.internal:3000/api/inngest?fnId=a", cache) == "http://proxy.internal:3128"
+    assert proxy_for("http://127.0.0.1:3000/api/inngest", cache) is None
+    assert proxy_for("https://app.internal/api/inngest", cache) is None  # no HTTPS_PROXY
     monkeypatch.setenv("HTTP_PROXY", "http://other:1")
-    assert calls._proxy_for("http://app.internal:3000/x") == "http://proxy.internal:3128"  # looked up once
+    assert proxy_for("http://app.internal:3000/x", cache) == "http://proxy.internal:3128"  # looked up once
 
 
 async def test_a_header_the_client_refuses_to_send_is_a_failed_call_not_a_crash(app: FakeApp, calls: AppCalls) -> None:

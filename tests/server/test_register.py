@@ -253,7 +253,7 @@ async def test_a_failed_sync_is_stored_on_the_app_and_cleared_by_the_next_good_s
     app: FakeApp, make_stack: MakeStack
 ) -> None:
     s = await make_stack(sdk_urls=(app.url,))  # the syncer PUTs it at start: it is down
-    unreachable = f"the app at {app.url} could not be reached: ConnectError"
+    unreachable = f"the app at {app.url} could not be reached: ClientConnectorError: Cannot connect"
     assert (await wait_for_app_error(s, app.url)).startswith(unreachable)
     [listed] = await apps_api(s)
     assert (listed["url"], listed["app_id"], listed["synced_at"], listed["function_count"]) == (app.url, None, None, 0)

@@ -19,8 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepline.core.engine import Engine
 from stepline.server import dashboard, events_api, rest_api, sdk_api, sync
+from stepline.server.app_calls import AppCalls
 from stepline.server.config import ServerConfig
 from stepline.server.http_worker import HttpWorker
+from stepline.server.outbound import Lookup, OutboundClient, PolicyResolver
 from stepline.server.state import ServerState, state_of
 
 
@@ -49,8 +51,10 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": 200, "message": "OK", "kind": st.config.kind})
 
 
-def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker: bool = True) -> Starlette:
-    """``run_worker=False`` serves the APIs only (another process executes the HTTP functions)."""
+def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker: bool = True,
+               outbound_lookup: Lookup | None = None) -> Starlette:  # fmt: skip
+    """``run_worker=False`` serves the APIs only (another process executes the HTTP functions).
+    ``outbound_lookup``: how names of outbound targets resolve (tests stub it; default: the system resolver)."""
     cfg = config or ServerConfig()
     routes: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
     routes += events_api.routes()
@@ -62,11 +66,15 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        timeout = httpx.Timeout(30.0, connect=10.0)  # sync PUTs, discovery probes, webhooks; calls: AppCalls
+        timeout = httpx.Timeout(30.0, connect=10.0)  # discovery probes; calls: AppCalls; the rest: outbound
+        policy = cfg.outbound_policy
         async with httpx.AsyncClient(timeout=timeout) as client:
-            st = ServerState(engine=engine, config=cfg, http=client)
+            st = ServerState(engine=engine, config=cfg, http=client,
+                             calls=AppCalls(policy=policy, resolver=PolicyResolver(policy, outbound_lookup)),
+                             outbound=OutboundClient(policy, lookup=outbound_lookup))  # fmt: skip
             app.state.stepline = st
             async with contextlib.AsyncExitStack() as stack:
+                stack.push_async_callback(st.outbound.close)
                 stack.push_async_callback(st.calls.close)  # after the worker below has stopped calling
                 if run_worker:
                     worker = HttpWorker(st)

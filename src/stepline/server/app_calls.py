@@ -6,16 +6,18 @@ not the engine, were most of the server's CPU (bench/README.md, "Where the time 
 
 ``post`` returns the whole answer or raises one of three things: ``TimeoutError`` (connecting took longer than
 ``connect_timeout``; the whole-call deadline is the caller's ``asyncio.timeout``), ``ResponseTooLarge`` (declared
-or streamed beyond the limit: reading stops there), or ``AppCallFailed`` (refused, reset, not HTTP).
+or streamed beyond the limit: reading stops there), or ``AppCallFailed`` (refused, reset, not HTTP, or a target the
+outbound policy refuses: the function URLs come from the apps' own registrations, ``server/outbound.py``).
 """
 
 from __future__ import annotations
 
-import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
+
+from stepline.server.outbound import OutboundPolicy, OutboundRefused, PolicyResolver, proxy_for, unwrap_refusal
 
 
 class ResponseTooLarge(Exception):
@@ -51,41 +53,45 @@ class AppCalls:
     app origin (aiohttp's ``trust_env`` would look them up, and read ``~/.netrc``, on every call, and send that
     file's credentials to the apps)."""
 
-    def __init__(self, connect_timeout: float = 10.0) -> None:
+    def __init__(self, connect_timeout: float = 10.0, policy: OutboundPolicy | None = None,
+                 resolver: PolicyResolver | None = None) -> None:  # fmt: skip
         self.connect_timeout = connect_timeout
+        self.policy = policy or OutboundPolicy()
+        self.resolver = resolver or PolicyResolver(self.policy)
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[str, str | None] = {}
+        self._checked: dict[str, str | None] = {}  # origin -> why the policy refuses it (None: allowed)
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 # No limit here: the executor caps calls in flight per app. Idle connections are dropped after
                 # 4 s, before the apps' servers drop them (uvicorn and Node close idle ones after 5 s): reusing a
-                # connection the app is closing would fail the call.
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0),
+                # connection the app is closing would fail the call. Names resolve through the outbound policy.
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0, resolver=self.resolver),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
                 trust_env=False,
             )
         return self._session
 
-    def _proxy_for(self, url: str) -> str | None:
+    def _refusal(self, url: str) -> str | None:
+        """Why the policy refuses the URL's form or literal address (checked once per origin)."""
         origin = app_origin(url)
-        if origin not in self._proxies:
-            proxy = None
+        if origin not in self._checked:
             try:
-                parts = urlsplit(url)
-                proxy = urllib.request.getproxies().get(parts.scheme)
-                if proxy is not None and urllib.request.proxy_bypass(parts.hostname or ""):
-                    proxy = None
-            except ValueError:
-                pass
-            self._proxies[origin] = proxy
-        return self._proxies[origin]
+                self.policy.check_url(url)
+                self._checked[origin] = None
+            except OutboundRefused as exc:
+                self._checked[origin] = str(exc)
+        return self._checked[origin]
 
     async def post(self, url: str, body: bytes, headers: dict[str, str], limit: int) -> Answer:
+        refusal = self._refusal(url)
+        if refusal is not None:
+            raise AppCallFailed(f"refused by the outbound policy: {refusal}")
         try:
             async with self._open().post(url, data=body, headers=headers, allow_redirects=False,
-                                         proxy=self._proxy_for(url)) as resp:  # fmt: skip
+                                         proxy=proxy_for(url, self._proxies)) as resp:  # fmt: skip
                 declared = resp.content_length
                 if declared is not None and declared > limit:
                     raise ResponseTooLarge
@@ -98,6 +104,9 @@ class AppCalls:
         except TimeoutError:
             raise
         except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a URL or header aiohttp refuses to send
+            refused = unwrap_refusal(exc)
+            if refused is not None:
+                raise AppCallFailed(f"refused by the outbound policy: {refused}") from None
             raise AppCallFailed(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 from stepline.core.backoff import Backoff
+from stepline.server.outbound import OutboundPolicy
 
 ServerKind = Literal["dev", "cloud"]
 
@@ -33,11 +35,27 @@ class ServerConfig:
     admin_token: str | None = None  # the dashboard's login (start mode always has one; dev is open without)
     alert_webhook: str | None = None  # POSTed when runs fail (dashboard alerts)
     alert_cooldown: float = 60.0  # seconds after an alert during which further failures are summed up in one
+    outbound_deny_private: bool = False  # refuse private/loopback targets of apps, gateways, webhooks (outbound.py)
+    outbound_allow: tuple[str, ...] = ()  # hosts or CIDRs exempt from outbound_deny_private
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def signed(self) -> bool:
         return self.kind == "cloud"
+
+    @property
+    def outbound_policy(self) -> OutboundPolicy:
+        """The outbound-request policy; the hosts of the operator's own ``-u`` URLs are trusted as given."""
+        trusted = frozenset(h for h in (urlsplit(normalise_url(u)).hostname for u in self.sdk_urls) if h)
+        return OutboundPolicy(deny_private=self.outbound_deny_private, allow=self.outbound_allow,
+                              trusted_hosts=trusted)  # fmt: skip
+
+
+def normalise_url(url: str) -> str:
+    """An app URL from the operator's ``-u``: ``http://`` is assumed when no scheme is written (as Inngest's dev
+    server does). URLs from the API, the dashboard and registrations must carry their scheme."""
+    url = url.strip()
+    return url if "://" in url else f"http://{url}"
 
 
 def scaled_backoff(scale: float) -> Backoff:

@@ -23,9 +23,11 @@ from starlette.routing import BaseRoute, Route
 
 from stepline.core.ids import new_ulid
 from stepline.server import signing
+from stepline.server.config import normalise_url
 from stepline.server.errors import error_response
 from stepline.server.events_api import BodyTooLarge, read_body
 from stepline.server.functions import FunctionConfigError, function_records
+from stepline.server.outbound import OutboundFailed, OutboundRefused, OutboundTooLarge, excerpt
 from stepline.server.state import ServerState, state_of
 from stepline.storage.records import AppRecord
 
@@ -33,11 +35,6 @@ log = logging.getLogger("stepline.server.sync")
 
 DISCOVERY_PORTS = (80, 443, *range(3000, 3011), 4321, 5000, 5173, 8000, 8080, 8081, 8888, *range(8910, 8916), 8787)
 DISCOVERY_PATHS = ("/api/inngest", "/x/inngest", "/.netlify/functions/inngest", "/.redwood/functions/inngest")
-
-
-def normalise_url(url: str) -> str:
-    url = url.strip()
-    return url if "://" in url else f"http://{url}"
 
 
 # --- POST /fn/register ------------------------------------------------------------------------------------------
@@ -65,9 +62,20 @@ async def register(request: Request) -> Response:
     if not isinstance(app_id, str) or not app_id:
         return error_response(400, "the register body needs appName (or appname)")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        return error_response(400, f"the register body needs the app's url, got {url!r}")
+        return error_response(400, f"the register body needs the app's url, got {url!r:.200}")
+    try:
+        st.outbound.policy.check_url(url)
+    except OutboundRefused as exc:
+        return error_response(400, f"the app's url is refused by the outbound policy: {exc}")
     try:
         records = function_records(app_id, body.get("functions"))
+        for record in records:
+            if record.config.get("url"):
+                try:
+                    st.outbound.policy.check_url(str(record.config["url"]))
+                except OutboundRefused as exc:
+                    raise FunctionConfigError(f"function {record.id!r}: its url is refused by the outbound "
+                                              f"policy: {exc}") from None  # fmt: skip
     except FunctionConfigError as exc:
         await _save_sync_error(st, url, app_id, f"register rejected: {exc}")
         return error_response(400, str(exc))
@@ -122,9 +130,15 @@ async def _save_sync_error(st: ServerState, url: str, app_id: str | None, error:
 
 
 # --- server -> app: PUT ---------------------------------------------------------------------------------------------
+SYNC_ANSWER_LIMIT = 1024 * 1024
+
+
 async def sync_app(st: ServerState, url: str) -> str | None:
-    """PUT the app so its SDK registers its functions. Returns the error (also stored on the app), or None."""
-    url = normalise_url(url)
+    """PUT the app so its SDK registers its functions. Returns the error (also stored on the app), or None.
+
+    ``url`` as the operator, the API or the dashboard gave it (callers outside the operator's ``-u`` check that it
+    has a scheme). The PUT goes through the outbound policy; what the app answers is quoted in a short,
+    printable excerpt."""
     body = signing.canonical_json({"url": url})
     headers = {"Content-Type": "application/json", "X-Inngest-Server-Kind": st.config.kind, "User-Agent": "stepline"}
     if st.config.signed and st.config.signing_keys:
@@ -133,19 +147,25 @@ async def sync_app(st: ServerState, url: str) -> str | None:
         )
     error: str | None = None
     try:
-        resp = await st.http.put(url, content=body, headers=headers, timeout=30.0)
-    except httpx.HTTPError as exc:
-        error = f"the app at {url} could not be reached: {type(exc).__name__}: {exc}".rstrip(": ")
+        resp = await st.outbound.request("PUT", url, body=body, headers=headers, timeout=30.0,
+                                         max_bytes=SYNC_ANSWER_LIMIT)  # fmt: skip
+    except OutboundRefused as exc:
+        error = f"the app at {url} is refused by the outbound policy: {exc}"
+    except OutboundTooLarge as exc:
+        error = f"the app at {url} answered the sync with more than {exc.limit} bytes"
+    except (OutboundFailed, TimeoutError) as exc:
+        reason = str(exc) or "no answer within 30 s"
+        error = f"the app at {url} could not be reached: {reason}"
     else:
-        error = _put_error(resp)
+        error = _put_error(resp.status, resp.body)
     if error is not None:
         await _save_sync_error(st, url, None, error)
     return error
 
 
-def _put_error(resp: httpx.Response) -> str | None:
+def _put_error(status: int, content: bytes) -> str | None:
     try:
-        payload = resp.json()
+        payload = json.loads(content)
     except ValueError:
         payload = None
     message = None
@@ -155,17 +175,24 @@ def _put_error(resp: httpx.Response) -> str | None:
             message = str(payload["error"])
         elif payload.get("ok") is False or (isinstance(payload.get("status"), int) and payload["status"] >= 400):
             message = str(payload.get("message") or payload)
-    if resp.status_code >= 300:
-        return f"the app answered the sync with HTTP {resp.status_code}: {message or resp.text[:300]}"
+    if status >= 300:
+        return f"the app answered the sync with HTTP {status}: {excerpt(message or content)}"
     if message:
-        return f"the app's sync failed: {message}"
+        return f"the app's sync failed: {excerpt(message, 300)}"
     return None
 
 
+RETRY_BACKOFF_CAP = 300.0  # seconds: a failing app is retried after poll_interval, 2x, 4x, ... up to this
+
+
 class Syncer:
+    """Keeps apps synced. An app whose sync fails is retried with backoff (``poll_interval`` doubled per failure
+    up to ``RETRY_BACKOFF_CAP``), not every ``poll_interval`` forever; a success resets it."""
+
     def __init__(self, st: ServerState) -> None:
         self.st = st
         self._task: asyncio.Task[None] | None = None
+        self._failing: dict[str, tuple[int, float]] = {}  # url -> (failures in a row, loop time of the next try)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Syncer]:
@@ -180,7 +207,7 @@ class Syncer:
     async def _loop(self) -> None:
         cfg = self.st.config
         for url in cfg.sdk_urls:
-            await self._sync_quietly(url)
+            await self._sync_quietly(normalise_url(url))
         while True:
             await asyncio.sleep(cfg.poll_interval)
             try:
@@ -189,14 +216,18 @@ class Syncer:
                 log.warning("listing apps failed: %s", exc)
                 continue
             known = {a.url for a in apps}
-            for url in cfg.sdk_urls:
-                if normalise_url(url) not in known:
+            for url in map(normalise_url, cfg.sdk_urls):
+                if url not in known and self._due(url):
                     await self._sync_quietly(url)
             for app in apps:
-                if cfg.poll or app.error:
+                if (cfg.poll or app.error) and self._due(app.url):
                     await self._sync_quietly(app.url)
             if cfg.discovery and not any(a.synced_at for a in apps):
                 await self.discover()
+
+    def _due(self, url: str) -> bool:
+        failing = self._failing.get(url)
+        return failing is None or asyncio.get_running_loop().time() >= failing[1]
 
     async def _sync_quietly(self, url: str) -> None:
         try:
@@ -204,8 +235,13 @@ class Syncer:
         except Exception as exc:  # the store went away: try again next round
             log.warning("syncing %s failed: %s", url, exc)
             return
-        if error:
-            log.info("sync of %s: %s", url, error)
+        if not error:
+            self._failing.pop(url, None)
+            return
+        count = self._failing.get(url, (0, 0.0))[0] + 1
+        delay = min(RETRY_BACKOFF_CAP, self.st.config.poll_interval * 2 ** min(count - 1, 16))
+        self._failing[url] = (count, asyncio.get_running_loop().time() + delay)
+        log.info("sync of %s failed (%d in a row; next try in %.0f s): %s", url, count, delay, error)
 
     async def discover(self) -> list[str]:
         """Probe the usual local ports for an SDK (a GET answered with ``X-Inngest-SDK``) and sync what answers."""
@@ -254,11 +290,16 @@ async def resync(request: Request) -> Response:
     url = body.get("url") if isinstance(body, dict) else None
     if not isinstance(url, str) or not url:
         return error_response(400, "the body needs the app's url")
+    url = url.strip()
+    try:
+        st.outbound.policy.check_url(url)
+    except OutboundRefused as exc:
+        return error_response(400, str(exc))
     error = await sync_app(st, url)
     if error:
         return error_response(502, error)
-    app = await st.engine.store.get_app(normalise_url(url))
-    return JSONResponse({"data": {"url": normalise_url(url), "app_id": app.app_id if app else None}})
+    app = await st.engine.store.get_app(url)
+    return JSONResponse({"data": {"url": url, "app_id": app.app_id if app else None}})
 
 
 def routes() -> list[BaseRoute]:

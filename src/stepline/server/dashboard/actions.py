@@ -18,6 +18,7 @@ from stepline.server import rest_api, sync
 from stepline.server.dashboard.auth import Session
 from stepline.server.dashboard.core import PREFIX, ActionError, Dashboard, redirect, server_state
 from stepline.server.dashboard.pages import RunsQuery
+from stepline.server.outbound import OutboundRefused
 from stepline.storage.records import RunRecord
 
 BULK_RERUN_MAX = 1000  # runs one bulk rerun starts at most
@@ -184,8 +185,13 @@ async def sync_app(dash: Dashboard, request: Request, session: Session, form: di
     url = form.get("url", "").strip()
     if not url:
         raise ActionError(400, "Give the app's serve URL, e.g. http://localhost:3000/api/inngest.")
-    error = await sync.sync_app(server_state(request), url)
-    await dash.record(request, session, "sync_app", url=sync.normalise_url(url), error=error)
+    st = server_state(request)
+    try:
+        st.outbound.policy.check_url(url)
+    except OutboundRefused as exc:
+        raise ActionError(400, f"{exc}.") from None
+    error = await sync.sync_app(st, url)
+    await dash.record(request, session, "sync_app", url=url, error=error)
     return redirect(f"{PREFIX}/apps", f"Sync failed: {error}" if error else "Synced.")
 
 
