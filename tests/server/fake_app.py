@@ -332,8 +332,8 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def server_stack(client: Stepline, clock: FakeClock, caplog: pytest.LogCaptureFixture,
-                       config: ServerConfig, outbound_lookup: Lookup | None = None) -> AsyncIterator[Stack]:  # fmt: skip
+async def server_stack(client: Stepline, clock: FakeClock, caplog: pytest.LogCaptureFixture, config: ServerConfig,
+                       outbound_lookup: Lookup | None = None) -> AsyncIterator[Stack]:  # fmt: skip
     app = create_app(client.engine, config, run_worker=False, outbound_lookup=outbound_lookup)
     async with app.router.lifespan_context(app):
         st: ServerState = app.state.stepline
