@@ -74,7 +74,7 @@ async def make_dash(client: Stepline, clock: FakeClock) -> AsyncIterator[MakeDas
             cfg = ServerConfig(**{"discovery": False, "poll": False, **config})
             app = create_app(client.engine, cfg)
             await stack.enter_async_context(app.router.lifespan_context(app))
-            http = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://stepline")
+            http = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://localhost")
             stack.push_async_callback(http.aclose)
             return Dash(http, client, clock)
 

@@ -87,3 +87,52 @@ async def test_dev_mode_is_open_and_an_admin_token_closes_it(make_dash: MakeDash
     assert (await closed.http.get("/dashboard/runs")).status_code == 303
     await login(closed, "dev-token")
     assert (await closed.http.get("/dashboard/runs")).status_code == 200
+
+
+# --- hardening: sessions and the throttle are shared through the store ----------------------------------------------
+SECURE = {"kind": "cloud", "signing_keys": ("signkey-test-" + "ab" * 32,), "admin_token": ADMIN_TOKEN}
+
+
+async def test_logout_holds_on_every_node_and_after_a_restart(make_dash: MakeDash) -> None:
+    """Two nodes on one store (two server apps, as two `stepline start` processes would be): a session made on
+    one works on the other; logging out on either ends it for both, and for a node started afterwards."""
+    a, b = await make_dash(**SECURE), await make_dash(**SECURE)
+    await login(a)
+    cookie = a.http.cookies.get(COOKIE)
+    assert cookie
+    b.http.cookies.set(COOKIE, cookie)
+    assert (await b.http.get("/dashboard/runs")).status_code == 200
+    resp = await b.http.post("/dashboard/logout", data={"csrf": await b.csrf()})
+    assert resp.status_code == 303
+    b.http.cookies.set(COOKIE, cookie)
+    for node in (a, b, await make_dash(**SECURE)):  # the third: a restart, with nothing in memory
+        node.http.cookies.set(COOKIE, cookie)
+        assert (await node.http.get("/dashboard/runs")).status_code == 303
+
+
+async def test_the_login_throttle_is_shared_and_keyed_on_the_peer_not_forwarded_headers(make_dash: MakeDash) -> None:
+    a, b = await make_dash(**SECURE), await make_dash(**SECURE)
+    page = await a.page("/dashboard/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    for i in range(10):  # spread over two nodes, each guess claiming another address
+        node = a if i % 2 else b
+        await node.http.post("/dashboard/login", data={"token": "guess", "csrf": csrf},
+                             headers={"X-Forwarded-For": f"10.0.0.{i}"})  # fmt: skip
+    for node in (a, b):
+        resp = await node.http.post("/dashboard/login", data={"token": ADMIN_TOKEN, "csrf": csrf},
+                                    headers={"X-Forwarded-For": "10.9.9.9"})  # fmt: skip
+        assert resp.status_code == 429
+
+
+async def test_the_login_form_reads_nothing_large(secured: Dash) -> None:
+    resp = await secured.http.post("/dashboard/login", content=b"token=" + b"x" * 100_000,
+                                   headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert resp.status_code == 413 and "larger than 4096 bytes" in resp.text
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(1000):  # 64 MiB in all, without a Content-Length
+            yield b"y" * 65536
+
+    resp = await secured.http.post("/dashboard/login", content=chunks(),
+                                   headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert resp.status_code == 413

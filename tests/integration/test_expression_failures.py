@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from stepline import Concurrency, Stepline
+from stepline.core import cel_sandbox
 from stepline.core.function import FunctionSpec
 from stepline.storage.records import FunctionRecord, RunFilter
 
@@ -128,6 +129,7 @@ async def test_a_stored_expression_over_the_limits_is_reported_and_never_evaluat
 
 async def test_comprehension_triggers_are_planned_off_the_event_loop(client: Stepline, monkeypatch: Any) -> None:
     """An expensive comprehension is cut off by its budget, and meanwhile the event loop keeps running."""
+    cel_sandbox.shutdown()  # nothing held back from other tests
     monkeypatch.setenv("STEPLINE_CEL_BUDGET_MS", "300")
 
     @client.function(

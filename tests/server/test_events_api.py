@@ -64,7 +64,7 @@ async def make_api(orders: Stepline) -> AsyncIterator[MakeApi]:
     async def make(config: ServerConfig | None = None) -> httpx.AsyncClient:
         http = httpx.AsyncClient()
         app = build_app(orders, config or ServerConfig(), http)
-        api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://stepline")
+        api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost")
         opened.extend([http, api])
         return api
 

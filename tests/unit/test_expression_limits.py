@@ -99,6 +99,7 @@ def test_a_panic_in_the_library_is_an_expression_error(monkeypatch: pytest.Monke
 
 
 def test_comprehensions_run_in_the_sandbox_on_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    cel_sandbox.shutdown()  # nothing held back from other tests
     monkeypatch.setenv("STEPLINE_CEL_BUDGET_MS", "200")
     expr = compile_expression(NESTED_LOOPS)
     assert expr.isolated

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
@@ -22,6 +23,7 @@ from stepline.cli.worker import load_client
 from stepline.core.engine import Engine
 from stepline.server.app import create_app
 from stepline.server.config import DEFAULT_PORT, ServerConfig, ServerKind, scaled_backoff
+from stepline.server.http_limits import MAX_CONNECTIONS, uvicorn_config
 
 log = logging.getLogger("stepline.cli")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,6 +54,18 @@ def _common_options(fn: F) -> F:
                      help="Seconds after an alert in which further failures are summed up in one message."),
         click.option("--public-url", envvar="STEPLINE_PUBLIC_URL", default=None, show_envvar=True, metavar="URL",
                      help="How people reach this server, for links in alerts (default http://127.0.0.1:PORT)."),
+        click.option("--forwarded-allow-ips", envvar="STEPLINE_FORWARDED_ALLOW_IPS", default="", show_envvar=True,
+                     metavar="IPS", help="Comma-separated proxy addresses whose X-Forwarded-For/-Proto are trusted "
+                     "(default: none, the peer address is the client's)."),
+        click.option("--outbound-deny-private", is_flag=True, envvar="STEPLINE_OUTBOUND_DENY_PRIVATE",
+                     show_envvar=True, help="Refuse private and loopback targets for URLs that apps and API callers "
+                     "give (app syncs and calls, webhooks); link-local and metadata addresses are always refused."),
+        click.option("--outbound-allow", "outbound_allow", multiple=True, metavar="HOST_OR_CIDR",
+                     help="An exception to --outbound-deny-private (repeatable; also $STEPLINE_OUTBOUND_ALLOW, "
+                     "comma-separated)."),
+        click.option("--max-connections", type=click.IntRange(10, 1_000_000), default=MAX_CONNECTIONS,
+                     envvar="STEPLINE_MAX_CONNECTIONS", show_default=True, show_envvar=True,
+                     help="Connections served at once; beyond it new requests get 503."),
         db_option(),
         click.pass_context,
     ]  # fmt: skip
@@ -85,8 +99,14 @@ def _sockets(hosts: list[str], port: int) -> list[socket.socket]:
     return out
 
 
+@dataclass(frozen=True)
+class Limits:
+    forwarded_allow_ips: tuple[str, ...]
+    max_connections: int
+
+
 async def _serve(ctx: click.Context, config: ServerConfig, hosts: list[str], port: int, apps: tuple[str, ...],
-                 app_dir: str) -> None:  # fmt: skip
+                 app_dir: str, limits: Limits) -> None:  # fmt: skip
     location, _ = db_location(ctx)
     store = make_store(location)
     try:
@@ -100,7 +120,8 @@ async def _serve(ctx: click.Context, config: ServerConfig, hosts: list[str], por
         await c.ready()
     sockets = _sockets(hosts, port)
     app = create_app(engine, config)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    server = uvicorn.Server(uvicorn_config(app, forwarded_allow_ips=limits.forwarded_allow_ips,
+                                           max_connections=limits.max_connections))  # fmt: skip
     app.state.shutdown_probe = lambda: server.should_exit  # ends the dashboard's live streams at shutdown
     workers = [c.worker() for c in clients]
     shown = ", ".join(f"http://{f'[{h}]' if ':' in h else h}:{port}" for h in hosts[: len(sockets)])
@@ -138,11 +159,11 @@ def _config(kind: ServerKind, **kw: Any) -> ServerConfig:
 
 
 def _run(ctx: click.Context, config: ServerConfig, hosts: list[str], port: int, apps: tuple[str, ...],
-         app_dir: str, log_level: str) -> None:  # fmt: skip
+         app_dir: str, log_level: str, limits: Limits) -> None:  # fmt: skip
     logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     try:
-        asyncio.run(_serve(ctx, config, hosts, port, apps, app_dir))
+        asyncio.run(_serve(ctx, config, hosts, port, apps, app_dir, limits))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 
@@ -151,18 +172,41 @@ def _run(ctx: click.Context, config: ServerConfig, hosts: list[str], port: int, 
 @click.option("--host", "hosts", multiple=True, metavar="HOST",
               help="Address to listen on (repeatable). Default: 127.0.0.1 and ::1.")  # fmt: skip
 @click.option("--no-discovery", is_flag=True, help="Do not scan local ports for apps.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A Host name the dev server answers besides loopback names, e.g. when reached over the network "
+              "(repeatable; also $STEPLINE_ALLOWED_HOSTS, comma-separated).")  # fmt: skip
 @_common_options
-def dev_command(ctx: click.Context, hosts: tuple[str, ...], no_discovery: bool, port: int,
-                sdk_urls: tuple[str, ...], no_poll: bool, poll_interval: float, apps: tuple[str, ...],
-                app_dir: str, log_level: str, **dashboard: Any) -> None:  # fmt: skip
+def dev_command(ctx: click.Context, hosts: tuple[str, ...], no_discovery: bool, allowed_hosts: tuple[str, ...],
+                port: int, sdk_urls: tuple[str, ...], no_poll: bool, poll_interval: float, apps: tuple[str, ...],
+                app_dir: str, log_level: str, **options: Any) -> None:  # fmt: skip
     """Development server: no keys, SQLite by default, apps synced from -u URLs and discovered on local ports.
 
-    Point an Inngest SDK app at it with INNGEST_DEV=http://127.0.0.1:8288.
+    Point an Inngest SDK app at it with INNGEST_DEV=http://127.0.0.1:8288. It answers loopback Host names only
+    and refuses cross-site requests from browsers (docs/security.md).
     """
+    network, limits = _network_options(options)
     config = _config("dev", sdk_urls=sdk_urls, discovery=not no_discovery, poll=not no_poll,
                      poll_interval=poll_interval, extra={"port": str(port)},
-                     **_dashboard_options(dashboard, required=False))  # fmt: skip
-    _run(ctx, config, list(hosts) or ["127.0.0.1", "::1"], port, apps, app_dir, log_level)
+                     allowed_hosts=_split(allowed_hosts, "STEPLINE_ALLOWED_HOSTS"), **network,
+                     **_dashboard_options(options, required=False))  # fmt: skip
+    _run(ctx, config, list(hosts) or ["127.0.0.1", "::1"], port, apps, app_dir, log_level, limits)
+
+
+def _split(values: tuple[str, ...] | str, env: str | None = None) -> tuple[str, ...]:
+    """Repeated or comma-separated values (and those of an environment variable), stripped, without empties."""
+    items = [values] if isinstance(values, str) else list(values)
+    if env is not None:
+        items.append(os.environ.get(env, ""))
+    return tuple(dict.fromkeys(p.strip() for item in items for p in item.split(",") if p.strip()))
+
+
+def _network_options(options: dict[str, Any]) -> tuple[dict[str, Any], Limits]:
+    """Outbound policy (config) and connection limits (uvicorn) from the options; the rest stays in ``options``."""
+    config = {"outbound_deny_private": bool(options.pop("outbound_deny_private")),
+              "outbound_allow": _split(options.pop("outbound_allow"), "STEPLINE_OUTBOUND_ALLOW")}  # fmt: skip
+    limits = Limits(forwarded_allow_ips=_split(options.pop("forwarded_allow_ips") or ""),
+                    max_connections=int(options.pop("max_connections")))  # fmt: skip
+    return config, limits
 
 
 def _dashboard_options(options: dict[str, Any], *, required: bool) -> dict[str, Any]:
@@ -206,7 +250,7 @@ def _check_key(key: str, what: str) -> str:
 def start_command(ctx: click.Context, hosts: tuple[str, ...], signing_key: str | None,
                   signing_key_fallback: str | None, event_keys: tuple[str, ...], discovery: bool, port: int,
                   sdk_urls: tuple[str, ...], no_poll: bool, poll_interval: float, apps: tuple[str, ...],
-                  app_dir: str, log_level: str, **dashboard: Any) -> None:  # fmt: skip
+                  app_dir: str, log_level: str, **options: Any) -> None:  # fmt: skip
     """Production server: signed calls, event keys, SQLite or PostgreSQL (--db postgresql://...).
 
     Point an Inngest SDK app at it with INNGEST_BASE_URL, INNGEST_SIGNING_KEY and INNGEST_EVENT_KEY.
@@ -223,7 +267,8 @@ def start_command(ctx: click.Context, hosts: tuple[str, ...], signing_key: str |
         accepted.add(os.environ["INNGEST_EVENT_KEY"].strip())
     if not accepted:
         raise CliError("stepline start needs at least one event key: --event-key or STEPLINE_EVENT_KEYS")
+    network, limits = _network_options(options)
     config = _config("cloud", signing_keys=tuple(keys), event_keys=frozenset(accepted), sdk_urls=sdk_urls,
-                     discovery=discovery, poll=not no_poll, poll_interval=poll_interval,
-                     extra={"port": str(port)}, **_dashboard_options(dashboard, required=True))  # fmt: skip
-    _run(ctx, config, list(hosts) or ["0.0.0.0"], port, apps, app_dir, log_level)
+                     discovery=discovery, poll=not no_poll, poll_interval=poll_interval, extra={"port": str(port)},
+                     **network, **_dashboard_options(options, required=True))  # fmt: skip
+    _run(ctx, config, list(hosts) or ["0.0.0.0"], port, apps, app_dir, log_level, limits)

@@ -63,6 +63,7 @@ class _Child:
             close_fds=True,
         )
         self.buf = b""
+        self.eof = False
         ready = self.read_line(START_TIMEOUT_SECONDS)
         if ready is None or json.loads(ready) != {"ready": True}:
             self.kill()
@@ -82,6 +83,7 @@ class _Child:
                 return None
             chunk = os.read(fd, 65536)
             if not chunk:
+                self.eof = True
                 return None
             self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\n")
@@ -148,7 +150,11 @@ class _Sandbox:
             raise SandboxError("the expression sandbox stopped before the evaluation; not evaluated")
         line = child.read_line(budget)
         if line is None:
-            crashed = child.proc.poll() is not None
+            try:  # gone (its output closed as it died), or still busy past the budget?
+                child.proc.wait(timeout=0.5 if child.eof else 0)
+                crashed = True
+            except subprocess.TimeoutExpired:
+                crashed = False
             self._discard()
             if crashed:
                 error = "evaluating the expression crashed the expression sandbox (the server is unaffected)"
@@ -171,6 +177,7 @@ class _Sandbox:
     def shutdown(self) -> None:
         with self._lock:
             self._discard()
+            self._quarantine.clear()
 
 
 _SANDBOX = _Sandbox()
@@ -184,7 +191,7 @@ def evaluate_isolated(source: str, bindings: dict[str, Any]) -> Any:
 
 
 def shutdown() -> None:
-    """Stop the sandbox process (it is started again when needed)."""
+    """Stop the sandbox process (it is started again when needed) and forget what was held back."""
     _SANDBOX.shutdown()
 
 

@@ -10,10 +10,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from stepline.core.errors import EventValidationError, SerializationError
+from stepline.core.json_checks import json_problem, text_problem
 
 RESERVED_PREFIXES = ("inngest/", "stepline/")
 MAX_EVENT_BYTES = 3 * 1024 * 1024
 MAX_EVENTS_PER_SEND = 5000
+MAX_NAME_CHARS = 512  # event names, ids and versions (indexed: PostgreSQL refuses index entries past ~2.7 KB)
 
 FUNCTION_FINISHED = "stepline/function.finished"
 FUNCTION_FAILED = "stepline/function.failed"
@@ -86,6 +88,8 @@ def dumps(value: Any) -> str:
     """JSON text for storage; pydantic models are dumped in JSON mode. Raises SerializationError."""
     try:
         return json.dumps(value, default=_default, allow_nan=False, separators=(",", ":"))
+    except RecursionError:
+        raise SerializationError("the value is nested too deeply") from None
     except (TypeError, ValueError) as exc:
         raise SerializationError(str(exc)) from None
 
@@ -103,6 +107,14 @@ def validate_event(raw: Event | Mapping[str, Any], *, allow_reserved: bool = Fal
         raise EventValidationError(f"an event must be a stepline.Event or a dict, got {type(raw).__name__}")
     if not isinstance(event.name, str) or not event.name.strip():
         raise EventValidationError("event name must be a non-empty string")
+    for label, text in (("name", event.name), ("id", event.id), ("v", event.v)):
+        if text is None:
+            continue
+        problem = text_problem(text, f"the event's {label}")
+        if problem is None and len(text) > MAX_NAME_CHARS:
+            problem = f"the event's {label} is {len(text)} characters long; the limit is {MAX_NAME_CHARS}"
+        if problem is not None:
+            raise EventValidationError(problem)
     if not allow_reserved and event.name.startswith(RESERVED_PREFIXES):
         raise EventValidationError(
             f"event name {event.name!r} is reserved: names starting with 'inngest/' or 'stepline/' "
@@ -112,8 +124,16 @@ def validate_event(raw: Event | Mapping[str, Any], *, allow_reserved: bool = Fal
         text = dumps(event.data)
         data = json.loads(text)
         user = to_json_value(event.user, f"user of event {event.name!r}") if event.user else {}
+    except RecursionError:
+        raise EventValidationError(f"data of event {event.name!r} is nested too deeply") from None
     except SerializationError as exc:
-        raise EventValidationError(f"data of event {event.name!r} is not JSON-compatible: {exc}") from None
+        found = json_problem(event.data, "data") if isinstance(event.data, dict) and "deep" not in str(exc) else None
+        raise EventValidationError(f"data of event {event.name!r} is not JSON-compatible: {found or exc}") from None
+    problem = json_problem(data, "data", text)
+    if problem is None and user:
+        problem = json_problem(user, "user")
+    if problem is not None:
+        raise EventValidationError(f"event {event.name!r}: {problem}")
     if data is None:
         data, text = {}, "{}"
     if not isinstance(data, dict):

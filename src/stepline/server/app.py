@@ -21,6 +21,7 @@ from stepline.core.engine import Engine
 from stepline.server import dashboard, events_api, rest_api, sdk_api, sync
 from stepline.server.app_calls import AppCalls
 from stepline.server.config import ServerConfig
+from stepline.server.dev_guard import DevGuard
 from stepline.server.http_worker import HttpWorker
 from stepline.server.outbound import Lookup, OutboundClient, PolicyResolver
 from stepline.server.state import ServerState, state_of
@@ -84,6 +85,9 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
                 await stack.enter_async_context(dashboard.running(dash, st, app.state))
                 yield
 
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ServerKindHeader, kind=cfg.kind)])
+    middleware = [Middleware(ServerKindHeader, kind=cfg.kind)]
+    if cfg.kind == "dev":  # open on loopback: refuse rebound names and cross-site requests (server/dev_guard.py)
+        middleware.append(Middleware(DevGuard, allowed_hosts=cfg.allowed_hosts))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.dashboard = dash
     return app

@@ -37,6 +37,7 @@ class ServerConfig:
     alert_cooldown: float = 60.0  # seconds after an alert during which further failures are summed up in one
     outbound_deny_private: bool = False  # refuse private/loopback targets of apps, gateways, webhooks (outbound.py)
     outbound_allow: tuple[str, ...] = ()  # hosts or CIDRs exempt from outbound_deny_private
+    allowed_hosts: tuple[str, ...] = ()  # dev: Host names answered besides loopback ones (server/dev_guard.py)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -27,14 +27,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from stepline.core.errors import EventValidationError, UnknownFunctionError
-from stepline.core.events import MAX_EVENT_BYTES, MAX_EVENTS_PER_SEND, RESERVED_PREFIXES
+from stepline.core.events import MAX_EVENT_BYTES, MAX_EVENTS_PER_SEND, MAX_NAME_CHARS, RESERVED_PREFIXES
+from stepline.core.json_checks import json_problem, text_problem
+from stepline.server import bodies
+from stepline.server.bodies import BodyTimeout, BodyTooLarge, read_body
 from stepline.server.config import ServerConfig
 from stepline.server.errors import error_response
 from stepline.server.event_ids import EVENT_ID_SEED_HEADER, event_ids
 from stepline.server.signing import bearer_matches
 from stepline.server.state import state_of
 
-__all__ = ["BodyTooLarge", "normalize_events", "read_body", "routes"]
+__all__ = ["normalize_events", "routes"]
 
 log = logging.getLogger("stepline.server.events")
 
@@ -44,32 +47,8 @@ EVENT_FIELDS = frozenset({"name", "data", "id", "ts", "user", "v"})
 DROPPED_FIELDS = frozenset({"meta"})  # JS session metadata: accepted, not stored
 
 
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body is larger than {limit} bytes")
-        self.limit = limit
-
-
 class InvalidRequest(ValueError):
     """The request body is not acceptable; the message is returned to the client."""
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, read chunk by chunk; raises BodyTooLarge as soon as it exceeds ``limit`` bytes (or at
-    once, when ``Content-Length`` says so), without buffering the rest."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(limit)
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise BodyTooLarge(limit)
-    return bytes(buf)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def parse_json(raw: bytes) -> Any:
@@ -77,24 +56,32 @@ def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise InvalidRequest("request body is empty: expected a JSON event or an array of events")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-
-
-def _json_size(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        return bodies.parse_json(raw)
+    except bodies.InvalidBody as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def _normalize_event(raw: Any, where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InvalidRequest(f"{where} is not a JSON object")
-    size = _json_size(raw)
+    text = json.dumps(raw, ensure_ascii=False, separators=(",", ":"))
+    problem = json_problem(raw.get("data"), "data", text) or json_problem(raw.get("user"), "user", text)
+    if problem is not None:
+        raise InvalidRequest(f"{where}: {problem}")
+    size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_EVENT_BYTES:
         raise InvalidRequest(f"{where} is {size} bytes; the limit is {MAX_EVENT_BYTES} bytes (3 MiB) per event")
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise InvalidRequest(f"{where}: 'name' must be a non-empty string")
+    for field in ("name", "id", "v"):
+        value = raw.get(field)
+        if isinstance(value, str):
+            issue = text_problem(value, f"'{field}'")
+            if issue is None and len(value) > MAX_NAME_CHARS:
+                issue = f"'{field}' is {len(value)} characters long; the limit is {MAX_NAME_CHARS}"
+            if issue is not None:
+                raise InvalidRequest(f"{where}: {issue}")
     if name.startswith(RESERVED_PREFIXES):
         raise InvalidRequest(f"{where}: event name {name!r} is reserved for internal use "
                              "(names starting with 'inngest/' or 'stepline/')")  # fmt: skip
@@ -167,6 +154,8 @@ async def receive_events(request: Request) -> Response:
         events = normalize_events(parse_json(await read_body(request, st.config.max_body_bytes)))
     except BodyTooLarge as exc:
         return _events_reply(413, [], str(exc))
+    except BodyTimeout as exc:
+        return _events_reply(408, [], str(exc))
     except InvalidRequest as exc:
         return _events_reply(400, [], str(exc))
     if not events:
@@ -202,6 +191,8 @@ async def invoke_function(request: Request) -> Response:
         data = _invoke_data(parse_json(raw) if raw.strip() else {})
     except BodyTooLarge as exc:
         return error_response(413, str(exc))
+    except BodyTimeout as exc:
+        return error_response(408, str(exc))
     except InvalidRequest as exc:
         return error_response(400, str(exc))
     if await st.engine.find_function(function_id) is None:

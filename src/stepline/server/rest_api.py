@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from stepline.core.expressions import Bindings, Expression, ExpressionError, com
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import new_ulid
 from stepline.core.rerun import RerunNotPossibleError, RunNotFoundError, StepNotFoundError, rerun
+from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body
 from stepline.server.errors import error_response
 from stepline.server.openapi import (
     AppList,
@@ -71,6 +71,7 @@ STATUS_NAMES = {"queued": "Queued", "running": "Running", "completed": "Complete
 LIVE = ("queued", "running")
 EVENTS_LIMIT = (20, 100)  # (default, maximum) page sizes, as Inngest
 RUNS_LIMIT = (20, 400)
+API_BODY_LIMIT = 1024 * 1024  # JSON bodies of the REST API (cancellations, reruns)
 
 
 class HttpError(Exception):
@@ -96,21 +97,29 @@ def _iso(ms: int) -> str:
     return out
 
 
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time RFC 3339 can write
+
+
 def parse_time(value: str | int, name: str) -> int:
-    """RFC 3339 (with an offset) or unix milliseconds -> unix milliseconds."""
+    """RFC 3339 (with an offset) or unix milliseconds (0 to year 9999) -> unix milliseconds."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    try:
-        stamp = dt.datetime.fromisoformat(text)
-    except ValueError:
-        stamp = None
-    if stamp is None or stamp.tzinfo is None:
-        raise HttpError(400, f"invalid {name} {value!r}: expected RFC 3339 with an offset "
-                             "(2026-01-01T00:00:00Z) or unix milliseconds")  # fmt: skip
-    return to_ms(stamp)
+        ms = value
+    else:
+        text = str(value).strip()
+        if text.isascii() and text.isdigit():
+            ms = int(text[:20])
+        else:
+            try:
+                stamp = dt.datetime.fromisoformat(text)
+            except ValueError:
+                stamp = None
+            if stamp is None or stamp.tzinfo is None:
+                raise HttpError(400, f"invalid {name} {str(value)[:100]!r}: expected RFC 3339 with an offset "
+                                     "(2026-01-01T00:00:00Z) or unix milliseconds")  # fmt: skip
+            ms = to_ms(stamp)
+    if not 0 <= ms <= MAX_TIME_MS:
+        raise HttpError(400, f"invalid {name}: {ms} is not unix milliseconds from 1970 to the year 9999")
+    return ms
 
 
 def _query_time(request: Request, name: str) -> int | None:
@@ -123,11 +132,10 @@ def _limit(request: Request, bounds: tuple[int, int]) -> int:
     raw = request.query_params.get("limit")
     if raw in (None, ""):
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise HttpError(400, f"invalid limit {raw!r}: expected an integer") from None
-    return max(1, min(value, maximum))
+    text = str(raw).strip()
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text[:12]) <= maximum:
+        raise HttpError(400, f"invalid limit {str(raw)[:40]!r}: expected an integer from 1 to {maximum}")
+    return int(text)
 
 
 def _status(raw: str | None) -> str | None:
@@ -144,15 +152,21 @@ def _meta(st: ServerState) -> Metadata:
 
 
 def _ok(model: BaseModel, status: int = 200) -> JSONResponse:
-    return JSONResponse(model.model_dump(mode="json", by_alias=True), status_code=status)
+    # Python mode: the models hold only JSON types, and user data (event payloads, outputs) nested deeper than
+    # pydantic's JSON serializer goes (about 255 levels) must still be served; json.dumps takes it from here.
+    return JSONResponse(model.model_dump(mode="python", by_alias=True), status_code=status)
 
 
 async def _body(request: Request, model: type[BaseModel]) -> Any:
-    raw = await request.body()
     try:
-        value = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        raise HttpError(400, "the request body is not valid JSON") from None
+        raw = await read_body(request, API_BODY_LIMIT)
+        value = parse_json(raw) if raw.strip() else {}
+    except BodyTooLarge as exc:
+        raise HttpError(413, str(exc)) from None
+    except BodyTimeout as exc:
+        raise HttpError(408, str(exc)) from None
+    except InvalidBody as exc:
+        raise HttpError(400, str(exc)) from None
     if not isinstance(value, dict):
         raise HttpError(400, "the request body must be a JSON object")
     try:

@@ -23,9 +23,9 @@ from starlette.routing import BaseRoute, Route
 
 from stepline.core.ids import new_ulid
 from stepline.server import signing
+from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body
 from stepline.server.config import normalise_url
 from stepline.server.errors import error_response
-from stepline.server.events_api import BodyTooLarge, read_body
 from stepline.server.functions import FunctionConfigError, function_records
 from stepline.server.outbound import OutboundFailed, OutboundRefused, OutboundTooLarge, excerpt
 from stepline.server.state import ServerState, state_of
@@ -51,10 +51,12 @@ async def register(request: Request) -> Response:
         raw = await read_body(request, st.config.max_body_bytes)
     except BodyTooLarge:
         return error_response(413, f"the register body is larger than {st.config.max_body_bytes} bytes")
+    except BodyTimeout as exc:
+        return error_response(408, str(exc))
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        return error_response(400, f"the register body is not valid JSON: {exc}")
+        body = parse_json(raw, "the register body")
+    except InvalidBody as exc:
+        return error_response(400, str(exc))
     if not isinstance(body, dict):
         return error_response(400, "the register body must be a JSON object")
     app_id = body.get("appName") or body.get("appname") or body.get("app_name")
@@ -182,6 +184,7 @@ def _put_error(status: int, content: bytes) -> str | None:
     return None
 
 
+API_BODY_LIMIT = 64 * 1024  # POST /v1/apps/sync: a URL
 RETRY_BACKOFF_CAP = 300.0  # seconds: a failing app is retried after poll_interval, 2x, 4x, ... up to this
 
 
@@ -284,8 +287,12 @@ async def resync(request: Request) -> Response:
     if st.config.signed and not signing.bearer_matches(request.headers.get("authorization"), st.config.signing_keys):
         return error_response(401, "authentication required: Authorization: Bearer <signing key>")
     try:
-        body = await request.json()
-    except ValueError:
+        body = parse_json(await read_body(request, API_BODY_LIMIT))
+    except BodyTooLarge as exc:
+        return error_response(413, str(exc))
+    except BodyTimeout as exc:
+        return error_response(408, str(exc))
+    except InvalidBody:
         return error_response(400, 'the body must be JSON: {"url": "http://host:port/api/inngest"}')
     url = body.get("url") if isinstance(body, dict) else None
     if not isinstance(url, str) or not url:

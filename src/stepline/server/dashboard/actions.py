@@ -5,7 +5,6 @@ send an event, sync and remove apps. They call what the REST API calls: ``Engine
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from typing import Any
 
@@ -15,6 +14,7 @@ from starlette.responses import Response
 from stepline.core.errors import EventValidationError, UnknownFunctionError
 from stepline.core.rerun import RerunNotPossibleError, RunNotFoundError, StepNotFoundError, rerun
 from stepline.server import rest_api, sync
+from stepline.server.bodies import InvalidBody, parse_json
 from stepline.server.dashboard.auth import Session
 from stepline.server.dashboard.core import PREFIX, ActionError, Dashboard, redirect, server_state
 from stepline.server.dashboard.pages import RunsQuery
@@ -29,11 +29,10 @@ def _run_path(run_id: str) -> str:
 
 
 def _json_object(raw: str, what: str) -> dict[str, Any]:
-    text = raw.strip() or "{}"
     try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ActionError(400, f"{what} is not valid JSON: {exc}") from None
+        value = parse_json((raw.strip() or "{}").encode("utf-8", "surrogatepass"), what)
+    except InvalidBody as exc:
+        raise ActionError(400, str(exc)) from None
     if not isinstance(value, dict):
         raise ActionError(400, f"{what} must be a JSON object ({{...}}), got {type(value).__name__}")
     return value

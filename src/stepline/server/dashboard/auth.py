@@ -2,10 +2,15 @@
 
 - With an admin token (``stepline start`` always has one: ``--admin-token``/``STEPLINE_ADMIN_TOKEN``, or one
   generated and logged at start), every page, the live stream and every action need a session: the login form
-  takes the token and sets a signed, HttpOnly, SameSite=Lax cookie holding a random session id and its expiry.
-  The signing secret derives from the token, so every node configured with the same token accepts the same
-  sessions, and changing the token logs everyone out.
-- Without one (``stepline dev``, which listens on loopback), the dashboard is open.
+  takes the token and sets a signed, HttpOnly, SameSite=Lax cookie holding a random session id. The session is
+  stored (``dashboard_sessions``): every node sharing the store accepts it, logging out revokes it on every node
+  and for good (restarts included), and it expires after ``SESSION_SECONDS``. The cookie's signing secret derives
+  from the token, so changing the token logs everyone out.
+- Failed logins are counted per peer address and minute in the store (``login_failures``), so the throttle holds
+  across nodes; the address is the TCP peer's, or the one a trusted proxy forwarded (``--forwarded-allow-ips``:
+  uvicorn rewrites the client address only for those proxies). Its memory cost is one row per address and minute,
+  deleted a minute later.
+- Without a token (``stepline dev``, which listens on loopback), the dashboard is open.
 - In both modes every action (POST) must carry the CSRF token of the page it came from: an HMAC of the session id
   (or of a per-process secret when open), so another site cannot make a visitor's browser act on Stepline.
 """
@@ -15,15 +20,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 
+from stepline.core.clock import Clock
+from stepline.storage.base import Store
+
 COOKIE = "stepline_session"
 SESSION_SECONDS = 12 * 3600
-LOGIN_FAILURES_PER_MINUTE = 10  # per client address, then 429 until the minute has passed
+LOGIN_FAILURES_PER_MINUTE = 10  # per client address (all nodes), then 429 until the minute has passed
 
 
 @dataclass(frozen=True)
@@ -33,16 +40,16 @@ class Session:
 
 
 class DashboardAuth:
-    def __init__(self, admin_token: str | None) -> None:
+    def __init__(self, admin_token: str | None, store: Store, clock: Clock) -> None:
         self.token = admin_token
+        self.store = store
+        self.clock = clock
         if admin_token:
             secret = hmac.new(admin_token.encode(), b"stepline dashboard sessions", hashlib.sha256).hexdigest()
         else:
             secret = secrets.token_hex(32)
         self._secret = secret.encode()
         self._cookies = URLSafeTimedSerializer(secret, salt="stepline-dashboard-session")
-        self._failures: dict[str, list[float]] = {}
-        self._revoked: set[str] = set()  # logged-out session ids (this process; the cookie expires anyway)
 
     @property
     def required(self) -> bool:
@@ -51,8 +58,9 @@ class DashboardAuth:
     def csrf_for(self, sid: str) -> str:
         return hmac.new(self._secret, f"csrf:{sid}".encode(), hashlib.sha256).hexdigest()
 
-    def session(self, request: Request) -> Session | None:
-        """The request's session, or None when a login is required and the request has no valid cookie."""
+    async def session(self, request: Request) -> Session | None:
+        """The request's session, or None when a login is required and the request has no valid cookie (unsigned,
+        expired, or logged out on any node)."""
         if not self.required:
             return Session("open", self.csrf_for("open"))
         raw = request.cookies.get(COOKIE)
@@ -63,7 +71,9 @@ class DashboardAuth:
         except BadSignature:
             return None
         sid = payload.get("sid") if isinstance(payload, dict) else None
-        if not isinstance(sid, str) or not sid or sid in self._revoked:
+        if not isinstance(sid, str) or not sid:
+            return None
+        if not await self.store.dashboard_session_valid(sid, self.clock.now_ms()):
             return None
         return Session(sid, self.csrf_for(sid))
 
@@ -78,32 +88,30 @@ class DashboardAuth:
     def check_csrf_login(self, submitted: str | None) -> bool:
         return bool(submitted) and hmac.compare_digest(self.login_csrf(), submitted or "")
 
-    def throttled(self, client: str) -> bool:
-        now = time.monotonic()
-        recent = [t for t in self._failures.get(client, []) if now - t < 60]
-        self._failures[client] = recent
-        return len(recent) >= LOGIN_FAILURES_PER_MINUTE
+    async def throttled(self, client: str) -> bool:
+        return await self.store.login_failures(client, self.clock.now_ms()) >= LOGIN_FAILURES_PER_MINUTE
 
-    def check_token(self, client: str, submitted: str) -> bool:
+    async def check_token(self, client: str, submitted: str) -> bool:
         ok = bool(self.token) and hmac.compare_digest(submitted.encode(), (self.token or "").encode())
         if not ok:
-            self._failures.setdefault(client, []).append(time.monotonic())
-            if len(self._failures) > 10_000:  # do not grow without bound under a spray of addresses
-                self._failures.clear()
+            await self.store.add_login_failure(client, self.clock.now_ms())
         return ok
 
-    def revoke(self, session: Session) -> None:
-        if len(self._revoked) > 100_000:
-            self._revoked.clear()
-        self._revoked.add(session.sid)
+    async def revoke(self, session: Session) -> None:
+        await self.store.revoke_dashboard_session(session.sid, self.clock.now_ms())
 
-    def new_cookie(self) -> str:
-        return self._cookies.dumps({"sid": secrets.token_urlsafe(18)})
+    async def new_cookie(self) -> str:
+        """A new session, stored, and the cookie that carries it."""
+        sid = secrets.token_urlsafe(18)
+        now = self.clock.now_ms()
+        await self.store.create_dashboard_session(sid, now + SESSION_SECONDS * 1000, now)
+        return self._cookies.dumps({"sid": sid})
 
 
 def is_https(request: Request) -> bool:
-    proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip()
-    return request.url.scheme == "https" or proto == "https"
+    """The request's scheme; a proxy's ``X-Forwarded-Proto`` counts only from ``--forwarded-allow-ips`` (uvicorn
+    applies it to the scheme for those peers, and ignores it from anyone else)."""
+    return request.url.scheme == "https"
 
 
 def client_address(request: Request) -> str:

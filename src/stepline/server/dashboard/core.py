@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from stepline.core.engine import Engine
 from stepline.core.events import Event
+from stepline.server.bodies import BodyTimeout, BodyTooLarge, read_body
 from stepline.server.config import ServerConfig
 from stepline.server.dashboard import views
 from stepline.server.dashboard.auth import DashboardAuth, Session, client_address
@@ -26,6 +27,7 @@ from stepline.storage.records import IngestBatch, RunCount
 ACTION_EVENT = "stepline/dashboard.action"  # every dashboard action is stored as one of these events
 FRAGMENT_HEADER = "x-stepline-fragment"  # "live": render only the page's live block (the live script asks so)
 MAX_FORM_BYTES = 4 * 1024 * 1024
+MAX_LOGIN_FORM_BYTES = 4096  # the login form is the one action without credentials: it reads nothing large
 COUNTS_TTL_SECONDS = 5.0
 PREFIX = "/dashboard"
 
@@ -58,7 +60,7 @@ class Dashboard:
     def __init__(self, engine: Engine, config: ServerConfig) -> None:
         self.engine = engine
         self.config = config
-        self.auth = DashboardAuth(config.admin_token)
+        self.auth = DashboardAuth(config.admin_token, engine.store, engine.clock)
         self.hub = ChangeHub(engine)
         self.env = views.environment()
         self._counts: tuple[float, dict[str, FunctionCounts]] | None = None
@@ -127,7 +129,7 @@ def page(dash: Dashboard, handler: PageHandler) -> Callable[[Request], Awaitable
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
-        session = dash.auth.session(request)
+        session = await dash.auth.session(request)
         if session is None:
             if request.headers.get(FRAGMENT_HEADER):
                 return Response("login required", status_code=401)
@@ -140,10 +142,14 @@ def page(dash: Dashboard, handler: PageHandler) -> Callable[[Request], Awaitable
     return wrapped
 
 
-async def read_form(request: Request) -> dict[str, str]:
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise ActionError(413, f"the form is larger than {MAX_FORM_BYTES} bytes")
+async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> dict[str, str]:
+    """The action's form, read up to ``limit`` bytes (the rest is never read)."""
+    try:
+        body = await read_body(request, limit)
+    except BodyTooLarge:
+        raise ActionError(413, f"the form is larger than {limit} bytes") from None
+    except BodyTimeout as exc:
+        raise ActionError(408, str(exc)) from None
     ctype = request.headers.get("content-type", "")
     if ctype and not ctype.startswith("application/x-www-form-urlencoded"):
         raise ActionError(415, "actions take application/x-www-form-urlencoded forms")
@@ -159,7 +165,7 @@ def action(dash: Dashboard, handler: ActionHandler, describe: Callable[[Request,
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
-        session = dash.auth.session(request)
+        session = await dash.auth.session(request)
         if session is None:
             return dash.error_page(request, None, 401, "Log in first: this action needs a dashboard session.")
         try:

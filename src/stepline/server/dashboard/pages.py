@@ -17,8 +17,9 @@ from stepline.core.ids import ulid_from
 from stepline.server import rest_api
 from stepline.server.dashboard import views
 from stepline.server.dashboard.auth import COOKIE, SESSION_SECONDS, Session, client_address, is_https
-from stepline.server.dashboard.core import PREFIX, ActionError, Dashboard, read_form
+from stepline.server.dashboard.core import MAX_LOGIN_FORM_BYTES, PREFIX, ActionError, Dashboard, read_form
 from stepline.server.dashboard.sse import sse_message
+from stepline.server.rest_api import MAX_TIME_MS
 from stepline.server.state import state_of
 from stepline.storage.records import RunFilter, RunRecord
 
@@ -32,15 +33,19 @@ def parse_when(raw: str, name: str) -> int | None:
     text = raw.strip()
     if not text:
         return None
-    if text.isdigit():
-        return int(text)
-    try:
-        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ActionError(400, f"{name}: {raw!r} is not a time (use 2026-01-01T12:00, UTC)") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.UTC)
-    return to_ms(stamp)
+    if text.isascii() and text.isdigit():
+        ms = int(text[:20])
+    else:
+        try:
+            stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ActionError(400, f"{name}: {raw[:100]!r} is not a time (use 2026-01-01T12:00, UTC)") from None
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=dt.UTC)
+        ms = to_ms(stamp)
+    if not 0 <= ms <= MAX_TIME_MS:
+        raise ActionError(400, f"{name}: {raw[:40]!r} is not a time between 1970 and the year 9999")
+    return ms
 
 
 @dataclass(frozen=True)
@@ -257,7 +262,7 @@ async def login_submit(dash: Dashboard, request: Request) -> Response:
         return RedirectResponse(f"{PREFIX}/runs", status_code=303)
     client = client_address(request)
     try:
-        form = await read_form(request)
+        form = await read_form(request, MAX_LOGIN_FORM_BYTES)
     except ActionError as exc:
         return dash.error_page(request, None, exc.status, exc.message)
     target = _safe_next(form.get("next"))
@@ -268,23 +273,23 @@ async def login_submit(dash: Dashboard, request: Request) -> Response:
 
     if not dash.auth.check_csrf_login(form.get("csrf")):
         return again(403, "The login form expired: try again.")
-    if dash.auth.throttled(client):
+    if await dash.auth.throttled(client):
         return again(429, "Too many failed logins from this address: wait a minute.")
-    if not dash.auth.check_token(client, form.get("token", "")):
+    if not await dash.auth.check_token(client, form.get("token", "")):
         return again(401, "Wrong admin token.")
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(COOKIE, dash.auth.new_cookie(), max_age=SESSION_SECONDS, httponly=True, samesite="lax",
+    response.set_cookie(COOKIE, await dash.auth.new_cookie(), max_age=SESSION_SECONDS, httponly=True, samesite="lax",
                         secure=is_https(request), path="/")  # fmt: skip
     return response
 
 
 async def logout(dash: Dashboard, request: Request) -> Response:
-    session = dash.auth.session(request)
+    session = await dash.auth.session(request)
     if session is not None and dash.auth.required:
-        form = await read_form(request)
+        form = await read_form(request, MAX_LOGIN_FORM_BYTES)
         if not dash.auth.check_csrf(session, form.get("csrf")):
             return dash.error_page(request, session, 403, "The form's CSRF token is missing or wrong.")
-        dash.auth.revoke(session)
+        await dash.auth.revoke(session)
     response = RedirectResponse(f"{PREFIX}/login" if dash.auth.required else f"{PREFIX}/runs", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -295,7 +300,7 @@ async def logout(dash: Dashboard, request: Request) -> Response:
 
 async def stream(dash: Dashboard, request: Request) -> Response:
     """Server-sent events: ``change`` with a version number whenever the store changed (see ``sse.py``)."""
-    if dash.auth.session(request) is None:
+    if await dash.auth.session(request) is None:
         return Response("login required", status_code=401)
     if dash.hub.closed:
         return Response("the server is stopping", status_code=503)

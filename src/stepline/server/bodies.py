@@ -1,0 +1,69 @@
+"""Reading request bodies: bounded while they are read, on a deadline, and parsed as strict JSON.
+
+Every route that reads a body goes through ``read_body`` with the limit that fits it (``docs/security.md`` lists
+them): a body over its limit is refused as soon as its ``Content-Length`` says so or the bytes read pass it,
+without reading the rest, and a body that trickles in slower than ``BODY_TIMEOUT_SECONDS`` in all is cut off.
+``parse_json`` turns JSON that Python's parser would answer with an exception other than ValueError (nesting past
+the recursion limit) into the same clean refusal as any other bad JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+__all__ = ["BODY_TIMEOUT_SECONDS", "BodyTimeout", "BodyTooLarge", "InvalidBody", "parse_json", "read_body"]
+
+BODY_TIMEOUT_SECONDS = 60.0
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+class BodyTimeout(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request body did not arrive within {seconds:g} s")
+
+
+class InvalidBody(ValueError):
+    """The body is not acceptable JSON; the message is returned to the client."""
+
+
+async def read_body(request: Request, limit: int, *, timeout: float = BODY_TIMEOUT_SECONDS) -> bytes:
+    """The request body, read chunk by chunk; raises BodyTooLarge as soon as it exceeds ``limit`` bytes (or at
+    once, when ``Content-Length`` says so) and BodyTimeout when it takes longer than ``timeout`` seconds."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    buf = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                buf += chunk
+                if len(buf) > limit:
+                    raise BodyTooLarge(limit)
+    except TimeoutError:
+        raise BodyTimeout(timeout) from None
+    return bytes(buf)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes, what: str = "request body") -> Any:
+    """Strict JSON (no NaN/Infinity); raises InvalidBody with a readable reason."""
+    if not raw.strip():
+        raise InvalidBody(f"{what} is empty")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidBody(f"{what} is nested too deeply to be parsed") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidBody(f"{what} is not valid JSON: {exc}") from None

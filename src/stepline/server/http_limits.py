@@ -1,0 +1,90 @@
+"""The HTTP server's connection limits: how long a request head may take, how many connections are served.
+
+uvicorn has a keep-alive timeout (idle connections between requests) but none for a request's head: a client
+that opens connections and sends one header line every few seconds holds each of them forever. ``GuardedH11``
+(uvicorn's h11 protocol with one timer more) closes a connection whose request line and headers have not all
+arrived ``HEADER_TIMEOUT_SECONDS`` after its first byte (or after the connection opened, for one that sends
+nothing), with a ``408``. Bodies have their own deadline, applied while they are read (``bodies.py``).
+
+``uvicorn_config`` is how the CLI runs the server: these limits, at most ``max_connections`` connections at once
+(beyond that, new requests get 503), and forwarded headers (``X-Forwarded-For``/``-Proto``) trusted only from the
+proxies named by ``--forwarded-allow-ips`` (none by default; uvicorn would otherwise trust them from loopback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["HEADER_TIMEOUT_SECONDS", "KEEP_ALIVE_SECONDS", "MAX_CONNECTIONS", "GuardedH11", "uvicorn_config"]
+
+HEADER_TIMEOUT_SECONDS = float(os.environ.get("STEPLINE_HEADER_TIMEOUT", "10") or 10)
+KEEP_ALIVE_SECONDS = 5.0
+MAX_CONNECTIONS = 1000
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol, closing connections whose request head takes longer than ``header_timeout``."""
+
+    header_timeout = HEADER_TIMEOUT_SECONDS
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE and data:
+            self._arm()  # a request head has begun (or the connection is new): it must complete in time
+        else:
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_too_slow)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self.conn.our_state is h11.IDLE:
+            body = b"the request head did not arrive in time\n"
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain\r\n"
+                                 b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+        self.transport.close()
+
+
+def uvicorn_config(app: Any, *, forwarded_allow_ips: tuple[str, ...] = (), max_connections: int = MAX_CONNECTIONS,
+                   **options: Any) -> uvicorn.Config:  # fmt: skip
+    """The server's uvicorn settings (``options`` adds or overrides others, e.g. ``log_level``)."""
+    settings: dict[str, Any] = {
+        "http": GuardedH11,
+        "ws": "none",
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": "warning",
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        "limit_concurrency": max_connections,
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        "proxy_headers": bool(forwarded_allow_ips),
+        "forwarded_allow_ips": ",".join(forwarded_allow_ips) if forwarded_allow_ips else "",
+        "server_header": False,
+    }
+    settings.update(options)
+    return uvicorn.Config(app, **settings)
