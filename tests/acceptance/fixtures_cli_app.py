@@ -23,3 +23,20 @@ def sleeper(ctx: Context) -> str:
 
 
 not_a_client = 42
+
+
+@client.function(id="waiter", trigger="test/wait", cancel_on=[{"event": "test/stop", "match": "data.k"}])
+async def waiter(ctx: Context) -> Any:
+    go = await ctx.step.wait_for_event("go", event="test/go", match="data.k", timeout="1h")
+    return {"went": go is not None}
+
+
+@client.function(id="once-an-hour", trigger="test/limited", rate_limit={"limit": 1, "period": "1h"})
+async def once_an_hour(ctx: Context) -> str:
+    return "ran"
+
+
+@client.function(id="napper", trigger="test/nap")
+async def napper(ctx: Context) -> str:
+    await ctx.step.sleep("short-nap", "1s")
+    return "rested"

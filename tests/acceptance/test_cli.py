@@ -117,13 +117,29 @@ def run_with(cwd: Path, run_id: str, pred: Callable[[dict[str, Any]], bool]) -> 
     return next((r for r in runs(cwd) if r["id"] == run_id and pred(r)), None)
 
 
-def send(cwd: Path, name: str, *args: str) -> str:
+def sent(cwd: Path, name: str, *args: str) -> tuple[str, dict[str, list[str]]]:
+    """The event id `stepline send` printed, and the run ids it listed under each effect ("started", ...)."""
     proc = cli(cwd, "send", name, "--db", "tmp.db", *args)
     assert proc.returncode == 0, proc.stderr
     event_id = proc.stdout.strip()
     assert len(event_id) == 26  # a ULID
-    assert "started 1 run(s): " in proc.stderr
-    return proc.stderr.strip().rsplit(": ", 1)[1]
+    effects: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in proc.stderr.splitlines():
+        if line.startswith("    "):
+            current.append(line.split()[0])
+        else:
+            current = effects.setdefault(line.split(" ")[0], [])
+            effects.setdefault("said", []).append(line)
+    return event_id, effects
+
+
+def send(cwd: Path, name: str, *args: str) -> str:
+    """Send an event that starts one run; its id."""
+    _, effects = sent(cwd, name, *args)
+    assert effects["said"][0] == "started 1 run:", effects
+    [run_id] = effects["started"]
+    return run_id
 
 
 def test_worker_logs_app_db_and_functions(worker: WorkerProc) -> None:
@@ -165,10 +181,12 @@ def test_cancel_a_sleeping_run(worker: WorkerProc) -> None:
     assert sleeping["idle_reason"]["kind"] == "sleeping"
     assert "sleeping in step 'nap' until" in ok(cwd, "runs", "show", run_id, "--db", "tmp.db")
 
-    assert ok(cwd, "runs", "cancel", run_id, "--db", "tmp.db").strip() == f"cancelled run {run_id}"
+    cancelled = cli(cwd, "runs", "cancel", run_id, "--db", "tmp.db")
+    assert cancelled.returncode == 0
+    assert cancelled.stderr.strip() == f"cancelled run {run_id} (cli-test-sleeper)"
     assert run_with(cwd, run_id, lambda r: r["status"] == "cancelled")
-    again = ok(cwd, "runs", "cancel", run_id, "--db", "tmp.db")
-    assert "already ended (cancelled)" in again
+    again = cli(cwd, "runs", "cancel", run_id, "--db", "tmp.db")
+    assert again.returncode == 0 and "already ended (cancelled); nothing to cancel" in again.stderr
 
 
 def test_functions_list_and_the_env_var(worker: WorkerProc) -> None:

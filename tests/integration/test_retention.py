@@ -35,8 +35,11 @@ async def test_prune_deletes_old_ended_runs_and_keeps_the_rest(client: Stepline,
     assert [r.function_id for r in await runs(client)] == ["test-app-quick", "test-app-sleeper"]
 
     clock.advance(dt.timedelta(days=28))
-    result = await client.engine.prune(dt.timedelta(days=30), batch_size=1)
+    seen: list[tuple[int, int, int]] = []  # the totals after each transaction (the CLI's progress display)
+    result = await client.engine.prune(dt.timedelta(days=30), batch_size=1,
+                                       progress=lambda r: seen.append((r.runs, r.steps, r.events)))  # fmt: skip
     assert (result.runs, result.steps) == (1, 1)  # quick's run is now 31 days old
+    assert seen[0] == (1, 1, 0) and seen[-1] == (1, 1, 5) and len(seen) >= 6  # one event per transaction
     # Gone: the triggers of the pruned runs, the unmatched event and the two runs' function.finished events.
     assert result.events == 5
     remaining = await runs(client)

@@ -43,13 +43,14 @@ def db_option(*, envvar: bool = False) -> Callable[[F], F]:
     """``--db PATH``: on the root group (with ``STEPLINE_DB``) and again on each command, which wins."""
     return click.option(
         "--db",
-        metavar="PATH",
+        metavar="PATH|URL",
         default=None,
         envvar="STEPLINE_DB" if envvar else None,
         show_envvar=envvar,
         expose_value=False,
         callback=_remember_db,
-        help=f"SQLite database file (or sqlite:///path). Default: $STEPLINE_DB, else {DEFAULT_DB}.",
+        help="The database: a SQLite file (or sqlite:///path), or a PostgreSQL URL such as "
+        f"postgresql://user:password@host:5432/stepline. Default: $STEPLINE_DB, else {DEFAULT_DB}.",
     )
 
 
@@ -89,8 +90,8 @@ async def opened_store(ctx: click.Context, *, must_exist: bool) -> AsyncIterator
     path = store_path(store)
     if must_exist and path is not None and not path.exists():
         raise NotFoundError(
-            f"no Stepline database at {path.resolve()} (start a worker or send an event first, "
-            "or pass --db / set STEPLINE_DB)"
+            f"no Stepline database at {path.resolve()} (a worker or `stepline dev` creates it; "
+            "or pass --db PATH|URL / set STEPLINE_DB)"
         )
     try:
         await store.open()
@@ -123,13 +124,6 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
 def format_error(error: dict[str, Any] | None) -> str:
     if not error:
         return ""
@@ -156,6 +150,11 @@ def describe_idle(reason: dict[str, Any] | None) -> str:
         target = f" {reason['function']!r}" if reason.get("function") else " a function"
         child = f" (run {reason['run_id']})" if reason.get("run_id") else ""
         return f"step {step!r} invoked{target}{child}; waiting for its result until {until}"
+    if kind == "rerun":
+        origin = f" from step {reason['from_step']!r}" if reason.get("from_step") else ""
+        return f"rerun of run {reason.get('run_id')}{origin}: waiting for a worker"
+    if kind == "queued":
+        return "waiting for a worker"
     if isinstance(reason.get("message"), str):  # flow control writes its reason in words
         return str(reason["message"])
     return compact(reason)

@@ -7,33 +7,41 @@ import datetime as dt
 import click
 
 from stepline.cli.common import CliError, db_location, db_option, run_async
+from stepline.cli.display import Look
 from stepline.core.durations import DurationError, parse_duration
 from stepline.core.engine import Engine
-from stepline.storage import store_from_url
+from stepline.storage import Store, store_from_url
 from stepline.storage.records import PruneResult
 
 
 @click.group("db")
 def db_group() -> None:
-    """Database schema and retention."""
+    """Migrate the database schema; prune old runs and events."""
+
+
+async def _open(location: str, *, migrate: bool | None = None) -> Store:
+    try:
+        store = store_from_url(location, migrate=migrate)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        await store.open()
+    except Exception as exc:
+        raise CliError(f"cannot open database {location}: {type(exc).__name__}: {exc}") from None
+    return store
 
 
 @db_group.command("migrate")
 @db_option()
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
-    """Apply pending schema migrations (safe to run from several nodes at once) and print the version."""
+    """Apply pending schema migrations and print the schema version.
+
+    Safe to run from several nodes at once."""
     location, _ = db_location(ctx)
 
     async def go() -> int:
-        try:
-            store = store_from_url(location, migrate=True)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
-        try:
-            await store.open()
-        except Exception as exc:
-            raise CliError(f"cannot open database {location}: {type(exc).__name__}: {exc}") from None
+        store = await _open(location, migrate=True)
         try:
             return store.schema_version()
         finally:
@@ -49,7 +57,9 @@ def migrate(ctx: click.Context) -> None:
 @db_option()
 @click.pass_context
 def prune(ctx: click.Context, older_than: str, batch_size: int) -> None:
-    """Delete ended runs, their steps and unreferenced events older than the retention."""
+    """Delete old ended runs, their steps and unreferenced events.
+
+    A run is old when it ended longer ago than its function's `retention` option, else --older-than."""
     try:
         keep = parse_duration(older_than)
     except DurationError as exc:
@@ -57,14 +67,18 @@ def prune(ctx: click.Context, older_than: str, batch_size: int) -> None:
     if keep < dt.timedelta(hours=1):
         raise CliError(f"--older-than must be at least 1h, got {older_than!r}")
     location, _ = db_location(ctx)
+    look = Look.of("stderr")
 
     async def go() -> PruneResult:
-        store = store_from_url(location)
-        await store.open()
+        store = await _open(location)
         try:
-            return await Engine(store).prune(keep, batch_size)
+            with look.progress(f"pruning what ended before {older_than} ago", total=None) as ticker:
+                return await Engine(store).prune(keep, batch_size, lambda r: ticker.describe(f"pruning: {_counts(r)}"))
         finally:
             await store.close()
 
-    r = run_async(go())
-    click.echo(f"pruned {r.runs} runs, {r.steps} steps, {r.events} events, {r.idempotency_keys} idempotency keys")
+    click.echo(f"pruned {_counts(run_async(go()))}")
+
+
+def _counts(r: PruneResult) -> str:
+    return f"{r.runs} runs, {r.steps} steps, {r.events} events, {r.idempotency_keys} idempotency keys"

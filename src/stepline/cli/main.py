@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import click
+from rich.text import Text
 
 import stepline
-from stepline.cli.common import CliError, compact, db_option, opened_store, run_async, table
+from stepline.cli.common import CliError, compact, db_option, opened_store, run_async
 from stepline.cli.db import db_group
+from stepline.cli.display import Column, Look, plural
+from stepline.cli.events import events_group
 from stepline.cli.runs import runs_group
 from stepline.cli.server import dev_command, start_command
 from stepline.cli.worker import worker_command
@@ -18,7 +21,7 @@ from stepline.core.errors import EventValidationError
 from stepline.storage.records import FunctionRecord, IngestResult
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(stepline.__version__, "--version", "-V", prog_name="stepline")
 @db_option(envvar=True)
 def cli() -> None:
@@ -42,32 +45,66 @@ def parse_data(text: str) -> dict[str, Any]:
 @db_option()
 @click.pass_context
 def send(ctx: click.Context, name: str, data_text: str, event_id: str | None) -> None:
-    """Send event NAME and start the runs it triggers. Prints the event's id."""
+    """Send event NAME; report the runs it started or resumed.
+
+    Prints the event's id on stdout, then (on stderr) the runs it started, the waiting runs it resumed and the
+    runs it cancelled. The database must exist: a worker or the server creates it."""
     event: dict[str, Any] = {"name": name, "data": parse_data(data_text)}
     if event_id:
         event["id"] = event_id
 
-    async def go() -> IngestResult:
-        async with opened_store(ctx, must_exist=False) as store:
+    async def go() -> tuple[IngestResult, dict[str, str]]:
+        async with opened_store(ctx, must_exist=True) as store:
             # The engine alone: registering a client here would replace the functions of an app of that id.
             try:
-                return await Engine(store).ingest(event)
+                result = await Engine(store).ingest(event)
             except EventValidationError as exc:
                 raise CliError(str(exc)) from None
+            ids = [*result.created_run_ids, *result.woken_run_ids, *result.cancelled_run_ids,
+                   *result.flow_skipped_run_ids]  # fmt: skip
+            functions = {}
+            for run_id in ids:
+                run = await store.get_run(run_id)
+                functions[run_id] = run.function_id if run is not None else "?"
+            return result, functions
 
-    result = run_async(go())
+    result, functions = run_async(go())
     click.echo(result.event_ids[0])
-    if result.created_run_ids:
-        click.echo(f"started {len(result.created_run_ids)} run(s): {', '.join(result.created_run_ids)}", err=True)
-    elif result.skipped_run_ids:
-        click.echo("started no runs: the event id or idempotency key was already used", err=True)
-    else:
-        click.echo(f"started no runs: no registered function is triggered by {name!r}", err=True)
+    report_ingest(Look.of("stderr"), name, result, functions)
+
+
+def report_ingest(look: Look, name: str, result: IngestResult, functions: dict[str, str]) -> None:
+    """What an event did, one line per kind of effect and one per run."""
+    created = [r for r in result.created_run_ids if r not in result.flow_skipped_run_ids]
+    effects: list[tuple[Literal["ok", "note", "warn"], list[str], str, str]] = [
+        ("ok", created, "started {}:", "run"),
+        ("ok", result.woken_run_ids, "resumed {}:", "waiting run"),
+        ("warn", result.cancelled_run_ids, "cancelled {}:", "run"),
+        ("note", result.flow_skipped_run_ids, "stored {} as skipped (flow control):", "run"),
+    ]
+    said = False
+    for kind, run_ids, template, noun in effects:
+        if not run_ids:
+            continue
+        said = True
+        look.say(kind, template.format(plural(len(run_ids), noun)))
+        for run_id in run_ids:
+            look.line(Text("    ").append(run_id).append("  ").append(look.styled(functions.get(run_id, ""), "cyan")))
+    if result.merged_run_ids:
+        said = True
+        look.say("ok", f"joined {plural(len(result.merged_run_ids), 'pending run')} (debounce or batch)")
+    if result.skipped_run_ids:
+        said = True
+        look.say("note", f"started {plural(len(result.skipped_run_ids), 'run')} fewer: the event id or "
+                         "idempotency key was already used")  # fmt: skip
+    if not said:
+        look.say("note", f"started no runs and resumed none: no registered function is triggered by {name!r} "
+                         "and no run waits for it")  # fmt: skip
 
 
 @cli.group("functions")
 def functions_group() -> None:
-    """Inspect registered functions."""
+    """List the registered functions."""
 
 
 def describe_triggers(fn: FunctionRecord) -> str:
@@ -85,7 +122,7 @@ def describe_triggers(fn: FunctionRecord) -> str:
 @db_option()
 @click.pass_context
 def list_functions(ctx: click.Context, as_json: bool) -> None:
-    """Functions registered by workers, with their triggers."""
+    """Functions registered by workers and the server, with their triggers."""
 
     async def go() -> list[FunctionRecord]:
         async with opened_store(ctx, must_exist=True) as store:
@@ -97,14 +134,18 @@ def list_functions(ctx: click.Context, as_json: bool) -> None:
             click.echo(compact({"id": f.id, "app_id": f.app_id, "slug": f.slug, "name": f.name, **f.config}))
         return
     if not functions:
-        click.echo("no registered functions (start a worker to register its app's functions)", err=True)
+        Look.of("stderr").say("note", "no registered functions (a worker or `stepline dev --app` registers them)")
         return
-    rows = [[f.id, f.app_id, f.name, describe_triggers(f)] for f in functions]
-    click.echo(table(["ID", "APP", "NAME", "TRIGGERS"], rows))
+    look = Look.of("stdout")
+    table = look.table(Column("ID", max_width=36), Column("APP"), Column("TRIGGERS", wrap=True, min_width=20))
+    for f in functions:
+        table.add_row(f.id, f.app_id, describe_triggers(f))
+    look.print_table(table)
 
 
 cli.add_command(worker_command)
 cli.add_command(runs_group)
+cli.add_command(events_group)
 cli.add_command(db_group)
 cli.add_command(dev_command)
 cli.add_command(start_command)

@@ -1,12 +1,17 @@
-"""``stepline runs list | show | cancel``: inspect and cancel runs in the store."""
+"""``stepline runs list | show | cancel | rerun``: inspect runs in the store, cancel and rerun them (one by id, or
+every run matching a filter, with a progress display)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
+from rich.text import Text
 
 from stepline.cli.common import (
+    CliError,
     NotFoundError,
     compact,
     db_option,
@@ -16,15 +21,19 @@ from stepline.cli.common import (
     opened_store,
     run_async,
     shorten,
-    table,
 )
+from stepline.cli.display import Column, Look, ago, plural, took
 from stepline.core.engine import Engine
 from stepline.core.events import StoredEvent
+from stepline.core.rerun import RerunError, StepNotFoundError, rerun
 from stepline.storage import Store
 from stepline.storage.records import RunFilter, RunLogLine, RunRecord, StepRecord
 
-STATUSES = ["queued", "running", "completed", "failed", "cancelled"]
+STATUSES = ["queued", "running", "completed", "failed", "cancelled", "skipped"]
 LIVE = ("queued", "running")
+ENDED = ("completed", "failed", "cancelled")
+BULK_PAGE = 500
+BULK_RERUN_MAX = 1000  # as the dashboard's bulk rerun
 
 
 def run_dict(run: RunRecord) -> dict[str, Any]:
@@ -65,7 +74,24 @@ def event_dict(event: StoredEvent) -> dict[str, Any]:
             "received_at": iso(event.received_at)}  # fmt: skip
 
 
-async def _resolve_function(store: Store, name: str) -> str:
+def run_note(run: RunRecord) -> str:
+    """Why a live or skipped run is idle, or how an ended one failed."""
+    if run.status in (*LIVE, "skipped"):
+        return describe_idle(run.idle_reason) or ("executing" if run.status == "running" else "")
+    return format_error(run.error)
+
+
+def runs_table(look: Look, runs: list[RunRecord]) -> None:
+    table = look.table(Column("RUN ID"), Column("FUNCTION", max_width=28), Column("STATUS"), Column("CREATED"),
+                       Column("TOOK"), Column("NOTE", wrap=True, min_width=16))  # fmt: skip
+    for r in runs:
+        duration = took(r.started_at, r.ended_at) if r.ended_at is not None else ""
+        table.add_row(r.id, r.function_id, look.status(r.status), ago(r.created_at), duration,
+                      shorten(run_note(r), 300))  # fmt: skip
+    look.print_table(table)
+
+
+async def resolve_function(store: Store, name: str) -> str:
     """A full function id as given, or the id of the only registered function with that slug."""
     functions = await store.list_functions()
     if any(f.id == name for f in functions):
@@ -76,7 +102,7 @@ async def _resolve_function(store: Store, name: str) -> str:
 
 @click.group("runs")
 def runs_group() -> None:
-    """Inspect and cancel function runs."""
+    """List, show, cancel and rerun function runs."""
 
 
 @runs_group.command("list")
@@ -91,7 +117,7 @@ def list_runs(ctx: click.Context, status: str | None, function: str | None, limi
 
     async def go() -> list[RunRecord]:
         async with opened_store(ctx, must_exist=True) as store:
-            fn = await _resolve_function(store, function) if function else None
+            fn = await resolve_function(store, function) if function else None
             return await store.list_runs(RunFilter(status=status, function_id=fn, limit=limit))
 
     runs = run_async(go())
@@ -100,56 +126,65 @@ def list_runs(ctx: click.Context, status: str | None, function: str | None, limi
             click.echo(compact(run_dict(run)))
         return
     if not runs:
-        click.echo("no runs", err=True)
+        Look.of("stderr").say("note", "no runs" + (f" with status {status}" if status else "") +
+                              (f" of function {function!r}" if function else ""))  # fmt: skip
         return
-    rows = [
-        [r.id, r.function_id, r.status, iso(r.created_at) or "", iso(r.ended_at) or "",
-         shorten(describe_idle(r.idle_reason) if r.status in (*LIVE, "skipped") else format_error(r.error), 70)]
-        for r in runs
-    ]  # fmt: skip
-    click.echo(table(["RUN ID", "FUNCTION", "STATUS", "CREATED", "ENDED", "IDLE / ERROR"], rows))
+    runs_table(Look.of("stdout"), runs)
 
 
-def _print_run(run: RunRecord, event: StoredEvent | None, steps: list[StepRecord]) -> None:
-    fields = [
+def _status_line(look: Look, run: RunRecord) -> Text:
+    text = look.status(run.status)
+    if run.attempt:
+        text.append(f" (attempt {run.attempt + 1}: retried {plural(run.attempt, 'time')})")
+    return text
+
+
+def _print_run(look: Look, run: RunRecord, event: StoredEvent | None, steps: list[StepRecord]) -> None:
+    def at(ms: int | None) -> str | None:
+        return f"{iso(ms)} ({ago(ms)})" if ms is not None else None
+
+    fields: list[tuple[str, str | Text | None]] = [
         ("Run", run.id),
         ("Function", run.function_id),
-        ("Status", f"{run.status} (attempt {run.attempt})"),
-        ("Created", iso(run.created_at)),
-        ("Started", iso(run.started_at)),
-        ("Ended", iso(run.ended_at)),
+        ("Status", _status_line(look, run)),
+        ("Created", at(run.created_at)),
+        ("Started", at(run.started_at)),
     ]
+    if run.ended_at is not None:
+        fields.append(("Ended", f"{at(run.ended_at)}, took {took(run.started_at or run.created_at, run.ended_at)}"))
     if run.parent_run_id:
         fields.append(("Parent", f"{run.parent_run_id} (step {run.parent_step_id})"))
-    if run.status in LIVE:
-        fields.append(("Idle", describe_idle(run.idle_reason) or ("executing" if run.lease_owner else "")))
+    if run.status in (*LIVE, "skipped"):
+        fields.append(("Why idle" if run.status != "skipped" else "Why skipped", run_note(run)))
         if run.lease_owner:
             fields.append(("Worker", f"{run.lease_owner} (lease until {iso(run.lease_expires_at)})"))
-        elif run.due_at is not None:
+        elif run.due_at is not None and run.status in LIVE:
             fields.append(("Next due", iso(run.due_at)))
     if run.status == "completed":
         fields.append(("Output", compact(run.output)))
     if run.error:
-        fields.append(("Error" if run.status != "running" else "Last error", format_error(run.error)))
+        label = "Error" if run.status != "running" else "Last error"
+        fields.append((label, look.styled(format_error(run.error), "red" if run.status == "failed" else "")))
     if event is not None:
         user_id = f", id {event.id}" if event.id != event.internal_id else ""
         fields.append(("Trigger", f"{event.name} (event {event.internal_id}{user_id}, at {iso(event.ts)})"))
         fields.append(("Data", compact(event.data)))
     else:
         fields.append(("Trigger", f"event {run.event_id} (not found)"))
-    for label, value in fields:
-        click.echo(f"{label + ':':<12}{value if value is not None else '-'}")
-    click.echo(f"\nSteps ({len(steps)}):")
+    look.fields(fields)
+    look.line()
+    look.line(look.styled(f"Steps ({len(steps)})", "bold"))
     if not steps:
         return
-    rows = []
+    table = look.table(Column("STEP", max_width=30), Column("KIND"), Column("STATUS"), Column("TRIES"),
+                       Column("TOOK"), Column("OUTPUT / ERROR", wrap=True, min_width=20))  # fmt: skip
     for s in steps:
         result = format_error(s.error) if s.error and s.status != "completed" else compact(s.output)
         if s.status in ("sleeping", "waiting", "invoking", "retrying") and s.wake_at is not None:
             result = f"until {iso(s.wake_at)}" + (f"; last error {format_error(s.error)}" if s.error else "")
-        rows.append([s.display_id, s.kind, s.status, str(s.attempts), iso(s.started_at) or "",
-                     iso(s.ended_at) or "", shorten(result, 80)])  # fmt: skip
-    click.echo(table(["STEP", "KIND", "STATUS", "ATTEMPTS", "STARTED", "ENDED", "OUTPUT / ERROR"], rows))
+        table.add_row(s.display_id, s.kind, look.status(s.status), str(s.attempts), took(s.started_at, s.ended_at),
+                      shorten(result, 300))  # fmt: skip
+    look.print_table(table)
 
 
 def _log_rows(logs: list[RunLogLine], steps: list[StepRecord]) -> list[dict[str, Any]]:
@@ -157,6 +192,9 @@ def _log_rows(logs: list[RunLogLine], steps: list[StepRecord]) -> list[dict[str,
     return [{"seq": line.seq, "ts": iso(line.ts), "level": line.level, "logger": line.logger,
              "step": names.get(line.step_id, line.step_id) if line.step_id else None, "message": line.message}
             for line in logs]  # fmt: skip
+
+
+_LEVEL_STYLE = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "bold red", "DEBUG": "bright_black"}
 
 
 @runs_group.command("show")
@@ -167,7 +205,9 @@ def _log_rows(logs: list[RunLogLine], steps: list[StepRecord]) -> list[dict[str,
 @db_option()
 @click.pass_context
 def show_run(ctx: click.Context, run_id: str, as_json: bool, last_logs: int) -> None:
-    """Show a run: status, output or error, why it is idle, its trigger event, its steps and its last log lines."""
+    """Show a run: status, output, error, steps and logs.
+
+    Also why a live run is idle and the event that triggered it."""
 
     async def go() -> tuple[RunRecord, StoredEvent | None, list[StepRecord], list[RunLogLine]]:
         async with opened_store(ctx, must_exist=True) as store:
@@ -186,32 +226,183 @@ def show_run(ctx: click.Context, run_id: str, as_json: bool, last_logs: int) -> 
         out["logs"] = shown
         click.echo(compact(out))
         return
-    _print_run(run, event, steps)
+    look = Look.of("stdout")
+    _print_run(look, run, event, steps)
     if shown:
-        click.echo(f"\nLogs (last {len(shown)} of {len(logs)}):")
+        look.line()
+        look.line(look.styled(f"Logs (last {len(shown)} of {len(logs)})", "bold"))
         for row in shown:
             first, *more = row["message"].splitlines() or [""]
-            step = f" [{row['step']}]" if row["step"] else ""
-            click.echo(f"{row['ts']} {row['level']:<8}{step} {first}" + (f" (+{len(more)} lines)" if more else ""))
+            line = Text(f"{row['ts']} ")
+            line.append(look.styled(f"{row['level']:<8}", _LEVEL_STYLE.get(row["level"], "")))
+            line.append(
+                (f"[{row['step']}] " if row["step"] else "") + first + (f" (+{len(more)} lines)" if more else "")
+            )
+            look.line(line)
+
+
+# --- cancel and rerun: one run by id, or every run matching a filter ---
+
+
+def _confirm(what: str, yes: bool) -> None:
+    """Ask before a bulk action on a terminal; elsewhere ``--yes`` must say it."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"{what}? Add --yes to do it without a question.")
+    if not click.confirm(f"{what}?", default=False, err=True):
+        raise click.Abort()
+
+
+async def _matching_runs(store: Store, statuses: tuple[str, ...], function_id: str | None) -> list[RunRecord]:
+    out: list[RunRecord] = []
+    for status in statuses:
+        before: str | None = None
+        while True:
+            page = await store.list_runs(RunFilter(status=status, function_id=function_id, limit=BULK_PAGE,
+                                                   before_id=before))  # fmt: skip
+            out += page
+            if len(page) < BULK_PAGE:
+                break
+            before = page[-1].id
+    return sorted(out, key=lambda r: r.id)
+
+
+async def _each_with_progress(look: Look, verb: str, runs: list[RunRecord],
+                              action: Callable[[RunRecord], Awaitable[bool]]) -> int:  # fmt: skip
+    done = 0
+    with look.progress(f"{verb} {plural(len(runs), 'run')}", total=len(runs)) as bar:
+        for run in runs:
+            done += bool(await action(run))
+            bar.advance()
+    return done
+
+
+def _filter_words(status: str | None, statuses: tuple[str, ...], function_id: str | None) -> str:
+    which = status or " or ".join(statuses)
+    return f"{which} runs" + (f" of {function_id}" if function_id else " of every function")
 
 
 @runs_group.command("cancel")
-@click.argument("run_id")
+@click.argument("run_ids", metavar="[RUN_ID]...", nargs=-1)
+@click.option("--function", "function", metavar="ID", help="Cancel every live run of this function (id or slug).")
+@click.option("--status", type=click.Choice(LIVE), help="With --function or --all: only queued or running runs.")
+@click.option("--all", "every", is_flag=True, help="Cancel the live runs of every function.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before cancelling runs by filter.")
 @db_option()
 @click.pass_context
-def cancel_run(ctx: click.Context, run_id: str) -> None:
-    """Cancel a queued or running run (a no-op, said so, if it has already ended)."""
+def cancel_runs(ctx: click.Context, run_ids: tuple[str, ...], function: str | None, status: str | None, every: bool,
+                yes: bool) -> None:  # fmt: skip
+    """Cancel runs by id, or by function (--function) or all (--all).
 
-    async def go() -> tuple[bool, RunRecord | None]:
+    By filter, every queued and running run matching it is cancelled (asked first, unless --yes)."""
+    by_filter = bool(function or every)
+    if by_filter == bool(run_ids):
+        raise CliError("give run ids, or --function ID or --all (not both)")
+    if status and not by_filter:
+        raise CliError("--status filters --function or --all; a run given by id is cancelled whatever its status")
+    look = Look.of("stderr")
+
+    async def go() -> None:
         async with opened_store(ctx, must_exist=True) as store:
-            if await store.get_run(run_id) is None:
-                raise NotFoundError(f"no run with id {run_id!r}")
-            cancelled = await Engine(store).cancel_run(run_id, reason="cancelled with the stepline CLI")
-            return cancelled, await store.get_run(run_id)
+            engine = Engine(store)
 
-    cancelled, run = run_async(go())
-    status = run.status if run is not None else "unknown"
-    if cancelled:
-        click.echo(f"cancelled run {run_id}")
-    else:
-        click.echo(f"run {run_id} had already ended ({status}); nothing to cancel")
+            async def cancel(run: RunRecord) -> bool:
+                return await engine.cancel_run(run.id, reason="cancelled with the stepline CLI")
+
+            if not by_filter:
+                for run_id in run_ids:
+                    run = await store.get_run(run_id)
+                    if run is None:
+                        raise NotFoundError(f"no run with id {run_id!r}")
+                    if await cancel(run):
+                        look.say("ok", f"cancelled run {run_id} ({run.function_id})")
+                    else:
+                        ended = await store.get_run(run_id)
+                        look.say("note", f"run {run_id} had already ended "
+                                         f"({ended.status if ended else run.status}); nothing to cancel")  # fmt: skip
+                return
+            function_id = await resolve_function(store, function) if function else None
+            statuses = (status,) if status else LIVE
+            runs = await _matching_runs(store, statuses, function_id)
+            words = _filter_words(status, statuses, function_id)
+            if not runs:
+                look.say("note", f"no {words} to cancel")
+                return
+            _confirm(f"Cancel {plural(len(runs), 'run')} ({words})", yes)
+            done = await _each_with_progress(look, "cancelling", runs, cancel)
+            note = f" ({len(runs) - done} had ended meanwhile)" if done < len(runs) else ""
+            look.say("ok", f"cancelled {plural(done, 'run')}{note}")
+
+    run_async(go())
+
+
+@runs_group.command("rerun")
+@click.argument("run_id", required=False)
+@click.option("--from-step", metavar="STEP", help="Rerun from this step (its name): earlier steps are not redone.")
+@click.option("--function", "function", metavar="ID", help="Rerun the ended runs of this function (id or slug).")
+@click.option("--status", type=click.Choice(ENDED), help="With --function or --all: runs with this status "
+              "(default failed).")  # fmt: skip
+@click.option("--all", "every", is_flag=True, help="Rerun the matching runs of every function.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before rerunning runs by filter.")
+@db_option()
+@click.pass_context
+def rerun_runs(ctx: click.Context, run_id: str | None, from_step: str | None, function: str | None,
+               status: str | None, every: bool, yes: bool) -> None:  # fmt: skip
+    """Start runs again: one by id, or failed runs by filter.
+
+    A rerun is a new run of the same function with the same trigger event; --from-step keeps the steps before
+    that one. By filter (--function or --all), the failed runs (or --status) are rerun, asked first unless --yes.
+    Prints the new runs' ids."""
+    by_filter = bool(function or every)
+    if by_filter == bool(run_id):
+        raise CliError("give a run id, or --function ID or --all (not both)")
+    if from_step and by_filter:
+        raise CliError("--from-step reruns one run: give its id")
+    look = Look.of("stderr")
+
+    async def go() -> None:
+        async with opened_store(ctx, must_exist=True) as store:
+            engine = Engine(store)
+            if run_id is not None:
+                try:
+                    new_id = await rerun(engine, run_id, from_step)
+                except StepNotFoundError as exc:
+                    raise CliError(str(exc)) from None
+                except LookupError as exc:
+                    raise NotFoundError(str(exc)) from None
+                except RerunError as exc:
+                    raise CliError(str(exc)) from None
+                click.echo(new_id)
+                origin = f" from step {from_step!r}" if from_step else ""
+                look.say("ok", f"started run {new_id}: a rerun of {run_id}{origin}")
+                return
+            function_id = await resolve_function(store, function) if function else None
+            wanted = status or "failed"
+            runs = await _matching_runs(store, (wanted,), function_id)
+            words = _filter_words(wanted, (wanted,), function_id)
+            if not runs:
+                look.say("note", f"no {words} to rerun")
+                return
+            if len(runs) > BULK_RERUN_MAX:
+                raise CliError(f"{len(runs)} {words} match; a bulk rerun starts at most {BULK_RERUN_MAX}: "
+                               "narrow it with --function")  # fmt: skip
+            _confirm(f"Rerun {plural(len(runs), 'run')} ({words})", yes)
+            failed: list[str] = []
+
+            async def again(run: RunRecord) -> bool:
+                try:
+                    click.echo(await rerun(engine, run.id))
+                    return True
+                except RerunError as exc:
+                    failed.append(str(exc))
+                    return False
+
+            done = await _each_with_progress(look, "rerunning", runs, again)
+            look.say("ok", f"started {plural(done, 'rerun')} of {words}")
+            for reason in failed[:5]:
+                look.say("warn", reason)
+            if len(failed) > 5:
+                look.say("warn", f"... and {len(failed) - 5} more that could not start again")
+
+    run_async(go())

@@ -129,8 +129,14 @@ async def _serve(ctx: click.Context, config: ServerConfig, hosts: list[str], por
              display_path(store, location), config.kind)  # fmt: skip
     loop = asyncio.get_running_loop()
 
+    stopping = False
+
     def stop(sig: signal.Signals) -> None:
-        log.info("%s: stopping", sig.name)
+        # uvicorn re-raises the signal it caught once it has shut down: say it once.
+        nonlocal stopping
+        if not stopping:
+            log.info("%s: stopping", sig.name)
+        stopping = True
         server.should_exit = True
         for w in workers:
             w.stop()
@@ -179,7 +185,9 @@ def _run(ctx: click.Context, config: ServerConfig, hosts: list[str], port: int, 
 def dev_command(ctx: click.Context, hosts: tuple[str, ...], no_discovery: bool, allowed_hosts: tuple[str, ...],
                 port: int, sdk_urls: tuple[str, ...], no_poll: bool, poll_interval: float, apps: tuple[str, ...],
                 app_dir: str, log_level: str, **options: Any) -> None:  # fmt: skip
-    """Development server: no keys, SQLite by default, apps synced from -u URLs and discovered on local ports.
+    """Development server: no keys, apps synced and discovered.
+
+    SQLite by default; apps are synced from -u URLs and discovered on local ports.
 
     Point an Inngest SDK app at it with INNGEST_DEV=http://127.0.0.1:8288. It answers loopback Host names only
     and refuses cross-site requests from browsers (docs/security.md).
@@ -251,22 +259,26 @@ def start_command(ctx: click.Context, hosts: tuple[str, ...], signing_key: str |
                   signing_key_fallback: str | None, event_keys: tuple[str, ...], discovery: bool, port: int,
                   sdk_urls: tuple[str, ...], no_poll: bool, poll_interval: float, apps: tuple[str, ...],
                   app_dir: str, log_level: str, **options: Any) -> None:  # fmt: skip
-    """Production server: signed calls, event keys, SQLite or PostgreSQL (--db postgresql://...).
+    """Production server: signed calls, event keys, PostgreSQL.
+
+    SQLite or PostgreSQL (--db postgresql://...); several nodes can share one PostgreSQL database.
 
     Point an Inngest SDK app at it with INNGEST_BASE_URL, INNGEST_SIGNING_KEY and INNGEST_EVENT_KEY.
     """
-    if not signing_key:
-        raise CliError("stepline start needs a signing key: --signing-key or STEPLINE_SIGNING_KEY "
-                       "(e.g. signkey-prod-$(openssl rand -hex 32))")  # fmt: skip
-    keys = [_check_key(signing_key, "--signing-key")]
-    if signing_key_fallback:
-        keys.append(_check_key(signing_key_fallback, "--signing-key-fallback"))
     accepted = {k.strip() for k in event_keys if k.strip()}
     accepted |= {k.strip() for k in os.environ.get("STEPLINE_EVENT_KEYS", "").split(",") if k.strip()}
     if os.environ.get("INNGEST_EVENT_KEY", "").strip():
         accepted.add(os.environ["INNGEST_EVENT_KEY"].strip())
-    if not accepted:
-        raise CliError("stepline start needs at least one event key: --event-key or STEPLINE_EVENT_KEYS")
+    missing = [need for need, given in (
+        ("a signing key: --signing-key or STEPLINE_SIGNING_KEY (e.g. signkey-prod-$(openssl rand -hex 32))",
+         signing_key),
+        ("at least one event key: --event-key or STEPLINE_EVENT_KEYS (e.g. $(openssl rand -hex 16))", accepted),
+    ) if not given]  # fmt: skip
+    if missing:
+        raise CliError("stepline start needs " + "; and ".join(missing))
+    keys = [_check_key(signing_key or "", "--signing-key")]
+    if signing_key_fallback:
+        keys.append(_check_key(signing_key_fallback, "--signing-key-fallback"))
     network, limits = _network_options(options)
     config = _config("cloud", signing_keys=tuple(keys), event_keys=frozenset(accepted), sdk_urls=sdk_urls,
                      discovery=discovery, poll=not no_poll, poll_interval=poll_interval, extra={"port": str(port)},

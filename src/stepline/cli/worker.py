@@ -13,6 +13,7 @@ import traceback
 import click
 
 from stepline.cli.common import CliError, NotFoundError, db_location, db_option, display_path, make_store
+from stepline.cli.display import plural
 from stepline.client import Stepline
 
 log = logging.getLogger("stepline.cli")
@@ -114,7 +115,8 @@ async def serve(client: Stepline, concurrency: int, threads: int, db_label: str)
         for sig in installed:
             loop.remove_signal_handler(sig)
         await client.close()
-    log.info("stepline worker stopped (%d run(s) started)", worker.runs_started)
+    log.info("stepline worker stopped: started %s, resumed runs %s (after sleeps, waits and retries)",
+             plural(worker.runs_started, "run"), plural(worker.runs_resumed, "time"))  # fmt: skip
     return signals_seen > 1
 
 
@@ -131,7 +133,7 @@ async def serve(client: Stepline, concurrency: int, threads: int, db_label: str)
 @click.pass_context
 def worker_command(ctx: click.Context, target: str, concurrency: int, threads: int, app_dir: str,
                    log_level: str) -> None:  # fmt: skip
-    """Run the functions of a Stepline app.
+    """Run the functions of a Stepline app until stopped.
 
     MODULE:ATTR names the ``Stepline`` client, e.g. ``myapp.jobs:client``. SIGINT or SIGTERM stops the
     worker after its active runs finish; a second signal cancels them.

@@ -419,14 +419,16 @@ class Engine:
         await self.announce_cancellations(outcome.cancelled_run_ids)
         self.notify()
 
-    async def prune(self, default_retention: dt.timedelta = DEFAULT_RETENTION, batch_size: int = 1000) -> PruneResult:
+    async def prune(self, default_retention: dt.timedelta = DEFAULT_RETENTION, batch_size: int = 1000,
+                    progress: Callable[[PruneResult], None] | None = None) -> PruneResult:  # fmt: skip
         """Delete ended runs (and their steps), unreferenced events and expired idempotency keys older than
-        the retention: the function's ``retention`` option, else ``default_retention``."""
+        the retention: the function's ``retention`` option, else ``default_retention``. ``progress`` gets the
+        totals so far after each transaction."""
         now = self.clock.now_ms()
         specs = await self.refresh_registry()
         cutoffs = {s.id: now - s.retention_ms for s in specs.values() if s.retention_ms is not None}
         default_cutoff = now - int(default_retention.total_seconds() * 1000)
-        return await self.store.prune(now, default_cutoff, cutoffs, batch_size)
+        return await self.store.prune(now, default_cutoff, cutoffs, batch_size, progress)
 
     async def cancel_run(self, run_id: str, reason: str = "cancelled by API") -> bool:
         """Cancel a queued or running run. Returns False if it had already ended (or does not exist)."""

@@ -84,7 +84,8 @@ class Worker:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pushed = False
-        self.runs_started = 0
+        self.runs_started = 0  # runs this worker executed first
+        self.runs_resumed = 0  # executions of runs begun before (after a sleep, a wait, a retry, another worker)
         self.scheduler = CronScheduler(engine)  # cron functions of this worker (started only if it has some)
         self._scheduled: object = None  # the function set last given to the scheduler
         self._scheduler_task: asyncio.Task[None] | None = None
@@ -151,14 +152,15 @@ class Worker:
         if limit <= 0 or not functions:
             return 0
         self._derive_from_functions()
-        claimed = await self.engine.store.claim_runs(
-            self.owner, functions, self.engine.clock.now_ms(), limit, self.lease_ms, self._gated
-        )
+        now = self.engine.clock.now_ms()
+        claimed = await self.engine.store.claim_runs(self.owner, functions, now, limit, self.lease_ms, self._gated)
         for c in claimed:
             task = asyncio.create_task(self._execute(c.run.id, c), name=f"stepline-run-{c.run.id}")
             self._active[c.run.id] = task
             self._active_fn[c.run.id] = c.run.function_id
-        self.runs_started += len(claimed)
+        started = sum(1 for c in claimed if c.run.started_at == now)  # a first claim sets started_at to now
+        self.runs_started += started
+        self.runs_resumed += len(claimed) - started
         return len(claimed)
 
     async def _execute(self, run_id: str, claimed: ClaimedRun) -> None:

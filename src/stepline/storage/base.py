@@ -162,11 +162,17 @@ class Store(abc.ABC):
     # --- retention ---
     @abc.abstractmethod
     async def prune(
-        self, now: int, default_cutoff: int, cutoffs: dict[str, int], batch_size: int = 1000
+        self,
+        now: int,
+        default_cutoff: int,
+        cutoffs: dict[str, int],
+        batch_size: int = 1000,
+        progress: Callable[[PruneResult], None] | None = None,
     ) -> PruneResult:
         """Delete ended runs that ended before their function's cutoff (``cutoffs`` by function id, else
         ``default_cutoff``) with their steps, then events older than ``default_cutoff`` that no run references,
-        then expired idempotency keys. Works in transactions of at most ``batch_size`` rows each."""
+        then expired idempotency keys. Works in transactions of at most ``batch_size`` rows each, calling
+        ``progress`` with the totals so far after each one."""
 
     # --- reads ---
     @abc.abstractmethod

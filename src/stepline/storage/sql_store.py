@@ -654,9 +654,15 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
 
     # --- retention ---
     async def prune(
-        self, now: int, default_cutoff: int, cutoffs: dict[str, int], batch_size: int = 1000
+        self,
+        now: int,
+        default_cutoff: int,
+        cutoffs: dict[str, int],
+        batch_size: int = 1000,
+        progress: Callable[[PruneResult], None] | None = None,
     ) -> PruneResult:
         result = PruneResult()
+        tell = progress or (lambda _: None)
         selections: list[tuple[str, dict[str, Any]]] = [
             ("prunable_runs_of_function", {"function_id": f, "cutoff": c}) for f, c in cutoffs.items()
         ]
@@ -668,6 +674,8 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
                 runs, steps = await self.writer.run(functools.partial(self._prune_runs, query, params, batch_size))
                 result.runs += runs
                 result.steps += steps
+                if runs:
+                    tell(result)
                 if runs < batch_size:
                     break
         events_params = {"cutoff": default_cutoff, "limit": batch_size}
@@ -675,12 +683,14 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
             functools.partial(self._delete_count, "delete_unreferenced_events", events_params)
         ):
             result.events += n
+            tell(result)
             if n < batch_size:
                 break
         while n := await self.writer.run(
             functools.partial(self._delete_count, "delete_expired_idempotency", {"now": now, "limit": batch_size})
         ):
             result.idempotency_keys += n
+            tell(result)
             if n < batch_size:
                 break
         while await self.writer.run(functools.partial(self._prune_flow, now=now, limit=batch_size)) >= batch_size:

@@ -1,0 +1,101 @@
+"""``stepline events list | show``: the events in the store and the runs each one started."""
+
+from __future__ import annotations
+
+import click
+
+from stepline.cli.common import NotFoundError, compact, db_option, iso, opened_store, run_async
+from stepline.cli.display import Column, Look, ago, one_line
+from stepline.cli.runs import event_dict, run_dict, runs_table
+from stepline.core.events import StoredEvent
+from stepline.storage import Store
+from stepline.storage.records import RunFilter, RunRecord
+
+SYSTEM_PREFIXES = ("stepline/", "inngest/")
+
+
+@click.group("events")
+def events_group() -> None:
+    """List events and show the runs each one started."""
+
+
+@events_group.command("list")
+@click.option("--name", metavar="NAME", help="Only events with this name.")
+@click.option("--system", is_flag=True, help="Also the events Stepline sends (stepline/*, inngest/*).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@db_option()
+@click.pass_context
+def list_events(ctx: click.Context, name: str | None, system: bool, limit: int, as_json: bool) -> None:
+    """List events, newest first, with their data.
+
+    The events Stepline sends itself (a run's end, cron timers, invocations) are left out unless --system or
+    --name asks for them."""
+
+    async def go() -> list[StoredEvent]:
+        async with opened_store(ctx, must_exist=True) as store:
+            if system or name:
+                return await store.list_events(name, limit)
+            return await _sent_events(store, limit)
+
+    events = run_async(go())
+    if as_json:
+        for event in events:
+            click.echo(compact(event_dict(event)))
+        return
+    if not events:
+        Look.of("stderr").say("note", "no events" + (f" named {name!r}" if name else ""))
+        return
+    look = Look.of("stdout")
+    table = look.table(Column("EVENT ID"), Column("NAME", max_width=32), Column("RECEIVED"),
+                       Column("DATA", clip=True, min_width=16))  # fmt: skip
+    for event in events:
+        table.add_row(event.internal_id, event.name, ago(event.received_at), one_line(compact(event.data)))
+    look.print_table(table)
+
+
+async def _sent_events(store: Store, limit: int) -> list[StoredEvent]:
+    """The newest ``limit`` events that are not Stepline's own, reading back through at most 100 pages."""
+    out: list[StoredEvent] = []
+    before: str | None = None
+    for _ in range(100):
+        page = await store.list_events(None, limit, before)
+        out += [e for e in page if not e.name.startswith(SYSTEM_PREFIXES)]
+        if len(out) >= limit or len(page) < limit:
+            break
+        before = page[-1].internal_id
+    return out[:limit]
+
+
+@events_group.command("show")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="The event and its runs as one JSON object.")
+@db_option()
+@click.pass_context
+def show_event(ctx: click.Context, event_id: str, as_json: bool) -> None:
+    """Show an event: its data and the runs it started.
+
+    EVENT_ID is the id `stepline send` printed (or the event API answered)."""
+
+    async def go() -> tuple[StoredEvent, list[RunRecord]]:
+        async with opened_store(ctx, must_exist=True) as store:
+            event = await store.get_event(event_id)
+            if event is None:
+                raise NotFoundError(f"no event with id {event_id!r}")
+            return event, await store.list_runs(RunFilter(event_id=event_id, limit=1000))
+
+    event, runs = run_async(go())
+    if as_json:
+        click.echo(compact({**event_dict(event), "runs": [run_dict(r) for r in runs]}))
+        return
+    look = Look.of("stdout")
+    fields: list[tuple[str, str | None]] = [("Event", event.internal_id), ("Name", event.name)]
+    if event.id != event.internal_id:
+        fields.append(("Id", f"{event.id} (the sender's: a second event with it starts no runs)"))
+    fields += [("Time", f"{iso(event.ts)} ({ago(event.ts)})"), ("Received", iso(event.received_at)),
+               ("Data", compact(event.data))]  # fmt: skip
+    look.fields(fields)
+    look.line()
+    look.line(look.styled(f"Runs it started ({len(runs)})", "bold"))
+    if runs:
+        runs_table(look, runs)
