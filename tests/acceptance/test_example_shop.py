@@ -7,12 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from ..pg_cluster import free_port
+from .servers import wait_for_health
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / "examples" / "shop"
@@ -33,26 +33,28 @@ def test_the_example_server_runs_the_shop_app_and_shows_its_runs(tmp_path: Path)
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read() if server.stderr else ""
-                assert time.monotonic() < deadline, "the dev server did not start"
-                time.sleep(0.1)
-        sent = subprocess.run([sys.executable, str(SHOP / "send.py"), "--url", url, "--orders", "5"],
-                              capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
-        assert "sent 5 orders" in sent.stdout
-        deadline = time.monotonic() + 30
-        while True:
-            runs = _runs(url)
-            by = collections.Counter((r["function_id"], r["status"]) for r in runs)
-            if by[("shop-sync-crm", "Completed")] == 5 and by[("shop-fraud-check", "Failed")] == 1:
-                break
-            assert time.monotonic() < deadline, by
-            time.sleep(0.2)
+        wait_for_health(url, server)
+        sent = subprocess.run([sys.executable, str(SHOP / "send.py"), "--url", url, "--orders", "6"],
+                              capture_output=True, text=True, timeout=90, check=True)  # fmt: skip
+        # Every promise it prints holds: orders 2 and 6 time out once and are retried, 5 fails its fraud check,
+        # 1, 3 and 5 are shipped (their confirmations are sent once their runs wait for them), 2, 4, 6 are not.
+        lines = sent.stdout.splitlines()
+        assert lines[0].startswith("Sent 6 orders (shop/order.paid)") and "for order 5 and fails" in lines[0]
+        assert lines[1].startswith("The card charge of orders 2, 6 times out once")
+        assert lines[3].startswith("Sent 3 shipping confirmations (shop/order.shipped): orders 1, 3, 5 finish as "
+                                   "'shipped' now; orders 2, 4, 6 finish as 'awaiting shipment'")  # fmt: skip
+        assert lines[-1] == "All orders processed: 3 shipped (1, 3, 5), 3 awaiting shipment."
+        runs = _runs(url)
+        by = collections.Counter((r["function_id"], r["status"]) for r in runs)
+        assert by[("shop-sync-crm", "Completed")] == 6 and by[("shop-fraud-check", "Failed")] == 1, by
+        orders = {r["output"]["order"]: r["output"]["status"] for r in runs if r["function_id"] == "shop-process-order"}
+        assert orders == {1: "shipped", 2: "awaiting shipment", 3: "shipped", 4: "awaiting shipment", 5: "shipped",
+                          6: "awaiting shipment"}  # fmt: skip
+        retried = [r for r in runs if r["function_id"] == "shop-process-order" and r["output"]["order"] in (2, 6)]
+        for run in retried:
+            with urllib.request.urlopen(f"{url}/v1/runs/{run['run_id']}/steps", timeout=5) as resp:
+                steps = {s["name"]: s["attempts"] for s in json.load(resp)["data"]}
+            assert steps["charge-card"] == 2
         (failed,) = [r for r in runs if r["status"] == "Failed"]
         assert "card country mismatch" in failed["error"]["message"]
         with urllib.request.urlopen(f"{url}/dashboard/runs", timeout=5) as resp:  # the dashboard lists them
