@@ -71,11 +71,15 @@ def main() -> None:
     p.add_argument("--orders", type=int, default=10)
     p.add_argument("--wait-ready", type=float, default=0.0, metavar="SECONDS",
                    help="Wait up to this long for the server to answer first.")  # fmt: skip
+    p.add_argument("--started-at", type=float, default=None, metavar="UNIX_TIME",
+                   help="When the caller started, to say how long it took to be ready.")  # fmt: skip
     args = p.parse_args()
     url = args.url.rstrip("/")
     if args.wait_ready:
         took = wait_ready(url, args.wait_ready)
-        print(f"Stepline dev server ready ({took:.1f} s). Dashboard: {url}/", flush=True)
+        if args.started_at is not None:
+            took = time.time() - args.started_at
+        print(f"Stepline dev server ready in {took:.1f} s. Dashboard: {url}/", flush=True)
 
     numbers = list(range(1, args.orders + 1))
     paid = [{"name": "shop/order.paid", "data": {"order_id": n, "customer": f"c{n % 3}"}} for n in numbers]
