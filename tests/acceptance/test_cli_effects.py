@@ -148,3 +148,10 @@ def test_the_worker_exit_line_counts_runs_not_executions(tmp_path: Path) -> None
     assert "stepline worker stopped: started 2 runs, resumed runs 2 times (after sleeps, waits and retries)" in (
         w.stderr()
     )
+
+
+def test_database_passwords_stay_out_of_messages(tmp_path: Path) -> None:
+    proc = cli(tmp_path, "runs", "list", "--db", "postgresql://stepline:topsecret@127.0.0.1:1/stepline")
+    assert proc.returncode == 1
+    assert "cannot open database postgresql://stepline:***@127.0.0.1:1/stepline" in proc.stderr
+    assert "topsecret" not in proc.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -75,8 +76,18 @@ def store_path(store: Store) -> Path | None:
 
 
 def display_path(store: Store, fallback: str) -> str:
+    """Where the store is, for messages and logs: a SQLite file's full path, or the URL without its password."""
     path = store_path(store)
-    return str(path.resolve()) if path is not None else fallback
+    return str(path.resolve()) if path is not None else redact(fallback)
+
+
+def redact(location: str) -> str:
+    """A database URL without its password (``postgresql://user:***@host/db``), for messages and logs."""
+    parts = urllib.parse.urlsplit(location)
+    if not parts.password:
+        return location
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 @asynccontextmanager
@@ -96,7 +107,7 @@ async def opened_store(ctx: click.Context, *, must_exist: bool) -> AsyncIterator
     try:
         await store.open()
     except Exception as exc:
-        raise NotFoundError(f"cannot open database {location}: {type(exc).__name__}: {exc}") from None
+        raise NotFoundError(f"cannot open database {redact(location)}: {type(exc).__name__}: {exc}") from None
     try:
         yield store
     finally:

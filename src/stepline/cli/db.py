@@ -6,7 +6,7 @@ import datetime as dt
 
 import click
 
-from stepline.cli.common import CliError, db_location, db_option, run_async
+from stepline.cli.common import CliError, db_location, db_option, redact, run_async
 from stepline.cli.display import Look
 from stepline.core.durations import DurationError, parse_duration
 from stepline.core.engine import Engine
@@ -27,7 +27,7 @@ async def _open(location: str, *, migrate: bool | None = None) -> Store:
     try:
         await store.open()
     except Exception as exc:
-        raise CliError(f"cannot open database {location}: {type(exc).__name__}: {exc}") from None
+        raise CliError(f"cannot open database {redact(location)}: {type(exc).__name__}: {exc}") from None
     return store
 
 

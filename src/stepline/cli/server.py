@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 import uvicorn
 
-from stepline.cli.common import CliError, NotFoundError, db_location, db_option, display_path, make_store
+from stepline.cli.common import CliError, NotFoundError, db_location, db_option, display_path, make_store, redact
 from stepline.cli.worker import load_client
 from stepline.core.engine import Engine
 from stepline.server.app import create_app
@@ -112,7 +112,7 @@ async def _serve(ctx: click.Context, config: ServerConfig, hosts: list[str], por
     try:
         await store.open()
     except Exception as exc:
-        raise NotFoundError(f"cannot open database {location}: {type(exc).__name__}: {exc}") from None
+        raise NotFoundError(f"cannot open database {redact(location)}: {type(exc).__name__}: {exc}") from None
     engine = Engine(store)
     clients = [load_client(t, app_dir) for t in apps]
     for c in clients:
