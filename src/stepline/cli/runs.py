@@ -389,16 +389,19 @@ def rerun_runs(ctx: click.Context, run_id: str | None, from_step: str | None, fu
                                "narrow it with --function")  # fmt: skip
             _confirm(f"Rerun {plural(len(runs), 'run')} ({words})", yes)
             failed: list[str] = []
+            started: list[str] = []  # printed after the progress display, which would otherwise break the lines
 
             async def again(run: RunRecord) -> bool:
                 try:
-                    click.echo(await rerun(engine, run.id))
+                    started.append(await rerun(engine, run.id))
                     return True
                 except RerunError as exc:
                     failed.append(str(exc))
                     return False
 
             done = await _each_with_progress(look, "rerunning", runs, again)
+            for new_id in started:
+                click.echo(new_id)
             look.say("ok", f"started {plural(done, 'rerun')} of {words}")
             for reason in failed[:5]:
                 look.say("warn", reason)
