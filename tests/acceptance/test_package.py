@@ -85,7 +85,7 @@ async def main():
     await store.open()  # runs every SQLite migration from the installed files
     print("schema", store.schema_version())
     app = create_app(Engine(store), ServerConfig(kind="dev"))
-    with TestClient(app) as http:
+    with TestClient(app, base_url="http://localhost") as http:  # a loopback Host: dev mode refuses others
         for path in ("/dashboard/runs", "/dashboard/functions", "/dashboard/events", "/dashboard/apps",
                      "/dashboard/static/dashboard.css", "/dashboard/static/dashboard.js"):
             assert http.get(path).status_code == 200, path
