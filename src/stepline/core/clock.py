@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import math
+import re
 import threading
 import time
 from typing import Protocol
 
-__all__ = ["EPOCH", "Clock", "FakeClock", "SystemClock", "from_ms", "sleep_until", "to_ms"]
+__all__ = ["EPOCH", "Clock", "FakeClock", "SystemClock", "from_ms", "parse_rfc3339_ms", "sleep_until", "to_ms"]
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _ONE_MS = datetime.timedelta(milliseconds=1)
@@ -27,6 +28,37 @@ def _require_aware(dt: datetime.datetime, what: str) -> datetime.datetime:
 def to_ms(dt: datetime.datetime) -> int:
     """Milliseconds since the unix epoch (floored) for an aware datetime."""
     return (_require_aware(dt, "datetime") - EPOCH) // _ONE_MS
+
+
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+_CYCLE_MS = 146_097 * 86_400_000  # 400 Gregorian years
+
+
+def parse_rfc3339_ms(text: str) -> int | None:
+    """Unix milliseconds of an RFC 3339 date-time (any year 0000-9999, a leap second read as the second before,
+    fractions cut to milliseconds), or None when ``text`` is not one."""
+    m = _RFC3339.fullmatch(text.strip())
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    if not (1 <= month <= 12 and hour <= 23 and minute <= 59 and second <= 60):
+        return None
+    shift = 0
+    if year == 0:  # before datetime's range: the same day 400 years later, one Gregorian cycle back
+        year, shift = 400, _CYCLE_MS
+    try:
+        day_start = datetime.datetime(year, month, day, tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    offset = 0
+    if m.group(9):
+        oh, om = int(m.group(10)), int(m.group(11))
+        if oh > 23 or om > 59:
+            return None
+        offset = (oh * 60 + om) * 60_000 * (1 if m.group(9) == "+" else -1)
+    millis = int((m.group(7) or ".0")[1:4].ljust(3, "0"))
+    seconds = hour * 3600 + minute * 60 + min(second, 59)
+    return to_ms(day_start) + seconds * 1000 + millis - offset - shift
 
 
 def from_ms(ms: int) -> datetime.datetime:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import Response
@@ -188,20 +188,32 @@ class OpenApiDocument(BaseModel):
     components: dict[str, Any]
 
 
+MIN_TIME_MS = -62_167_219_200_000  # 0000-01-01T00:00:00Z
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+TimeIn = (
+    Annotated[str, WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"},
+                                             {"type": "string", "pattern": "^[0-9]{1,15}$"}]})]
+    | Annotated[int, Field(ge=MIN_TIME_MS, le=MAX_TIME_MS, strict=True)]
+)  # fmt: skip
+
+
 class CancellationIn(BaseModel):
-    """Cancel the live runs of one function created between started_after and started_before (inclusive)."""
+    """Cancel the live runs of one function created between started_after and started_before (inclusive).
+    ``if`` must be a CEL expression within Stepline's limits, and started_after not later than started_before:
+    a body that breaks either is a 400 (JSON Schema cannot say them)."""
 
     app_id: str = Field(min_length=1)
     function_id: str = Field(min_length=1, description='The function\'s slug or its composite id "<app>-<slug>"')
-    started_after: str | int | None = Field(None, description="RFC 3339 or unix ms")
-    started_before: str | int = Field(description="RFC 3339 or unix ms")
+    started_after: TimeIn | None = Field(None, description="RFC 3339 with an offset, or unix ms")
+    started_before: TimeIn = Field(description="RFC 3339 with an offset, or unix ms")
     if_: str | None = Field(None, alias="if", description="CEL over `event` (the run's trigger event)")
 
     model_config = ConfigDict(populate_by_name=True)
 
 
 class RerunIn(BaseModel):
-    from_step: str | None = Field(None, description="Hashed id of a step of the original run to resume from")
+    from_step: str | None = Field(None, min_length=1,
+                                  description="Hashed id of a step of the original run to resume from")  # fmt: skip
 
 
 # Response envelopes, one named schema each.

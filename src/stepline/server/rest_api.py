@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from stepline.core.clock import to_ms
+from stepline.core.clock import parse_rfc3339_ms
 from stepline.core.events import StoredEvent
 from stepline.core.expressions import Bindings, Expression, ExpressionError, compile_expression
 from stepline.core.function import FunctionSpec
@@ -28,6 +28,8 @@ from stepline.core.rerun import RerunNotPossibleError, RunNotFoundError, StepNot
 from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body
 from stepline.server.errors import error_response
 from stepline.server.openapi import (
+    MAX_TIME_MS,
+    MIN_TIME_MS,
     AppList,
     AppOut,
     CancellationIn,
@@ -71,6 +73,7 @@ STATUS_NAMES = {"queued": "Queued", "running": "Running", "completed": "Complete
 LIVE = ("queued", "running")
 EVENTS_LIMIT = (20, 100)  # (default, maximum) page sizes, as Inngest
 RUNS_LIMIT = (20, 400)
+CANCELLATIONS_LIMIT = (100, 1000)
 API_BODY_LIMIT = 1024 * 1024  # JSON bodies of the REST API (cancellations, reruns)
 
 
@@ -84,11 +87,17 @@ class HttpError(Exception):
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def iso(ms: int | None) -> str | None:
-    """Unix ms as RFC 3339 UTC with milliseconds (``2026-01-01T00:00:00.000Z``)."""
+    """Unix ms as RFC 3339 UTC with milliseconds (``2026-01-01T00:00:00.000Z``); times before the year 1 or after
+    9999 (which RFC 3339 cannot write) are shown as those bounds."""
     if ms is None:
         return None
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ms = max(-62_135_596_800_000, min(ms, MAX_TIME_MS))
+    stamp = _EPOCH + dt.timedelta(milliseconds=ms)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _iso(ms: int) -> str:
@@ -97,40 +106,35 @@ def _iso(ms: int) -> str:
     return out
 
 
-MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time RFC 3339 can write
+TIME_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "pattern": "^[0-9]{1,15}$"}],
+    "description": "RFC 3339 with an offset (years 0000-9999), or unix milliseconds",
+}
 
 
 def parse_time(value: str | int, name: str) -> int:
-    """RFC 3339 (with an offset) or unix milliseconds (0 to year 9999) -> unix milliseconds."""
+    """RFC 3339 (with an offset, years 0000-9999) or unix milliseconds (up to 15 digits) -> unix milliseconds."""
     if isinstance(value, int) and not isinstance(value, bool):
-        ms = value
-    else:
-        text = str(value).strip()
-        if text.isascii() and text.isdigit():
-            ms = int(text[:20])
-        else:
-            try:
-                stamp = dt.datetime.fromisoformat(text)
-            except ValueError:
-                stamp = None
-            if stamp is None or stamp.tzinfo is None:
-                raise HttpError(400, f"invalid {name} {str(value)[:100]!r}: expected RFC 3339 with an offset "
-                                     "(2026-01-01T00:00:00Z) or unix milliseconds")  # fmt: skip
-            ms = to_ms(stamp)
-    if not 0 <= ms <= MAX_TIME_MS:
-        raise HttpError(400, f"invalid {name}: {ms} is not unix milliseconds from 1970 to the year 9999")
+        if not MIN_TIME_MS <= value <= MAX_TIME_MS:
+            raise HttpError(400, f"invalid {name}: {value} is not a time from the year 0 to 9999")
+        return value
+    text = str(value).strip()
+    ms = int(text) if text.isascii() and text.isdigit() and len(text) <= 15 else parse_rfc3339_ms(text)
+    if ms is None:
+        raise HttpError(400, f"invalid {name} {str(value)[:100]!r}: expected RFC 3339 with an offset "
+                             "(2026-01-01T00:00:00Z) or unix milliseconds (at most 15 digits)")  # fmt: skip
     return ms
 
 
 def _query_time(request: Request, name: str) -> int | None:
     raw = request.query_params.get(name)
-    return None if raw in (None, "") else parse_time(raw, name)
+    return None if raw is None else parse_time(raw, name)
 
 
 def _limit(request: Request, bounds: tuple[int, int]) -> int:
     default, maximum = bounds
     raw = request.query_params.get("limit")
-    if raw in (None, ""):
+    if raw is None:
         return default
     text = str(raw).strip()
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text[:12]) <= maximum:
@@ -139,7 +143,7 @@ def _limit(request: Request, bounds: tuple[int, int]) -> int:
 
 
 def _status(raw: str | None) -> str | None:
-    if raw in (None, ""):
+    if raw is None:
         return None
     status = raw.lower()
     if status not in STATUS_NAMES:
@@ -160,7 +164,7 @@ def _ok(model: BaseModel, status: int = 200) -> JSONResponse:
 async def _body(request: Request, model: type[BaseModel]) -> Any:
     try:
         raw = await read_body(request, API_BODY_LIMIT)
-        value = parse_json(raw) if raw.strip() else {}
+        value = parse_json(raw) if raw else {}  # no body: none given; whitespace is not JSON
     except BodyTooLarge as exc:
         raise HttpError(413, str(exc)) from None
     except BodyTimeout as exc:
@@ -266,9 +270,7 @@ async def _run_or_404(st: ServerState, run_id: str) -> RunRecord:
 async def list_events(request: Request) -> Response:
     st = state_of(request)
     limit = _limit(request, EVENTS_LIMIT)
-    cursor = request.query_params.get("cursor") or None
-    if cursor is not None and await st.engine.store.get_event(cursor) is None:
-        raise HttpError(400, f"invalid cursor {cursor!r}: no event has this id")
+    cursor = request.query_params.get("cursor") or None  # an id bound: the events listed before it
     name = request.query_params.get("name") or None
     found = await st.engine.store.list_events(name, limit + 1, before=cursor)
     page = found[:limit]
@@ -465,7 +467,7 @@ async def _if_matches(expression: Expression, event: dict[str, Any], failures: l
 
 async def list_cancellations(request: Request) -> Response:
     st = state_of(request)
-    found = await st.engine.store.list_cancellations(_limit(request, (100, 1000)))
+    found = await st.engine.store.list_cancellations(_limit(request, CANCELLATIONS_LIMIT))
     return _ok(CancellationList(data=[cancellation_out(c) for c in found], metadata=_meta(st)))
 
 
@@ -522,26 +524,32 @@ async def openapi_json(request: Request) -> Response:
 
 # --- routing ------------------------------------------------------------------------------------------------
 
+
+def _limit_param(bounds: tuple[int, int]) -> Param:
+    return Param("limit", "query", f"Page size (default {bounds[0]})",
+                 {"type": "integer", "minimum": 1, "maximum": bounds[1]})  # fmt: skip
+
+
 _RUN_ID = Param("run_id", "path", "The run's id")
 _EVENT_ID = Param("internal_id", "path", "The event's internal id")
-_LIMIT = Param("limit", "query", "Page size", {"type": "integer", "minimum": 1})
-_CURSOR = Param("cursor", "query", "The cursor of the previous page")
-_TIME = {"type": "string", "description": "RFC 3339 or unix milliseconds"}
+_CURSOR = Param("cursor", "query", "The cursor of the previous page (an id: the page lists what comes before it)")
+_STATUS = {"type": "string", "enum": [*STATUS_NAMES.values(), *STATUS_NAMES]}
 
 ENDPOINTS: Sequence[Endpoint] = (
     Endpoint("GET", "/v1/events", list_events, "Events, newest first", EventPage, (400,),
-             (Param("name", "query", "Only events with this name"), _LIMIT, _CURSOR), tag="events"),
+             (Param("name", "query", "Only events with this name"), _limit_param(EVENTS_LIMIT), _CURSOR),
+             tag="events"),
     Endpoint("GET", "/v1/events/{internal_id}", get_event, "One event", EventResponse, (404,), (_EVENT_ID,),
              tag="events"),
     Endpoint("GET", "/v1/events/{internal_id}/runs", event_runs, "The runs an event started", RunList, (404,),
              (_EVENT_ID,), tag="events"),
     Endpoint("GET", "/v1/runs", list_runs, "Runs, newest first", RunPage, (400,), (
-        Param("status", "query", "Queued, Running, Completed, Failed or Cancelled"),
+        Param("status", "query", "Queued, Running, Completed, Failed, Cancelled or Skipped (any case)", _STATUS),
         Param("function_id", "query", "A composite function id (or a slug, with app_id)"),
         Param("app_id", "query", "Runs of this app's functions"),
-        Param("created_after", "query", "Created at or after (inclusive)", _TIME),
-        Param("created_before", "query", "Created before (exclusive)", _TIME),
-        _LIMIT, _CURSOR)),
+        Param("created_after", "query", "Created at or after (inclusive)", TIME_SCHEMA),
+        Param("created_before", "query", "Created before (exclusive)", TIME_SCHEMA),
+        _limit_param(RUNS_LIMIT), _CURSOR)),
     Endpoint("GET", "/v1/runs/{run_id}", get_run, "One run with its trigger event", RunResponse, (404,),
              (_RUN_ID,)),
     Endpoint("GET", "/v1/runs/{run_id}/steps", run_steps, "A run's steps in the order they were first recorded",
@@ -557,7 +565,7 @@ ENDPOINTS: Sequence[Endpoint] = (
     Endpoint("POST", "/v1/cancellations", create_cancellation, "Cancel the live runs of a function in a time window",
              CancellationResponse, (400, 404), body=CancellationIn, tag="cancellations"),
     Endpoint("GET", "/v1/cancellations", list_cancellations, "Bulk cancellations requested, newest first",
-             CancellationList, (), (_LIMIT,), tag="cancellations"),
+             CancellationList, (400,), (_limit_param(CANCELLATIONS_LIMIT),), tag="cancellations"),
     Endpoint("GET", "/v1/functions", list_functions, "Registered functions with their config", FunctionList, (),
              (Param("app_id", "query", "Only this app's functions"),), tag="functions"),
     Endpoint("GET", "/v1/apps", list_apps, "Apps: synced ones (by URL), then in-process ones", AppList,
@@ -573,4 +581,19 @@ def document() -> dict[str, Any]:
 
 
 def routes() -> list[BaseRoute]:
-    return [Route(ep.path, endpoint(ep.handler), methods=[ep.method]) for ep in ENDPOINTS]
+    """One route per path, whatever its methods: a request with another method gets 405 with an ``Allow`` that
+    lists them all (one route per method would list only the first route's)."""
+    by_path: dict[str, dict[str, Handler]] = {}
+    for ep in ENDPOINTS:
+        by_path.setdefault(ep.path, {})[ep.method] = endpoint(ep.handler)
+    return [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()]
+
+
+def _by_method(handlers: dict[str, Handler]) -> Handler:
+    if len(handlers) == 1:
+        return next(iter(handlers.values()))
+
+    async def dispatch(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    return dispatch

@@ -19,7 +19,7 @@ from stepline.server.dashboard import views
 from stepline.server.dashboard.auth import COOKIE, SESSION_SECONDS, Session, client_address, is_https
 from stepline.server.dashboard.core import MAX_LOGIN_FORM_BYTES, PREFIX, ActionError, Dashboard, read_form
 from stepline.server.dashboard.sse import sse_message
-from stepline.server.rest_api import MAX_TIME_MS
+from stepline.server.openapi import MAX_TIME_MS
 from stepline.server.state import state_of
 from stepline.storage.records import RunFilter, RunRecord
 

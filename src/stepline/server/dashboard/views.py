@@ -23,7 +23,8 @@ def utc(ms: int | None) -> str:
     """``2026-01-01 12:00:03.250Z`` (the page's script shows it in the browser's time zone)."""
     if ms is None:
         return ""
-    stamp = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    ms = max(-62_135_596_800_000, min(ms, 253_402_300_799_999))  # what datetime (and RFC 3339) can write
+    stamp = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
     return stamp.strftime("%Y-%m-%d %H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
