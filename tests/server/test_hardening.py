@@ -124,3 +124,26 @@ async def test_every_accepted_event_is_readable_everywhere(
                  f"/dashboard/events/{internal_id}"):  # fmt: skip
         page = await api.get(path)
         assert page.status_code == 200, (path, page.text[:300])
+
+
+CRASHING_SUM = " + ".join(["1"] * 15_000) + " > 0"
+
+
+async def test_the_crashing_expression_is_refused_at_every_entry_point(api: httpx.AsyncClient) -> None:
+    cancel = {"app_id": "test-app", "function_id": "echo", "started_before": "2030-01-01T00:00:00Z", "if": CRASHING_SUM}
+    resp = await api.post("/v1/cancellations", json=cancel)
+    assert resp.status_code == 400 and "the limit is 16,384" in resp.json()["error"]
+    url = "http://127.0.0.1:9/api/inngest"
+    base = {"id": "a-f", "name": "f", "triggers": [{"event": "t/x"}],
+            "steps": {"step": {"id": "step", "name": "step", "runtime": {"type": "http", "url": url}}}}  # fmt: skip
+    for extra, field in [
+        ({"triggers": [{"event": "t/x", "expression": CRASHING_SUM}]}, "triggers[0].expression"),
+        ({"cancel": [{"event": "t/c", "if": CRASHING_SUM}]}, "cancel"),
+        ({"concurrency": [{"limit": 1, "key": CRASHING_SUM}]}, "concurrency"),
+        ({"idempotency": CRASHING_SUM}, "idempotency"),
+        ({"priority": {"run": " + ".join(["1"] * 100)}}, "priority"),
+    ]:
+        body = {"url": url, "appName": "a", "functions": [{**base, **extra}]}
+        resp = await api.post("/fn/register", json=body)
+        assert resp.status_code == 400, (field, resp.text[:300])
+        assert field in resp.json()["error"] and "refused" in resp.json()["error"], resp.json()["error"][:300]
