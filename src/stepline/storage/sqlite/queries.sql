@@ -1,19 +1,19 @@
 -- Stepline SQLite queries. Parameters are named (:name). Times are unix milliseconds.
 
 -- name: insert_event
-INSERT INTO events (internal_id, id, name, data, user, ts, v, received_at)
-VALUES (:internal_id, :id, :name, :data, :user, :ts, :v, :received_at)
+INSERT INTO events (internal_id, id, name, data, user, ts, v, received_at, traceparent)
+VALUES (:internal_id, :id, :name, :data, :user, :ts, :v, :received_at, :traceparent)
 ON CONFLICT (internal_id) DO NOTHING
 
 -- name: event_cursor
 SELECT coalesce(max(seq), 0) FROM events
 
 -- name: select_events_by_ids
-SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
+SELECT internal_id, id, name, data, user, ts, v, received_at, traceparent FROM events
 WHERE internal_id IN (SELECT value FROM json_each(:ids))
 
 -- name: select_event
-SELECT internal_id, id, name, data, user, ts, v, received_at FROM events WHERE internal_id = :internal_id
+SELECT internal_id, id, name, data, user, ts, v, received_at, traceparent FROM events WHERE internal_id = :internal_id
 
 -- name: list_events
 SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
