@@ -18,9 +18,9 @@ from stepline.storage.records import (
     AppRecord,
     CancellationRecord,
     ClaimedRun,
-    ExpressionErrorRecord,
     ClusterGauges,
     ClusterLease,
+    ExpressionErrorRecord,
     FunctionRecord,
     IngestBatch,
     IngestResult,
@@ -290,6 +290,10 @@ class Store(abc.ABC):
         """Newest first."""
 
     # --- observability (docs/metrics.md, docs/tracing.md, docs/alerts.md) ---
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """One cheap read, off the event loop (``stepline_store_up``); raises when the database cannot answer."""
+
     @abc.abstractmethod
     async def take_cluster_lease(self, name: str, owner: str, now: int, ttl_ms: int) -> ClusterLease | None:
         """Hold the lease ``name`` until ``now + ttl_ms`` if nobody else holds it (its holder's time ran out, or

@@ -59,6 +59,9 @@ class SqlObservabilityMixin:
         query = self._obs_queries["release_cluster_lease"]
         await self.writer.run(lambda conn: conn.execute(query, {"name": name, "owner": owner}))
 
+    async def ping(self) -> None:
+        await asyncio.to_thread(self._read, lambda conn: conn.execute("SELECT 1").fetchone())
+
     # --- cluster-wide gauges ---
     async def cluster_gauges(self, now: int) -> ClusterGauges:
         q = self._obs_queries

@@ -40,8 +40,8 @@ from stepline.storage.sql_cron import SqlCronMixin
 from stepline.storage.sql_dashboard import SqlDashboardMixin
 from stepline.storage.sql_flow import SqlFlowMixin
 from stepline.storage.sql_logs import SqlLogsMixin
-from stepline.storage.sql_security import SqlSecurityMixin
 from stepline.storage.sql_observability import SqlObservabilityMixin
+from stepline.storage.sql_security import SqlSecurityMixin
 from stepline.storage.writer import GroupCommitWriter, MergeableOp
 
 T = TypeVar("T")
@@ -96,7 +96,13 @@ class Conn(Protocol):
 
 
 class SqlStore(
-    SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlLogsMixin, SqlSecurityMixin, SqlObservabilityMixin,
+    SqlFlowMixin,
+    SqlAppsMixin,
+    SqlDashboardMixin,
+    SqlCronMixin,
+    SqlLogsMixin,
+    SqlSecurityMixin,
+    SqlObservabilityMixin,
     Store,
 ):
     """The ``Store`` methods, written once for every SQL backend (apps, reruns, cancellations: ``SqlAppsMixin``)."""

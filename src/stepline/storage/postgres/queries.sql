@@ -427,7 +427,7 @@ FROM cancellations ORDER BY created_at DESC, id DESC LIMIT %(limit)s
 
 -- name: flow_claim_candidates
 -- Due runs of flow-controlled functions, highest priority first (priority_ms moves a run's place in the queue).
-SELECT id, flow::text FROM runs
+SELECT id, flow::text, function_id FROM runs
 WHERE due_at IS NOT NULL AND due_at <= %(now)s
   AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)
   AND function_id IN (SELECT jsonb_array_elements_text(%(function_ids)s::jsonb))

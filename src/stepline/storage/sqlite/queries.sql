@@ -346,7 +346,7 @@ FROM cancellations ORDER BY created_at DESC, id DESC LIMIT :limit
 
 -- name: flow_claim_candidates
 -- Due runs of flow-controlled functions, highest priority first (priority_ms moves a run's place in the queue).
-SELECT id, flow FROM runs
+SELECT id, flow, function_id FROM runs
 WHERE due_at IS NOT NULL AND due_at <= :now
   AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
   AND function_id IN (SELECT value FROM json_each(:function_ids))
