@@ -18,8 +18,12 @@ process manager calls ``process_exited(pid)`` when a process ends, so its live g
 
 from __future__ import annotations
 
+import bisect
+import logging
 import os
 import platform
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -38,6 +42,11 @@ STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# The buckets of each histogram the hot paths record into (by attribute name of ``Metrics``).
+_BOUNDS: dict[str, tuple[float, ...]] = {
+    "start_lag": LAG_BUCKETS, "resume_lag": LAG_BUCKETS, "run_duration": RUN_BUCKETS, "step_duration": STEP_BUCKETS,
+    "app_call_duration": CALL_BUCKETS, "store_commit_seconds": COMMIT_BUCKETS,
+}  # fmt: skip
 IDLE_REASONS = frozenset({"sleeping", "waiting", "invoking", "retrying", "multiple", "throttled", "debounced", "batch",
                           "concurrency", "queued", "rerun"})  # fmt: skip
 
@@ -134,76 +143,122 @@ class Metrics:
                                      multiprocess_mode="livemostrecent")  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
         self._cluster_set: set[tuple[Any, ...]] = set()
+        # The hot paths add to these under one lock; ``flush`` moves them into the metrics above (at each scrape,
+        # and every second from a thread when several processes share the metrics).
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[Any, ...], float] = {}  # (counter, *label values) -> increment
+        self._observed: dict[tuple[Any, ...], list[float]] = {}  # (histogram, *labels) -> [n per bucket..., sum]
+        if self.multiprocess:
+            threading.Thread(target=self._flush_every_second, name="stepline-metrics-flush", daemon=True).start()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(*labels)
+            child = self._children[key] = metric.labels(*labels) if labels else metric
         return child
+
+    # --- recording (hot paths: a dict update under a lock, no prometheus-client call) ---
+    def _count(self, key: tuple[Any, ...], amount: float = 1.0) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0.0) + amount
+
+    def _observe(self, key: tuple[Any, ...], value: float) -> None:
+        bounds = _BOUNDS[key[0]]
+        with self._lock:
+            slots = self._observed.get(key)
+            if slots is None:
+                slots = self._observed[key] = [0.0] * (len(bounds) + 2)
+            slots[bisect.bisect_left(bounds, value)] += 1
+            slots[-1] += value
+
+    def flush(self) -> None:
+        """Move what the hot paths recorded into the prometheus-client metrics."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            observed, self._observed = self._observed, {}
+        for (metric, *labels), amount in counts.items():
+            self._child(getattr(self, metric), *labels).inc(amount)
+        for (metric, *labels), slots in observed.items():
+            child = self._child(getattr(self, metric), *labels)
+            # prometheus-client keeps a histogram as one value per bucket (not cumulative) and the sum: add the
+            # counts there, as ``observe`` does one at a time.
+            for i, n in enumerate(slots[:-1]):
+                if n:
+                    child._buckets[i].inc(n)
+            child._sum.inc(slots[-1])
+
+    def _flush_every_second(self) -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                self.flush()
+            except Exception:  # never let a metrics problem stop the process
+                logging.getLogger("stepline.metrics").exception("flushing metrics failed")
 
     # --- runs ---
     def runs_claimed(self, claimed: Sequence[Any], now: int) -> None:
         for c in claimed:
             run = c.run
+            fid = run.function_id
             due = run.due_at if run.due_at is not None else run.created_at
             lag = max(0, now - due) / 1000
             if run.started_at == now and run.attempt == 0:  # the claim that started it (set started_at)
-                self._child(self.runs_started, run.function_id).inc()
-                self._child(self.start_lag, run.function_id).observe(lag)
+                self._count(("runs_started", fid))
+                self._observe(("start_lag", fid), lag)
             else:
-                self._child(self.resume_lag, run.function_id).observe(lag)
+                self._observe(("resume_lag", fid), lag)
             if c.steps:
                 for s, outcome, end in resumed_steps(c.steps.values(), due, now):
-                    self.step_attempt(run.function_id, s.kind, outcome, max(0, end - s.started_at) / 1000)
+                    self.step_attempt(fid, s.kind, outcome, max(0, end - s.started_at) / 1000)
 
     def run_ended(self, function_id: str, status: str, started_at: int | None, now: int) -> None:
-        self._child(self.runs_ended, function_id, status).inc()
+        self._count(("runs_ended", function_id, status))
         if started_at is not None:
-            self._child(self.run_duration, function_id, status).observe(max(0, now - started_at) / 1000)
+            self._observe(("run_duration", function_id, status), max(0, now - started_at) / 1000)
 
     def retry(self, function_id: str, level: str) -> None:
-        self._child(self.retries, function_id, level).inc()
+        self._count(("retries", function_id, level))
 
     def step_attempt(self, function_id: str, kind: str, outcome: str, seconds: float | None) -> None:
-        self._child(self.step_attempts, function_id, kind, outcome).inc()
+        self._count(("step_attempts", function_id, kind, outcome))
         if seconds is not None:
-            self._child(self.step_duration, function_id, kind).observe(seconds)
+            self._observe(("step_duration", function_id, kind), seconds)
         if outcome == "retrying":
-            self._child(self.retries, function_id, "step").inc()
+            self._count(("retries", function_id, "step"))
 
     def flow(self, function_id: str, gate: str, action: str) -> None:
-        self._child(self.flow_total, function_id, gate, action).inc()
+        self._count(("flow_total", function_id, gate, action))
 
     def events_received(self, outcome: str, count: int) -> None:
-        self._child(self.events, outcome).inc(count)
+        self._count(("events", outcome), count)
 
     def event_request(self, code: int) -> None:
-        self._child(self.event_requests, str(code)).inc()
+        self._count(("event_requests", str(code)))
 
     def app_call(self, app_id: str, outcome: str, seconds: float) -> None:
-        self._child(self.app_calls, app_id, outcome).inc()
-        self._child(self.app_call_duration, app_id).observe(seconds)
+        self._count(("app_calls", app_id, outcome))
+        self._observe(("app_call_duration", app_id), seconds)
 
     def store_commit(self, ops: int, seconds: float) -> None:
-        self.store_commits.inc()
-        self.store_ops.inc(ops)
-        self.store_commit_seconds.observe(seconds)
+        self._count(("store_commits",))
+        self._count(("store_ops",), ops)
+        self._observe(("store_commit_seconds",), seconds)
 
     def store_retry(self) -> None:
-        self.store_retries.inc()
+        self._count(("store_retries",))
 
     def stream_clients(self, delta: int) -> None:
         self.streams.inc(delta)
 
     def span_outcome(self, outcome: str, count: int = 1) -> None:
-        self._child(self.spans, outcome).inc(count)
+        self._count(("spans", outcome), count)
 
     def userland(self, stored: int, rejected: int) -> None:
         if stored:
-            self._child(self.userland_spans, "stored").inc(stored)
+            self._count(("userland_spans", "stored"), stored)
         if rejected:
-            self._child(self.userland_spans, "rejected").inc(rejected)
+            self._count(("userland_spans", "rejected"), rejected)
 
     # --- cluster-wide gauges (the leader's) ---
     def set_cluster(self, gauges: ClusterGauges, now: int, seconds: float) -> None:
@@ -254,6 +309,7 @@ class Metrics:
 
     def render(self, accept: str | None, extra: Iterable[Collector] = ()) -> tuple[bytes, str]:
         """The scrape's body and content type (OpenMetrics when the scraper asks for it)."""
+        self.flush()
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.exposition(extra)), content_type
 

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stepline.tracing")
 MS = 1_000_000  # ns per ms
+DECISIONS_KEPT = 10_000  # sampling decisions remembered (runs in flight in this process)
 
 
 def format_traceparent(trace_id: int, span_id: int, sampled: bool = True) -> str:
@@ -98,14 +99,19 @@ def send_traceparent(given: str | None, events: Sequence[Any]) -> str | None:
     return rec.tracing.send_span(parent, events)
 
 
-def run_trace_id(run_id: str) -> int:
-    """A run's own trace id: its id (a ULID is a 128-bit number whose low 80 bits are random)."""
-    from ulid import ULID
+_CROCKFORD = str.maketrans("0123456789ABCDEFGHJKMNPQRSTVWXYZ", "0123456789abcdefghijklmnopqrstuv")
 
-    try:
-        return int(ULID.from_str(run_id)) or 1
-    except ValueError:
-        return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:16], "big") or 1
+
+def run_trace_id(run_id: str) -> int:
+    """A run's own trace id: its id (a ULID is a 128-bit number, Crockford base32, whose low 80 bits are random)."""
+    if len(run_id) == 26:
+        try:
+            value = int(run_id.upper().translate(_CROCKFORD), 32)
+            if 0 < value < 1 << 128:
+                return value
+        except ValueError:
+            pass
+    return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:16], "big") or 1
 
 
 def run_span_id(run_id: str) -> int:
@@ -134,11 +140,16 @@ class RunTrace:
     run_span: int
     function_id: str
     run_id: str
+    _parent: Context | None = None
 
-    def parent(self) -> SpanContext:
-        from opentelemetry.trace import SpanContext, TraceFlags
+    def parent(self) -> Context:
+        """The context whose span (the run span) is the parent of the run's step spans."""
+        if self._parent is None:
+            from opentelemetry.trace import SpanContext, TraceFlags
 
-        return SpanContext(self.trace_id, self.run_span, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+            flags = TraceFlags(TraceFlags.SAMPLED)
+            self._parent = self.tracing.in_context(SpanContext(self.trace_id, self.run_span, True, flags))
+        return self._parent
 
     def context(self, span_id: int | None = None) -> Context:
         """An OpenTelemetry context whose current span is the run span (or the given span of this trace)."""
@@ -154,8 +165,8 @@ class RunTrace:
 
     def step(self, name: str, span_id: int, start_ns: int, end_ns: int, attributes: dict[str, Any],
              error: dict[str, Any] | None = None, *, client: bool = False) -> None:  # fmt: skip
-        attrs = {"stepline.function.id": self.function_id, "stepline.run.id": self.run_id, **attributes}
-        self.tracing.emit(name, self.trace_id, span_id, self.parent(), start_ns, end_ns, attrs, error,
+        attributes["stepline.run.id"] = self.run_id
+        self.tracing.emit(name, self.trace_id, span_id, self.parent(), start_ns, end_ns, attributes, error,
                           kind="client" if client else "internal")  # fmt: skip
 
 
@@ -189,12 +200,27 @@ class Tracing:
         self.ids = ids
         self.tracer = provider.get_tracer("stepline")
         self.sampler = provider.sampler
+        from opentelemetry import trace
+        from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
+
+        self._kinds = {"internal": SpanKind.INTERNAL, "client": SpanKind.CLIENT, "consumer": SpanKind.CONSUMER,
+                       "producer": SpanKind.PRODUCER}  # fmt: skip
+        self._status: Any = Status
+        self._status_error: Any = StatusCode.ERROR
+        self._span_in_context: Any = trace.set_span_in_context
+        self._non_recording: Any = NonRecordingSpan
+        # Each run's decision, read at its claim, its end and for its end's events: made once (bounded).
+        self._decided: dict[tuple[str, str | None], tuple[int, SpanContext | None, bool]] = {}
 
     # --- decisions ---
     def _root(self, run_id: str, traceparent: str | None) -> tuple[int, SpanContext | None, bool]:
         """(trace id, the send's span context or None, sampled) of a run: the sampler decides as it does for the
         run span, so every process decides alike (a parent-based sampler follows the send's decision; a ratio
         sampler looks at the trace id)."""
+        key = (run_id, traceparent)
+        known = self._decided.get(key)
+        if known is not None:
+            return known
         from opentelemetry.trace import SpanContext, TraceFlags
 
         parsed = parse_traceparent(traceparent)
@@ -206,7 +232,11 @@ class Tracing:
         else:
             trace_id = run_trace_id(run_id)
         result = self.sampler.should_sample(self._context(parent), trace_id, "run")
-        return trace_id, parent, bool(result.decision.is_sampled())  # type: ignore[no-untyped-call]
+        decided = trace_id, parent, bool(result.decision.is_sampled())  # type: ignore[no-untyped-call]
+        if len(self._decided) >= DECISIONS_KEPT:
+            self._decided.clear()
+        self._decided[key] = decided
+        return decided
 
     def run_trace(self, claimed: Any) -> RunTrace | None:
         """The trace of a claimed run (``ClaimedRun``) for this execution, or None when it is not sampled."""
@@ -214,32 +244,31 @@ class Tracing:
         trace_id, _, sampled = self._root(run.id, claimed.event.traceparent)
         return RunTrace(self, trace_id, run_span_id(run.id), run.function_id, run.id) if sampled else None
 
-    @staticmethod
-    def _context(parent: SpanContext | None) -> Context | None:
-        if parent is None:
-            return None
-        from opentelemetry import trace
-        from opentelemetry.trace import NonRecordingSpan
+    def in_context(self, span: SpanContext) -> Context:
+        """A context whose current span is ``span`` (a parent given by its ids)."""
+        ctx: Context = self._span_in_context(self._non_recording(span))
+        return ctx
 
-        return trace.set_span_in_context(NonRecordingSpan(parent))
+    def _context(self, parent: SpanContext | None) -> Context | None:
+        return None if parent is None else self.in_context(parent)
 
     # --- writing spans ---
-    def emit(self, name: str, trace_id: int, span_id: int, parent: SpanContext | None, start_ns: int, end_ns: int,
+    def emit(self, name: str, trace_id: int, span_id: int, parent: Context | None, start_ns: int, end_ns: int,
              attributes: dict[str, Any], error: dict[str, Any] | None = None,
              kind: str = "internal") -> None:  # fmt: skip
-        from opentelemetry.trace import SpanKind, Status, StatusCode
-
-        self.ids.local.span_id = span_id
-        self.ids.local.trace_id = trace_id if parent is None else None
+        """Write a finished span with these ids (``parent``: a context holding its parent span; None: a root)."""
+        local = self.ids.local
+        local.span_id = span_id
+        local.trace_id = trace_id if parent is None else None
         try:
-            span = self.tracer.start_span(name, context=self._context(parent), kind=getattr(SpanKind, kind.upper()),
-                                          attributes=attributes, start_time=start_ns)  # fmt: skip
+            span = self.tracer.start_span(name, context=parent, kind=self._kinds[kind], attributes=attributes,
+                                          start_time=start_ns)  # fmt: skip
         finally:
-            self.ids.local.span_id = self.ids.local.trace_id = None
+            local.span_id = local.trace_id = None
         if error is not None:
             description, attrs = _error_attributes(error)
             span.add_event("exception", attrs, timestamp=end_ns)
-            span.set_status(Status(StatusCode.ERROR, description))
+            span.set_status(self._status(self._status_error, description))
         span.end(end_time=max(start_ns, end_ns))
 
     def send_span(self, parent: str, events: Sequence[Any]) -> str:
@@ -255,7 +284,8 @@ class Tracing:
         names = sorted({str(e.name) for e in events})
         span_id = new_span_id()
         now = time.time_ns()
-        self.emit(f"send {names[0]}" if len(names) == 1 else "send events", trace_id, span_id, ctx, now, now,
+        self.emit(f"send {names[0]}" if len(names) == 1 else "send events", trace_id, span_id, self.in_context(ctx),
+                  now, now,
                   {"stepline.event.names": names, "stepline.event.count": len(events)}, kind="producer")  # fmt: skip
         return format_traceparent(trace_id, span_id)
 
@@ -289,7 +319,8 @@ class Tracing:
             attrs["stepline.event.id"] = trigger.id
         if run.started_at is not None:
             attrs["stepline.run.start_lag_ms"] = max(0, run.started_at - run.created_at)
-        self.emit(f"run {run.function_id}", trace_id, run_span_id(run.id), parent, run.created_at * MS, now * MS,
+        self.emit(f"run {run.function_id}", trace_id, run_span_id(run.id), self._context(parent), run.created_at * MS,
+                  now * MS,
                   attrs, error if status == "failed" else None, kind="consumer")  # fmt: skip
 
     def run_traceparent(self, run_id: str, trigger_traceparent: str | None) -> str | None:
