@@ -21,6 +21,7 @@ from stepline.cli import observe as observe_cli
 from stepline.cli.common import CliError, NotFoundError, db_location, db_option, display_path, make_store, redact
 from stepline.cli.worker import load_client
 from stepline.core.engine import Engine
+from stepline.server.alert_rules import AlertRule, parse_rule
 from stepline.server.app import create_app
 from stepline.server.config import DEFAULT_PORT, ServerConfig, ServerKind, scaled_backoff
 from stepline.server.http_limits import MAX_CONNECTIONS, uvicorn_config
@@ -49,6 +50,12 @@ def _common_options(fn: F) -> F:
                      "`dev` is open without one."),
         click.option("--alert-webhook", envvar="STEPLINE_ALERT_WEBHOOK", default=None, show_envvar=True,
                      metavar="URL", help="POST a JSON alert (with the run's link and error) here when runs fail."),
+        click.option("--alert-rule", "alert_rules", multiple=True, metavar="'GLOB URL [rate>N%/WINDOW] [slack]'",
+                     help="Alert URL when a function whose id matches GLOB fails (every failure, summed up per "
+                     "cooldown), or with rate>N%/WINDOW when the failure rate over WINDOW is above N% (repeatable)."),
+        click.option("--alert-format", type=click.Choice(["stepline", "slack"]), default="stepline",
+                     show_default=True, envvar="STEPLINE_ALERT_FORMAT",
+                     help="slack: Slack's incoming-webhook body (text and blocks) for every alert rule."),
         click.option("--alert-cooldown", envvar="STEPLINE_ALERT_COOLDOWN", type=click.FloatRange(min=0),
                      default=60.0, show_default=True, show_envvar=True,
                      help="Seconds after an alert in which further failures are summed up in one message."),
@@ -231,8 +238,15 @@ def _dashboard_options(options: dict[str, Any], *, required: bool) -> dict[str, 
     webhook = (options.get("alert_webhook") or "").strip() or None
     if webhook is not None and not webhook.startswith(("http://", "https://")):
         raise CliError(f"--alert-webhook must be an http(s) URL, got {webhook!r}")
+    slack = options.get("alert_format") == "slack"
+    try:
+        rules = [parse_rule(text, slack=slack) for text in options.get("alert_rules") or ()]
+    except ValueError as exc:
+        raise CliError(f"--alert-rule: {exc}") from None
+    if webhook is not None:
+        rules.insert(0, AlertRule("*", webhook, slack=slack))
     public = (options.get("public_url") or "").strip().rstrip("/") or None
-    return {"admin_token": token, "alert_webhook": webhook, "alert_cooldown": float(options["alert_cooldown"]),
+    return {"admin_token": token, "alert_rules": tuple(rules), "alert_cooldown": float(options["alert_cooldown"]),
             "public_url": public}  # fmt: skip
 
 
