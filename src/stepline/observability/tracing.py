@@ -405,25 +405,40 @@ def _span_metrics(outcome: str, count: int) -> None:
 
 
 class CountingExporter:
-    """Wraps the OTLP exporter to count exported and failed spans."""
+    """Wraps the OTLP exporter to count exported and failed spans, and to say when exports fail: one warning a
+    minute at most, with the count since the last one (the exporter's own retry messages are turned down to
+    errors only, or an unreachable collector would fill the terminal)."""
+
+    WARN_EVERY = 60.0
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+        self._failed_since_warning = 0
+        self._warned_at = -self.WARN_EVERY
+        for name in ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "opentelemetry.exporter.otlp.proto.http"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
     def export(self, spans: Any) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         started = time.monotonic()
+        problem = "the collector refused them or could not be reached"
         try:
             result = self.inner.export(spans)
         except Exception as exc:
-            log.warning("exporting %d spans failed: %s: %s", len(spans), type(exc).__name__, exc)
+            problem = f"{type(exc).__name__}: {exc}"
             result = SpanExportResult.FAILURE
         if result == SpanExportResult.SUCCESS:
             _span_metrics("exported", len(spans))
-        else:
-            _span_metrics("failed", len(spans))
-            log.debug("exporting %d spans failed after %.1f s", len(spans), time.monotonic() - started)
+            return result
+        _span_metrics("failed", len(spans))
+        self._failed_since_warning += len(spans)
+        now = time.monotonic()
+        if now - self._warned_at >= self.WARN_EVERY:
+            log.warning("tracing: %d spans not exported (%s; the last try took %.1f s); runs go on, spans are "
+                        "counted in stepline_trace_spans_total", self._failed_since_warning, problem,
+                        now - started)  # fmt: skip
+            self._warned_at, self._failed_since_warning = now, 0
         return result
 
     def shutdown(self, *args: Any, **kwargs: Any) -> None:
