@@ -101,6 +101,7 @@ async def child_main(mode: str, runs: int, batch: int, endpoint: str | None) -> 
             t.shutdown(10.0)
         m = current_metrics()
         if m is not None:
+            m.flush()
             out["spans"] = {s.labels["outcome"]: s.value for fam in m.spans.collect() for s in fam.samples
                             if s.name.endswith("_total")}  # fmt: skip
     return out
@@ -212,6 +213,7 @@ def main() -> None:
     receiver = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--receiver", str(port)])
     started = time.time()
     load0 = os.getloadavg()
+    cpu: dict[str, list[float]] = {}
     try:
         time.sleep(1.0)
         if args.http:
@@ -228,6 +230,7 @@ def main() -> None:
                     for mode in modes:
                         result = measure(mode, args, endpoint, baseline_src)
                         samples[mode].append(result["runs_per_s"])
+                        cpu.setdefault(mode, []).append(result["cpu_us_per_run"])
                         spans = f" spans {result['spans']}" if "spans" in result else ""
                         print(f"  repeat {repeat + 1} {mode}: {result['runs_per_s']:.0f} runs/s, "
                               f"{result['cpu_us_per_run']:.0f} us CPU/run{spans}",

@@ -334,8 +334,8 @@ class StepDriver:
         if self.trace is not None:
             end = time.time_ns()
             self.trace.step(f"step {plan.display_id}", plan.span_id, end - int(seconds * 1e9), end,
-                            {"stepline.step.id": plan.display_id, "stepline.step.kind": "run",
-                             "stepline.step.attempt": plan.attempt, "stepline.step.outcome": outcome},
+                            {"stepline.step.id": plan.display_id, "stepline.step.attempt": plan.attempt,
+                             "stepline.step.outcome": outcome},
                             serialized)  # fmt: skip
 
     # --- step.sleep / sleep_until ---

@@ -9,7 +9,7 @@ A run outlives the process that started it (it sleeps, waits, is resumed by anot
 written when each part ends, with ids that every process derives alike:
 
 - the run's trace: the trace of the ``send`` that stored its event (``StoredEvent.traceparent``), else one of its
-  own whose id is the run id (a ULID is 128 bits);
+  own whose id is a hash of the run id;
 - the run span ``run <function>``: from the run's creation to its end, written by the process that ends it, with a
   span id derived from the run id, under the send's span when there was one;
 - one span per step attempt under the run span: ``step <id>`` (the code of an in-process step, with the step's span
@@ -99,19 +99,10 @@ def send_traceparent(given: str | None, events: Sequence[Any]) -> str | None:
     return rec.tracing.send_span(parent, events)
 
 
-_CROCKFORD = str.maketrans("0123456789ABCDEFGHJKMNPQRSTVWXYZ", "0123456789abcdefghijklmnopqrstuv")
-
-
 def run_trace_id(run_id: str) -> int:
-    """A run's own trace id: its id (a ULID is a 128-bit number, Crockford base32, whose low 80 bits are random)."""
-    if len(run_id) == 26:
-        try:
-            value = int(run_id.upper().translate(_CROCKFORD), 32)
-            if 0 < value < 1 << 128:
-                return value
-        except ValueError:
-            pass
-    return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:16], "big") or 1
+    """A run's own trace id, derived from its id. A hash, not the ULID itself: ULIDs made in the same millisecond
+    are consecutive numbers, and a ratio sampler that looks at the trace id would keep or drop whole batches."""
+    return int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=16).digest(), "big") or 1
 
 
 def run_span_id(run_id: str) -> int:
@@ -120,6 +111,38 @@ def run_span_id(run_id: str) -> int:
 
 def new_span_id() -> int:
     return random.getrandbits(64) or 1
+
+
+_LOW64 = (1 << 64) - 1
+
+
+def _fast_sampler(sampler: Any) -> tuple[int, bool] | None:
+    """For the samplers the OTEL_* variables configure (always_on, always_off, traceidratio and their parentbased_
+    forms, with the default rules for parents), ``(bound, follows the parent)``: a run is sampled when the low 64 bits
+    of its trace id are below the bound, or as its (remote) parent was. The decision the SDK's sampler would make,
+    without building its result for every run; None for any other sampler (it is asked)."""
+    from opentelemetry.sdk.trace import sampling
+
+    def bound(s: Any) -> int | None:
+        if s is sampling.ALWAYS_ON:
+            return 1 << 64
+        if s is sampling.ALWAYS_OFF:
+            return 0
+        if (
+            isinstance(s, sampling.TraceIdRatioBased)
+            and type(s).should_sample is sampling.TraceIdRatioBased.should_sample
+        ):
+            return int(s.bound)
+        return None
+
+    # (parentbased_traceidratio is a ParentBased subclass that only chooses the root sampler)
+    if isinstance(sampler, sampling.ParentBased) and type(sampler).should_sample is sampling.ParentBased.should_sample:
+        root = bound(getattr(sampler, "_root", None))
+        defaults = (getattr(sampler, "_remote_parent_sampled", None) is sampling.ALWAYS_ON
+                    and getattr(sampler, "_remote_parent_not_sampled", None) is sampling.ALWAYS_OFF)  # fmt: skip
+        return (root, True) if root is not None and defaults else None
+    own = bound(sampler)
+    return None if own is None else (own, False)
 
 
 def _error_attributes(error: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
@@ -201,8 +224,13 @@ class Tracing:
         self.tracer = provider.get_tracer("stepline")
         self.sampler = provider.sampler
         from opentelemetry import trace
-        from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
+        from opentelemetry.context import Context
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+        self._empty = Context()  # a root's context: never the caller's current span
+        self._span_context: Any = SpanContext
+        self._flags = (TraceFlags(TraceFlags.DEFAULT), TraceFlags(TraceFlags.SAMPLED))
+        self._fast = _fast_sampler(self.sampler)
         self._kinds = {"internal": SpanKind.INTERNAL, "client": SpanKind.CLIENT, "consumer": SpanKind.CONSUMER,
                        "producer": SpanKind.PRODUCER}  # fmt: skip
         self._status: Any = Status
@@ -221,18 +249,21 @@ class Tracing:
         known = self._decided.get(key)
         if known is not None:
             return known
-        from opentelemetry.trace import SpanContext, TraceFlags
-
-        parsed = parse_traceparent(traceparent)
+        parsed = parse_traceparent(traceparent) if traceparent is not None else None
         parent = None
+        parent_sampled: bool | None = None
         if parsed is not None:
-            trace_id, span_id, sampled = parsed
-            flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
-            parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+            trace_id, span_id, parent_sampled = parsed
+            parent = self._span_context(trace_id, span_id, True, self._flags[parent_sampled])
         else:
             trace_id = run_trace_id(run_id)
-        result = self.sampler.should_sample(self._context(parent), trace_id, "run")
-        decided = trace_id, parent, bool(result.decision.is_sampled())  # type: ignore[no-untyped-call]
+        if self._fast is not None:  # the sampler's own rule, without building its result (see _fast_sampler)
+            bound, follows_parent = self._fast
+            sampled = parent_sampled if follows_parent and parent_sampled is not None else trace_id & _LOW64 < bound
+        else:
+            result = self.sampler.should_sample(self._context(parent), trace_id, "run")
+            sampled = bool(result.decision.is_sampled())  # type: ignore[no-untyped-call]
+        decided = trace_id, parent, sampled
         if len(self._decided) >= DECISIONS_KEPT:
             self._decided.clear()
         self._decided[key] = decided
@@ -249,8 +280,8 @@ class Tracing:
         ctx: Context = self._span_in_context(self._non_recording(span))
         return ctx
 
-    def _context(self, parent: SpanContext | None) -> Context | None:
-        return None if parent is None else self.in_context(parent)
+    def _context(self, parent: SpanContext | None) -> Context:
+        return self._empty if parent is None else self.in_context(parent)
 
     # --- writing spans ---
     def emit(self, name: str, trace_id: int, span_id: int, parent: Context | None, start_ns: int, end_ns: int,
@@ -261,7 +292,8 @@ class Tracing:
         local.span_id = span_id
         local.trace_id = trace_id if parent is None else None
         try:
-            span = self.tracer.start_span(name, context=parent, kind=self._kinds[kind], attributes=attributes,
+            context = self._empty if parent is None else parent
+            span = self.tracer.start_span(name, context=context, kind=self._kinds[kind], attributes=attributes,
                                           start_time=start_ns)  # fmt: skip
         finally:
             local.span_id = local.trace_id = None
@@ -313,12 +345,11 @@ class Tracing:
         if not sampled:
             return
         attrs: dict[str, Any] = {"stepline.function.id": run.function_id, "stepline.run.id": run.id,
-                                 "stepline.run.status": status, "stepline.run.attempt": run.attempt}  # fmt: skip
+                                 "stepline.run.status": status}  # fmt: skip
+        if run.attempt:
+            attrs["stepline.run.attempt"] = run.attempt
         if trigger is not None:
             attrs["stepline.event.name"] = trigger.name
-            attrs["stepline.event.id"] = trigger.id
-        if run.started_at is not None:
-            attrs["stepline.run.start_lag_ms"] = max(0, run.started_at - run.created_at)
         self.emit(f"run {run.function_id}", trace_id, run_span_id(run.id), self._context(parent), run.created_at * MS,
                   now * MS,
                   attrs, error if status == "failed" else None, kind="consumer")  # fmt: skip
