@@ -245,6 +245,16 @@ def main() -> None:
         f"({time.time() - started:.0f} s; loadavg {load0[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end)"
     )
     print(render(rows, reference))
+    if cpu:
+        print("\nCPU time of the measured process per run (median; less sensitive to other processes' load):")
+        ref_cpu = statistics.median(cpu[reference]) if cpu.get(reference) else None
+        for mode, values in cpu.items():
+            med = statistics.median(values)
+            ratio = f"  {med / ref_cpu:.3f} x {reference}" if ref_cpu else ""
+            print(f"  {mode:<10} {med:7.1f} us{ratio}")
+            for row in rows:
+                if row["mode"] == mode:
+                    row["cpu_us_per_run"] = med
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2))
 

@@ -340,7 +340,9 @@ class Tracing:
                             "stepline.step.outcome": outcome}, s.error if outcome == "failed" else None)  # fmt: skip
 
     def run_ended(self, run: Any, trigger: Any, status: str, error: dict[str, Any] | None, now: int) -> None:
-        """The run span, from the run's creation to its end, under the send's span when there was one."""
+        """The run span, from the run's creation to its end, under the send's span when there was one. Run times are
+        the engine's milliseconds: the span ends at the end of the millisecond the run ended in, so that it covers
+        the step spans (timed in nanoseconds) it holds."""
         trace_id, parent, sampled = self._root(run.id, getattr(trigger, "traceparent", None))
         if not sampled:
             return
@@ -350,8 +352,8 @@ class Tracing:
             attrs["stepline.run.attempt"] = run.attempt
         if trigger is not None:
             attrs["stepline.event.name"] = trigger.name
-        self.emit(f"run {run.function_id}", trace_id, run_span_id(run.id), self._context(parent), run.created_at * MS,
-                  now * MS,
+        self.emit(f"run {run.function_id}", trace_id, run_span_id(run.id), None if parent is None else
+                  self.in_context(parent), run.created_at * MS, (now + 1) * MS - 1,
                   attrs, error if status == "failed" else None, kind="consumer")  # fmt: skip
 
     def run_traceparent(self, run_id: str, trigger_traceparent: str | None) -> str | None:
