@@ -109,6 +109,7 @@ async def child_main(mode: str, runs: int, batch: int, endpoint: str | None) -> 
 
 def measure(mode: str, args: argparse.Namespace, endpoint: str, baseline_src: Path | None) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPLINE_", "PROMETHEUS_"))}
+    env["PYTHONHASHSEED"] = "0"  # one source of variance between processes fewer
     if mode == "baseline":
         assert baseline_src is not None
         env["PYTHONPATH"] = str(baseline_src)
@@ -251,7 +252,7 @@ def main() -> None:
         for mode, values in cpu.items():
             med = statistics.median(values)
             ratio = f"  {med / ref_cpu:.3f} x {reference}" if ref_cpu else ""
-            print(f"  {mode:<10} {med:7.1f} us{ratio}")
+            print(f"  {mode:<10} {med:7.1f} us ({min(values):.0f}..{max(values):.0f}){ratio}")
             for row in rows:
                 if row["mode"] == mode:
                     row["cpu_us_per_run"] = med

@@ -456,8 +456,8 @@ class Engine:
 
     def _ended(self, run: RunRecord, trigger: StoredEvent | None, finish: RunFinish, now: int) -> None:
         """A run ended: the terminal line (an error for a failure), and the metrics and the run's span."""
-        duration = None if run.started_at is None else max(0, now - run.started_at)
-        runlog.run_ended(run.function_id, run.id, finish.status, duration, finish.error)
+        runlog.run_ended(run.function_id, run.id, finish.status,
+                         None if run.started_at is None else max(0, now - run.started_at), finish.error)  # fmt: skip
         if (obs := hooks.current) is not None:
             obs.run_ended(run, trigger, finish.status, finish.error, now)
 

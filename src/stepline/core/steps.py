@@ -294,7 +294,8 @@ class StepDriver:
                 except SerializationError as exc:
                     error = exc
             if error is None:
-                self._attempted(plan, "completed")
+                if hooks.current is not None or self.trace is not None:  # (nothing to report otherwise)
+                    self._attempted(plan, "completed")
                 update = StepUpdate(plan.step_id, plan.display_id, "run", "completed", plan.attempt + 1, output=output)
                 if self._inflight == 1 and not self.unwritten and self._flushing is None:
                     return self._hold_back(update).output  # no parallel step in flight: see _hold_back

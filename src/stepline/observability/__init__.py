@@ -60,3 +60,13 @@ def current_tracing() -> Tracing | None:
     """This process's tracing, if configured."""
     rec = hooks.current
     return rec.tracing if rec is not None else None
+
+
+def stepline_version() -> str:
+    """The installed Stepline's version (``stepline_build_info``, the spans' instrumentation scope)."""
+    try:
+        from importlib.metadata import version
+
+        return version("stepline")
+    except Exception:
+        return "unknown"

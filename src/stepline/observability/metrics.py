@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from stepline.observability import stepline_version
 from stepline.storage.records import ClusterGauges
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -49,15 +50,6 @@ _BOUNDS: dict[str, tuple[float, ...]] = {
 }  # fmt: skip
 IDLE_REASONS = frozenset({"sleeping", "waiting", "invoking", "retrying", "multiple", "throttled", "debounced", "batch",
                           "concurrency", "queued", "rerun"})  # fmt: skip
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("stepline")
-    except Exception:
-        return "unknown"
 
 
 class Metrics:
@@ -123,7 +115,7 @@ class Metrics:
                                       "outcome (stored, rejected).", ["outcome"], registry=r)  # fmt: skip
         self.build_info = Gauge("stepline_build_info", "Always 1: the Stepline and Python versions.",
                                 ["version", "python"], registry=r, multiprocess_mode="livemax")  # fmt: skip
-        self.build_info.labels(_version(), platform.python_version()).set(1)
+        self.build_info.labels(stepline_version(), platform.python_version()).set(1)
         # Cluster-wide: set by the one leader process (observability/cluster.py)
         self.leader = Gauge("stepline_cluster_leader", "1 while this process exports the cluster-wide gauges.",
                             registry=r, multiprocess_mode="livemax")  # fmt: skip

@@ -74,23 +74,23 @@ def attempt_failed(function_id: str, run_id: str, step: str | None, attempt: int
 def run_ended(function_id: str, run_id: str, status: str, duration_ms: int | None,
               error: dict[str, Any] | None) -> None:  # fmt: skip
     """A run ended: a failed run is an ERROR with its stack; every end is one line at ``END_LEVEL``."""
+    level = logging.ERROR if status == "failed" else _settings["end_level"]
+    if not log.isEnabledFor(level):  # the usual case on a busy node: nothing to build
+        return
     url = _url(run_id)
     fields: dict[str, Any] = {"function": function_id, "run_id": run_id, "status": status, "duration_ms": duration_ms,
                               "url": url}  # fmt: skip
     took = f" in {duration_ms} ms" if duration_ms is not None else ""
     if status == "failed":
-        if log.isEnabledFor(logging.ERROR):
-            fields["error"] = error or {}
-            log.error("run %s of %s failed%s: %s%s%s", run_id, function_id, took, _error_text(error), _suffix(url),
-                      _stack(error), extra={"stepline": fields})  # fmt: skip
+        fields["error"] = error or {}
+        log.error("run %s of %s failed%s: %s%s%s", run_id, function_id, took, _error_text(error), _suffix(url),
+                  _stack(error), extra={"stepline": fields})  # fmt: skip
         return
-    level = _settings["end_level"]
-    if log.isEnabledFor(level):
-        if error:
-            fields["error"] = error
-        reason = f": {_error_text(error)}" if status == "cancelled" and error else ""
-        log.log(level, "run %s of %s %s%s%s%s", run_id, function_id, status, took, reason, _suffix(url),
-                extra={"stepline": fields})  # fmt: skip
+    if error:
+        fields["error"] = error
+    reason = f": {_error_text(error)}" if status == "cancelled" and error else ""
+    log.log(level, "run %s of %s %s%s%s%s", run_id, function_id, status, took, reason, _suffix(url),
+            extra={"stepline": fields})  # fmt: skip
 
 
 def _iso(ms: int) -> str:

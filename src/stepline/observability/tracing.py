@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stepline.observability import hooks
+from stepline.observability import hooks, stepline_version
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -163,15 +163,12 @@ class RunTrace:
     run_span: int
     function_id: str
     run_id: str
-    _parent: Context | None = None
+    _parent: SpanContext | None = None
 
-    def parent(self) -> Context:
-        """The context whose span (the run span) is the parent of the run's step spans."""
+    def parent(self) -> SpanContext:
+        """The run span's context: the parent of the run's step spans."""
         if self._parent is None:
-            from opentelemetry.trace import SpanContext, TraceFlags
-
-            flags = TraceFlags(TraceFlags.SAMPLED)
-            self._parent = self.tracing.in_context(SpanContext(self.trace_id, self.run_span, True, flags))
+            self._parent = self.tracing.span_context(self.trace_id, self.run_span, remote=True)
         return self._parent
 
     def context(self, span_id: int | None = None) -> Context:
@@ -193,42 +190,25 @@ class RunTrace:
                           kind="client" if client else "internal")  # fmt: skip
 
 
-class _Ids:
-    """The SDK's id generator, told which ids to use for the span being written (spans of runs are written after
-    the fact, with ids every process derives alike)."""
-
-    def __init__(self) -> None:
-        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-
-        self.random = RandomIdGenerator()
-        self.local = threading.local()
-
-    def generate_span_id(self) -> int:
-        forced = getattr(self.local, "span_id", None)
-        return forced if forced else self.random.generate_span_id()
-
-    def generate_trace_id(self) -> int:
-        forced = getattr(self.local, "trace_id", None)
-        return forced if forced else self.random.generate_trace_id()
-
-    def is_trace_id_random(self) -> bool:
-        return True
-
-
 class Tracing:
     """The tracer of this process, with the helpers the executors and the engine call (through ``hooks``)."""
 
-    def __init__(self, provider: TracerProvider, ids: _Ids) -> None:
+    def __init__(self, provider: TracerProvider, processor: Any) -> None:
         self.provider = provider
-        self.ids = ids
-        self.tracer = provider.get_tracer("stepline")
+        self.processor = processor  # where the spans written here go (the provider's batch processor)
         self.sampler = provider.sampler
         from opentelemetry import trace
         from opentelemetry.context import Context
+        from opentelemetry.sdk.trace import Event, ReadableSpan
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
         from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
         self._empty = Context()  # a root's context: never the caller's current span
         self._span_context: Any = SpanContext
+        self._readable: Any = ReadableSpan
+        self._event: Any = Event
+        self._scope = InstrumentationScope("stepline", stepline_version())
+        self._unset = Status(StatusCode.UNSET)
         self._flags = (TraceFlags(TraceFlags.DEFAULT), TraceFlags(TraceFlags.SAMPLED))
         self._fast = _fast_sampler(self.sampler)
         self._kinds = {"internal": SpanKind.INTERNAL, "client": SpanKind.CLIENT, "consumer": SpanKind.CONSUMER,
@@ -284,24 +264,28 @@ class Tracing:
         return self._empty if parent is None else self.in_context(parent)
 
     # --- writing spans ---
-    def emit(self, name: str, trace_id: int, span_id: int, parent: Context | None, start_ns: int, end_ns: int,
+    def span_context(self, trace_id: int, span_id: int, *, remote: bool = False) -> SpanContext:
+        ctx: SpanContext = self._span_context(trace_id, span_id, remote, self._flags[True])
+        return ctx
+
+    def emit(self, name: str, trace_id: int, span_id: int, parent: SpanContext | None, start_ns: int, end_ns: int,
              attributes: dict[str, Any], error: dict[str, Any] | None = None,
              kind: str = "internal") -> None:  # fmt: skip
-        """Write a finished span with these ids (``parent``: a context holding its parent span; None: a root)."""
-        local = self.ids.local
-        local.span_id = span_id
-        local.trace_id = trace_id if parent is None else None
-        try:
-            context = self._empty if parent is None else parent
-            span = self.tracer.start_span(name, context=context, kind=self._kinds[kind], attributes=attributes,
-                                          start_time=start_ns)  # fmt: skip
-        finally:
-            local.span_id = local.trace_id = None
+        """Write a finished span with these ids under ``parent`` (None: a root) to the batch processor.
+
+        The spans of runs are written after the fact, with ids every process derives alike and a sampling decision
+        already made for the run: the SDK's ``ReadableSpan`` is built directly (going through ``Tracer.start_span``
+        would ask the sampler again and make new ids, and costs twice as much per span)."""
+        events: tuple[Any, ...] = ()
+        status = self._unset
         if error is not None:
             description, attrs = _error_attributes(error)
-            span.add_event("exception", attrs, timestamp=end_ns)
-            span.set_status(self._status(self._status_error, description))
-        span.end(end_time=max(start_ns, end_ns))
+            events = (self._event("exception", attrs, timestamp=end_ns),)
+            status = self._status(self._status_error, description)
+        span = self._readable(name, self.span_context(trace_id, span_id), parent, self.provider.resource, attributes,
+                              events, (), self._kinds[kind], None, status, start_ns, max(start_ns, end_ns),
+                              self._scope)  # fmt: skip
+        self.processor.on_end(span)
 
     def send_span(self, parent: str, events: Sequence[Any]) -> str:
         """A ``send`` span (producer) under ``parent``; returns its ``traceparent`` (the parent's when it is not
@@ -316,8 +300,7 @@ class Tracing:
         names = sorted({str(e.name) for e in events})
         span_id = new_span_id()
         now = time.time_ns()
-        self.emit(f"send {names[0]}" if len(names) == 1 else "send events", trace_id, span_id, self.in_context(ctx),
-                  now, now,
+        self.emit(f"send {names[0]}" if len(names) == 1 else "send events", trace_id, span_id, ctx, now, now,
                   {"stepline.event.names": names, "stepline.event.count": len(events)}, kind="producer")  # fmt: skip
         return format_traceparent(trace_id, span_id)
 
@@ -352,8 +335,8 @@ class Tracing:
             attrs["stepline.run.attempt"] = run.attempt
         if trigger is not None:
             attrs["stepline.event.name"] = trigger.name
-        self.emit(f"run {run.function_id}", trace_id, run_span_id(run.id), None if parent is None else
-                  self.in_context(parent), run.created_at * MS, (now + 1) * MS - 1,
+        self.emit(f"run {run.function_id}", trace_id, run_span_id(run.id), parent, run.created_at * MS,
+                  (now + 1) * MS - 1,
                   attrs, error if status == "failed" else None, kind="consumer")  # fmt: skip
 
     def run_traceparent(self, run_id: str, trigger_traceparent: str | None) -> str | None:
@@ -406,10 +389,10 @@ def configure_from_env(*, set_global: bool = True) -> Tracing | None:
 
         exporter = OTLPSpanExporter()
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": "stepline"}
-    ids = _Ids()
-    provider = TracerProvider(resource=Resource.create(attributes), id_generator=ids)  # type: ignore[arg-type]
-    provider.add_span_processor(counting_processor(CountingExporter(exporter)))
-    tracing = Tracing(provider, ids)
+    provider = TracerProvider(resource=Resource.create(attributes))
+    processor = counting_processor(CountingExporter(exporter))
+    provider.add_span_processor(processor)
+    tracing = Tracing(provider, processor)
     if set_global:
         current = trace.get_tracer_provider()
         if type(current).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider"):
