@@ -130,7 +130,9 @@ def extract(rev: str, into: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- HTTP path
-async def http_main(args: argparse.Namespace, endpoint: str) -> dict[str, list[float]]:
+async def http_main(
+    args: argparse.Namespace, endpoint: str, server_cpu: dict[str, list[float]]
+) -> dict[str, list[float]]:
     sys.path.insert(0, str(BENCH))
     import run_http
 
@@ -151,8 +153,9 @@ async def http_main(args: argparse.Namespace, endpoint: str) -> dict[str, list[f
             finally:
                 await stack.stop()
             out[mode].append(result["runs_per_s"])
-            print(f"  repeat {repeat + 1} {mode}: {result['runs_per_s']:.0f} runs/s "
-                  f"(server {result['cpu']['server']:.1f} cpu-s)", file=sys.stderr, flush=True)  # fmt: skip
+            server_cpu.setdefault(mode, []).append(result["cpu_s"]["server"] / args.runs * 1e6)
+            print(f"  repeat {repeat + 1} {mode}: {result['runs_per_s']:.0f} runs/s, server "
+                  f"{server_cpu[mode][-1]:.0f} us CPU/run", file=sys.stderr, flush=True)  # fmt: skip
     return out
 
 
@@ -218,7 +221,7 @@ def main() -> None:
     try:
         time.sleep(1.0)
         if args.http:
-            samples = asyncio.run(http_main(args, endpoint))
+            samples = asyncio.run(http_main(args, endpoint, cpu))
             reference = "http-off"
         else:
             modes = args.modes.split(",") if args.modes else list(IN_PROCESS)

@@ -256,8 +256,7 @@ class _Execution:
             ran = [op for op in outcome.ops if op.op in ("StepRun", "Step", "StepError", "StepFailed")]
             label = self.labels.get(step_id) or (ran[0].label if len(ran) == 1 else None)
             name = f"step {label}" if label else f"call {self.fn.id}"
-            attrs: dict[str, Any] = {"stepline.call.result": result,
-                                     "url.full": self.fn.call_url(step_id)}  # fmt: skip
+            attrs: dict[str, Any] = {"stepline.call.result": result}
             if label:
                 attrs["stepline.step.id"] = label
                 attrs["stepline.step.attempt"] = self.attempt_of(step_id if step_id != "step" else ran[0].id)
