@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from stepline import observability
 from stepline.observability import otlp
-from stepline.server.events_api import BodyTooLarge, read_body
+from stepline.server.bodies import BodyTimeout, BodyTooLarge, read_body
 from stepline.server.signing import bearer_matches
 from stepline.server.state import ServerState, state_of
 
@@ -61,6 +61,8 @@ async def userland_traces(request: Request) -> Response:
         decoded = otlp.decode(body, content_type)
     except BodyTooLarge as exc:
         return JSONResponse({"error": f"{exc} (the limit for userland traces)"}, status_code=413)
+    except BodyTimeout as exc:
+        return JSONResponse({"error": str(exc)}, status_code=408)
     except zlib.error as exc:
         return JSONResponse({"error": f"the body is not valid gzip: {exc}"}, status_code=400)
     except otlp.InvalidTraces as exc:
