@@ -20,11 +20,13 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from stepline.core.background import background
 from stepline.core.clock import Clock
 from stepline.observability.metrics import Metrics
 from stepline.storage.base import Store
+from stepline.storage.records import ClusterGauges
 
 log = logging.getLogger("stepline.metrics")
 LEASE_NAME = "metrics"
@@ -43,6 +45,7 @@ class ClusterGaugeLeader:
         self.budget = budget
         self.leading_until = 0  # unix ms: the end of the lease this process holds (0: it does not lead)
         self._next_read = 0.0  # monotonic time of the next cluster_gauges read
+        self._reading: asyncio.Future[ClusterGauges] | None = None  # the read in flight (it runs in a thread)
         self.reads = 0
 
     @property
@@ -72,7 +75,10 @@ class ClusterGaugeLeader:
     async def read(self, now: int) -> None:
         started = time.monotonic()
         try:
-            gauges = await self.store.cluster_gauges(now)
+            # Shielded: a read runs in a thread on the store's connection, and the store must not close under it;
+            # stopping waits for it (``running``).
+            self._reading = asyncio.ensure_future(self.store.cluster_gauges(now))
+            gauges = await asyncio.shield(self._reading)
         except Exception as exc:
             log.warning("metrics leader: reading the cluster gauges failed: %s: %s", type(exc).__name__, exc)
             return
@@ -98,10 +104,20 @@ class ClusterGaugeLeader:
             async with background(self.run(), "stepline-metrics-leader"):
                 yield self
         finally:
+            await _settled(self._reading)
             if self.leading_until:
                 self.stop_leading()
                 with contextlib.suppress(Exception):  # hand over at once rather than when the lease expires
                     await self.store.release_cluster_lease(LEASE_NAME, self.owner)
+
+
+async def _settled(future: asyncio.Future[Any] | None, timeout: float = 5.0) -> None:
+    """Wait up to ``timeout`` for a store call running in a thread to end (its result is not wanted)."""
+    if future is None or future.done():
+        return
+    await asyncio.wait([future], timeout=timeout)
+    if future.done() and not future.cancelled():
+        future.exception()  # retrieved: no "exception never retrieved" warning
 
 
 class StoreHealth:
@@ -115,6 +131,10 @@ class StoreHealth:
         self.timeout = timeout
         self.up = 1.0
         self._inflight: asyncio.Future[None] | None = None
+
+    async def close(self) -> None:
+        """Wait (a while) for a check still running in its thread: the store may close after this."""
+        await _settled(self._inflight)
 
     async def check(self) -> float:
         if self._inflight is not None and not self._inflight.done():

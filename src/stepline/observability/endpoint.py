@@ -41,8 +41,11 @@ class MetricsRuntime:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[MetricsRuntime]:
-        async with self.leader.running():
-            yield self
+        try:
+            async with self.leader.running():
+                yield self
+        finally:
+            await self.health.close()
 
 
 def bearer_allowed(authorization: str | None, admin_token: str | None, signing_keys: tuple[str, ...]) -> bool:
