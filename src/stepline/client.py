@@ -6,12 +6,14 @@ import asyncio
 import datetime as dt
 import os
 import threading
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from stepline.core.backoff import Backoff
 from stepline.core.clock import Clock
 from stepline.core.engine import Engine, EventInput
+from stepline.core.errors import UnknownRunError
 from stepline.core.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from stepline.core.function import (
     CancelOn,
@@ -22,6 +24,9 @@ from stepline.core.function import (
     failure_function,
 )
 from stepline.core.worker import Worker
+from stepline.realtime import tokens
+from stepline.realtime.hub import Subscription
+from stepline.realtime.messages import new_message
 from stepline.storage import Store, store_from_url
 from stepline.storage.records import RunFilter, RunRecord, StepRecord
 
@@ -163,6 +168,67 @@ class Stepline:
     async def cancel(self, run_id: str) -> bool:
         engine = await self.ready()
         return await engine.cancel_run(run_id)
+
+    # --- waiting for results ---
+    async def wait_for_run(self, run_id: str, timeout: float = 30.0) -> RunRecord:
+        """The run once it has ended (completed, failed, cancelled): its ``status``, ``output`` or ``error``.
+
+        Raises ``UnknownRunError`` for an unknown id and ``TimeoutError`` if it has not ended within ``timeout``
+        seconds. Waiting costs no query per waiter: see ``core/waiting.py``."""
+        engine = await self.ready()
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise UnknownRunError(f"no run has id {run_id!r}")
+        if not run.ended and not await engine.waiters.wait([run_id], timeout):
+            raise TimeoutError(f"run {run_id} had not ended after {timeout:g} s")
+        ended = await self.store.get_run(run_id)
+        if ended is None:
+            raise UnknownRunError(f"run {run_id!r} was deleted while waiting for it")
+        return ended
+
+    async def send_and_wait(self, events: EventInput | Sequence[EventInput], timeout: float = 30.0
+                            ) -> list[RunRecord]:  # fmt: skip
+        """Send events, then wait for every run they started to end; returns those runs (oldest first) with their
+        ``output`` or ``error``. Raises ``TimeoutError`` if any has not ended within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        engine = await self.ready()
+        result = await engine.ingest(events)
+        run_ids = list(result.created_run_ids)
+        left = max(0.0, deadline - time.monotonic())
+        if run_ids and not await engine.waiters.wait(run_ids, left):
+            raise TimeoutError(f"the runs of the events sent had not all ended after {timeout:g} s")
+        runs = [await self.store.get_run(r) for r in run_ids]
+        return [r for r in runs if r is not None]
+
+    # --- realtime ---
+    async def publish(self, channel: str, topic: str, data: Any) -> int:
+        """Publish a realtime message from outside a function (inside one: ``ctx.publish``). Returns its id."""
+        engine = await self.ready()
+        msg = new_message(channel, topic, data, engine.clock.now_ms())
+        [message_id] = await engine.realtime.publish([msg])
+        return message_id
+
+    async def subscribe(self, channel: str, topics: str | Iterable[str], *, since: int | None = None) -> Subscription:
+        """Receive the messages published on ``topics`` of ``channel`` (in this process or any other on the same
+        database)::
+
+            async with await client.subscribe("csv:job-1", ["progress"], since=0) as sub:
+                async for msg in sub:          # msg.data, msg.topic, msg.id, msg.run_id
+                    ...
+
+        ``since``: first replay the messages still kept (a few minutes) after this id (0: all of them). A
+        subscriber that falls far behind is disconnected: iterating raises ``SubscriptionClosed`` with the reason."""
+        engine = await self.ready()
+        names = [topics] if isinstance(topics, str) else list(topics)
+        return await engine.realtime.subscribe([(channel, t) for t in names], since=since)
+
+    async def realtime_token(self, channel: str, topics: str | Iterable[str],
+                             expires_in: float = tokens.DEFAULT_EXPIRY_S) -> str:  # fmt: skip
+        """A token a browser (or the npm SDK's ``subscribe``) uses to subscribe to ``topics`` of ``channel`` on the
+        Stepline server of this database: ``GET /v1/realtime/sse?token=...`` or the browser script. It is needed
+        to connect, not to stay connected; it expires after ``expires_in`` seconds (60 by default)."""
+        engine = await self.ready()
+        return await engine.realtime.token(channel, [topics] if isinstance(topics, str) else list(topics), expires_in)
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         try:

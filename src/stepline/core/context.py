@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
 
-from stepline.core.errors import _RunSignal
+from stepline.core.errors import NonRetriableError, _RunSignal
 from stepline.core.events import Event, StoredEvent
 from stepline.core.function import FunctionDef
 from stepline.core.steps import Execute, Memo, StepDriver, sleep_until_ms
+from stepline.realtime.messages import PublishError, check_channel, check_topic
 
 T = TypeVar("T")
 Duration = str | int | float | dt.timedelta
@@ -118,6 +119,24 @@ class AsyncStep:
     async def send_event(self, id: str, events: Event | dict[str, Any] | Sequence[Event | dict[str, Any]]) -> list[str]:
         return await self._d.send_event(id, events)
 
+    async def publish(self, id: str, channel: str, topic: str, data: Any) -> Any:
+        """Publish a realtime message once per run, as a step (the npm SDK's ``step.realtime.publish``): it is sent
+        when the step first runs and memoised, so a replay returns ``data`` without sending it again."""
+        check_channel(channel)
+        check_topic(topic)
+
+        async def send() -> Any:
+            try:
+                await self._d.publish(channel, topic, data)
+            except PublishError as exc:
+                raise NonRetriableError(str(exc)) from None
+            return data
+
+        return await self.run(id, send)
+
+    async def _publish_now(self, channel: str, topic: str, data: Any) -> int | None:
+        return await self._d.publish(channel, topic, data)
+
 
 class SyncStep:
     """Steps for plain ``def`` functions, which run in a worker thread; every method blocks."""
@@ -164,6 +183,23 @@ class SyncStep:
     def send_event(self, id: str, events: Event | dict[str, Any] | Sequence[Event | dict[str, Any]]) -> list[str]:
         return self._call(self._d.send_event(id, events))
 
+    def publish(self, id: str, channel: str, topic: str, data: Any) -> Any:
+        """``AsyncStep.publish`` for sync functions."""
+        check_channel(channel)
+        check_topic(topic)
+
+        def send() -> Any:
+            try:
+                self._call(self._d.publish(channel, topic, data))
+            except PublishError as exc:
+                raise NonRetriableError(str(exc)) from None
+            return data
+
+        return self.run(id, send)
+
+    def _publish_now(self, channel: str, topic: str, data: Any) -> int | None:
+        return self._call(self._d.publish(channel, topic, data))
+
 
 class Group:
     """Parallel steps for sync functions: ``ctx.group.parallel((lambda: ..., lambda: ...))``.
@@ -200,3 +236,12 @@ class Context:
     step: Any  # AsyncStep for async functions, SyncStep for sync ones
     group: Group
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+    def publish(self, channel: str, topic: str, data: Any) -> Any:
+        """Publish a realtime message to the subscribers of ``channel``/``topic`` (``await`` it in async functions).
+
+        At least once: code that runs again (a retried step, a retried function) publishes again, but code that a
+        replay passes through on its way to the next new step (before a step recorded by an earlier execution)
+        publishes nothing, since the first execution did. Returns the message's id (None when skipped). Raises
+        ``PublishError`` for a bad channel or topic, data over the size limit, or once the run has ended."""
+        return self.step._publish_now(channel, topic, data)

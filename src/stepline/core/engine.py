@@ -29,8 +29,10 @@ from stepline.core.expressions import Bindings, ExpressionError, compile_express
 from stepline.core.flow import KeyExpressionFailed, evaluate_key
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import new_ulid
+from stepline.core.waiting import RunWaiters
 from stepline.observability import hooks, runlog
 from stepline.observability.tracing import current_traceparent, send_traceparent
+from stepline.realtime.hub import RealtimeHub
 from stepline.storage.base import Store
 from stepline.storage.records import (
     ExpressionFailure,
@@ -144,6 +146,8 @@ class Engine:
         self._checked_at = 0.0
         self._listeners: list[Callable[[], None]] = []
         self._reported: dict[tuple[str, str], tuple[int, int]] = {}  # (function, place) -> (last stored, held)
+        self.waiters = RunWaiters(store)  # waiting for runs to end (core/waiting.py)
+        self.realtime = RealtimeHub(store, self.clock)  # realtime publish/subscribe (stepline/realtime/)
 
     # --- registry ---
     async def register(self, app_id: str, records: list[FunctionRecord]) -> None:
@@ -381,6 +385,7 @@ class Engine:
         """Emit ``stepline/function.finished`` and ``.cancelled`` for runs a ``cancel_on`` event just cancelled.
 
         Stored right after the cancelling transaction (the cancellation itself is already durable)."""
+        self.waiters.ended(run_ids)
         events: list[StoredEvent] = []
         runs: list[NewRun] = []
         for run_id in run_ids:
@@ -451,6 +456,7 @@ class Engine:
         outcome = await self.store.finish_run(run.id, owner, finish, self.matcher, now)
         if outcome.status == "ok":
             self._ended(run, trigger, finish, now)
+            self.waiters.ended((run.id,))
         await self.announce_cancellations(outcome.cancelled_run_ids)
         self.notify()
 
@@ -485,6 +491,7 @@ class Engine:
         outcome = await self.store.finish_run(run_id, None, finish, self.matcher, now)
         if outcome.status == "ok":
             self._ended(run, trigger, finish, now)
+            self.waiters.ended((run_id,))
         await self.announce_cancellations(outcome.cancelled_run_ids)
         self.notify()
         return outcome.status == "ok"

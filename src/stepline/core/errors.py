@@ -21,6 +21,10 @@ class UnknownFunctionError(SteplineError, LookupError):
     """A function id that no registered function has."""
 
 
+class UnknownRunError(SteplineError, LookupError):
+    """No run has this id (``client.wait_for_run``)."""
+
+
 class SerializationError(SteplineError, TypeError):
     """A step result, run output or event payload that cannot be stored as JSON."""
 

@@ -41,6 +41,7 @@ from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
 from stepline.core.ids import StepIdCounter
 from stepline.core.run_logs import RunLogCapture, enter_step, leave_step
 from stepline.observability import hooks, runlog
+from stepline.realtime.messages import PublishError, new_message
 from stepline.storage.records import StepRecord, StepUpdate, WaitSpec, WriteOutcome
 
 if TYPE_CHECKING:
@@ -445,6 +446,19 @@ class StepDriver:
         await self._record(StepUpdate(step_id, display_id, "send_event", "completed", 1, output=ids, emit=batch))
         self.engine.notify()
         return ids
+
+    # --- realtime: ctx.publish and ctx.step.publish's code ---
+    async def publish(self, channel: str, topic: str, data: Any) -> int | None:
+        """Publish a message for this run; None when the code is being replayed before a recorded step (the first
+        execution published it). Raises PublishError when the run's execution is over or the message is bad."""
+        if self.closed or self.stop is not None:
+            raise PublishError(f"run {self.run_id} has ended (or stopped executing here): ctx.publish works only "
+                               "while the run executes, from its function body or a step", 409)  # fmt: skip
+        if self.logs.replaying:
+            return None
+        msg = new_message(channel, topic, data, self._now(), run_id=self.run_id)
+        [message_id] = await self.engine.realtime.publish([msg])
+        return message_id
 
 
 def sleep_until_ms(when: dt.datetime | str) -> int:

@@ -26,6 +26,7 @@ from stepline.core.errors import LeaseLost
 from stepline.core.executor import Executor
 from stepline.core.function import FunctionDef, FunctionSpec
 from stepline.core.ids import new_ulid
+from stepline.core.loops import call_in_loop
 from stepline.core.scheduler import CronScheduler
 from stepline.core.triggers import CronTrigger
 from stepline.observability import hooks
@@ -94,17 +95,7 @@ class Worker:
     # --- wake-ups ---
     def _on_notify(self, due_at: int | None = None) -> None:
         """The store's notification (any thread): work is due at ``due_at`` (None: unknown, look)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._note_due(due_at)
-        else:
-            loop.call_soon_threadsafe(self._note_due, due_at)
+        call_in_loop(self._loop, self._note_due, due_at)
 
     def _on_engine_notify(self) -> None:
         """This process wrote something that may have made work due. With pushed notifications the same

@@ -19,11 +19,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepline.core.engine import Engine
 from stepline.observability.endpoint import MetricsRuntime
-from stepline.server import dashboard, events_api, metrics_api, rest_api, sdk_api, sync, traces_api
+from stepline.server import dashboard, events_api, metrics_api, realtime_api, rest_api, sdk_api, sync, traces_api
 from stepline.server.app_calls import AppCalls
 from stepline.server.config import ServerConfig
 from stepline.server.dev_guard import DevGuard
 from stepline.server.http_worker import HttpWorker
+from stepline.server.live import LiveRequests
 from stepline.server.outbound import Lookup, OutboundClient, PolicyResolver
 from stepline.server.state import ServerState, state_of
 
@@ -65,6 +66,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
     routes += traces_api.routes()  # POST /v1/traces/userland, GET /v1/runs/{id}/traces (before the REST API's)
     routes += rest_api.routes()
     routes += metrics_api.routes()
+    routes += realtime_api.routes()
     dash = dashboard.Dashboard(engine, cfg)
     exporter = MetricsRuntime(engine)  # /metrics (and the CLI's --metrics-port); the cluster-gauge leader
     routes += dashboard.routes(dash)  # GET / and /dashboard/...
@@ -76,9 +78,11 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
         async with httpx.AsyncClient(timeout=timeout) as client:
             st = ServerState(engine=engine, config=cfg, http=client,
                              calls=AppCalls(policy=policy, resolver=PolicyResolver(policy, outbound_lookup)),
-                             outbound=OutboundClient(policy, lookup=outbound_lookup))  # fmt: skip
+                             outbound=OutboundClient(policy, lookup=outbound_lookup),
+                             live=LiveRequests(engine, cfg.max_waiting_requests))  # fmt: skip
             app.state.stepline = st
             async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(st.live.running(app.state))  # type: ignore[union-attr]
                 stack.push_async_callback(st.outbound.close)
                 stack.push_async_callback(st.calls.close)  # after the worker below has stopped calling
                 await stack.enter_async_context(exporter.running())

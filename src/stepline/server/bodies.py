@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
 
-__all__ = ["BODY_TIMEOUT_SECONDS", "BodyTimeout", "BodyTooLarge", "InvalidBody", "parse_json", "read_body"]
+__all__ = [
+    "BODY_TIMEOUT_SECONDS",
+    "BodyTimeout",
+    "BodyTooLarge",
+    "InvalidBody",
+    "parse_json",
+    "read_body",
+    "stream_body",
+]
 
 BODY_TIMEOUT_SECONDS = 60.0
 
@@ -29,6 +38,7 @@ class BodyTooLarge(Exception):
 class BodyTimeout(Exception):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"the request body did not arrive within {seconds:g} s")
+        self.seconds = seconds
 
 
 class InvalidBody(ValueError):
@@ -67,3 +77,28 @@ def parse_json(raw: bytes, what: str = "request body") -> Any:
         raise InvalidBody(f"{what} is nested too deeply to be parsed") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidBody(f"{what} is not valid JSON: {exc}") from None
+
+
+async def stream_body(request: Request, limit: int, *, idle_timeout: float = BODY_TIMEOUT_SECONDS
+                      ) -> AsyncIterator[bytes]:  # fmt: skip
+    """The request body chunk by chunk as it arrives (a streamed publish), for bodies meant to be read while they
+    come: raises BodyTooLarge once more than ``limit`` bytes came (or at once, when ``Content-Length`` says so) and
+    BodyTimeout when no byte came for ``idle_timeout`` seconds."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    total = 0
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BodyTimeout(idle_timeout) from None
+        total += len(chunk)
+        if total > limit:
+            raise BodyTooLarge(limit)
+        if chunk:
+            yield chunk

@@ -40,6 +40,7 @@ class ServerConfig:
     outbound_deny_private: bool = False  # refuse private/loopback targets of apps, gateways, webhooks (outbound.py)
     outbound_allow: tuple[str, ...] = ()  # hosts or CIDRs exempt from outbound_deny_private
     allowed_hosts: tuple[str, ...] = ()  # dev: Host names answered besides loopback ones (server/dev_guard.py)
+    max_waiting_requests: int = 1000  # GET /v1/runs/{id}?wait= and /v1/events/{id}/runs?wait= at once; more: 429
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -47,11 +47,17 @@ class DevGuard:
         return name in LOOPBACK_HOSTS or name.endswith(".localhost") or name in self.allowed or "*" in self.allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host", "")
+        if scope["type"] == "websocket":  # the realtime WebSocket: its token is checked by the endpoint
+            if self.host_allowed(host):
+                await self.app(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1008})  # refused before the handshake: 403
+            return
         if not self.host_allowed(host):
             await _refuse(
                 send,

@@ -9,6 +9,10 @@ nothing), with a ``408``. Bodies have their own deadline, applied while they are
 ``uvicorn_config`` is how the CLI runs the server: these limits, at most ``max_connections`` connections at once
 (beyond that, new requests get 503), and forwarded headers (``X-Forwarded-For``/``-Proto``) trusted only from the
 proxies named by ``--forwarded-allow-ips`` (none by default; uvicorn would otherwise trust them from loopback).
+WebSockets (the realtime API's ``/v1/realtime/connect``) use the ``websockets`` library's sans-I/O protocol: frames
+from clients of at most ``WS_MAX_MESSAGE_BYTES`` (they only send subscribe/unsubscribe requests), pings every
+``WS_PING_SECONDS``, and no per-message compression (a zlib context per connection costs more memory than realtime
+messages save).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ HEADER_TIMEOUT_SECONDS = float(os.environ.get("STEPLINE_HEADER_TIMEOUT", "10") o
 KEEP_ALIVE_SECONDS = 5.0
 MAX_CONNECTIONS = 1000
 MAX_HEADER_BYTES = 64 * 1024
+WS_MAX_MESSAGE_BYTES = 64 * 1024
+WS_PING_SECONDS = 20.0
 
 
 class GuardedH11(H11Protocol):
@@ -75,7 +81,11 @@ def uvicorn_config(app: Any, *, forwarded_allow_ips: tuple[str, ...] = (), max_c
     """The server's uvicorn settings (``options`` adds or overrides others, e.g. ``log_level``)."""
     settings: dict[str, Any] = {
         "http": GuardedH11,
-        "ws": "none",
+        "ws": "websockets-sansio",
+        "ws_max_size": WS_MAX_MESSAGE_BYTES,
+        "ws_ping_interval": WS_PING_SECONDS,
+        "ws_ping_timeout": WS_PING_SECONDS,
+        "ws_per_message_deflate": False,
         "lifespan": "on",
         "access_log": False,
         "log_level": "warning",

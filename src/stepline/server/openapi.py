@@ -337,6 +337,7 @@ _STATUS_TEXT = {
     401: "Missing or wrong signing key (cloud mode)",
     404: "Not found",
     409: "Conflict with the run's state",
+    429: "Too many waiting requests on this node: retry after the Retry-After header's seconds",
 }
 
 

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import functools
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from stepline.core.ids import new_ulid
 from stepline.core.rerun import RerunNotPossibleError, RunNotFoundError, StepNotFoundError, rerun
 from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body
 from stepline.server.errors import error_response
+from stepline.server.live import RETRY_AFTER_SECONDS, TooManyWaits
 from stepline.server.openapi import (
     MAX_TIME_MS,
     MIN_TIME_MS,
@@ -77,11 +79,17 @@ CANCELLATIONS_LIMIT = (100, 1000)
 API_BODY_LIMIT = 1024 * 1024  # JSON bodies of the REST API (cancellations, reruns)
 
 
+MAX_WAIT_SECONDS = 300
+_WAIT = re.compile(r"^([0-9]{1,9})(\.[0-9]{1,3})?(ms|s|m)?$")
+WAIT_PATTERN = _WAIT.pattern
+
+
 class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -195,7 +203,9 @@ def endpoint(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except HttpError as exc:
-            return error_response(exc.status, exc.message)
+            response = error_response(exc.status, exc.message)
+            response.headers.update(exc.headers)
+            return response
 
     return wrapped
 
@@ -290,9 +300,14 @@ async def get_event(request: Request) -> Response:
 async def event_runs(request: Request) -> Response:
     st = state_of(request)
     internal_id = request.path_params["internal_id"]
+    wait = _wait_seconds(request)
     if await st.engine.store.get_event(internal_id) is None:
         raise HttpError(404, f"event {internal_id!r} not found")
     found = await all_runs(st, RunFilter(event_id=internal_id))
+    live = [r.id for r in found if not r.ended]
+    if wait and live:
+        await _wait_for(request, live, wait)
+        found = await all_runs(st, RunFilter(event_id=internal_id))
     apps, now = await AppIndex.load(st), st.engine.clock.now_ms()
     return _ok(RunList(data=[RunOut(**_run_fields(r, apps, now)) for r in found], metadata=_meta(st)))
 
@@ -314,9 +329,54 @@ async def all_runs(st: ServerState, flt: RunFilter, page_size: int = 500) -> lis
 # --- runs ---------------------------------------------------------------------------------------------------
 
 
+def _wait_seconds(request: Request) -> float:
+    """``?wait=``: ``30s``, ``2m``, ``500ms`` or bare seconds, at most ``MAX_WAIT_SECONDS``; 0 when absent."""
+    raw = request.query_params.get("wait")
+    if raw is None or raw == "":
+        return 0.0
+    match = _WAIT.match(raw.strip())
+    if match is None:
+        raise HttpError(400, f"invalid wait {raw[:40]!r}: expected a duration like 30s, 2m, 500ms or bare seconds")
+    number = float(match.group(1) + (match.group(2) or ""))
+    seconds = number / 1000 if match.group(3) == "ms" else number * 60 if match.group(3) == "m" else number
+    if seconds > MAX_WAIT_SECONDS:
+        raise HttpError(400, f"invalid wait {raw[:40]!r}: at most {MAX_WAIT_SECONDS} s")
+    return seconds
+
+
+async def _wait_for(request: Request, run_ids: list[str], seconds: float) -> None:
+    """Hold the request until these runs have ended, ``seconds`` passed or the server stops (no query per waiter:
+    core/waiting.py). A client that disconnects meanwhile is let go at once."""
+    st = state_of(request)
+    live = st.live
+    if live is None or live.stopping.is_set():
+        return
+    try:
+        with live.wait_slot():
+            waiting = asyncio.ensure_future(st.engine.waiters.wait(run_ids, seconds, stop=live.stopping))
+            gone = asyncio.ensure_future(_disconnected(request))
+            try:
+                await asyncio.wait([waiting, gone], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (waiting, gone):
+                    task.cancel()
+                await asyncio.gather(waiting, gone, return_exceptions=True)
+    except TooManyWaits as exc:
+        raise HttpError(429, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def get_run(request: Request) -> Response:
     st = state_of(request)
+    wait = _wait_seconds(request)
     run = await _run_or_404(st, request.path_params["run_id"])
+    if wait and not run.ended:
+        await _wait_for(request, [run.id], wait)
+        run = await _run_or_404(st, run.id)
     ev = await st.engine.store.get_event(run.event_id)
     fields = _run_fields(run, await AppIndex.load(st), st.engine.clock.now_ms())
     data = RunDetailOut(**fields, event=None if ev is None else event_out(ev))
@@ -534,6 +594,14 @@ _RUN_ID = Param("run_id", "path", "The run's id")
 _EVENT_ID = Param("internal_id", "path", "The event's internal id")
 _CURSOR = Param("cursor", "query", "The cursor of the previous page (an id: the page lists what comes before it)")
 _STATUS = {"type": "string", "enum": [*STATUS_NAMES.values(), *STATUS_NAMES]}
+_WAIT_PARAM = Param(
+    "wait",
+    "query",
+    f"Answer once the run has ended (or after this long, with its current state, "
+    f"200 either way): 30s, 2m, 500ms or bare seconds, at most {MAX_WAIT_SECONDS} s. Past the node's "
+    "cap of waiting requests: 429 with Retry-After",
+    {"type": "string", "pattern": WAIT_PATTERN},
+)
 
 ENDPOINTS: Sequence[Endpoint] = (
     Endpoint("GET", "/v1/events", list_events, "Events, newest first", EventPage, (400,),
@@ -541,8 +609,8 @@ ENDPOINTS: Sequence[Endpoint] = (
              tag="events"),
     Endpoint("GET", "/v1/events/{internal_id}", get_event, "One event", EventResponse, (404,), (_EVENT_ID,),
              tag="events"),
-    Endpoint("GET", "/v1/events/{internal_id}/runs", event_runs, "The runs an event started", RunList, (404,),
-             (_EVENT_ID,), tag="events"),
+    Endpoint("GET", "/v1/events/{internal_id}/runs", event_runs, "The runs an event started (?wait=: once they "
+             "have all ended)", RunList, (400, 404, 429), (_EVENT_ID, _WAIT_PARAM), tag="events"),
     Endpoint("GET", "/v1/runs", list_runs, "Runs, newest first", RunPage, (400,), (
         Param("status", "query", "Queued, Running, Completed, Failed, Cancelled or Skipped (any case)", _STATUS),
         Param("function_id", "query", "A composite function id (or a slug, with app_id)"),
@@ -550,8 +618,8 @@ ENDPOINTS: Sequence[Endpoint] = (
         Param("created_after", "query", "Created at or after (inclusive)", TIME_SCHEMA),
         Param("created_before", "query", "Created before (exclusive)", TIME_SCHEMA),
         _limit_param(RUNS_LIMIT), _CURSOR)),
-    Endpoint("GET", "/v1/runs/{run_id}", get_run, "One run with its trigger event", RunResponse, (404,),
-             (_RUN_ID,)),
+    Endpoint("GET", "/v1/runs/{run_id}", get_run, "One run with its trigger event (?wait=: once it has ended)",
+             RunResponse, (400, 404, 429), (_RUN_ID, _WAIT_PARAM)),
     Endpoint("GET", "/v1/runs/{run_id}/steps", run_steps, "A run's steps in the order they were first recorded",
              StepList, (404,), (_RUN_ID,)),
     Endpoint("GET", "/v1/runs/{run_id}/logs", run_logs, "The log lines of a run's in-process function code",

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from stepline.core.engine import Engine
 from stepline.server.app_calls import AppCalls
 from stepline.server.config import ServerConfig
+from stepline.server.live import LiveRequests
 from stepline.server.outbound import OutboundClient
 
 
@@ -22,6 +23,7 @@ class ServerState:
     # Requests to URLs that came from apps and API callers (sync PUTs, webhooks, gateway steps), under the
     # outbound policy (server/outbound.py); closed by the lifespan.
     outbound: OutboundClient = field(default_factory=OutboundClient)
+    live: LiveRequests | None = None  # waits and realtime subscriptions (server/live.py); set by the lifespan
 
 
 def state_of(request: Request) -> ServerState:

@@ -24,8 +24,10 @@ from stepline.storage.records import (
     FunctionRecord,
     IngestBatch,
     IngestResult,
+    NewRealtimeMessage,
     NewRun,
     PruneResult,
+    RealtimeRow,
     RunCount,
     RunFilter,
     RunFinish,
@@ -44,6 +46,7 @@ class Store(abc.ABC):
     """Durable state of events, functions, runs, steps and waits."""
 
     registry_check_seconds: float = 0.0  # how long an engine may use its cached function registry unchecked
+    marker_poll_seconds: float = 0.01  # how often waiters read ``change_marker`` (core/waiting.py)
 
     # --- lifecycle ---
     @abc.abstractmethod
@@ -280,6 +283,52 @@ class Store(abc.ABC):
     async def run_counts(self, ended_after: int, recent_after: int) -> list[RunCount]:
         """Per function and status: the live (queued, running) runs, and the runs that ended at or after
         ``ended_after`` (``recent``: at or after ``recent_after``, a later time)."""
+
+    # --- realtime (stepline/realtime/, docs/realtime.md) ---
+    @abc.abstractmethod
+    async def publish_realtime(self, origin: str, messages: list[NewRealtimeMessage]) -> list[RealtimeRow]:
+        """Store published messages (in order, one transaction) and return them with their ids, which increase with
+        each message. Subscribers in other processes learn of them: see ``subscribe_realtime``."""
+
+    @abc.abstractmethod
+    async def realtime_messages_after(self, after_id: int, limit: int) -> list[RealtimeRow]:
+        """Up to ``limit`` stored messages with an id above ``after_id``, of any channel, oldest first."""
+
+    @abc.abstractmethod
+    async def realtime_message(self, message_id: int) -> RealtimeRow | None: ...
+
+    @abc.abstractmethod
+    async def realtime_replay(self, keys: list[tuple[str, str]], after_id: int, since: int,
+                              limit: int) -> list[RealtimeRow]:  # fmt: skip
+        """The newest ``limit`` messages of these (channel, topic) pairs with an id above ``after_id`` and created at
+        or after ``since`` (unix ms), oldest first."""
+
+    @abc.abstractmethod
+    async def realtime_last_id(self) -> int:
+        """The highest message id stored (0 if none)."""
+
+    @abc.abstractmethod
+    async def prune_realtime(self, before: int) -> int:
+        """Delete the messages created before ``before`` (unix ms), in batches; returns how many."""
+
+    @abc.abstractmethod
+    async def realtime_secret(self, name: str, now: int) -> str:
+        """The secret called ``name``, made (random, 256 bits, hex) by the first caller of any process or node."""
+
+    def subscribe_realtime(self, callback: Callable[[str], None]) -> bool:
+        """Call ``callback`` (from any thread) with the notification of every ``publish_realtime`` of any process:
+        a JSON text ``{"id", "o": origin, "m": [channel, topic, kind, payload, created_at]}`` or, for a message too
+        large to travel in it, ``{"id", "o"}`` (read it with ``realtime_message``); ``""`` after the backend
+        reconnected (notifications may have been missed: read ``realtime_messages_after``). Returns False when the
+        backend cannot push these; subscribers then read ``realtime_messages_after`` when ``data_version`` changes."""
+        return False
+
+    def unsubscribe_realtime(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
+        """Stop calling ``callback``."""
+
+    @abc.abstractmethod
+    async def run_statuses(self, run_ids: list[str]) -> dict[str, str]:
+        """The status of each of these runs that exists (one read for every waiter of a process)."""
 
     # --- bulk cancellations requested through the REST API ---
     @abc.abstractmethod

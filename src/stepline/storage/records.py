@@ -151,6 +151,31 @@ class StepRecord:
         return self.status in MEMO_STATUSES
 
 
+@dataclass(frozen=True, slots=True)
+class RealtimeRow:
+    """One published realtime message as stored (``realtime_messages``): ``payload`` is its wire JSON without its
+    id; ``origin`` is the hub (process) that published it."""
+
+    id: int
+    origin: str
+    channel: str
+    topic: str
+    kind: str
+    payload: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewRealtimeMessage:
+    """A message to store: as ``RealtimeRow`` before it has an id."""
+
+    channel: str
+    topic: str
+    kind: str
+    payload: str
+    created_at: int
+
+
 @dataclass(slots=True)
 class ClaimedRun:
     run: RunRecord

@@ -41,6 +41,7 @@ from stepline.storage.sql_dashboard import SqlDashboardMixin
 from stepline.storage.sql_flow import SqlFlowMixin
 from stepline.storage.sql_logs import SqlLogsMixin
 from stepline.storage.sql_observability import SqlObservabilityMixin
+from stepline.storage.sql_realtime import SqlRealtimeMixin
 from stepline.storage.sql_security import SqlSecurityMixin
 from stepline.storage.writer import GroupCommitWriter, MergeableOp
 
@@ -103,6 +104,7 @@ class SqlStore(
     SqlLogsMixin,
     SqlSecurityMixin,
     SqlObservabilityMixin,
+    SqlRealtimeMixin,
     Store,
 ):
     """The ``Store`` methods, written once for every SQL backend (apps, reruns, cancellations: ``SqlAppsMixin``)."""

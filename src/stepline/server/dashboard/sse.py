@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from stepline.core.engine import Engine
+from stepline.core.loops import call_in_loop
 from stepline.observability import hooks
 
 log = logging.getLogger("stepline.server.dashboard")
@@ -65,18 +66,7 @@ class ChangeHub:
 
     def poke(self) -> None:
         """Something changed in this process: check now (callable from any thread)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._poked.set()
-        else:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._poked.set)
+        call_in_loop(self._loop, self._poked.set)
 
     def _stopping(self) -> bool:
         probe = getattr(self._app_state, "shutdown_probe", None) if self._app_state is not None else None

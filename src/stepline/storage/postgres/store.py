@@ -22,14 +22,16 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
 from stepline.core.events import StoredEvent
-from stepline.storage.records import NewRun, RunFinish, StepUpdate
-from stepline.storage.sql import load_migrations, load_queries
+from stepline.storage.records import NewRun, RealtimeRow, RunFinish, StepUpdate
+from stepline.storage.sql import backend_queries, load_migrations, load_queries
 from stepline.storage.sql_store import SqlStore, _j
 from stepline.storage.writer import GroupCommitWriter
 
 T = TypeVar("T")
 QUERIES = load_queries("stepline.storage.postgres", "queries.sql")
 NOTIFY_CHANNEL = "stepline_work"
+REALTIME_CHANNEL = "stepline_realtime"
+NOTIFY_PAYLOAD_LIMIT = 7900  # bytes: PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more
 MIGRATION_LOCK = 0x5737E9_11E  # advisory lock key held while migrating
 log = logging.getLogger("stepline.postgres")
 
@@ -79,6 +81,7 @@ class PostgresStore(SqlStore):
 
     Q = QUERIES
     registry_check_seconds = 1.0  # a registry-version round trip per send would cost more than it is worth
+    marker_poll_seconds = 0.05  # the change marker is a round trip here (a local pragma on SQLite)
 
     def __init__(self, url: str, *, writers: int = 1, pool_size: int = 4, migrate: bool = True) -> None:
         self.url = url
@@ -90,6 +93,8 @@ class PostgresStore(SqlStore):
         self._schema_version = 0
         self._listeners: list[Callable[[int | None], None]] = []
         self._listen_thread: threading.Thread | None = None
+        self._realtime_listeners: list[Callable[[str], None]] = []
+        self._realtime_thread: threading.Thread | None = None
         self._closing = threading.Event()
         # writer connection -> the earliest due time its open transaction created (sent as the NOTIFY payload)
         self._notify_pending: dict[int, tuple[int, int | None]] = {}
@@ -170,9 +175,10 @@ class PostgresStore(SqlStore):
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-        if self._listen_thread is not None:
-            self._listen_thread.join(timeout=5)
-            self._listen_thread = None
+        for thread in (self._listen_thread, self._realtime_thread):
+            if thread is not None:
+                thread.join(timeout=5)
+        self._listen_thread = self._realtime_thread = None
 
     def schema_version(self) -> int:
         return self._schema_version
@@ -310,23 +316,60 @@ class PostgresStore(SqlStore):
             cb(due_at)
 
     def _listen(self) -> None:
-        """LISTEN on a dedicated connection; reconnect after failures (and wake workers to look for work)."""
+        """LISTEN for work on a dedicated connection (and wake workers to look for work after a reconnect)."""
+        self._listen_on(NOTIFY_CHANNEL, lambda: self._fire(None), lambda payload: self._fire(_due_at(payload)))
+
+    def _listen_on(self, channel: str, connected: Callable[[], None], notified: Callable[[str], None]) -> None:
+        """LISTEN on ``channel`` on a dedicated connection; reconnect after failures, calling ``connected`` each
+        time (what was notified while not listening is unknown)."""
         delay = 0.1
         while not self._closing.is_set():
             try:
                 with self._connect() as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    conn.execute(f"LISTEN {channel}")
                     delay = 0.1
-                    self._fire(None)  # anything may have become due (or been scheduled) while we were not listening
+                    connected()
                     while not self._closing.is_set():
                         for n in conn.notifies(timeout=1.0, stop_after=1):
-                            self._fire(_due_at(n.payload))
+                            notified(n.payload)
             except psycopg.Error as exc:
                 if self._closing.is_set():
                     return
-                log.warning("LISTEN connection lost (%s); reconnecting in %.1f s", exc, delay)
+                log.warning("LISTEN %s connection lost (%s); reconnecting in %.1f s", channel, exc, delay)
                 self._closing.wait(delay)
                 delay = min(delay * 2, 5.0)
+
+    # --- realtime ---
+    def _notify_realtime(self, conn: Any, origin: str, rows: list[RealtimeRow]) -> None:
+        # One NOTIFY per message, in order, delivered at commit. A message too large for a payload goes by its id:
+        # the listeners read its row.
+        query = backend_queries(self, "realtime.sql")["notify_realtime"]
+        for r in rows:
+            payload = json.dumps({"id": r.id, "o": origin, "m": [r.channel, r.topic, r.kind, r.payload,
+                                                                   r.created_at]}, separators=(",", ":"))  # fmt: skip
+            if len(payload.encode()) > NOTIFY_PAYLOAD_LIMIT:
+                payload = json.dumps({"id": r.id, "o": origin}, separators=(",", ":"))
+            conn.execute(query, {"channel": REALTIME_CHANNEL, "payload": payload})
+
+    def subscribe_realtime(self, callback: Callable[[str], None]) -> bool:
+        self._realtime_listeners.append(callback)
+        if self._realtime_thread is None:
+            self._realtime_thread = threading.Thread(
+                target=self._listen_on, args=(REALTIME_CHANNEL, self._realtime_reconnected, self._realtime_fire),
+                name="stepline-pg-realtime", daemon=True)  # fmt: skip
+            self._realtime_thread.start()
+        return True
+
+    def unsubscribe_realtime(self, callback: Callable[[str], None]) -> None:
+        if callback in self._realtime_listeners:
+            self._realtime_listeners.remove(callback)
+
+    def _realtime_fire(self, payload: str) -> None:
+        for cb in list(self._realtime_listeners):
+            cb(payload)
+
+    def _realtime_reconnected(self) -> None:
+        self._realtime_fire("")  # "" : notifications may have been missed; listeners read the rows after their cursor
 
 
 def _due_at(payload: str) -> int | None:
