@@ -14,6 +14,7 @@ from stepline.core.errors import (
     StepIdConflictError,
     SteplineError,
     UnknownFunctionError,
+    UnknownRunError,
 )
 from stepline.core.events import Event
 from stepline.core.expressions import ExpressionError
@@ -21,6 +22,7 @@ from stepline.core.flow import Batch, Concurrency, Debounce, Priority, RateLimit
 from stepline.core.function import CancelOn, FunctionDef, Timeouts
 from stepline.core.triggers import CronTrigger, EventTrigger
 from stepline.core.worker import Worker
+from stepline.realtime import Message, PublishError, Subscription, SubscriptionClosed
 from stepline.serving import serve, serve_fastapi, serve_flask
 from stepline.storage.records import RunRecord, StepRecord
 
@@ -42,8 +44,10 @@ __all__ = [
     "FakeClock",
     "FunctionDef",
     "Group",
+    "Message",
     "NonRetriableError",
     "Priority",
+    "PublishError",
     "RateLimit",
     "RetryAfterError",
     "RunRecord",
@@ -54,11 +58,14 @@ __all__ = [
     "StepRecord",
     "Stepline",
     "SteplineError",
+    "Subscription",
+    "SubscriptionClosed",
     "SyncStep",
     "SystemClock",
     "Throttle",
     "Timeouts",
     "UnknownFunctionError",
+    "UnknownRunError",
     "Worker",
     "serve",
     "serve_fastapi",

@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from stepline.core.errors import NonRetriableError, SteplineError
 from stepline.core.function import FunctionDef
+from stepline.realtime.messages import PublishError
 from stepline.server import signing
 from stepline.serving.call import CallRequest, CallResult, parse_call
 from stepline.serving.config import (
@@ -189,7 +190,7 @@ class _Served:
                 await self._fetch_state(call.run_id, call)
             except (httpx.HTTPError, SteplineError) as exc:
                 return self._json(500, {"name": "StateUnavailable", "message": str(exc)}, sign_with=key)
-        result: CallResult = await run_call(fn, call, self.send_events, self.known_ids)
+        result: CallResult = await run_call(fn, call, self.send_events, self.known_ids, self.publish)
         return self._json(result.status, result.body, result.headers, sign_with=key)
 
     async def _fetch_state(self, run_id: str, call: CallRequest) -> None:
@@ -207,6 +208,23 @@ class _Served:
             raise SteplineError("the server's run state is not {actions: object, batch: list}")
         call.steps = steps
         call.events = [e for e in events if isinstance(e, dict)]
+
+    async def publish(self, channel: str, topic: str, data: Any, run_id: str) -> int | None:
+        """``ctx.publish``'s code: POST the message to the server's realtime API (signed in cloud mode)."""
+        url = f"{self.config.api_base}/v1/realtime/publish"
+        params = {"channel": channel, "topic": topic, "run_id": run_id}
+        headers = {"X-Inngest-SDK": sdk_header(), **self.config.bearer}
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as http:
+            resp = await http.post(url, params=params, json=data, headers=headers)
+        if resp.status_code != 200:
+            try:
+                detail = resp.json().get("error")
+            except ValueError:
+                detail = resp.text[:300]
+            raise PublishError(f"the realtime API ({self.config.api_base}) answered {resp.status_code}: {detail}",
+                               resp.status_code)  # fmt: skip
+        ids = resp.json().get("ids") or [None]
+        return ids[0] if isinstance(ids[0], int) else None
 
     async def send_events(self, events: list[dict[str, Any]]) -> list[str]:
         """``step.send_event``'s code: POST the events to the event API and return their ids."""

@@ -47,6 +47,7 @@ from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
 from stepline.core.ids import StepIdCounter
 from stepline.core.run_logs import enter_step, leave_step
 from stepline.core.steps import MAX_SLEEP, Execute, Memo
+from stepline.realtime.messages import PublishError
 from stepline.serving.call import CallRequest, CallResult, iso_ms, stored_event, unwrap_signals
 from stepline.serving.config import wire_event_name
 
@@ -60,6 +61,8 @@ TARGET_GRACE_S = 1.0  # a targeted call waits this long for its step before fail
 FINAL_ERRORS = (StepError, NonRetriableError, StepIdConflictError, SerializationError)  # no function retries
 
 EventSender = Callable[[list[dict[str, Any]]], Awaitable[list[str]]]
+# (channel, topic, data, run id) -> the message id: ctx.publish's code, posting to the server's realtime API
+Publisher = Callable[[str, str, Any, str], Awaitable[int | None]]
 
 
 def _caller() -> object:
@@ -80,9 +83,14 @@ class _Found:
 
 class CallDriver:
     def __init__(self, fn: FunctionDef, call: CallRequest, send_events: EventSender,
-                 known_ids: frozenset[str] = frozenset()) -> None:  # fmt: skip
+                 known_ids: frozenset[str] = frozenset(), publisher: Publisher | None = None) -> None:  # fmt: skip
         self.fn = fn
+        self.run_id = call.run_id
+        self.publisher = publisher
         self.memo = call.steps
+        # Replaying while a memoised step is still ahead: ctx.publish sends nothing (an earlier call published).
+        self._ahead = set(call.steps)
+        self.replaying = bool(self._ahead)
         self.target = None if call.step_id == "step" else call.step_id
         self.immediate = self.target is None and not call.disable_immediate_execution
         self.attempt = call.attempt if self.target is not None else 0  # a new step in a discovery is at attempt 0
@@ -109,7 +117,23 @@ class CallDriver:
         if self.executing is not None and caller == self.executing:
             raise NonRetriableError(f"step {user_id!r} was called inside the code of another step: nested steps are "
                                     "not supported when a function is served over HTTP")  # fmt: skip
-        return self.ids.next(user_id)
+        display_id, step_id = self.ids.next(user_id)
+        if self.replaying:
+            self._ahead.discard(step_id)
+            self.replaying = step_id in self.memo and bool(self._ahead)
+        return display_id, step_id
+
+    # --- realtime: ctx.publish and ctx.step.publish's code ---
+    async def publish(self, channel: str, topic: str, data: Any) -> int | None:
+        """Post the message to the server's realtime API; None while replaying before a memoised step."""
+        if self.replaying:
+            return None
+        if self.ended.is_set() and self.executing is None:
+            raise PublishError(f"run {self.run_id}: this call has ended: ctx.publish works only while the function "
+                               "runs", 409)  # fmt: skip
+        if self.publisher is None:
+            raise PublishError("ctx.publish needs the server's realtime API: serve the function with stepline.serve")
+        return await self.publisher(channel, topic, data, self.run_id)
 
     def _unwrap(self, display_id: str, memo: Any) -> Any:
         """``{"data": x}`` -> x; ``{"error": e}`` -> StepError; anything else as it is."""
@@ -362,10 +386,15 @@ class CallDriver:
         return CallResult(500, serialize_error(error), headers)
 
 
-async def run_call(fn: FunctionDef, call: CallRequest, send_events: EventSender,
-                   known_ids: frozenset[str] = frozenset()) -> CallResult:  # fmt: skip
+async def run_call(
+    fn: FunctionDef,
+    call: CallRequest,
+    send_events: EventSender,
+    known_ids: frozenset[str] = frozenset(),
+    publisher: Publisher | None = None,
+) -> CallResult:
     """Run the function once against the call's memo and say what the call answers."""
-    driver = CallDriver(fn, call, send_events, known_ids)
+    driver = CallDriver(fn, call, send_events, known_ids, publisher)
     loop = asyncio.get_running_loop()
     shim = cast("StepDriver", driver)  # CallDriver provides every StepDriver method the step facades call
     event = stored_event(call.event)
