@@ -17,6 +17,8 @@ What each piece demonstrates:
   Stepline records the step, the batch runs again and writes the same values.
 * ``summarise``: the run's output, ``{job_id, rows, ok, errors: [...]}``.
 * ``on_failure``: when the run fails for good, a separate run marks the job failed in the progress table.
+* Realtime (for the web page, ``web.py``): ``ctx.publish`` sends the job's progress on channel ``csv:<job_id>``,
+  topic ``progress``, after each batch; ``ctx.step.publish`` sends the summary (or the failure) on topic ``result``.
 
 Row numbers in errors are 1-based data rows (the first row after the header is row 1); ``line`` is the line
 in the file (the header is line 1).
@@ -360,6 +362,11 @@ def summarise(db: AppDB, job_id: str, total_rows: int, batches: list[dict[str, A
 # --------------------------------------------------------------------------------------------------------
 
 
+def channel_of(job_id: str) -> str:
+    """The realtime channel of one job: topics ``progress`` (after each batch) and ``result`` (once, at the end)."""
+    return f"csv:{job_id}"
+
+
 def resolve_paths(
     db_path: str | os.PathLike[str] | None = None, progress_db: str | os.PathLike[str] | None = None
 ) -> tuple[Path, Path]:
@@ -394,6 +401,7 @@ def make_client(
         reason = f"{err.get('name', 'Error')}: {err.get('message', '')}"
         if isinstance(job_id, str) and job_id:
             ctx.step.run("mark-failed", db.finish_job, job_id, "failed", reason)
+            ctx.step.publish("announce-failure", channel_of(job_id), "result", {"status": "failed", "reason": reason})
         return {"job_id": job_id, "status": "failed", "reason": reason}
 
     @client.function(id="process-csv", trigger=EVENT, retries=RETRIES, backoff=RETRY_BACKOFF,
@@ -402,16 +410,22 @@ def make_client(
         # A plain `def` function runs in a worker thread and its steps block. Everything outside steps runs
         # again on every replay, so it must be deterministic and cheap (it is: slicing memoised results).
         job_id, batch_size = validate_event(ctx.event.data)
+        channel = channel_of(job_id)
         parsed = ctx.step.run("parse", parse_upload, db, ctx.event.data, job_id, batch_size)
         rows = parsed["rows"]
         progress = {"total_rows": len(rows), "processed_rows": 0, "ok_rows": 0, "error_rows": 0}
+        # Live progress for the web page (web.py): a realtime message after each batch. A replay (after a batch's
+        # retry) passes these lines again without sending them twice.
+        ctx.publish(channel, "progress", {**progress, "batches_done": 0, "total_batches": parsed["total_batches"]})
         results = []
         for number, start in enumerate(range(0, len(rows), batch_size), start=1):
             batch = rows[start : start + batch_size]
             result = ctx.step.run(f"batch-{number}", process_batch, db, crm, job_id, number, batch, progress)
             progress = result["progress"]
             results.append(result)
+            ctx.publish(channel, "progress", {**progress, "total_batches": parsed["total_batches"]})
         summary: dict[str, Any] = ctx.step.run("summarise", summarise, db, job_id, len(rows), results)
+        ctx.step.publish("announce-result", channel, "result", {"status": "completed", **summary})
         return summary  # the run's output
 
     return client

@@ -131,13 +131,21 @@ async def test_sample_csv_batches_with_one_transient_retry(example: Example, app
 
     steps = await example.client.store.list_steps(run.id)
     expected_ids = ["parse", *(f"batch-{n}" for n in range(1, 9)), "summarise"]
-    assert [s.display_id for s in steps] == expected_ids
+    assert [s.display_id for s in steps] == [*expected_ids, "announce-result"]
     assert all(s.status == "completed" for s in steps)
     assert {s.display_id: s.attempts for s in steps} == {
-        i: 2 if i == f"batch-{FLAKY_BATCH}" else 1 for i in expected_ids
+        i: 2 if i == f"batch-{FLAKY_BATCH}" else 1 for i in [*expected_ids, "announce-result"]
     }
     # What actually executed: every step body once, the flaky batch twice (memoised steps are not re-run).
     assert example.calls == {i: 2 if i == f"batch-{FLAKY_BATCH}" else 1 for i in expected_ids}
+
+    # The live progress the web page shows: one message per batch (and one at the start), none repeated although
+    # the run replayed batches 1-3 after batch 4's retry; then the result, once.
+    sub = await example.client.subscribe(app.channel_of(job), ["progress", "result"], since=0)
+    messages = [(await sub.get(timeout=0)).message() for _ in range(sub.queued)]  # type: ignore[union-attr]
+    assert [m.data["processed_rows"] for m in messages if m.topic == "progress"] == [0, 5, 10, 15, 20, 25, 30, 35, 40]
+    [result] = [m.data for m in messages if m.topic == "result"]
+    assert result == {"status": "completed", **run.output}
 
     # The first attempt of batch 4 looked up rows 16 and 17, then timed out on row 18; the retry re-ran the
     # whole batch. Every other valid row was looked up once (bad rows 7 and 31 never reach the CRM).
@@ -181,7 +189,7 @@ async def test_csv_text_with_custom_batch_size(example: Example) -> None:
         ],
     }
     steps = await example.client.store.list_steps(run.id)
-    assert [s.display_id for s in steps] == ["parse", "batch-1", "batch-2", "batch-3", "summarise"]
+    assert [s.display_id for s in steps] == ["parse", "batch-1", "batch-2", "batch-3", "summarise", "announce-result"]
     customers = example.db.customers("job-text")
     assert [(c["name"], c["amount_cents"], c["segment"]) for c in customers] == [
         ("Ann", 1000, "business"),
@@ -207,6 +215,9 @@ async def test_bad_header_fails_without_retries_and_on_failure_marks_the_job(exa
     progress = example.db.progress("job-bad")
     assert progress is not None and progress["status"] == "failed"
     assert progress["error"].startswith("NonRetriableError: the CSV header is missing column(s)")
+    sub = await example.client.subscribe(app.channel_of("job-bad"), ["result"], since=0)
+    [told] = [(await sub.get(timeout=0)).message() for _ in range(sub.queued)]  # type: ignore[union-attr]
+    assert told.data["status"] == "failed" and "missing column(s)" in told.data["reason"]
 
 
 async def test_crm_outage_exhausts_retries_then_the_job_is_marked_failed(
