@@ -28,6 +28,8 @@ Scenarios:
               of B events in-process), one request after the other
   one-single  N one-step runs; one event per request, from P concurrent senders (keep-alive connections)
   ten-step    M ten-step runs, events in requests of B; steps/s = 10 M / elapsed
+  await       a three-step workflow sent and awaited by its caller (bench/workflow_await.py): in-process
+              client.send_and_wait; over HTTP POST /e/<key> then GET /v1/events/{id}/runs?wait=30s
   latency     an idle system; one event at a time, a pause of --pause-min..--pause-max ms after the previous run
               completed; latency = the function's first line (time.time() in the app) minus the send time
               carried in the event data (time.time() just before the request)
@@ -78,6 +80,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
+import workflow_await  # noqa: E402
 from run_sqlite import Env, ScenarioError, machine_info, percentile  # noqa: E402
 
 APPS_DIR = BENCH_DIR / "http_apps"
@@ -88,7 +91,7 @@ STEPLINE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "stepl
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
 ALL_TARGETS = ["inproc", "python", "node"]
-ALL_SCENARIOS = ["one-batch", "one-single", "ten-step", "latency"]
+ALL_SCENARIOS = ["one-batch", "one-single", "ten-step", "latency", "await"]
 APP_IDS = {"python": "bench-py", "node": "bench-node"}
 POLL_INTERVAL = 0.005
 STARTUP_S = 60.0
@@ -708,11 +711,29 @@ async def bounded(name: str, args: argparse.Namespace, make: Callable[[], Awaita
     return res
 
 
+async def inproc_await(args: argparse.Namespace) -> dict[str, Any]:
+    env = Env(sqlite_args(args), "http-inproc-await")
+    try:
+        workflow_await.define_inproc(env.client)
+        await env.start()
+        call = workflow_await.inproc_caller(env.client)
+        return await workflow_await.measure(call, args.samples, args.await_runs, args.await_callers, args.seed)
+    finally:
+        await env.stop()
+
+
+async def http_await(stack: HttpStack, args: argparse.Namespace) -> dict[str, Any]:
+    call = workflow_await.http_caller(stack.http, stack.events_url, stack.server_url, stack.fn_id("three"))
+    return await workflow_await.measure(call, args.samples, args.await_runs, args.await_callers, args.seed)
+
+
 async def run_target(target: str, args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
     if target == "inproc":
         for sc in args.scenarios:
             make: Callable[[], Awaitable[dict[str, Any]]]
             make = partial(inproc_latency, args) if sc == "latency" else partial(inproc_throughput, args, sc)
+            if sc == "await":
+                make = partial(inproc_await, args)
             results[f"inproc/{sc}"] = await bounded(f"inproc/{sc}", args, make)
         return
     stack = HttpStack(args, target)
@@ -731,6 +752,8 @@ async def run_target(target: str, args: argparse.Namespace, results: dict[str, d
             watchdog.cancel()
         for sc in args.scenarios:
             make = partial(http_latency, stack, args) if sc == "latency" else partial(http_throughput, stack, args, sc)
+            if sc == "await":
+                make = partial(http_await, stack, args)
             results[f"{target}/{sc}"] = await bounded(f"{target}/{sc}", args, make)
             if "error" in results[f"{target}/{sc}"]:
                 break  # the stack may be in any state: do not pile more work on it
@@ -807,6 +830,9 @@ def render(results: dict[str, dict[str, Any]], machine: dict[str, Any], args: ar
                    "event stored, stored -> run claimed, claimed -> function body starts, body -> run ended, "
                    "send -> run ended)")  # fmt: skip
         out.append("")
+    rows = [(k, v) for k, v in results.items() if v.get("kind") == "await"]
+    if rows:
+        out += workflow_await.render(rows)
     for k, v in results.items():
         if "error" in v:
             out.append(f"{k}: {v['error']}")
@@ -841,10 +867,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "bench/http_apps/server_variant.py with these experimental patches, e.g. call_limit=64 "
                    "(see that file)")  # fmt: skip
     p.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second (200)")
+    p.add_argument("--await-runs", type=int, default=None, help="workflows in the await throughput (default 500)")
+    p.add_argument("--await-callers", type=int, default=20, help="concurrent callers in the await throughput (20)")
     args = p.parse_args(argv)
     args.runs = args.runs or (200 if args.quick else 500)
     args.step_runs = args.step_runs or (40 if args.quick else 200)
     args.samples = args.samples or (30 if args.quick else 200)
+    args.await_runs = args.await_runs or (100 if args.quick else 500)
     args.target_list = [s.strip() for s in args.targets.split(",") if s.strip()]
     args.scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [t for t in args.target_list if t not in ALL_TARGETS] + [s for s in args.scenarios if s not in ALL_SCENARIOS]

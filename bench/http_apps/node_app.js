@@ -1,6 +1,6 @@
 "use strict";
 // The benchmark app for bench/run_http.py with the official `inngest` JS SDK, unmodified, served by Express at
-// /api/inngest. Same functions as py_app.py (`one`, `ten`, `lat`, app id `bench-node` by default).
+// /api/inngest. Same functions as py_app.py (`one`, `ten`, `lat`, `three`, app id `bench-node` by default).
 //
 // It uses the packages installed for the compatibility tests:
 //   NODE_PATH=tests/compat/node_app/node_modules PORT=3000 INNGEST_DEV=http://127.0.0.1:8288 node bench/http_apps/node_app.js
@@ -40,6 +40,13 @@ const lat = inngest.createFunction({ id: "lat", triggers: [{ event: "bench/lat" 
   return await step.run("s1", () => i);
 });
 
+// The await scenario's workflow (bench/workflow_await.py): ((i + 1) * 2) + 3 in three steps.
+const three = inngest.createFunction({ id: "three", triggers: [{ event: "bench/three" }] }, async ({ event, step }) => {
+  const a = await step.run("add", () => event.data.i + 1);
+  const b = await step.run("double", () => a * 2);
+  return await step.run("plus", () => b + 3);
+});
+
 const calls = {};
 const seconds = {};
 let version = 0;
@@ -58,7 +65,7 @@ app.use((req, res, next) => {
   next();
 });
 app.use(express.json({ limit: "10mb" }));
-app.use("/api/inngest", serve({ client: inngest, functions: [one, ten, lat] }));
+app.use("/api/inngest", serve({ client: inngest, functions: [one, ten, lat, three] }));
 app.get("/healthz", (_req, res) => res.json({ ok: true, app_id: inngest.id, pid: process.pid }));
 
 if (STATS_DIR) {

@@ -62,8 +62,17 @@ async def lat(ctx: inngest.Context) -> Any:
     return await ctx.step.run("s1", lambda: i)
 
 
+@client.create_function(fn_id="three", trigger=inngest.TriggerEvent(event="bench/three"))
+async def three(ctx: inngest.Context) -> Any:
+    """The await scenario's workflow (bench/workflow_await.py): ((i + 1) * 2) + 3 in three steps."""
+    i = ctx.event.data["i"]
+    a = await ctx.step.run("add", lambda: i + 1)
+    b = await ctx.step.run("double", lambda: a * 2)
+    return await ctx.step.run("plus", lambda: b + 3)
+
+
 api = fastapi.FastAPI()
-inngest.fast_api.serve(api, client, [one, ten, lat])
+inngest.fast_api.serve(api, client, [one, ten, lat, three])
 
 
 @api.get("/healthz")

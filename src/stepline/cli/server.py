@@ -125,6 +125,9 @@ async def _serve(ctx: click.Context, config: ServerConfig, hosts: list[str], por
     clients = [load_client(t, app_dir) for t in apps]
     for c in clients:
         c.use_store(store)
+        # One realtime hub and one set of run waiters per process: what the in-process functions publish and end
+        # reaches the server's subscribers and waiters directly, not through the store.
+        c.engine.realtime, c.engine.waiters = engine.realtime, engine.waiters
         await c.ready()
     sockets = _sockets(hosts, port)
     app = create_app(engine, config)
