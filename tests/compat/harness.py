@@ -141,16 +141,16 @@ def node_app(script: str, app_id: str) -> AppSpec:
     return AppSpec(f"node {script}", app_id, NODE_APP_DIR, lambda port: [node, *loader, script])
 
 
-def python_app(app_id: str = "compat-py") -> AppSpec:
+def python_app(app_id: str = "compat-py", module: str = "app") -> AppSpec:
     return AppSpec(
-        "python app.py",
+        f"python {module}.py",
         app_id,
         PY_APP_DIR,
         lambda port: [
             sys.executable,
             "-m",
             "uvicorn",
-            "app:app",
+            f"{module}:app",
             "--host",
             "127.0.0.1",
             "--port",

@@ -3,28 +3,10 @@ cron that does not parse fails the app's sync naming the function and the field,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
-from stepline import FakeClock, Stepline
 from stepline.core.scheduler import SCHEDULED_TIMER
 from stepline.storage.records import RunFilter
 
-from .fake_app import APP_ID, FakeApp, MakeStack, complete, fn_config, register_body, stack_factory
-
-
-@pytest.fixture
-async def app() -> AsyncIterator[FakeApp]:
-    fake = FakeApp()
-    yield fake
-    await fake.astop()
-
-
-@pytest.fixture
-async def make_stack(client: Stepline, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> AsyncIterator[MakeStack]:
-    async with stack_factory(client, clock, caplog) as make:
-        yield make
+from .fake_app import APP_ID, FakeApp, MakeStack, complete, fn_config, register_body
 
 
 async def test_an_http_cron_function_fires_once_per_scheduled_time(app: FakeApp, make_stack: MakeStack) -> None:

@@ -10,12 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
-from stepline import FakeClock, Stepline
 from stepline.server.signing import hashed_signing_key
 
 from .fake_app import (
@@ -31,21 +27,7 @@ from .fake_app import (
     register_body,
     registers_on_put,
     sdk,
-    stack_factory,
 )
-
-
-@pytest.fixture
-async def app() -> AsyncIterator[FakeApp]:
-    fake = FakeApp()
-    yield fake
-    await fake.astop()
-
-
-@pytest.fixture
-async def make_stack(client: Stepline, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> AsyncIterator[MakeStack]:
-    async with stack_factory(client, clock, caplog) as make:
-        yield make
 
 
 def rejected(res: Any, status: int, error: str, *, prefix: bool = False) -> None:

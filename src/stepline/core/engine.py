@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stepline.core.clock import Clock, SystemClock
-from stepline.core.errors import EventValidationError, UnknownFunctionError
+from stepline.core.errors import EventValidationError, UnknownFunctionError, run_end_error
 from stepline.core.events import (
     FUNCTION_CANCELLED,
     FUNCTION_FAILED,
@@ -112,7 +112,9 @@ def run_end_data(function_id: str, run_id: str, trigger: dict[str, Any], finish:
     if finish.status == "completed":
         data["result"] = finish.output
     else:
-        data["error"] = finish.error
+        if finish.event_error is None:  # Inngest's {error, name, message, stack?}, also for a parent's invoke memo
+            finish.event_error = run_end_error(finish.error)
+        data["error"] = finish.event_error
     if trigger.get("name") == FUNCTION_INVOKED:
         corr = ((trigger.get("data") or {}).get("_inngest") or {}).get("correlation_id")
         if corr:

@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,11 @@ class StepDriver:
         self.deadline_ms: int | None = None  # timeouts.finish
         self.lease_until: int | None = None  # this worker's lease, as last claimed or renewed
         self.timed_out = False
+        # Inngest's retry rule: each stretch of code between two steps gets the function's full retries. Set once
+        # this execution recorded a step's result or reached a new sleep, wait or invoke: the code after that is a
+        # new stretch, whose function-level attempt starts at 0 (``on_new_stretch`` tells ``ctx``).
+        self.stretch_ended = False
+        self.on_new_stretch: Callable[[], None] | None = None
         # A step's result held back until the run's next write (see ``finish_run``), and that write in progress.
         self.unwritten: list[StepUpdate] = []
         self._flushing: asyncio.Future[None] | None = None
@@ -96,6 +102,12 @@ class StepDriver:
     # --- bookkeeping ---
     def _now(self) -> int:
         return self.engine.clock.now_ms()
+
+    def _end_stretch(self) -> None:
+        if not self.stretch_ended:
+            self.stretch_ended = True
+            if self.on_new_stretch is not None:
+                self.on_new_stretch()
 
     def _begin(self, kind: str, user_id: str) -> tuple[str, str, StepRecord | None]:
         if self.stop is not None:
@@ -136,7 +148,9 @@ class StepDriver:
             return self.pending
         return [*self.pending[:-1], dataclasses.replace(self.pending[-1], logs=logs)]
 
-    def _suspend(self, update: StepUpdate, reason: dict[str, Any]) -> Suspend:
+    def _suspend(self, update: StepUpdate, reason: dict[str, Any], new_step: bool = False) -> Suspend:
+        if new_step:  # a sleep, wait or invoke reached for the first time: its end starts a new stretch
+            self._end_stretch()
         with self._lock:
             self.pending.append(update)
             self.reasons.append(reason)
@@ -195,6 +209,7 @@ class StepDriver:
         if logs is not None:
             update = dataclasses.replace(update, logs=logs)
         self.unwritten.append(update)
+        self._end_stretch()
         now = self._now()
         rec = StepRecord(self.run_id, update.step_id, update.display_id, update.kind, update.status,
                          update.attempts, update.output, None, None, now, now)  # fmt: skip
@@ -220,6 +235,8 @@ class StepDriver:
         assert outcome.step is not None
         rec = outcome.step
         self.memo[rec.step_id] = rec
+        if rec.is_memo:
+            self._end_stretch()
         if outcome.status == "lost":
             self.stop = LeaseLost()
             raise self.stop
@@ -308,6 +325,7 @@ class StepDriver:
         raise self._suspend(
             StepUpdate(step_id, display_id, "sleep", "sleeping", wake_at=wake),
             {"kind": "sleeping", "step": display_id, "until": wake},
+            new_step=rec is None,
         )
 
     # --- step.wait_for_event ---
@@ -344,6 +362,7 @@ class StepDriver:
             StepUpdate(step_id, display_id, "wait_for_event", "waiting", wake_at=wake,
                        wait=WaitSpec(name, expression, wake), since=since),
             {"kind": "waiting", "step": display_id, "event": name, "until": wake},
+            new_step=True,
         )  # fmt: skip
 
     # --- step.invoke ---
@@ -379,6 +398,7 @@ class StepDriver:
         raise self._suspend(
             StepUpdate(step_id, display_id, "invoke", "invoking", wake_at=wake, invoke=batch),
             {"kind": "invoking", "step": display_id, "function": spec.id, "run_id": batch.runs[0].id, "until": wake},
+            new_step=True,
         )
 
     # --- step.send_event ---

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepline.core.durations import parse_duration
+from stepline.core.errors import run_end_error
 from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT
@@ -115,6 +116,10 @@ class _Execution:
         self.reasons: dict[str, dict[str, Any]] = {}
         self.labels: dict[str, str] = {}
         self.settled = False  # some step's time came when the run was claimed
+        # Inngest's retry rule: the function-level attempt of the current stretch of code (between two steps),
+        # sent as ctx.attempt in discovery calls; 0 again once a step ends or a new sleep, wait or invoke begins.
+        self.attempt = claimed.run.attempt
+        self.stretch_ended = False
         self.since: int | str = 0
         started = self.run.started_at
         finish_ms = fn.spec.finish_timeout_ms
@@ -140,7 +145,7 @@ class _Execution:
                 for step_id, outcome in outcomes:
                     planned += await self.handle(outcome, step_id)
             else:
-                _, outcome = await self.call("step", self.run.attempt, False)
+                _, outcome = await self.call("step", self.attempt, False)
                 new = await self.handle(outcome, None)
                 planned = new
             if not planned and self.pending:
@@ -170,6 +175,10 @@ class _Execution:
                 await self.record(StepUpdate(rec.step_id, rec.display_id, "invoke", "failed", 1,
                                              error=dict(INVOKE_TIMEOUT_ERROR)))  # fmt: skip
         return targets
+
+    def end_stretch(self) -> None:
+        self.stretch_ended = True
+        self.attempt = 0
 
     def keep_pending(self, rec: StepRecord) -> None:
         self.pending[rec.step_id] = StepUpdate(rec.step_id, rec.display_id, rec.kind, rec.status,  # type: ignore[arg-type]
@@ -237,7 +246,8 @@ class _Execution:
         if outcome.kind == "complete":
             await self.finish(RunFinish("completed", output=outcome.output))
         if outcome.kind == "error":
-            await self.function_error(outcome.error or {}, outcome.retriable, outcome.retry_at)
+            await self.function_error(outcome.error or {}, outcome.retriable, outcome.retry_at, targeted,
+                                      outcome.reason)  # fmt: skip
         planned: list[str] = []
         progressed = False
         for op in outcome.ops:
@@ -331,6 +341,7 @@ class _Execution:
         if wake <= now:
             await self.record(StepUpdate(op.id, self.labels[op.id], "sleep", "completed", 1, output=None))
             return True
+        self.end_stretch()
         self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "sleep", "sleeping", wake_at=wake)
         self.reasons[op.id] = {"kind": "sleeping", "step": self.labels[op.id], "until": wake}
         return True
@@ -343,6 +354,7 @@ class _Execution:
             compile_expression(expression)
         wake = self.now() + int(parse_duration(timeout).total_seconds() * 1000)
         event = canonical_event_name(str(name))
+        self.end_stretch()
         self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "wait_for_event", "waiting", wake_at=wake,
                                          wait=WaitSpec(event, expression, wake), since=self.since)  # fmt: skip
         self.reasons[op.id] = {"kind": "waiting", "step": self.labels[op.id], "event": event, "until": wake}
@@ -362,6 +374,7 @@ class _Execution:
         timeout = op.opts.get("timeout") or DEFAULT_WAIT_TIMEOUT
         wake = now + int(parse_duration(timeout).total_seconds() * 1000)
         batch = self.engine.plan_invoke(spec, self.run.id, op.id, self.fn.id, data, wake, now)
+        self.end_stretch()
         self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "invoke", "invoking", wake_at=wake, invoke=batch)
         self.reasons[op.id] = {"kind": "invoking", "step": self.labels[op.id], "function": spec.id,
                                "run_id": batch.runs[0].id, "until": wake}  # fmt: skip
@@ -376,6 +389,8 @@ class _Execution:
         if outcome.status != "ok" or outcome.step is None:
             raise _Stop()
         rec = outcome.step
+        if rec.is_memo:
+            self.end_stretch()
         if rec.step_id not in self.memo or not self.memo[rec.step_id].is_memo:
             self.stack.append(rec.step_id)
         self.memo[rec.step_id] = rec
@@ -387,22 +402,39 @@ class _Execution:
         now = self.now()
         reasons = sorted(self.reasons.values(), key=lambda r: r.get("until") or 0)
         idle = reasons[0] if len(reasons) == 1 else {"kind": "multiple", "reasons": reasons}
-        outcome = await self.engine.store.suspend_run(self.run.id, self.ex.owner, list(self.pending.values()), idle,
-                                                      self.engine.matcher, now, max_due_at=self.deadline)  # fmt: skip
+        outcome = await self.engine.store.suspend_run(
+            self.run.id, self.ex.owner, list(self.pending.values()), idle, self.engine.matcher, now,
+            max_due_at=self.deadline, attempt=0 if self.stretch_ended else None)  # fmt: skip
         await self.engine.announce_cancellations(outcome.cancelled_run_ids)
         self.engine.notify()
         raise _Stop()
 
-    async def function_error(self, error: dict[str, Any], retriable: bool, retry_at: int | None) -> None:
+    async def function_error(self, error: dict[str, Any], retriable: bool, retry_at: int | None,
+                             targeted: str | None = None, reason: str | None = None) -> None:  # fmt: skip
+        """An error outside any op (the function's code threw, the app was down, answered garbage, ...).
+
+        As on Inngest, it counts against the attempt of the unit of work that failed: a targeted call's step
+        (retried as that step, with its attempt) or the current stretch of code (a discovery call). With no
+        attempt left, or ``X-Inngest-No-Retry``, the run fails. ``reason``: why the answer counts as a failure
+        (``invalid status code: 500``), for the run-end events' ``data.error``."""
         run = self.run
-        if retriable and run.attempt + 1 < self.fn.max_attempts:
-            now = self.now()
-            due = retry_at or now + int(self.st.config.backoff.delay(run.attempt).total_seconds() * 1000)
-            log.info("run %s of %s: attempt %d failed, retrying: %s", run.id, self.fn.id, run.attempt,
+        now = self.now()
+        if targeted is not None:
+            attempt = self.attempt_of(targeted)
+            if retriable and attempt + 1 < self.fn.max_attempts:
+                wake = retry_at or now + int(self.st.config.backoff.delay(attempt).total_seconds() * 1000)
+                label = self.labels.get(targeted, targeted)
+                self.pending[targeted] = StepUpdate(targeted, label, "run", "retrying", attempt + 1, error=error,
+                                                    wake_at=wake)  # fmt: skip
+                self.reasons[targeted] = {"kind": "retrying", "step": label, "until": wake}
+                return
+        elif retriable and self.attempt + 1 < self.fn.max_attempts:
+            due = retry_at or now + int(self.st.config.backoff.delay(self.attempt).total_seconds() * 1000)
+            log.info("run %s of %s: attempt %d failed, retrying: %s", run.id, self.fn.id, self.attempt,
                      error.get("message"))  # fmt: skip
-            await self.engine.store.retry_run(run.id, self.ex.owner, due, error, now)
+            await self.engine.store.retry_run(run.id, self.ex.owner, due, error, now, attempt=self.attempt + 1)
             raise _Stop()
-        await self.finish(RunFinish("failed", error=error))
+        await self.finish(RunFinish("failed", error=error, event_error=run_end_error(error, reason)))
 
     async def finish(self, finish: RunFinish) -> None:
         await self.engine.end_run(self.run, self.claimed.event, self.ex.owner, finish)

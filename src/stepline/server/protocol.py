@@ -111,6 +111,9 @@ class Outcome:
     retriable: bool = True
     retry_at: int | None = None  # unix ms from Retry-After
     status: int | None = None
+    # Why an error answer counts as a failure, as Inngest's executor words it (``invalid status code: 500``, or
+    # ``NonRetriableError`` with X-Inngest-No-Retry): the run-end events' ``data.error.error``.
+    reason: str | None = None
 
 
 def _error(message: str, *, name: str = "Error", status: int | None = None, retriable: bool = True) -> Outcome:
@@ -224,10 +227,17 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, now_ms: in
             return _error(f"the app answered 206 with a {missing[0]} op without a step id", status=status)
         return Outcome("ops", ops=[o for o in ops if o is not None], retry_at=retry_at, status=status,
                        retriable=not no_retry)  # fmt: skip
-    if isinstance(payload, dict) and (payload.get("name") or payload.get("message")):
-        error = {k: payload[k] for k in ("name", "message", "stack", "code") if payload.get(k) is not None}
-        error.setdefault("name", "Error")
-        error.setdefault("message", "")
+    if isinstance(payload, dict) and (payload.get("name") or payload.get("message")) and _storable(payload):
+        error = payload  # the SDK's error, stored and returned exactly as it sent it (a null stack stays null)
     else:
         error = {"name": "Error", "message": f"the app answered HTTP {status}: {body[:300].decode(errors='replace')}"}
-    return Outcome("error", error=error, retriable=not no_retry, retry_at=retry_at, status=status)
+    reason = "NonRetriableError" if no_retry else f"invalid status code: {status}"
+    return Outcome("error", error=error, retriable=not no_retry, retry_at=retry_at, status=status, reason=reason)
+
+
+def _storable(value: Any) -> bool:
+    try:
+        _check_storable(value)
+    except ValueError:
+        return False
+    return True

@@ -229,7 +229,10 @@ class RunFilter:
 class RunFinish:
     status: Literal["completed", "failed", "cancelled"]
     output: Any = None
-    error: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None  # stored as given (what the SDK or the function's code produced)
+    # The error as the run-end events carry it (``core.errors.run_end_error``), and a parent's failed invoke step.
+    # None: derived from ``error`` by ``Engine.follow_up``.
+    event_error: dict[str, Any] | None = None
     follow_up: IngestBatch = field(default_factory=lambda: IngestBatch([], []))  # system events + runs
     may_have_waits: bool = True  # False lets the store skip deleting waits of a run that never had any
     logs: RunLogs | None = None  # the run's last captured log lines, stored with its end

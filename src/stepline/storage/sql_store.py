@@ -446,6 +446,7 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
         matcher: WaitMatcher,
         now: int,
         max_due_at: int | None = None,
+        attempt: int | None = None,
     ) -> WriteOutcome:
         def op(conn: Any) -> WriteOutcome:
             bad = self._check_lease(conn, run_id, owner)
@@ -491,6 +492,7 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
                     "run_id": run_id,
                     "due_at": due_at,
                     "idle_reason": None if due_at == now else _j(idle_reason),
+                    "attempt": attempt,
                 },
             ).fetchone()
             self._free_slots(conn, keys, now)
@@ -526,7 +528,14 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
             return False
 
     async def retry_run(
-        self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int, logs: RunLogs | None = None
+        self,
+        run_id: str,
+        owner: str,
+        due_at: int,
+        error: dict[str, object],
+        now: int,
+        logs: RunLogs | None = None,
+        attempt: int | None = None,
     ) -> WriteOutcome:
         def op(conn: Any) -> WriteOutcome:
             bad = self._check_lease(conn, run_id, owner)
@@ -535,7 +544,7 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
             self._insert_run_logs(conn, run_id, logs, now)
             keys = conn.execute(
                 self.Q["retry_run"],
-                {"run_id": run_id, "due_at": due_at, "error": _j(error),
+                {"run_id": run_id, "due_at": due_at, "error": _j(error), "attempt": attempt,
                  "idle_reason": _j({"kind": "retrying", "until": due_at})},
             ).fetchone()  # fmt: skip
             self._free_slots(conn, keys, now)
@@ -634,8 +643,11 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
         self._free_slots(conn, tuple(keys), now)
         if parent_run_id is not None:
             result = finish.output if finish.status == "completed" else None  # the invoked function's output
+            # A failed invoke's memo is the child's error as its run-end events carry it (as Inngest resumes it).
             error = (
-                None if finish.status == "completed" else (finish.error or {"name": "Error", "message": finish.status})
+                None
+                if finish.status == "completed"
+                else (finish.event_error or finish.error or {"name": "Error", "message": finish.status})
             )
             cur = conn.execute(
                 self.Q["complete_pending_step"],

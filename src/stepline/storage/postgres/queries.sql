@@ -187,7 +187,8 @@ UPDATE steps SET status = %(status)s, output = %(output)s::json, error = %(error
 WHERE run_id = %(run_id)s AND step_id = %(step_id)s AND status NOT IN ('completed', 'failed')
 
 -- name: suspend_run
-UPDATE runs SET due_at = %(due_at)s, idle_reason = %(idle_reason)s::jsonb, lease_owner = NULL, lease_expires_at = NULL
+UPDATE runs SET due_at = %(due_at)s, idle_reason = %(idle_reason)s::jsonb, lease_owner = NULL, lease_expires_at = NULL,
+                attempt = coalesce(%(attempt)s::integer, attempt)
 WHERE id = %(run_id)s
 RETURNING ckey1, ckey2
 
@@ -196,7 +197,7 @@ UPDATE runs SET due_at = %(now)s, idle_reason = NULL
 WHERE id = %(run_id)s AND status IN ('queued', 'running') AND (due_at IS NULL OR due_at > %(now)s)
 
 -- name: retry_run
-UPDATE runs SET attempt = attempt + 1, due_at = %(due_at)s, error = %(error)s::json,
+UPDATE runs SET attempt = coalesce(%(attempt)s::integer, attempt + 1), due_at = %(due_at)s, error = %(error)s::json,
                 idle_reason = %(idle_reason)s::jsonb,
                 lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(run_id)s

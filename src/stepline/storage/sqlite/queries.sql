@@ -141,7 +141,8 @@ UPDATE steps SET status = :status, output = :output, error = :error, wake_at = N
 WHERE run_id = :run_id AND step_id = :step_id AND status NOT IN ('completed', 'failed')
 
 -- name: suspend_run
-UPDATE runs SET due_at = :due_at, idle_reason = :idle_reason, lease_owner = NULL, lease_expires_at = NULL
+UPDATE runs SET due_at = :due_at, idle_reason = :idle_reason, lease_owner = NULL, lease_expires_at = NULL,
+                attempt = coalesce(:attempt, attempt)
 WHERE id = :run_id
 RETURNING ckey1, ckey2
 
@@ -150,7 +151,8 @@ UPDATE runs SET due_at = :now, idle_reason = NULL
 WHERE id = :run_id AND status IN ('queued', 'running') AND (due_at IS NULL OR due_at > :now)
 
 -- name: retry_run
-UPDATE runs SET attempt = attempt + 1, due_at = :due_at, error = :error, idle_reason = :idle_reason,
+UPDATE runs SET attempt = coalesce(:attempt, attempt + 1), due_at = :due_at, error = :error,
+                idle_reason = :idle_reason,
                 lease_owner = NULL, lease_expires_at = NULL
 WHERE id = :run_id
 RETURNING ckey1, ckey2

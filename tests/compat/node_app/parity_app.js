@@ -1,0 +1,74 @@
+"use strict";
+// The round-2 app of Stepline's compatibility tests (test_parity.py): Inngest's retry and error semantics and the
+// newer step kinds, with the official `inngest` JS SDK, unmodified, served by Express at /api/inngest.
+// tests/compat/py_app/parity_app.py has the same functions (same ids, events and outputs) where the Python SDK
+// has the feature. Env: as app.js (PORT, COMPAT_APP_ID, COMPAT_LOG, the SDK's INNGEST_* variables).
+
+const express = require("express");
+const { Inngest, RetryAfterError } = require("inngest");
+const { serve } = require("inngest/express");
+const { record, tokenOf, listen } = require("./record");
+
+const inngest = new Inngest({ id: process.env.COMPAT_APP_ID || "parity-node" });
+
+// What already failed once, per token and place: the code before a step runs again on every call (replay), so
+// "fail once here" needs memory outside the run.
+const failed = new Set();
+function failOnce(token, where) {
+  const key = `${token}:${where}`;
+  if (failed.has(key)) return false;
+  failed.add(key);
+  return true;
+}
+
+const ping = inngest.createFunction({ id: "ping", triggers: [{ event: "compat/ping" }] }, async () => "pong");
+
+// --- retries between steps: each stretch of code between two steps gets the full retries ------------------------
+const stretch = inngest.createFunction(
+  { id: "stretch", retries: 1, triggers: [{ event: "parity/stretch" }] },
+  async ({ event, step, attempt }) => {
+    const token = event.data.token;
+    const kind = event.data.kind || "error";
+    record({ fn: "stretch", what: "call", attempt, token });
+    const fail = (where) => {
+      if (failOnce(token, where)) {
+        record({ fn: "stretch", what: "fail", where, attempt, token });
+        if (kind === "retry-after") throw new RetryAfterError(`${where} the step`, 1000);
+        throw new Error(`${where} the step`);
+      }
+    };
+    fail("before");
+    const value = await step.run("first", () => {
+      record({ fn: "stretch", what: "step", step: "first", attempt, token });
+      return 1;
+    });
+    fail("after");
+    return { value, attempt };
+  },
+);
+
+// --- error shapes --------------------------------------------------------------------------------------------------
+const shapes = inngest.createFunction(
+  {
+    id: "shapes",
+    retries: 0,
+    triggers: [{ event: "parity/shapes" }],
+    onFailure: async ({ event }) => {
+      record({ fn: "shapes-failure", what: "on_failure", error: event.data.error, token: tokenOf(event) });
+    },
+  },
+  async ({ event, step }) => {
+    await step.run("charge", () => {
+      throw new Error(`card declined ${event.data.token}`);
+    });
+  },
+);
+
+const functions = [ping, stretch, shapes];
+
+const app = express();
+app.use(express.json({ limit: "10mb" }));
+app.use("/api/inngest", serve({ client: inngest, functions }));
+app.get("/healthz", (_req, res) => res.json({ ok: true, app_id: inngest.id }));
+
+listen(app, "parity node app");

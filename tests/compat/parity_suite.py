@@ -1,0 +1,67 @@
+"""Round-2 checks (issue 14) every official SDK must pass against Stepline, written once: ``test_parity.py``
+subclasses :class:`ParitySuite` with the apps ``py_app/parity_app.py`` and ``node_app/parity_app.js``. A check an
+SDK cannot exercise (a step kind it does not have) is left to the SDK that has it: ``requires(stack, "node")``.
+Each test runs in dev mode and in signed (``stepline start``) mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import pytest
+
+from .harness import AppSpec, Stack, new_token
+
+
+def requires(stack: Stack, sdk: str) -> None:
+    if stack.sdk != sdk:
+        pytest.skip(f"the {stack.sdk} SDK has no such step kind; the {sdk} SDK's test covers it")
+
+
+class ParitySuite:
+    app: ClassVar[Callable[[], AppSpec]]
+
+    # --- retries between steps (item 1) ------------------------------------------------------------------------
+    def test_each_stretch_between_steps_gets_the_full_retries(self, stack: Stack) -> None:
+        """retries: 1, and the function fails once before its first step and once after it: on Inngest both
+        stretches are retried (the attempt starts again at 0 after a step), so the run completes."""
+        token = new_token()
+        _, run = stack.trigger("parity/stretch", {"token": token})
+        assert run["status"] == "Completed", run
+        assert run["output"] == {"value": 1, "attempt": 1}
+        assert [r["attempt"] for r in stack.records(token, what="call")] == [0, 1, 0, 1]
+        assert [(r["where"], r["attempt"]) for r in stack.records(token, what="fail")] == [("before", 0), ("after", 0)]
+        assert len(stack.records(token, what="step")) == 1
+
+    def test_retry_after_error_from_the_function_body_counts_per_stretch(self, stack: Stack) -> None:
+        token = new_token()
+        _, run = stack.trigger("parity/stretch", {"token": token, "kind": "retry-after"})
+        assert run["status"] == "Completed", run
+        calls = stack.records(token, what="call")
+        assert [r["attempt"] for r in calls] == [0, 1, 0, 1]
+        # Each failure asked for a retry one second later (Retry-After), not the scaled-down backoff.
+        assert calls[1]["t"] - calls[0]["t"] >= 0.8 and calls[3]["t"] - calls[2]["t"] >= 0.8, calls
+
+    # --- error shapes (item 2) ---------------------------------------------------------------------------------
+    def test_errors_are_stored_as_sent_and_on_failure_gets_inngests_shape(self, stack: Stack) -> None:
+        token = new_token()
+        _, run = stack.trigger("parity/shapes", {"token": token})
+        assert run["status"] == "Failed", run
+        [step] = stack.steps(run["run_id"])
+        for error in (run["error"], step["error"]):
+            assert f"card declined {token}" in error["message"], error
+            # Kept exactly as the SDK sent it, fields Stepline does not use included.
+            if stack.sdk == "node":
+                assert error["__serialized"] is True, error
+            else:
+                assert error["code"] in ("unknown", "step_errored"), error
+        assert run["error"]["code" if stack.sdk == "python" else "name"] == (
+            "step_errored" if stack.sdk == "python" else "Error"
+        )
+        [handled] = stack.wait_records(token, fn="shapes-failure")
+        error = handled["error"]
+        # As Inngest's executor sends it: the SDK's last answer was an error with X-Inngest-No-Retry.
+        assert error["error"] == "NonRetriableError", error
+        assert set(error) == {"error", "name", "message", "stack"}, error
+        assert f"card declined {token}" in error["message"] and error["stack"], error

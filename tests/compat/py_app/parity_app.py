@@ -1,0 +1,90 @@
+"""The round-2 app of Stepline's compatibility tests (``test_parity.py``): Inngest's retry and error semantics and
+the newer step kinds, with the official PyPI ``inngest`` SDK, unmodified, served by FastAPI at /api/inngest.
+
+``node_app/parity_app.js`` has the same functions (same ids, events and outputs) with the JS SDK, where that SDK
+has the feature. Env: as ``app.py`` (COMPAT_APP_ID, COMPAT_LOG, the SDK's INNGEST_* variables).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from typing import Any
+
+import fastapi
+import inngest
+import inngest.fast_api
+from record import record, token_of
+
+client = inngest.Inngest(
+    app_id=os.environ.get("COMPAT_APP_ID", "parity-py"),
+    logger=logging.getLogger("parity-py-app"),
+)
+# What already failed once, per token and place: the code before a step runs again on every call (replay), so
+# "fail once here" needs memory outside the run.
+_failed: set[tuple[str, str]] = set()
+
+
+def fail_once(token: str, where: str) -> bool:
+    if (token, where) in _failed:
+        return False
+    _failed.add((token, where))
+    return True
+
+
+@client.create_function(fn_id="ping", trigger=inngest.TriggerEvent(event="compat/ping"))
+async def ping(ctx: inngest.Context) -> str:
+    return "pong"
+
+
+# --- retries between steps: each stretch of code between two steps gets the full retries ------------------------
+@client.create_function(fn_id="stretch", retries=1, trigger=inngest.TriggerEvent(event="parity/stretch"))
+async def stretch(ctx: inngest.Context) -> dict[str, Any]:
+    token = ctx.event.data["token"]
+    kind = ctx.event.data.get("kind", "error")
+    record(fn="stretch", what="call", attempt=ctx.attempt, token=token)
+
+    def fail(where: str) -> None:
+        if fail_once(token, where):
+            record(fn="stretch", what="fail", where=where, attempt=ctx.attempt, token=token)
+            if kind == "retry-after":
+                raise inngest.RetryAfterError(f"{where} the step", dt.timedelta(seconds=1))
+            raise RuntimeError(f"{where} the step")
+
+    fail("before")
+
+    async def first() -> int:
+        record(fn="stretch", what="step", step="first", attempt=ctx.attempt, token=token)
+        return 1
+
+    value = await ctx.step.run("first", first)
+    fail("after")
+    return {"value": value, "attempt": ctx.attempt}
+
+
+# --- error shapes --------------------------------------------------------------------------------------------------
+async def shapes_failure(ctx: inngest.Context) -> None:
+    record(fn="shapes-failure", what="on_failure", error=ctx.event.data.get("error"), token=token_of(ctx.event))
+
+
+@client.create_function(fn_id="shapes", retries=0, trigger=inngest.TriggerEvent(event="parity/shapes"),
+                        on_failure=shapes_failure)  # fmt: skip
+async def shapes(ctx: inngest.Context) -> None:
+    token = ctx.event.data["token"]
+
+    async def charge() -> None:
+        raise ValueError(f"card declined {token}")
+
+    await ctx.step.run("charge", charge)
+
+
+FUNCTIONS = [ping, stretch, shapes]
+
+app = fastapi.FastAPI()
+inngest.fast_api.serve(app, client, FUNCTIONS)
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, Any]:
+    return {"ok": True, "app_id": client.app_id}
