@@ -6,12 +6,13 @@ Each test runs in dev mode and in signed (``stepline start``) mode.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
-from .harness import AppSpec, Stack, new_token
+from .harness import TERMINAL, AppSpec, Stack, new_token, wait_for
 
 
 def requires(stack: Stack, sdk: str) -> None:
@@ -65,3 +66,51 @@ class ParitySuite:
         assert error["error"] == "NonRetriableError", error
         assert set(error) == {"error", "name", "message", "stack"}, error
         assert f"card declined {token}" in error["message"] and error["stack"], error
+
+    # --- parallel race mode (item 3) ----------------------------------------------------------------------------
+    def test_race_goes_on_after_the_first_step_while_the_other_still_runs(self, stack: Stack) -> None:
+        requires(stack, "node")
+        token = new_token()
+        _, run = stack.trigger("parity/race-steps", {"token": token})
+        assert run["status"] == "Completed" and run["output"] == {"winner": "fast", "next": "after fast"}, run
+        [after] = stack.records(token, step="after-race")
+        [slow] = stack.records(token, step="slow")
+        # The step after the race ran while the slow racer (3 s) still ran: discovery came right after "fast",
+        # not after every racer ended. (The SDK still wants the loser's result before it reports the run done.)
+        assert after["t"] < slow["t"] - 1, (after, slow)
+        assert {s["name"] for s in stack.steps(run["run_id"])} == {"fast", "slow", "after-race"}
+
+    def test_race_losing_wait_does_not_hold_the_run_open(self, stack: Stack) -> None:
+        requires(stack, "node")
+        token = new_token()
+        started = time.monotonic()
+        _, run = stack.trigger("parity/race-wait", {"token": token, "deadline": "1s"})
+        # The losing waitForEvent has a one-hour timeout; the run ends right after the sleep that won.
+        assert run["status"] == "Completed" and run["output"] == {"after": "timed out"}, run
+        assert time.monotonic() - started < 6
+        steps = stack.steps_by_name(run["run_id"])
+        assert steps["approval"][0]["output"] is None and steps["deadline"][0]["status"] == "completed", steps
+        assert len(stack.records(token, step="after")) == 1
+
+    def test_race_won_by_the_event(self, stack: Stack) -> None:
+        requires(stack, "node")
+        token = new_token()
+        [event_id] = stack.send({"name": "parity/race-wait", "data": {"token": token, "deadline": "1h"}})
+        [listed] = stack.wait_runs(event_id)
+        run_id = listed["run_id"]
+
+        def approve() -> dict[str, Any] | None:
+            stack.send({"name": "parity/approved", "data": {"token": token, "by": "alice"}})
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                run = stack.run(run_id)
+                if run["status"] in TERMINAL:
+                    return run
+                time.sleep(0.05)
+            return None
+
+        run = wait_for("the approval to win the race", approve, stack=stack)
+        # The one-hour sleep lost: the run did not wait for it.
+        assert run["status"] == "Completed" and run["output"] == {"after": "approved by alice"}, run
+        steps = stack.steps_by_name(run_id)
+        assert steps["deadline"][0]["status"] == "completed" and steps["deadline"][0]["output"] is None, steps

@@ -516,3 +516,21 @@ async def test_list_steps_order_survives_a_takeover_by_another_process(store: St
         expected = ["a", "b", "c", "d"]
         assert [s.display_id for s in await other_process.list_steps(c.run.id)] == expected
         assert [s.display_id for s in await store.list_steps(c.run.id)] == expected
+
+
+async def test_a_steps_race_is_kept_from_its_first_record_to_its_result(store: Store) -> None:
+    """The race a step was started in (parallelMode race) is stored with it, kept when later writes omit it, and
+    read back with the run's steps when it is claimed again."""
+    claimed = await start_and_claim(store, "w1")
+    run_id = claimed.run.id
+    nap = StepUpdate(sid("nap"), "nap", "sleep", "sleeping", wake_at=NOW + MIN, race="r1")
+    retry = StepUpdate(sid("call"), "call", "run", "retrying", 1, error={"name": "E", "message": "x"},
+                       wake_at=NOW + MIN, race="r1")  # fmt: skip
+    await store.suspend_run(run_id, "w1", [nap, retry], {"kind": "multiple"}, MATCH, NOW + 1)
+    (again,) = await store.claim_runs("w2", [FN], NOW + MIN, 10, LEASE)
+    assert {s.display_id: s.race for s in again.steps.values()} == {"nap": "r1", "call": "r1"}
+    outcome = await store.record_step(run_id, "w2", memo("call", "done"), MATCH, NOW + MIN)  # no race given
+    assert outcome.step is not None and (outcome.step.status, outcome.step.race) == ("completed", "r1")
+    await store.record_step(run_id, "w2", memo("plain", 1), MATCH, NOW + MIN)
+    assert {s.display_id: s.race for s in await store.list_steps(run_id)} == {"nap": "r1", "call": "r1",
+                                                                              "plain": None}  # fmt: skip

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +38,18 @@ INVOKE_TIMEOUT_ERROR = {"name": "InngestInvokeTimeoutError",
                         "message": "Timed out waiting for invoked function to complete"}  # fmt: skip
 
 
+DISCOVERY = "step"  # the stepId of a discovery call
+
+
 class _Stop(Exception):
     """The run was cancelled, its lease lost, or it ended: stop driving it."""
+
+
+@dataclass
+class _Answer:
+    step_id: str  # the step the call targeted, or DISCOVERY
+    outcome: Outcome
+    since: int | str  # the event cursor when the call began: a wait it reports matches only later events
 
 
 @dataclass
@@ -121,6 +133,11 @@ class _Execution:
         self.attempt = claimed.run.attempt
         self.stretch_ended = False
         self.since: int | str = 0
+        self.tasks: dict[asyncio.Task[_Answer], str] = {}  # calls in flight -> the step they target (or DISCOVERY)
+        self.launched = 0
+        self.rediscover = False  # a race step ended while a discovery was in flight: discover again after it
+        # Races (parallelMode "race"): step id -> the key of the race it was started in (stored with its steps).
+        self.race_of: dict[str, str] = {r.step_id: r.race for r in self.memo.values() if r.race}
         started = self.run.started_at
         finish_ms = fn.spec.finish_timeout_ms
         self.deadline = None if started is None or finish_ms is None else started + finish_ms
@@ -135,23 +152,74 @@ class _Execution:
             await self.finish(RunFinish("cancelled", error={
                 "name": "StartTimeout", "message": "the run did not start within timeouts.start"}))  # fmt: skip
         targets = await self.settle_due_steps()
+        await self.settle_races()
         if not targets and not self.settled and self.pending:
             await self.suspend()  # claimed before any of its steps fell due (a lease expired): rest again
-        planned = targets
-        for _ in range(MAX_CALLS_PER_CLAIM):
-            if planned:
-                outcomes = await asyncio.gather(*(self.call(p, self.attempt_of(p), True) for p in planned))
-                planned = []
-                for step_id, outcome in outcomes:
-                    planned += await self.handle(outcome, step_id)
+        try:
+            for step_id in targets or [DISCOVERY]:
+                await self.launch(step_id)
+            while True:
+                done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in [t for t in self.tasks if t in done]:  # in the order they were started
+                    del self.tasks[task]
+                    await self.take(task.result())
+                if not self.tasks:
+                    # Every call came back. Steps still waiting (a retry, sleep, wait, invoke) hold the next discovery
+                    # (Inngest's default parallel mode: discover once all are done), unless a race step ended since.
+                    if self.pending and not self.rediscover:
+                        await self.suspend()
+                    self.rediscover = False
+                    await self.launch(DISCOVERY)
+        finally:
+            for task in self.tasks:  # the run ended or rests: calls still in flight (race losers) are dropped
+                task.cancel()
+            if self.tasks:
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def launch(self, step_id: str) -> None:
+        """Start a call: a discovery, or a targeted call for a planned or retried step."""
+        self.launched += 1
+        if self.launched > MAX_CALLS_PER_CLAIM:
+            await self.function_error({"name": "Error", "message": (
+                f"more than {MAX_CALLS_PER_CLAIM} calls in one go")}, retriable=True, retry_at=None)  # fmt: skip
+        if step_id == DISCOVERY:
+            # Parallel steps still running elsewhere: the SDK must plan new steps, not run one inline.
+            busy = any(s != DISCOVERY for s in self.tasks.values())
+            call = self.call(DISCOVERY, self.attempt, busy)
+        else:
+            call = self.call(step_id, self.attempt_of(step_id), True)
+        self.tasks[asyncio.ensure_future(call)] = step_id
+
+    def in_flight(self, step_id: str) -> bool:
+        return step_id in self.tasks.values()
+
+    async def take(self, answer: _Answer) -> None:
+        """Apply a call's answer, start the calls it plans, and in race mode ask for discovery at once."""
+        self.since = answer.since
+        targeted = None if answer.step_id == DISCOVERY else answer.step_id
+        for step_id in await self.handle(answer.outcome, targeted):
+            if not self.in_flight(step_id):
+                await self.launch(step_id)
+        ended = targeted is not None and targeted in self.memo and self.memo[targeted].is_memo
+        if ended and targeted in self.race_of:
+            # Race mode: discover after each step ends, not after all (as Inngest), so the code past the race goes
+            # on while the other racers still run.
+            if self.in_flight(DISCOVERY):
+                self.rediscover = True
             else:
-                _, outcome = await self.call("step", self.attempt, False)
-                new = await self.handle(outcome, None)
-                planned = new
-            if not planned and self.pending:
-                await self.suspend()
-        await self.function_error({"name": "Error", "message": f"more than {MAX_CALLS_PER_CLAIM} calls in one go"},
-                                  retriable=True, retry_at=None)  # fmt: skip
+                await self.launch(DISCOVERY)
+        await self.settle_races()
+
+    async def settle_races(self) -> None:
+        """A race with a result is decided: its losing sleeps and waits resolve (a sleep as done, a wait as timed
+        out, memo ``null``) instead of holding the run open until their deadlines (beyond Inngest, where the losers'
+        pauses stay: inngest-js issue 1617). Losing ``step.run`` calls are not stopped; their results are kept."""
+        decided = {self.race_of[sid] for sid, rec in self.memo.items() if rec.is_memo and sid in self.race_of}
+        for sid, update in list(self.pending.items()):
+            if self.race_of.get(sid) in decided and update.kind in ("sleep", "wait_for_event"):
+                del self.pending[sid]
+                self.reasons.pop(sid, None)
+                await self.record(StepUpdate(sid, update.display_id, update.kind, "completed", 1, output=None))
 
     async def settle_due_steps(self) -> list[str]:
         """Steps whose time came: finish sleeps and timed-out waits/invokes; return the retries due now."""
@@ -194,7 +262,11 @@ class _Execution:
         return rec.attempts if rec is not None and not rec.is_memo else 0
 
     # --- one call ---
-    async def call(self, step_id: str, attempt: int, disable_immediate: bool) -> tuple[str, Outcome]:
+    async def call(self, step_id: str, attempt: int, disable_immediate: bool) -> _Answer:
+        since = await self.engine.store.event_cursor()  # a wait reported by this call matches later events
+        return _Answer(step_id, await self._call(step_id, attempt, disable_immediate), since)
+
+    async def _call(self, step_id: str, attempt: int, disable_immediate: bool) -> Outcome:
         if self.lease.stop is not None:
             raise _Stop()
         now = self.now()
@@ -203,7 +275,6 @@ class _Execution:
         if self.deadline is not None and now >= self.deadline:
             await self.finish(RunFinish("cancelled", error={
                 "name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}))  # fmt: skip
-        self.since = await self.engine.store.event_cursor()  # a wait reported by this call matches later events
         memo = {sid: protocol.memo_value(self.memo[sid]) for sid in self.stack}
         state = CallState(self.run.id, self.claimed.event, self.claimed.events, memo, list(self.stack), attempt,
                           self.fn.max_attempts, disable_immediate)  # fmt: skip
@@ -221,12 +292,12 @@ class _Execution:
             async with self.ex.slots(self.fn.url), asyncio.timeout(self.st.config.call_timeout):  # the whole call
                 answer = await self.st.calls.post(self.fn.call_url(step_id), raw, headers, limit)
         except ResponseTooLarge:
-            return step_id, too_large
+            return too_large
         except TimeoutError:
-            return step_id, Outcome("error", error={"name": "CallTimeout", "message": (
+            return Outcome("error", error={"name": "CallTimeout", "message": (
                 f"the app did not answer within {self.st.config.call_timeout:g} s")})  # fmt: skip
         except AppCallFailed as exc:
-            return step_id, Outcome("error", error={"name": "AppUnreachable", "message": (
+            return Outcome("error", error={"name": "AppUnreachable", "message": (
                 f"calling {self.fn.call_url(step_id)} failed: {exc}")})  # fmt: skip
         body_bytes, lower = answer.body, answer.headers
         if self.st.config.signed and "x-inngest-sdk" in lower:
@@ -234,11 +305,11 @@ class _Execution:
             header = lower.get("x-inngest-signature")
             checked_at = self.now() // 1000
             if signing.verify_response_signature(body_bytes, header, self.st.config.signing_keys, checked_at) is None:
-                return step_id, Outcome(
+                return Outcome(
                     "error",
                     error={"name": "InvalidResponseSignature", "message": _signature_problem(header, checked_at)},
                 )
-        return step_id, protocol.parse_response(answer.status, lower, body_bytes, self.now())
+        return protocol.parse_response(answer.status, lower, body_bytes, self.now())
 
     # --- what a response means ---
     async def handle(self, outcome: Outcome, targeted: str | None) -> list[str]:
@@ -250,6 +321,11 @@ class _Execution:
                                       outcome.reason)  # fmt: skip
         planned: list[str] = []
         progressed = False
+        racers = sorted({op.id for op in outcome.ops if op.id and op.opts.get("parallelMode") == "race"}
+                        - set(self.race_of))  # fmt: skip
+        if racers:  # started together in race mode: one race, keyed by its steps
+            key = hashlib.sha1(",".join(racers).encode()).hexdigest()[:16]
+            self.race_of.update(dict.fromkeys(racers, key))
         for op in outcome.ops:
             if op.id and op.id in self.memo and self.memo[op.id].is_memo:
                 continue  # an early discovery re-reports finished or planned steps: ignore
@@ -261,7 +337,7 @@ class _Execution:
                 await self.function_error({"name": "InvalidOp", "message": (
                     f"the app returned an invalid {op.op} op for step {op.label!r}: {exc}")},
                     retriable=True, retry_at=None)  # fmt: skip
-        if not progressed and not planned and not self.pending:
+        if not progressed and not planned and not self.pending and not any(s != DISCOVERY for s in self.tasks.values()):
             await self.function_error({"name": "Error", "message": "the app returned no op to act on (206 [])"},
                                       retriable=True, retry_at=None)  # fmt: skip
         return planned
@@ -293,7 +369,7 @@ class _Execution:
             self.pending.pop(op.id, None)
             return True
         if kind == "StepPlanned":
-            if op.id in self.pending or op.id in planned or op.id == targeted:
+            if op.id in self.pending or op.id in planned or op.id == targeted or self.in_flight(op.id):
                 return False
             planned.append(op.id)
             return True
@@ -381,7 +457,12 @@ class _Execution:
         return True
 
     # --- durable writes ---
+    def _raced(self, update: StepUpdate) -> StepUpdate:
+        key = self.race_of.get(update.step_id)
+        return update if key is None or update.race == key else dataclasses.replace(update, race=key)
+
     async def record(self, update: StepUpdate) -> StepRecord:
+        update = self._raced(update)
         outcome = await self.engine.store.record_step(self.run.id, self.ex.owner, update, self.engine.matcher,
                                                       self.now())  # fmt: skip
         if outcome.cancelled_run_ids:
@@ -403,7 +484,7 @@ class _Execution:
         reasons = sorted(self.reasons.values(), key=lambda r: r.get("until") or 0)
         idle = reasons[0] if len(reasons) == 1 else {"kind": "multiple", "reasons": reasons}
         outcome = await self.engine.store.suspend_run(
-            self.run.id, self.ex.owner, list(self.pending.values()), idle, self.engine.matcher, now,
+            self.run.id, self.ex.owner, [self._raced(u) for u in self.pending.values()], idle, self.engine.matcher, now,
             max_due_at=self.deadline, attempt=0 if self.stretch_ended else None)  # fmt: skip
         await self.engine.announce_cancellations(outcome.cancelled_run_ids)
         self.engine.notify()

@@ -145,6 +145,7 @@ class StepRecord:
     wake_at: int | None
     started_at: int
     ended_at: int | None
+    race: str | None = None  # the race it was started in (parallelMode "race"), a key its steps share
 
     @property
     def is_memo(self) -> bool:
@@ -196,6 +197,7 @@ class StepUpdate:
     invoke: IngestBatch | None = None  # for status "invoking": the child run and its event
     emit: IngestBatch | None = None  # for step.send_event: events stored with the memo, atomically
     logs: RunLogs | None = None  # the run's log lines captured before this write, stored with it
+    race: str | None = None  # the race the step was started in (kept once set)
 
 
 class StepResultConflict(Exception):

@@ -71,20 +71,11 @@ def _run(row: tuple[Any, ...]) -> RunRecord:
 
 
 def _step(row: tuple[Any, ...]) -> StepRecord:
-    run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at = row
+    run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at, race = row
     return StepRecord(
-        run_id,
-        step_id,
-        display_id,
-        kind,
-        status,
-        attempts,
-        _uj(output),
-        _uj(error),
-        wake_at,
-        started_at,
-        ended_at,
-    )
+        run_id, step_id, display_id, kind, status, attempts, _uj(output), _uj(error), wake_at, started_at, ended_at,
+        race,
+    )  # fmt: skip
 
 
 class Conn(Protocol):
@@ -406,7 +397,8 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
             self.Q["upsert_step"],
             {"run_id": run_id, "step_id": u.step_id, "display_id": u.display_id, "kind": u.kind,
              "status": u.status, "attempts": u.attempts, "output": _j(u.output) if memo else None,
-             "error": _j(u.error), "wake_at": u.wake_at, "now": now, "ended_at": now if memo else None},
+             "error": _j(u.error), "wake_at": u.wake_at, "now": now, "ended_at": now if memo else None,
+             "race": u.race},
         ).fetchone()  # fmt: skip
         if row is None:  # a result was already recorded (first write wins): report that one
             return _step(

@@ -64,7 +64,52 @@ const shapes = inngest.createFunction(
   },
 );
 
-const functions = [ping, stretch, shapes];
+// --- parallel race mode (item 3; the npm SDK only) ------------------------------------------------------------
+const raceSteps = inngest.createFunction(
+  { id: "race-steps", triggers: [{ event: "parity/race-steps" }] },
+  async ({ event, step, group }) => {
+    const token = event.data.token;
+    const winner = await group.parallel({ mode: "race" }, () =>
+      Promise.race([
+        step.run("fast", () => {
+          record({ fn: "race-steps", what: "step", step: "fast", token });
+          return "fast";
+        }),
+        step.run("slow", async () => {
+          await new Promise((resolve) => setTimeout(resolve, 3000));
+          record({ fn: "race-steps", what: "step", step: "slow", token });
+          return "slow";
+        }),
+      ]),
+    );
+    // Runs while "slow" still runs: the server asks for discovery as soon as "fast" ends.
+    const next = await step.run("after-race", () => {
+      record({ fn: "race-steps", what: "step", step: "after-race", token });
+      return `after ${winner}`;
+    });
+    return { winner, next };
+  },
+);
+
+const raceWait = inngest.createFunction(
+  { id: "race-wait", triggers: [{ event: "parity/race-wait" }] },
+  async ({ event, step, group }) => {
+    const token = event.data.token;
+    const approval = await group.parallel({ mode: "race" }, () =>
+      Promise.race([
+        step.waitForEvent("approval", { event: "parity/approved", timeout: "1h", match: "data.token" }),
+        step.sleep("deadline", event.data.deadline || "1s").then(() => "deadline"),
+      ]),
+    );
+    const after = await step.run("after", () => {
+      record({ fn: "race-wait", what: "step", step: "after", token });
+      return approval === "deadline" ? "timed out" : `approved by ${approval.data.by}`;
+    });
+    return { after };
+  },
+);
+
+const functions = [ping, stretch, shapes, raceSteps, raceWait];
 
 const app = express();
 app.use(express.json({ limit: "10mb" }));

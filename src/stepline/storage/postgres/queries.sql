@@ -159,27 +159,27 @@ SELECT status, lease_owner FROM runs WHERE id = %(run_id)s FOR UPDATE
 
 -- name: select_steps_for_runs
 SELECT run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
-       ended_at
+       ended_at, race
 FROM steps WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb)) ORDER BY run_id, seq
 
 -- name: select_step
 SELECT run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
-       ended_at
+       ended_at, race
 FROM steps WHERE run_id = %(run_id)s AND step_id = %(step_id)s
 
 -- name: upsert_step
 INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
-                   ended_at, seq)
+                   ended_at, seq, race)
 VALUES (%(run_id)s, %(step_id)s, %(display_id)s, %(kind)s, %(status)s, %(attempts)s, %(output)s::json,
         %(error)s::json, %(wake_at)s, %(now)s,
-        %(ended_at)s, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = %(run_id)s))
+        %(ended_at)s, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = %(run_id)s), %(race)s)
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
     error = coalesce(excluded.error, steps.error),  -- a step that succeeds on a retry keeps its last error
-    wake_at = excluded.wake_at, ended_at = excluded.ended_at
+    wake_at = excluded.wake_at, ended_at = excluded.ended_at, race = coalesce(excluded.race, steps.race)
 WHERE steps.status NOT IN ('completed', 'failed')
 RETURNING run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
-          ended_at
+          ended_at, race
 
 -- name: complete_pending_step
 UPDATE steps SET status = %(status)s, output = %(output)s::json, error = %(error)s::json, wake_at = NULL,
@@ -261,7 +261,7 @@ LIMIT %(limit)s
 
 -- name: list_steps
 SELECT run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
-       ended_at
+       ended_at, race
 FROM steps WHERE run_id = %(run_id)s ORDER BY seq
 
 -- name: next_due_at

@@ -117,24 +117,24 @@ RETURNING ckey1, ckey2
 SELECT status, lease_owner FROM runs WHERE id = :run_id
 
 -- name: select_steps_for_runs
-SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at
+SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at, race
 FROM steps WHERE run_id IN (SELECT value FROM json_each(:ids)) ORDER BY run_id, seq
 
 -- name: select_step
-SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at
+SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at, race
 FROM steps WHERE run_id = :run_id AND step_id = :step_id
 
 -- name: upsert_step
 INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
-                   ended_at, seq)
+                   ended_at, seq, race)
 VALUES (:run_id, :step_id, :display_id, :kind, :status, :attempts, :output, :error, :wake_at, :now,
-        :ended_at, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = :run_id))
+        :ended_at, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = :run_id), :race)
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
     error = coalesce(excluded.error, steps.error),  -- a step that succeeds on a retry keeps its last error
-    wake_at = excluded.wake_at, ended_at = excluded.ended_at
+    wake_at = excluded.wake_at, ended_at = excluded.ended_at, race = coalesce(excluded.race, steps.race)
 WHERE steps.status NOT IN ('completed', 'failed')
-RETURNING run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at
+RETURNING run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at, race
 
 -- name: complete_pending_step
 UPDATE steps SET status = :status, output = :output, error = :error, wake_at = NULL, ended_at = :now
@@ -186,7 +186,7 @@ ORDER BY id DESC
 LIMIT :limit
 
 -- name: list_steps
-SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at
+SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at, race
 FROM steps WHERE run_id = :run_id ORDER BY seq
 
 -- name: next_due_at
