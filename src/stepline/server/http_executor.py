@@ -159,10 +159,16 @@ class _Execution:
             for step_id in targets or [DISCOVERY]:
                 await self.launch(step_id)
             while True:
-                done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in [t for t in self.tasks if t in done]:  # in the order they were started
+                if len(self.tasks) == 1:  # the usual case (sequential steps): awaiting the task costs less than wait
+                    [task] = self.tasks
+                    answer = await task
                     del self.tasks[task]
-                    await self.take(task.result())
+                    await self.take(answer)
+                else:
+                    done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+                    for task in [t for t in self.tasks if t in done]:  # in the order they were started
+                        del self.tasks[task]
+                        await self.take(task.result())
                 if not self.tasks:
                     # Every call came back. Steps still waiting (a retry, sleep, wait, invoke) hold the next discovery
                     # (Inngest's default parallel mode: discover once all are done), unless a race step ended since.
@@ -214,6 +220,8 @@ class _Execution:
         """A race with a result is decided: its losing sleeps and waits resolve (a sleep as done, a wait as timed
         out, memo ``null``) instead of holding the run open until their deadlines (beyond Inngest, where the losers'
         pauses stay: inngest-js issue 1617). Losing ``step.run`` calls are not stopped; their results are kept."""
+        if not self.race_of:
+            return
         decided = {self.race_of[sid] for sid, rec in self.memo.items() if rec.is_memo and sid in self.race_of}
         for sid, update in list(self.pending.items()):
             if self.race_of.get(sid) in decided and update.kind in ("sleep", "wait_for_event"):
