@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from .fake_model import FakeModel
 from .harness import TERMINAL, AppSpec, Stack, new_token, wait_for
 
 
@@ -114,3 +115,39 @@ class ParitySuite:
         assert run["status"] == "Completed" and run["output"] == {"after": "approved by alice"}, run
         steps = stack.steps_by_name(run_id)
         assert steps["deadline"][0]["status"] == "completed" and steps["deadline"][0]["output"] is None, steps
+
+    # --- step.ai.infer and step.fetch (item 5) ------------------------------------------------------------------
+    def test_ai_infer_request_is_made_by_the_server(self, stack: Stack, model: FakeModel) -> None:
+        token = new_token()
+        _, run = stack.trigger("parity/ai", {"token": token, "base_url": f"{model.url}/v1",
+                                             "question": f"capital {token}?"})  # fmt: skip
+        assert run["status"] == "Completed", run
+        assert run["output"] == {"content": f"echo: capital {token}?"}
+        [request] = [r for r in model.requests if token in r.body.decode()]
+        assert (request.method, request.path) == ("POST", "/v1/chat/completions")
+        assert request.headers["authorization"] == "Bearer sk-parity"
+        assert request.json()["model"] == "gpt-parity"
+        [step] = stack.steps(run["run_id"])
+        assert (step["kind"], step["status"], step["attempts"]) == ("ai", "completed", 1), step
+        assert step["output"]["choices"][0]["message"]["content"] == f"echo: capital {token}?"
+
+    def test_ai_infer_failures_are_retried_as_the_step(self, stack: Stack, model: FakeModel) -> None:
+        token = new_token()
+        _, run = stack.trigger("parity/ai", {"token": token, "base_url": f"{model.url}/fail/1/{token}/v1",
+                                             "question": "again?"})  # fmt: skip
+        assert run["status"] == "Completed" and run["output"] == {"content": "echo: again?"}, run
+        assert len([r for r in model.requests if token in r.path]) == 2  # a 503, then the answer
+        [step] = stack.steps(run["run_id"])
+        assert (step["status"], step["attempts"]) == ("completed", 2), step
+        assert "unsuccessful status code: 503" in step["error"]["message"]  # the last error is kept
+
+    def test_step_fetch_request_is_made_by_the_server(self, stack: Stack, model: FakeModel) -> None:
+        requires(stack, "node")
+        token = new_token()
+        _, run = stack.trigger("parity/fetch", {"token": token, "url": f"{model.url}/data/{token}"})
+        assert run["status"] == "Completed", run
+        assert run["output"] == {"status": 200, "body": f"fetched POST /data/{token}: hello", "model": "fake"}
+        [request] = [r for r in model.requests if token in r.path]
+        assert request.headers["x-parity"] == "1"
+        [step] = stack.steps(run["run_id"])
+        assert step["kind"] == "fetch" and step["output"]["status_code"] == 200, step

@@ -24,9 +24,10 @@ from stepline.core.errors import run_end_error
 from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT
-from stepline.server import protocol, signing
+from stepline.server import gateway, protocol, signing
 from stepline.server.app_calls import AppCallFailed, ResponseTooLarge, app_origin
 from stepline.server.functions import HttpFunction
+from stepline.server.gateway import GATEWAY_OPS, GatewayResult
 from stepline.server.protocol import CallState, Op, Outcome
 from stepline.server.state import ServerState
 from stepline.storage.records import ClaimedRun, RunFinish, StepRecord, StepUpdate, WaitSpec
@@ -39,6 +40,7 @@ INVOKE_TIMEOUT_ERROR = {"name": "InngestInvokeTimeoutError",
 
 
 DISCOVERY = "step"  # the stepId of a discovery call
+GATEWAY_KINDS = frozenset(GATEWAY_OPS.values())
 
 
 class _Stop(Exception):
@@ -50,6 +52,15 @@ class _Answer:
     step_id: str  # the step the call targeted, or DISCOVERY
     outcome: Outcome
     since: int | str  # the event cursor when the call began: a wait it reports matches only later events
+    gateway: _GatewayDone | None = None  # not a call: a gateway step's request (step.fetch, step.ai.infer) ended
+
+
+@dataclass
+class _GatewayDone:
+    kind: str  # "fetch" | "ai"
+    label: str
+    attempt: int
+    result: GatewayResult
 
 
 @dataclass
@@ -136,6 +147,7 @@ class _Execution:
         self.tasks: dict[asyncio.Task[_Answer], str] = {}  # calls in flight -> the step they target (or DISCOVERY)
         self.launched = 0
         self.rediscover = False  # a race step ended while a discovery was in flight: discover again after it
+        self.gateway_retries: dict[str, int] = {}  # gateway steps whose retry is due: step id -> attempt
         # Races (parallelMode "race"): step id -> the key of the race it was started in (stored with its steps).
         self.race_of: dict[str, str] = {r.step_id: r.race for r in self.memo.values() if r.race}
         started = self.run.started_at
@@ -201,11 +213,14 @@ class _Execution:
 
     async def take(self, answer: _Answer) -> None:
         """Apply a call's answer, start the calls it plans, and in race mode ask for discovery at once."""
-        self.since = answer.since
         targeted = None if answer.step_id == DISCOVERY else answer.step_id
-        for step_id in await self.handle(answer.outcome, targeted):
-            if not self.in_flight(step_id):
-                await self.launch(step_id)
+        if answer.gateway is not None:
+            await self.gateway_done(answer.step_id, answer.gateway)
+        else:
+            self.since = answer.since
+            for step_id in await self.handle(answer.outcome, targeted):
+                if not self.in_flight(step_id):
+                    await self.launch(step_id)
         ended = targeted is not None and targeted in self.memo and self.memo[targeted].is_memo
         if ended and targeted in self.race_of:
             # Race mode: discover after each step ends, not after all (as Inngest), so the code past the race goes
@@ -241,7 +256,9 @@ class _Execution:
                 self.keep_pending(rec)
                 continue
             self.settled = True
-            if rec.status == "retrying":
+            if rec.status == "retrying" and rec.kind in GATEWAY_KINDS:
+                self.gateway_retries[rec.step_id] = rec.attempts  # asked again by a discovery, which reports the op
+            elif rec.status == "retrying":
                 targets.append(rec.step_id)
             elif rec.status == "sleeping":
                 await self.record(StepUpdate(rec.step_id, rec.display_id, "sleep", "completed", 1, output=None))
@@ -389,6 +406,8 @@ class _Execution:
             return self.wait_for_event(op)
         if kind == "InvokeFunction":
             return await self.invoke(op)
+        if kind in GATEWAY_OPS:
+            return await self.gateway(op, GATEWAY_OPS[kind])
         if kind == "RunComplete":
             await self.finish(RunFinish("completed", output=op.data))
         if kind in ("DiscoveryRequest", "StepNotFound"):
@@ -463,6 +482,38 @@ class _Execution:
         self.reasons[op.id] = {"kind": "invoking", "step": self.labels[op.id], "function": spec.id,
                                "run_id": batch.runs[0].id, "until": wake}  # fmt: skip
         return True
+
+    async def gateway(self, op: Op, kind: str) -> bool:
+        """Start the request of a ``step.fetch`` / ``step.ai.infer`` op (a task beside the calls in flight)."""
+        if self.in_flight(op.id):
+            return False
+        self.launched += 1
+        attempt = self.gateway_retries.pop(op.id, 0)
+        label = self.labels[op.id]
+        cfg = self.st.config
+
+        async def request() -> _Answer:
+            result = await gateway.perform(self.st.outbound, kind, op.opts, cfg.gateway_timeout, cfg.gateway_max_bytes)
+            return _Answer(op.id, Outcome("ops"), self.since, _GatewayDone(kind, label, attempt, result))
+
+        self.tasks[asyncio.ensure_future(request())] = op.id
+        return True
+
+    async def gateway_done(self, step_id: str, done: _GatewayDone) -> None:
+        """A gateway request ended: its result or final error is the step's memo; an error with attempts left is
+        retried with backoff (as Inngest's queue retries the op)."""
+        result = done.result
+        if result.error is None:
+            await self.record(StepUpdate(step_id, done.label, done.kind, "completed", done.attempt + 1,
+                                         output=result.output))  # fmt: skip
+            return
+        if done.attempt + 1 < self.fn.max_attempts:
+            wake = self.now() + int(self.st.config.backoff.delay(done.attempt).total_seconds() * 1000)
+            self.pending[step_id] = StepUpdate(step_id, done.label, done.kind, "retrying", done.attempt + 1,
+                                               error=result.error, wake_at=wake)  # fmt: skip
+            self.reasons[step_id] = {"kind": "retrying", "step": done.label, "until": wake}
+            return
+        await self.record(StepUpdate(step_id, done.label, done.kind, "failed", done.attempt + 1, error=result.error))
 
     # --- durable writes ---
     def _raced(self, update: StepUpdate) -> StepUpdate:

@@ -90,7 +90,7 @@ class RunDetailOut(RunOut):
 class StepOut(Out):
     id: str = Field(description="The hashed step id (sha1 of name), as rerun's from_step takes it")
     name: str = Field(description='The step id the code gave, "x" or "x:N" for repeats')
-    kind: str = Field(description="run | sleep | wait_for_event | invoke | send_event")
+    kind: str = Field(description="run | sleep | wait_for_event | wait_for_signal | invoke | send_event | fetch | ai")
     status: str = Field(description="completed | failed | retrying | sleeping | waiting | invoking")
     attempts: int
     output: Any

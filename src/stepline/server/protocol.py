@@ -159,7 +159,7 @@ def _check_storable(value: Any) -> None:
 
 
 STEP_OPS = frozenset({"StepRun", "Step", "StepError", "StepFailed", "StepPlanned", "Sleep", "WaitForEvent",
-                      "InvokeFunction"})  # fmt: skip
+                      "InvokeFunction", "Gateway", "AIGateway", "WaitForSignal"})  # fmt: skip
 
 
 def _parse_op(raw: Any) -> Op | None:

@@ -109,7 +109,29 @@ const raceWait = inngest.createFunction(
   },
 );
 
-const functions = [ping, stretch, shapes, raceSteps, raceWait];
+// --- step.ai.infer and step.fetch: the server makes the requests (item 5) ------------------------------------------
+const aiInfer = inngest.createFunction(
+  { id: "ai-infer", retries: 2, triggers: [{ event: "parity/ai" }] },
+  async ({ event, step }) => {
+    record({ fn: "ai-infer", what: "call", token: event.data.token });
+    const answer = await step.ai.infer("ask", {
+      model: step.ai.models.openai({ model: "gpt-parity", baseUrl: event.data.base_url, apiKey: "sk-parity" }),
+      body: { messages: [{ role: "user", content: event.data.question }] },
+    });
+    return { content: answer.choices[0].message.content };
+  },
+);
+
+const fetcher = inngest.createFunction(
+  { id: "fetcher", triggers: [{ event: "parity/fetch" }] },
+  async ({ event, step }) => {
+    record({ fn: "fetcher", what: "call", token: event.data.token });
+    const res = await step.fetch(event.data.url, { method: "POST", headers: { "x-parity": "1" }, body: "hello" });
+    return { status: res.status, body: await res.text(), model: res.headers.get("x-model") };
+  },
+);
+
+const functions = [ping, stretch, shapes, raceSteps, raceWait, aiInfer, fetcher];
 
 const app = express();
 app.use(express.json({ limit: "10mb" }));

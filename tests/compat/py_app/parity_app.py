@@ -15,6 +15,7 @@ from typing import Any
 import fastapi
 import inngest
 import inngest.fast_api
+from inngest.experimental import ai
 from record import record, token_of
 
 client = inngest.Inngest(
@@ -79,7 +80,18 @@ async def shapes(ctx: inngest.Context) -> None:
     await ctx.step.run("charge", charge)
 
 
-FUNCTIONS = [ping, stretch, shapes]
+# --- step.ai.infer: the server makes the model request (item 5) --------------------------------------------------
+@client.create_function(fn_id="ai-infer", retries=2, trigger=inngest.TriggerEvent(event="parity/ai"))
+async def ai_infer(ctx: inngest.Context) -> dict[str, Any]:
+    data = ctx.event.data
+    record(fn="ai-infer", what="call", token=data["token"])
+    adapter = ai.openai.Adapter(auth_key="sk-parity", base_url=data["base_url"], model="gpt-parity")
+    answer = await ctx.step.ai.infer("ask", adapter=adapter,
+                                     body={"messages": [{"role": "user", "content": data["question"]}]})  # fmt: skip
+    return {"content": answer["choices"][0]["message"]["content"]}  # type: ignore[index]
+
+
+FUNCTIONS = [ping, stretch, shapes, ai_infer]
 
 app = fastapi.FastAPI()
 inngest.fast_api.serve(app, client, FUNCTIONS)
