@@ -151,3 +151,44 @@ class ParitySuite:
         assert request.headers["x-parity"] == "1"
         [step] = stack.steps(run["run_id"])
         assert step["kind"] == "fetch" and step["output"]["status_code"] == 200, step
+
+    # --- signals (item 6) ---------------------------------------------------------------------------------------
+    def _waiting_for_signal(self, stack: Stack, token: str) -> str:
+        [event_id] = stack.send({"name": "parity/signal-wait", "data": {"token": token}})
+        [listed] = stack.wait_runs(event_id)
+        run = wait_for("the run to wait for its signal",
+                       lambda: r if (r := stack.run(listed["run_id"])).get("idle_reason") else None,
+                       stack=stack)  # fmt: skip
+        assert run["idle_reason"]["message"].startswith(f"waiting for signal 'approve-{token}' until "), run
+        return str(run["run_id"])
+
+    def test_sdk_send_signal_resumes_the_waiting_run(self, stack: Stack) -> None:
+        requires(stack, "node")
+        token = new_token()
+        run_id = self._waiting_for_signal(stack, token)
+        resp = stack.http.post(f"{stack.app_url}/signal", json={"signal": f"approve-{token}", "data": {"by": "sdk"}})
+        assert resp.status_code == 200 and resp.json() == {"run_id": run_id}, resp.text
+        run = stack.wait_status(run_id, "Completed")
+        assert run["output"] == {"got": {"signal": f"approve-{token}", "data": {"by": "sdk"}}}
+        [step] = stack.steps(run_id)
+        assert (step["kind"], step["name"]) == ("wait_for_signal", "approval"), step
+        # Nothing waits any more: the server answers 404, which the SDK reports as no run.
+        resp = stack.http.post(f"{stack.app_url}/signal", json={"signal": f"approve-{token}"})
+        assert resp.json() == {"run_id": None}, resp.text
+        resp = stack.http.post(f"{stack.server_url}/v1/signals", json={"signal": f"approve-{token}"},
+                               headers=stack.auth)  # fmt: skip
+        assert resp.status_code == 404, resp.text
+
+    def test_step_send_signal_and_the_rest_api_resume_waiting_runs(self, stack: Stack) -> None:
+        requires(stack, "node")
+        token = new_token()
+        run_id = self._waiting_for_signal(stack, token)
+        _, sender = stack.trigger("parity/signal-send", {"token": token})
+        assert sender["status"] == "Completed" and sender["output"] == {"sent": {"runId": run_id}}, sender
+        assert stack.wait_status(run_id, "Completed")["output"]["got"]["data"] == {"by": "a step"}
+        token = new_token()
+        run_id = self._waiting_for_signal(stack, token)
+        resp = stack.http.post(f"{stack.server_url}/v1/signals", json={"signal": f"approve-{token}", "data": [1, 2]},
+                               headers=stack.auth)  # fmt: skip
+        assert resp.status_code == 200 and resp.json()["data"] == {"run_id": run_id}, resp.text
+        assert stack.wait_status(run_id, "Completed")["output"]["got"]["data"] == [1, 2]

@@ -43,14 +43,15 @@ async def register(s: Stack, app: FakeApp, *functions: dict[str, Any]) -> None:
     assert res.status_code == 200, res.text
 
 
-def by_step(**replies: list[Reply]) -> Callable[[Call], Reply]:
+def by_step(**replies: list[Reply | Callable[[Call], Reply]]) -> Callable[[Call], Reply]:
     """Answers per called step: ``step`` for discovery calls, else the user's step id (hashed when called); the
-    last reply of each list repeats."""
+    last reply of each list repeats; a callable answers from the call."""
     queues = {("step" if k == "step" else hash_step_id(k)): deque(v) for k, v in replies.items()}
 
     def answer(call: Call) -> Reply:
         queue = queues[call.step_id or "step"]
-        return queue.popleft() if len(queue) > 1 else queue[0]
+        reply = queue.popleft() if len(queue) > 1 else queue[0]
+        return reply(call) if callable(reply) else reply
 
     return answer
 

@@ -23,6 +23,7 @@ from stepline.core.events import (
     MAX_EVENTS_PER_SEND,
     Event,
     StoredEvent,
+    to_json_value,
     validate_event,
 )
 from stepline.core.expressions import Bindings, ExpressionError, compile_expression
@@ -372,6 +373,17 @@ class Engine:
         if events:
             result = await self.store.ingest(IngestBatch(events, runs), self.matcher, self.clock.now_ms())
             await self.announce_cancellations(result.cancelled_run_ids)  # their end events may cancel more
+
+    async def send_signal(self, signal: str, data: Any = None) -> str | None:
+        """Resume the run waiting for ``signal`` (``step.wait_for_signal``) with ``data``. Returns its run id, or None
+        when no live run waits for that signal (nothing is kept for a later wait, as on Inngest)."""
+        if not isinstance(signal, str) or not signal:
+            raise ValueError(f"a signal must be a non-empty string, got {signal!r}")
+        value = to_json_value(data, f"the data of signal {signal!r}")
+        run_id = await self.store.send_signal(signal, value, self.clock.now_ms())
+        if run_id is not None:
+            self.notify()
+        return run_id
 
     async def invoke_now(self, function_id: str, data: dict[str, Any] | None = None) -> str:
         """Start a run of one function directly (CLI and API), whatever its triggers. Returns the run id."""

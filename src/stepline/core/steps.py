@@ -40,12 +40,20 @@ from stepline.core.expressions import compile_expression, match_to_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
 from stepline.core.ids import StepIdCounter
 from stepline.core.run_logs import RunLogCapture
-from stepline.storage.records import StepRecord, StepUpdate, WaitSpec, WriteOutcome
+from stepline.storage.records import SignalConflict, StepRecord, StepUpdate, WaitSpec, WriteOutcome
 
 if TYPE_CHECKING:
     from stepline.core.engine import Engine
 
 MAX_SLEEP = dt.timedelta(days=366)
+CONFLICTS = ("fail", "replace")
+
+
+def signal_reason(step: str, signal: str, until: int) -> dict[str, Any]:
+    """A signal wait's idle reason (in-process and HTTP runs alike), with its words."""
+    at = dt.datetime.fromtimestamp(until / 1000, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"kind": "waiting", "step": step, "signal": signal, "until": until,
+            "message": f"waiting for signal {signal!r} until {at}"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +336,16 @@ class StepDriver:
             new_step=rec is None,
         )
 
+    async def _wait_again(self, rec: StepRecord, reason: dict[str, Any]) -> dict[str, Any] | None:
+        """A wait step (for an event or a signal) reached again: its result, ``None`` if it timed out (recorded
+        now), or still waiting (suspends the run again)."""
+        if not rec.is_memo and rec.wake_at is not None and rec.wake_at <= self._now():
+            rec = await self._record(StepUpdate(rec.step_id, rec.display_id, rec.kind, "completed", 1))
+        if rec.is_memo:
+            value = self._memo_value(rec)
+            return value if isinstance(value, dict) else None
+        raise self._suspend(StepUpdate(rec.step_id, rec.display_id, rec.kind, "waiting", wake_at=rec.wake_at), reason)
+
     # --- step.wait_for_event ---
     async def wait_for_event(
         self, user_id: str, event: str, if_exp: str | None, match: str | None, timeout: Any
@@ -336,17 +354,8 @@ class StepDriver:
         await self._flush_before(rec)
         now = self._now()
         if rec is not None:
-            if rec.is_memo:
-                value = self._memo_value(rec)
-                return value if isinstance(value, dict) else None
-            if rec.wake_at is not None and rec.wake_at <= now:  # timed out
-                rec = await self._record(StepUpdate(step_id, display_id, "wait_for_event", "completed", 1))
-                value = self._memo_value(rec)
-                return value if isinstance(value, dict) else None
-            raise self._suspend(
-                StepUpdate(step_id, display_id, "wait_for_event", "waiting", wake_at=rec.wake_at),
-                {"kind": "waiting", "step": display_id, "event": event, "until": rec.wake_at},
-            )
+            return await self._wait_again(rec, {"kind": "waiting", "step": display_id, "event": event,
+                                                "until": rec.wake_at})  # fmt: skip
         if not isinstance(event, str) or not event:
             raise ValueError(f"step {display_id!r}: wait_for_event needs an event name")
         if if_exp is not None and match is not None:
@@ -364,6 +373,39 @@ class StepDriver:
             {"kind": "waiting", "step": display_id, "event": name, "until": wake},
             new_step=True,
         )  # fmt: skip
+
+    # --- step.wait_for_signal ---
+    async def wait_for_signal(self, user_id: str, signal: str, timeout: Any, on_conflict: str) -> dict[str, Any] | None:
+        display_id, step_id, rec = self._begin("wait_for_signal", user_id)
+        await self._flush_before(rec)
+        now = self._now()
+        if rec is not None:
+            return await self._wait_again(rec, signal_reason(display_id, signal, rec.wake_at or now))
+        if not isinstance(signal, str) or not signal:
+            raise ValueError(f"step {display_id!r}: wait_for_signal needs a signal name")
+        if on_conflict not in CONFLICTS:
+            raise ValueError(f"step {display_id!r}: on_conflict must be 'fail' or 'replace', got {on_conflict!r}")
+        delta = parse_duration(timeout if timeout is not None else DEFAULT_WAIT_TIMEOUT)
+        wake = now + int(delta.total_seconds() * 1000)
+        update = StepUpdate(step_id, display_id, "wait_for_signal", "waiting", wake_at=wake)
+        try:  # registered at once: a signal sent from now on is not lost (see Store.wait_for_signal)
+            outcome = await self.engine.store.wait_for_signal(self.run_id, self.owner, update, signal,
+                                                              on_conflict == "replace", now)  # fmt: skip
+        except SignalConflict as exc:
+            raise NonRetriableError(f"step {display_id!r}: signal conflict: {exc} (wait with on_conflict='replace' "
+                                    "to take it over)") from None  # fmt: skip
+        if outcome.status == "cancelled":
+            self.stop = RunCancelled()
+            raise self.stop
+        if outcome.status == "lost":
+            self.stop = LeaseLost()
+            raise self.stop
+        assert outcome.step is not None
+        if outcome.step.is_memo:
+            self.memo[step_id] = outcome.step
+            value = self._memo_value(outcome.step)
+            return value if isinstance(value, dict) else None
+        raise self._suspend(update, signal_reason(display_id, signal, wake), new_step=True)
 
     # --- step.invoke ---
     async def invoke(self, user_id: str, function: FunctionDef | str, data: Any, timeout: Any) -> Any:

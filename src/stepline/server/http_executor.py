@@ -24,17 +24,19 @@ from stepline.core.errors import run_end_error
 from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT
+from stepline.core.steps import signal_reason
 from stepline.server import gateway, protocol, signing
 from stepline.server.app_calls import AppCallFailed, ResponseTooLarge, app_origin
 from stepline.server.functions import HttpFunction
 from stepline.server.gateway import GATEWAY_OPS, GatewayResult
 from stepline.server.protocol import CallState, Op, Outcome
 from stepline.server.state import ServerState
-from stepline.storage.records import ClaimedRun, RunFinish, StepRecord, StepUpdate, WaitSpec
+from stepline.storage.records import ClaimedRun, RunFinish, SignalConflict, StepRecord, StepUpdate, WaitSpec
 
 log = logging.getLogger("stepline.server.calls")
 MAX_SLEEP_MS = 366 * 24 * 3600 * 1000
 MAX_CALLS_PER_CLAIM = 10_000
+SIGNAL_CONFLICT_ERROR = {"name": "Error", "message": "Signal conflict; signal wait already exists for another run"}
 INVOKE_TIMEOUT_ERROR = {"name": "InngestInvokeTimeoutError",
                         "message": "Timed out waiting for invoked function to complete"}  # fmt: skip
 
@@ -262,8 +264,8 @@ class _Execution:
                 targets.append(rec.step_id)
             elif rec.status == "sleeping":
                 await self.record(StepUpdate(rec.step_id, rec.display_id, "sleep", "completed", 1, output=None))
-            elif rec.status == "waiting":
-                await self.record(StepUpdate(rec.step_id, rec.display_id, "wait_for_event", "completed", 1))
+            elif rec.status == "waiting":  # timed out: wait_for_event or wait_for_signal, memo null
+                await self.record(StepUpdate(rec.step_id, rec.display_id, rec.kind, "completed", 1))
             elif rec.status == "invoking":
                 await self.record(StepUpdate(rec.step_id, rec.display_id, "invoke", "failed", 1,
                                              error=dict(INVOKE_TIMEOUT_ERROR)))  # fmt: skip
@@ -399,6 +401,9 @@ class _Execution:
             planned.append(op.id)
             return True
         if op.id in self.pending:
+            if kind == "WaitForSignal" and self.reasons.get(op.id, {}).get("kind") == "waiting":
+                self.reasons[op.id] = signal_reason(self.labels[op.id], self.signal_of(op), self.pending[op.id].wake_at
+                                                    or self.now())  # fmt: skip
             return False  # a sleep, wait or invoke already registered: keep its original deadline
         if kind == "Sleep":
             return await self.sleep(op)
@@ -406,6 +411,8 @@ class _Execution:
             return self.wait_for_event(op)
         if kind == "InvokeFunction":
             return await self.invoke(op)
+        if kind == "WaitForSignal":
+            return await self.wait_for_signal(op)
         if kind in GATEWAY_OPS:
             return await self.gateway(op, GATEWAY_OPS[kind])
         if kind == "RunComplete":
@@ -461,6 +468,40 @@ class _Execution:
         self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "wait_for_event", "waiting", wake_at=wake,
                                          wait=WaitSpec(event, expression, wake), since=self.since)  # fmt: skip
         self.reasons[op.id] = {"kind": "waiting", "step": self.labels[op.id], "event": event, "until": wake}
+        return True
+
+    @staticmethod
+    def signal_of(op: Op) -> str:
+        signal = op.opts.get("signal") or op.name
+        if not isinstance(signal, str) or not signal:
+            raise ValueError("it names no signal (opts.signal)")
+        return signal
+
+    async def wait_for_signal(self, op: Op) -> bool:
+        """``step.waitForSignal``: registered at once (``Store.wait_for_signal``), so a signal sent while the run is
+        still executing is not lost; one run waits for a signal at a time (``conflict``: fail the run, or replace)."""
+        now = self.now()
+        signal = self.signal_of(op)
+        timeout = op.opts.get("timeout") or DEFAULT_WAIT_TIMEOUT
+        wake = now + int(parse_duration(timeout).total_seconds() * 1000)
+        label = self.labels[op.id]
+        update = self._raced(StepUpdate(op.id, label, "wait_for_signal", "waiting", wake_at=wake))
+        try:
+            outcome = await self.engine.store.wait_for_signal(self.run.id, self.ex.owner, update, signal,
+                                                              op.opts.get("conflict") == "replace", now)  # fmt: skip
+        except SignalConflict:
+            # As Inngest: the run fails at once (no retry would help while the other run waits).
+            await self.finish(RunFinish("failed", error=dict(SIGNAL_CONFLICT_ERROR)))
+        if outcome.status != "ok" or outcome.step is None:
+            raise _Stop()
+        self.end_stretch()
+        if outcome.step.is_memo:  # (a replay of a wait whose signal came already)
+            self.memo[op.id] = outcome.step
+            self.stack.append(op.id)
+            return True
+        self.memo[op.id] = outcome.step
+        self.pending[op.id] = update
+        self.reasons[op.id] = signal_reason(label, signal, wake)
         return True
 
     async def invoke(self, op: Op) -> bool:

@@ -41,6 +41,8 @@ def memo_value(rec: StepRecord) -> Any:
         return None
     if rec.kind == "wait_for_event":
         return rec.output
+    if rec.kind == "wait_for_signal":  # {"data": {"signal", "data"}} as Inngest's executor writes it; null: timed out
+        return None if rec.output is None else {"data": rec.output}
     return {"data": rec.output}  # run and invoke steps (an invoke step's output is the invoked run's output)
 
 

@@ -147,6 +147,21 @@ class Store(abc.ABC):
         the execution reached a new step, which starts a new stretch of code with all its retries)."""
 
     @abc.abstractmethod
+    async def wait_for_signal(
+        self, run_id: str, owner: str, update: StepUpdate, signal: str, replace: bool, now: int
+    ) -> WriteOutcome:
+        """Register a leased run's step as waiting for ``signal`` (``update``: its ``waiting`` state, ``wake_at`` the
+        timeout), in one transaction, at once (not at the suspension): a signal sent from then on resumes it, one sent
+        before found nothing. Raises SignalConflict when another live wait listens for the same signal, unless
+        ``replace``: that wait then stops listening (its step stays waiting until its timeout). A step that already
+        has a result registers nothing (the outcome's step is that result)."""
+
+    @abc.abstractmethod
+    async def send_signal(self, signal: str, data: Any, now: int) -> str | None:
+        """Resume the run waiting for ``signal``: its step completes with ``{"signal": signal, "data": data}`` and the
+        run is due now, in one transaction. Returns that run's id, or None when no live run waits for it."""
+
+    @abc.abstractmethod
     async def retry_run(
         self,
         run_id: str,

@@ -200,6 +200,16 @@ class StepUpdate:
     race: str | None = None  # the race the step was started in (kept once set)
 
 
+class SignalConflict(Exception):
+    """Another live run waits for this signal (and the new wait does not replace it): only one run at a time waits
+    for a signal, as on Inngest."""
+
+    def __init__(self, signal: str, run_id: str) -> None:
+        super().__init__(f"signal {signal!r} is already awaited by run {run_id}")
+        self.signal = signal
+        self.run_id = run_id
+
+
 class StepResultConflict(Exception):
     """A run's end carried a step result, but that step already has another one: the run must replay it."""
 

@@ -29,6 +29,7 @@ from stepline.storage.records import (
     RunLogLine,
     RunLogs,
     RunRecord,
+    SignalConflict,
     StepRecord,
     StepResultConflict,
     StepUpdate,
@@ -45,6 +46,8 @@ from stepline.storage.writer import GroupCommitWriter, MergeableOp
 
 T = TypeVar("T")
 _RUN_LIVE = ("queued", "running")
+# A signal wait's name in the waits table: a reserved event name no sent event can have, so events never match it.
+SIGNAL_WAIT_PREFIX = "stepline/signal:"
 
 
 def _j(value: Any) -> str | None:
@@ -404,7 +407,7 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
             return _step(
                 conn.execute(self.Q["select_step"], {"run_id": run_id, "step_id": u.step_id}).fetchone()
             ), False
-        if memo and u.kind == "wait_for_event":
+        if memo and u.kind in ("wait_for_event", "wait_for_signal"):
             conn.execute(self.Q["delete_step_wait"], {"run_id": run_id, "step_id": u.step_id})
         return _step(row), True
 
@@ -518,6 +521,57 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
             line = RunLogLine(now, "WARNING", "stepline.waits", message[:RUN_LOG_MESSAGE_LIMIT])
             self._insert_run_logs(conn, run_id, RunLogs((line,)), now)
             return False
+
+    async def wait_for_signal(
+        self, run_id: str, owner: str, update: StepUpdate, signal: str, replace: bool, now: int
+    ) -> WriteOutcome:
+        name = SIGNAL_WAIT_PREFIX + signal
+
+        def op(conn: Any) -> WriteOutcome:
+            bad = self._check_lease(conn, run_id, owner)
+            if bad is not None:
+                return bad
+            self._lock_for_wait(conn, name)  # serialises with send_signal and other registrations (PostgreSQL)
+            row = conn.execute(self.Q["signal_wait"], {"name": name, "now": now}).fetchone()
+            if row is not None and (row[1], row[2]) != (run_id, update.step_id):
+                if not replace:
+                    raise SignalConflict(signal, row[1])
+                conn.execute(self.Q["delete_wait"], {"id": row[0]})
+            step, _ = self._write_step(conn, run_id, update, now)
+            if not step.is_memo:
+                conn.execute(self.Q["delete_step_wait"], {"run_id": run_id, "step_id": update.step_id})
+                conn.execute(
+                    self.Q["insert_wait"],
+                    {"run_id": run_id, "step_id": update.step_id, "kind": "signal", "event_name": name,
+                     "expression": None, "expires_at": update.wake_at},
+                )  # fmt: skip
+            return WriteOutcome("ok", step)
+
+        return await self.writer.run(op)
+
+    async def send_signal(self, signal: str, data: Any, now: int) -> str | None:
+        name = SIGNAL_WAIT_PREFIX + signal
+
+        def op(conn: Any) -> str | None:
+            self._lock_for_wait(conn, name)
+            row = conn.execute(self.Q["signal_wait"], {"name": name, "now": now}).fetchone()
+            if row is None:
+                return None
+            wait_id, run_id, step_id = row
+            conn.execute(self.Q["delete_wait"], {"id": wait_id})
+            cur = conn.execute(
+                self.Q["complete_pending_step"],
+                {"run_id": run_id, "step_id": step_id, "status": "completed",
+                 "output": _j({"signal": signal, "data": data}), "error": None, "now": now},
+            )  # fmt: skip
+            if not cur.rowcount:
+                return None
+            conn.execute(self.Q["wake_run"], {"run_id": run_id, "now": now})
+            self._notify_work(conn, now)
+            return str(run_id)
+
+        result: str | None = await self.writer.run(op)
+        return result
 
     async def retry_run(
         self,

@@ -131,11 +131,43 @@ const fetcher = inngest.createFunction(
   },
 );
 
-const functions = [ping, stretch, shapes, raceSteps, raceWait, aiInfer, fetcher];
+// --- signals (item 6; the npm SDK only) ---------------------------------------------------------------------------
+const signalWaiter = inngest.createFunction(
+  { id: "signal-waiter", triggers: [{ event: "parity/signal-wait" }] },
+  async ({ event, step }) => {
+    record({ fn: "signal-waiter", what: "call", token: event.data.token });
+    const got = await step.waitForSignal("approval", {
+      signal: `approve-${event.data.token}`,
+      timeout: event.data.timeout || "1h",
+      onConflict: "replace",
+    });
+    return { got };
+  },
+);
+
+const signalSender = inngest.createFunction(
+  { id: "signal-sender", triggers: [{ event: "parity/signal-send" }] },
+  async ({ event, step }) => {
+    const sent = await step.sendSignal("notify", { signal: `approve-${event.data.token}`, data: { by: "a step" } });
+    return { sent };
+  },
+);
+
+const functions = [ping, stretch, shapes, raceSteps, raceWait, aiInfer, fetcher, signalWaiter, signalSender];
 
 const app = express();
 app.use(express.json({ limit: "10mb" }));
 app.use("/api/inngest", serve({ client: inngest, functions }));
+// Sends a signal with the SDK's own client (inngest.sendSignal), as an app's web handler would.
+app.post("/signal", async (req, res) => {
+  try {
+    const result = await inngest.sendSignal({ signal: req.body.signal, data: req.body.data });
+    res.json({ run_id: result.runId ?? null });
+  } catch (err) {
+    res.status(500).json({ error: String((err && err.message) || err) });
+  }
+});
+
 app.get("/healthz", (_req, res) => res.json({ ok: true, app_id: inngest.id }));
 
 listen(app, "parity node app");

@@ -77,6 +77,14 @@ ORDER BY w.id
 -- name: delete_wait
 DELETE FROM waits WHERE id = :id
 
+-- name: signal_wait
+-- The live wait for a signal (at most one: registering a second one conflicts or replaces it).
+SELECT w.id, w.run_id, w.step_id
+FROM waits w JOIN runs r ON r.id = w.run_id
+WHERE w.event_name = :name AND w.kind = 'signal' AND w.expires_at > :now AND r.status IN ('queued', 'running')
+ORDER BY w.id
+LIMIT 1
+
 -- name: delete_run_waits
 DELETE FROM waits WHERE run_id = :run_id
 
