@@ -221,6 +221,12 @@ class Stack:
                 p.stop()
         self.http.close()
 
+    def restart_app(self) -> None:
+        """Start the app again on the same port (after it crashed or was stopped)."""
+        if self.app is not None:
+            self.app.stop()
+        self._start_app()
+
     def _app_env(self) -> dict[str, str]:
         env = _clean_env()
         env.update(

@@ -192,3 +192,29 @@ class ParitySuite:
                                headers=stack.auth)  # fmt: skip
         assert resp.status_code == 200 and resp.json()["data"] == {"run_id": run_id}, resp.text
         assert stack.wait_status(run_id, "Completed")["output"]["got"]["data"] == [1, 2]
+
+    # --- checkpointing (item 7) ---------------------------------------------------------------------------------
+    def test_checkpointed_steps_survive_an_app_crash(self, stack: Stack) -> None:
+        """The npm SDK checkpoints each step as it runs them in one call; the app process dies in step 3: steps
+        1 and 2 are kept (not run again), and the run completes once the app is back."""
+        requires(stack, "node")
+        token = new_token()
+        [event_id] = stack.send({"name": "parity/crash", "data": {"token": token, "crash_at": 3}})
+        [listed] = stack.wait_runs(event_id)
+        wait_for("the app to die in step 3", lambda: stack.app is not None and not stack.app.alive(), stack=stack)
+        stored = {s["name"]: s for s in stack.steps(listed["run_id"])}
+        assert {n: s["output"] for n, s in stored.items()} == {"s1": 1, "s2": 4}, stored  # checkpointed before
+        stack.restart_app()
+        run = stack.wait_status(listed["run_id"], "Completed", timeout=30)
+        assert run["output"] == {"results": [1, 4, 9, 16, 25]}
+        ran = [r["step"] for r in stack.records(token, what="step")]
+        assert ran == ["s1", "s2", "s3", "s3", "s4", "s5"], ran  # s1, s2 not run again; s3 ran again
+
+    def test_a_run_of_steps_takes_one_call(self, stack: Stack) -> None:
+        """The server offers the SDK to checkpoint (ctx.fn_id, ctx.qi_id): five steps, one call."""
+        requires(stack, "node")
+        token = new_token()
+        _, run = stack.trigger("parity/crash", {"token": token, "crash_at": 0})
+        assert run["status"] == "Completed" and run["output"] == {"results": [1, 4, 9, 16, 25]}, run
+        assert len(stack.records(token, what="call")) == 1
+        assert [s["name"] for s in stack.steps(run["run_id"])] == ["s1", "s2", "s3", "s4", "s5"]

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepline.core.engine import Engine
-from stepline.server import dashboard, events_api, rest_api, sdk_api, sync
+from stepline.server import checkpoint_api, dashboard, events_api, rest_api, sdk_api, sync
 from stepline.server.app_calls import AppCalls
 from stepline.server.config import ServerConfig
 from stepline.server.dev_guard import DevGuard
@@ -61,6 +61,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
     routes += events_api.routes()
     routes += sync.routes()
     routes += sdk_api.routes()
+    routes += checkpoint_api.routes()
     routes += rest_api.routes()
     dash = dashboard.Dashboard(engine, cfg)
     routes += dashboard.routes(dash)  # GET / and /dashboard/...

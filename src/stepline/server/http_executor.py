@@ -27,6 +27,7 @@ from stepline.core.function import DEFAULT_WAIT_TIMEOUT
 from stepline.core.steps import signal_reason
 from stepline.server import gateway, protocol, signing
 from stepline.server.app_calls import AppCallFailed, ResponseTooLarge, app_origin
+from stepline.server.checkpoint_api import dispatch_id
 from stepline.server.functions import HttpFunction
 from stepline.server.gateway import GATEWAY_OPS, GatewayResult
 from stepline.server.protocol import CallState, Op, Outcome
@@ -54,6 +55,7 @@ class _Answer:
     step_id: str  # the step the call targeted, or DISCOVERY
     outcome: Outcome
     since: int | str  # the event cursor when the call began: a wait it reports matches only later events
+    checkpointing: bool = False  # the call offered the SDK to checkpoint (ctx.fn_id, ctx.qi_id)
     gateway: _GatewayDone | None = None  # not a call: a gateway step's request (step.fetch, step.ai.infer) ended
 
 
@@ -79,6 +81,7 @@ class HttpExecutor:
         self.owner = owner
         self.drivers: dict[str, Lease] = {}
         self.calls = 0
+        self.dispatched = 0  # discovery calls offered checkpointing, numbering their dispatch ids (qi_id)
         self._slots: dict[str, asyncio.Semaphore] = {}  # per app origin: calls in flight
 
     def slots(self, url: str) -> asyncio.Semaphore:
@@ -191,6 +194,7 @@ class _Execution:
                     self.rediscover = False
                     await self.launch(DISCOVERY)
         finally:
+            self.st.dispatches.end(self.run.id)
             for task in self.tasks:  # the run ended or rests: calls still in flight (race losers) are dropped
                 task.cancel()
             if self.tasks:
@@ -203,9 +207,16 @@ class _Execution:
             await self.function_error({"name": "Error", "message": (
                 f"more than {MAX_CALLS_PER_CLAIM} calls in one go")}, retriable=True, retry_at=None)  # fmt: skip
         if step_id == DISCOVERY:
-            # Parallel steps still running elsewhere: the SDK must plan new steps, not run one inline.
+            # Parallel steps still running elsewhere: the SDK must plan new steps, not run one inline. Otherwise the
+            # call offers the SDK to checkpoint (npm 4.x: it runs step after step in this call, server/checkpoint_api).
             busy = any(s != DISCOVERY for s in self.tasks.values())
-            call = self.call(DISCOVERY, self.attempt, busy)
+            qi_id = None
+            if not busy:
+                self.ex.dispatched += 1
+                qi_id = dispatch_id(self.ex.owner, self.ex.dispatched)
+            if qi_id is not None:
+                self.st.dispatches.begin(self.run.id, qi_id)
+            call = self.call(DISCOVERY, self.attempt, busy, qi_id)
         else:
             call = self.call(step_id, self.attempt_of(step_id), True)
         self.tasks[asyncio.ensure_future(call)] = step_id
@@ -216,6 +227,8 @@ class _Execution:
     async def take(self, answer: _Answer) -> None:
         """Apply a call's answer, start the calls it plans, and in race mode ask for discovery at once."""
         targeted = None if answer.step_id == DISCOVERY else answer.step_id
+        if answer.checkpointing:
+            await self.take_checkpoints(answer.outcome)
         if answer.gateway is not None:
             await self.gateway_done(answer.step_id, answer.gateway)
         else:
@@ -232,6 +245,22 @@ class _Execution:
             else:
                 await self.launch(DISCOVERY)
         await self.settle_races()
+
+    async def take_checkpoints(self, outcome: Outcome) -> None:
+        """Steps the SDK checkpointed during the call (``/v1/checkpoint/{run}/async``) are part of the memo from now
+        on: read them back when some were stored (in this process, or, when the answer comes from the npm SDK and
+        needs another call, possibly through another node)."""
+        took = self.st.dispatches.took(self.run.id)
+        if not took and not (outcome.kind == "ops" and (outcome.sdk or "").startswith("js:")):
+            return
+        for rec in await self.engine.store.list_steps(self.run.id):  # in the order they were recorded
+            known = self.memo.get(rec.step_id)
+            if rec.is_memo and (known is None or not known.is_memo):
+                self.memo[rec.step_id] = rec
+                self.stack.append(rec.step_id)
+                self.labels[rec.step_id] = rec.display_id
+                self.pending.pop(rec.step_id, None)
+                self.end_stretch()
 
     async def settle_races(self) -> None:
         """A race with a result is decided: its losing sleeps and waits resolve (a sleep as done, a wait as timed
@@ -289,11 +318,12 @@ class _Execution:
         return rec.attempts if rec is not None and not rec.is_memo else 0
 
     # --- one call ---
-    async def call(self, step_id: str, attempt: int, disable_immediate: bool) -> _Answer:
+    async def call(self, step_id: str, attempt: int, disable_immediate: bool, qi_id: str | None = None) -> _Answer:
         since = await self.engine.store.event_cursor()  # a wait reported by this call matches later events
-        return _Answer(step_id, await self._call(step_id, attempt, disable_immediate), since)
+        outcome = await self._call(step_id, attempt, disable_immediate, qi_id)
+        return _Answer(step_id, outcome, since, checkpointing=qi_id is not None)
 
-    async def _call(self, step_id: str, attempt: int, disable_immediate: bool) -> Outcome:
+    async def _call(self, step_id: str, attempt: int, disable_immediate: bool, qi_id: str | None) -> Outcome:
         if self.lease.stop is not None:
             raise _Stop()
         now = self.now()
@@ -304,7 +334,7 @@ class _Execution:
                 "name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}))  # fmt: skip
         memo = {sid: protocol.memo_value(self.memo[sid]) for sid in self.stack}
         state = CallState(self.run.id, self.claimed.event, self.claimed.events, memo, list(self.stack), attempt,
-                          self.fn.max_attempts, disable_immediate)  # fmt: skip
+                          self.fn.max_attempts, disable_immediate, self.fn.id if qi_id else None, qi_id)  # fmt: skip
         body, _ = protocol.call_body(state)
         raw = signing.canonical_json(body)
         headers = {"Content-Type": "application/json", "User-Agent": "stepline", "X-Inngest-Step-ID": step_id,
@@ -417,7 +447,9 @@ class _Execution:
             return await self.gateway(op, GATEWAY_OPS[kind])
         if kind == "RunComplete":
             await self.finish(RunFinish("completed", output=op.data))
-        if kind in ("DiscoveryRequest", "StepNotFound"):
+        if kind == "DiscoveryRequest":  # the SDK asks to be called again (its maxRuntime, a checkpoint it gave up)
+            return True
+        if kind == "StepNotFound":
             return False
         await self.record(StepUpdate(op.id or kind, op.label, "run", "failed", 1, error={
             "name": "UnsupportedOp", "message": f"Stepline does not support the {kind} op yet"}))  # fmt: skip
@@ -535,7 +567,7 @@ class _Execution:
 
         async def request() -> _Answer:
             result = await gateway.perform(self.st.outbound, kind, op.opts, cfg.gateway_timeout, cfg.gateway_max_bytes)
-            return _Answer(op.id, Outcome("ops"), self.since, _GatewayDone(kind, label, attempt, result))
+            return _Answer(op.id, Outcome("ops"), self.since, gateway=_GatewayDone(kind, label, attempt, result))
 
         self.tasks[asyncio.ensure_future(request())] = op.id
         return True

@@ -58,6 +58,9 @@ class CallState:
     attempt: int
     max_attempts: int
     disable_immediate_execution: bool = False
+    # What the npm SDK needs to checkpoint (server/checkpoint_api.py): the function and the dispatch.
+    fn_id: str | None = None
+    qi_id: str | None = None
 
 
 def call_body(state: CallState) -> tuple[dict[str, Any], bool]:
@@ -74,6 +77,7 @@ def call_body(state: CallState) -> tuple[dict[str, Any], bool]:
             "disable_immediate_execution": state.disable_immediate_execution,
             "use_api": False,
             "stack": {"stack": list(state.stack), "current": len(state.stack)},
+            **({"fn_id": state.fn_id, "qi_id": state.qi_id} if state.fn_id and state.qi_id else {}),
         },
         "version": -1,
         "use_api": False,
@@ -113,6 +117,7 @@ class Outcome:
     retriable: bool = True
     retry_at: int | None = None  # unix ms from Retry-After
     status: int | None = None
+    sdk: str | None = None  # the answer's X-Inngest-SDK ("js:v4.24.0", "py:v0.5.19")
     # Why an error answer counts as a failure, as Inngest's executor words it (``invalid status code: 500``, or
     # ``NonRetriableError`` with X-Inngest-No-Retry): the run-end events' ``data.error.error``.
     reason: str | None = None
@@ -149,7 +154,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _check_storable(value: Any) -> None:
+def check_storable(value: Any) -> None:
     """Values both stores keep and the SDKs read back: no lone surrogates, no NUL characters."""
     try:
         text = json.dumps(value, ensure_ascii=False)
@@ -164,7 +169,7 @@ STEP_OPS = frozenset({"StepRun", "Step", "StepError", "StepFailed", "StepPlanned
                       "InvokeFunction", "Gateway", "AIGateway", "WaitForSignal"})  # fmt: skip
 
 
-def _parse_op(raw: Any) -> Op | None:
+def parse_op(raw: Any) -> Op | None:
     if not isinstance(raw, dict) or not isinstance(raw.get("op"), str):
         return None
     opts = raw.get("opts")
@@ -209,7 +214,7 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, now_ms: in
     try:
         payload = json.loads(body, parse_constant=_reject_constant) if body.strip() else None
         if 200 <= status < 300:
-            _check_storable(payload)
+            check_storable(payload)
     except ValueError as exc:
         if 200 <= status < 300:
             return _error(f"the app answered HTTP {status} with a body that is not JSON ({exc}): {body[:200]!r}",
@@ -221,13 +226,14 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, now_ms: in
         items = payload if isinstance(payload, list) else [payload] if isinstance(payload, dict) else None
         if items is None:
             return _error("the app answered 206 without a list of ops", status=status)
-        ops = [_parse_op(i) for i in items]
+        ops = [parse_op(i) for i in items]
         if any(o is None for o in ops):
             return _error(f"the app answered 206 with an op that has no 'op' field: {body[:200]!r}", status=status)
         missing = [o.op for o in ops if o is not None and o.op in STEP_OPS and not o.id]
         if missing:
             return _error(f"the app answered 206 with a {missing[0]} op without a step id", status=status)
         return Outcome("ops", ops=[o for o in ops if o is not None], retry_at=retry_at, status=status,
+                       sdk=_header(headers, "x-inngest-sdk"),
                        retriable=not no_retry)  # fmt: skip
     if isinstance(payload, dict) and (payload.get("name") or payload.get("message")) and _storable(payload):
         error = payload  # the SDK's error, stored and returned exactly as it sent it (a null stack stays null)
@@ -239,7 +245,7 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, now_ms: in
 
 def _storable(value: Any) -> bool:
     try:
-        _check_storable(value)
+        check_storable(value)
     except ValueError:
         return False
     return True

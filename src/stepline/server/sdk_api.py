@@ -11,7 +11,7 @@ from stepline.server.errors import error_response
 from stepline.server.state import state_of
 
 
-def _unauthorized(request: Request) -> Response | None:
+def unauthorized(request: Request) -> Response | None:
     st = state_of(request)
     if st.config.signed and not signing.bearer_matches(request.headers.get("authorization"), st.config.signing_keys):
         return error_response(401, "authentication failed: the Authorization bearer does not match the signing key")
@@ -20,7 +20,7 @@ def _unauthorized(request: Request) -> Response | None:
 
 async def run_actions(request: Request) -> Response:
     """``GET /v0/runs/{run_id}/actions``: the run's memo, by hashed step id."""
-    if (denied := _unauthorized(request)) is not None:
+    if (denied := unauthorized(request)) is not None:
         return denied
     st = state_of(request)
     run_id = request.path_params["run_id"]
@@ -32,7 +32,7 @@ async def run_actions(request: Request) -> Response:
 
 async def run_batch(request: Request) -> Response:
     """``GET /v0/runs/{run_id}/batch``: the run's events (one, or the batch)."""
-    if (denied := _unauthorized(request)) is not None:
+    if (denied := unauthorized(request)) is not None:
         return denied
     st = state_of(request)
     run_id = request.path_params["run_id"]

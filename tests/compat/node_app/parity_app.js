@@ -153,7 +153,34 @@ const signalSender = inngest.createFunction(
   },
 );
 
-const functions = [ping, stretch, shapes, raceSteps, raceWait, aiInfer, fetcher, signalWaiter, signalSender];
+// --- checkpointing (item 7): the process dies in the middle of a run -------------------------------------------
+const fs = require("node:fs");
+const path = require("node:path");
+
+const crashy = inngest.createFunction(
+  { id: "crashy", retries: 10, triggers: [{ event: "parity/crash" }] },
+  async ({ event, step }) => {
+    const token = event.data.token;
+    record({ fn: "crashy", what: "call", token });
+    const results = [];
+    for (let k = 1; k <= 5; k++) {
+      results.push(
+        await step.run(`s${k}`, () => {
+          record({ fn: "crashy", what: "step", step: `s${k}`, token, pid: process.pid });
+          const marker = path.join(path.dirname(process.env.COMPAT_LOG || "."), `crashed-${token}`);
+          if (k === event.data.crash_at && !fs.existsSync(marker)) {
+            fs.writeFileSync(marker, "");
+            process.exit(1); // the app dies in the middle of the run, its earlier steps checkpointed
+          }
+          return k * k;
+        }),
+      );
+    }
+    return { results };
+  },
+);
+
+const functions = [ping, stretch, shapes, raceSteps, raceWait, aiInfer, fetcher, signalWaiter, signalSender, crashy];
 
 const app = express();
 app.use(express.json({ limit: "10mb" }));
