@@ -280,3 +280,20 @@ async def test_on_failure_gets_the_error_in_inngests_shape(client: Stepline, clo
     # kinds of function read one format.
     assert (error["error"], error["name"], error["message"]) == ("'missing'", "KeyError", "'missing'")
     assert error["stack"] == run.error["stack"]
+
+
+async def test_a_sleep_or_wait_longer_than_a_year_fails_the_run_at_once(client: Stepline, clock: FakeClock) -> None:
+    @client.function(id="too-long", trigger="t/too-long", retries=3, backoff=FAST)
+    async def too_long(ctx: Any) -> Any:
+        if ctx.event.data["kind"] == "sleep":
+            await ctx.step.sleep("nap", "400d")
+        await ctx.step.wait_for_event("w", event="t/never", timeout="367d")
+
+    await client.send([{"name": "t/too-long", "data": {"kind": "sleep"}}, {"name": "t/too-long", "data": {"kind": "w"}}])
+    await drain(client)
+    messages = sorted(r.error["message"] for r in await runs(client, "too-long") if r.status == "failed")
+    assert messages == [
+        "step 'nap': The sleep \"400d\" ends more than one year in the future; sleeps may last at most one year.",
+        "step 'w': The wait-for-event timeout \"367d\" expires more than one year in the future; timeouts may last "
+        "at most one year.",
+    ]

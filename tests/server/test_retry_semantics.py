@@ -182,3 +182,43 @@ async def test_errors_are_kept_as_the_sdk_sent_them_and_events_carry_inngests_sh
     assert finished[fid("shapes")]["error"] == expected
     assert failed[fid("strict")]["error"] == {"error": "NonRetriableError", **no_retry}
     assert runs[fid("strict")].error == no_retry
+
+
+# --- item 8: sleeps and waits of more than a year, StepNotFound ----------------------------------------------------
+async def test_a_sleep_or_wait_longer_than_a_year_fails_the_run_at_once(app: FakeApp, make_stack: MakeStack) -> None:
+    s = await make_stack()
+    app.start()
+    nap = {"op": "Sleep", "id": hash_step_id("nap"), "name": "400d", "displayName": "nap"}
+    wait = {"op": "WaitForEvent", "id": hash_step_id("w"), "name": "shop/paid", "displayName": "w",
+            "opts": {"timeout": "367d"}}  # fmt: skip
+    app.script(fid("sleepy"), ops(nap))
+    app.script(fid("patient"), ops(wait))
+    await register(s, app, fn_config(app.url, "sleepy", retries=3), fn_config(app.url, "patient", retries=3))
+    event_id = await s.send()
+    await s.drain()
+    runs = await s.runs_of(event_id)
+    # As Inngest since 2026: refused with its error, no retry.
+    assert (runs[fid("sleepy")].status, runs[fid("sleepy")].error) == ("failed", {
+        "name": "InngestErrTimeoutTooLong",
+        "message": 'The sleep "400d" ends more than one year in the future; sleeps may last at most one year.'})
+    assert (runs[fid("patient")].status, runs[fid("patient")].error) == ("failed", {
+        "name": "InngestErrTimeoutTooLong", "message": 'The wait-for-event timeout "367d" expires more than one year '
+        "in the future; timeouts may last at most one year."})  # fmt: skip
+    assert len(app.calls) == 2
+
+
+async def test_a_step_the_app_no_longer_has_is_rediscovered_not_retried(app: FakeApp, make_stack: MakeStack) -> None:
+    s = await make_stack()
+    app.start()
+    gone = sdk(500, {"error": 'Could not find step "old" to run; timed out.', "requestedStep": hash_step_id("old"),
+                     "foundSteps": [], "totalFoundSteps": 0}, **{"x-inngest-no-retry": "false"})  # fmt: skip
+    spec_op = ops({"op": "StepNotFound", "id": hash_step_id("older")})
+    app.script(fid("changed"), by_step(step=[planned("old", "older"), complete("new code")], old=[gone],
+                                       older=[spec_op]))  # fmt: skip
+    await register(s, app, fn_config(app.url, "changed", retries=1))
+    event_id = await s.send()
+    await s.drain()
+    run = (await s.runs_of(event_id))[fid("changed")]
+    assert (run.status, run.output, run.attempt) == ("completed", "new code", 0), run  # no backoff, no retry
+    assert [c.step_id for c in app.calls_of(fid("changed"))].count("step") == 2
+    assert await s.store.list_steps(run.id) == []

@@ -45,8 +45,19 @@ from stepline.storage.records import SignalConflict, StepRecord, StepUpdate, Wai
 if TYPE_CHECKING:
     from stepline.core.engine import Engine
 
-MAX_SLEEP = dt.timedelta(days=366)
+MAX_SLEEP = dt.timedelta(days=366)  # a sleep, or a wait's timeout, may last at most this long (as Inngest since 2026)
+MAX_SLEEP_MS = int(MAX_SLEEP.total_seconds() * 1000)
 CONFLICTS = ("fail", "replace")
+
+
+def sleep_too_long(raw: Any) -> str:
+    """Inngest's words for a sleep beyond ``MAX_SLEEP`` (the run fails at once, without retries)."""
+    return f'The sleep "{raw}" ends more than one year in the future; sleeps may last at most one year.'
+
+
+def wait_too_long(raw: Any) -> str:
+    return (f'The wait-for-event timeout "{raw}" expires more than one year in the future; timeouts may last '
+            "at most one year.")  # fmt: skip
 
 
 def signal_reason(step: str, signal: str, until: int) -> dict[str, Any]:
@@ -322,10 +333,11 @@ class StepDriver:
             wake = rec.wake_at or now
         else:
             if until is None:
-                delta = parse_duration(duration)
-                if delta > MAX_SLEEP:
-                    raise ValueError(f"step {display_id!r}: sleep of {delta} exceeds the 1 year limit")
-                until = now + int(delta.total_seconds() * 1000)
+                until = now + int(parse_duration(duration).total_seconds() * 1000)
+            if until - now > MAX_SLEEP_MS:
+                raise NonRetriableError(
+                    f"step {display_id!r}: {sleep_too_long(duration or from_ms(until).isoformat())}"
+                )
             wake = until
         if wake <= now:
             await self._record(StepUpdate(step_id, display_id, "sleep", "completed", 1, output=None))
@@ -364,6 +376,8 @@ class StepDriver:
         if expression is not None:
             compile_expression(expression)
         delta = parse_duration(timeout if timeout is not None else DEFAULT_WAIT_TIMEOUT)
+        if delta > MAX_SLEEP:
+            raise NonRetriableError(f"step {display_id!r}: {wait_too_long(timeout)}")
         since = await self.engine.store.event_cursor()
         wake = now + int(delta.total_seconds() * 1000)
         name = canonical_event_name(event)

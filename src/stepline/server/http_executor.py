@@ -24,7 +24,7 @@ from stepline.core.errors import run_end_error
 from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT
-from stepline.core.steps import signal_reason
+from stepline.core.steps import MAX_SLEEP_MS, signal_reason, sleep_too_long, wait_too_long
 from stepline.server import gateway, protocol, signing
 from stepline.server.app_calls import AppCallFailed, ResponseTooLarge, app_origin
 from stepline.server.checkpoint_api import dispatch_id
@@ -35,7 +35,6 @@ from stepline.server.state import ServerState
 from stepline.storage.records import ClaimedRun, RunFinish, SignalConflict, StepRecord, StepUpdate, WaitSpec
 
 log = logging.getLogger("stepline.server.calls")
-MAX_SLEEP_MS = 366 * 24 * 3600 * 1000
 MAX_CALLS_PER_CLAIM = 10_000
 SIGNAL_CONFLICT_ERROR = {"name": "Error", "message": "Signal conflict; signal wait already exists for another run"}
 INVOKE_TIMEOUT_ERROR = {"name": "InngestInvokeTimeoutError",
@@ -44,6 +43,13 @@ INVOKE_TIMEOUT_ERROR = {"name": "InngestInvokeTimeoutError",
 
 DISCOVERY = "step"  # the stepId of a discovery call
 GATEWAY_KINDS = frozenset(GATEWAY_OPS.values())
+
+
+TIMEOUT_TOO_LONG = "InngestErrTimeoutTooLong"  # Inngest's name for a sleep or wait of more than a year
+
+
+class _TooLong(Exception):
+    """A sleep or wait beyond a year: the run fails at once (raised where no await is possible)."""
 
 
 class _Stop(Exception):
@@ -152,6 +158,7 @@ class _Execution:
         self.tasks: dict[asyncio.Task[_Answer], str] = {}  # calls in flight -> the step they target (or DISCOVERY)
         self.launched = 0
         self.rediscover = False  # a race step ended while a discovery was in flight: discover again after it
+        self.not_found: dict[str, int] = {}  # targeted steps the app could not find, and how often
         self.gateway_retries: dict[str, int] = {}  # gateway steps whose retry is due: step id -> attempt
         # Races (parallelMode "race"): step id -> the key of the race it was started in (stored with its steps).
         self.race_of: dict[str, str] = {r.step_id: r.race for r in self.memo.values() if r.race}
@@ -373,6 +380,12 @@ class _Execution:
         """Apply a call's outcome; returns the steps to call next (planned). Raises _Stop when the run rests."""
         if outcome.kind == "complete":
             await self.finish(RunFinish("completed", output=outcome.output))
+        not_found = targeted is not None and (
+            (outcome.kind == "error" and (outcome.error or {}).get("requestedStep") == targeted)  # the npm SDK's 500
+            or any(op.op == "StepNotFound" for op in outcome.ops)
+        )  # the op of the SDK spec
+        if not_found and targeted is not None and self.step_not_found(targeted):
+            return []
         if outcome.kind == "error":
             await self.function_error(outcome.error or {}, outcome.retriable, outcome.retry_at, targeted,
                                       outcome.reason)  # fmt: skip
@@ -390,6 +403,8 @@ class _Execution:
                 self.labels.setdefault(op.id, op.label)
             try:
                 progressed = await self.apply(op, outcome, targeted, planned) or progressed
+            except _TooLong as exc:
+                await self.finish(RunFinish("failed", error={"name": TIMEOUT_TOO_LONG, "message": str(exc)}))
             except (ValueError, TypeError) as exc:  # an unparsable duration, invalid CEL, ...
                 await self.function_error({"name": "InvalidOp", "message": (
                     f"the app returned an invalid {op.op} op for step {op.label!r}: {exc}")},
@@ -398,6 +413,18 @@ class _Execution:
             await self.function_error({"name": "Error", "message": "the app returned no op to act on (206 [])"},
                                       retriable=True, retry_at=None)  # fmt: skip
         return planned
+
+    def step_not_found(self, step_id: str) -> bool:
+        """The app no longer has the step a call targeted (its code changed): not a failure to retry, but a reason
+        to ask the app again what it runs now (a discovery). Twice for one step is rediscovered; a third time is an
+        error of that step (so a confused app cannot loop for ever)."""
+        self.not_found[step_id] = self.not_found.get(step_id, 0) + 1
+        if self.not_found[step_id] > 2:
+            return False
+        self.pending.pop(step_id, None)
+        self.reasons.pop(step_id, None)
+        self.rediscover = True
+        return True
 
     async def apply(self, op: Op, outcome: Outcome, targeted: str | None, planned: list[str]) -> bool:
         kind = op.op
@@ -479,7 +506,8 @@ class _Execution:
                 )
                 return True
             wake = int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp() * 1000)
-        wake = min(wake, now + MAX_SLEEP_MS)
+        if wake - now > MAX_SLEEP_MS:  # as Inngest since 2026: the run fails at once
+            await self.finish(RunFinish("failed", error={"name": TIMEOUT_TOO_LONG, "message": sleep_too_long(raw)}))
         if wake <= now:
             await self.record(StepUpdate(op.id, self.labels[op.id], "sleep", "completed", 1, output=None))
             return True
@@ -494,7 +522,10 @@ class _Execution:
         expression = op.opts.get("if") or None
         if expression is not None:
             compile_expression(expression)
-        wake = self.now() + int(parse_duration(timeout).total_seconds() * 1000)
+        delta_ms = int(parse_duration(timeout).total_seconds() * 1000)
+        if delta_ms > MAX_SLEEP_MS:  # as Inngest since 2026: the run fails at once
+            raise _TooLong(wait_too_long(timeout))
+        wake = self.now() + delta_ms
         event = canonical_event_name(str(name))
         self.end_stretch()
         self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "wait_for_event", "waiting", wake_at=wake,

@@ -45,7 +45,7 @@ from stepline.core.events import canonical_event_name, to_json_value, validate_e
 from stepline.core.expressions import compile_expression, match_to_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
 from stepline.core.ids import StepIdCounter
-from stepline.core.steps import CONFLICTS, MAX_SLEEP, Execute, Memo
+from stepline.core.steps import CONFLICTS, MAX_SLEEP, Execute, Memo, sleep_too_long
 from stepline.serving.call import CallRequest, CallResult, iso_ms, stored_event, unwrap_signals
 from stepline.serving.config import wire_event_name
 
@@ -245,7 +245,7 @@ class CallDriver:
         if until is None:
             delta = parse_duration(duration)
             if delta > MAX_SLEEP:
-                raise ValueError(f"step {display_id!r}: sleep of {delta} exceeds the 1 year limit")
+                raise NonRetriableError(f"step {display_id!r}: {sleep_too_long(duration)}")
             name = format_duration(delta)
         else:
             name = iso_ms(until)
