@@ -289,7 +289,7 @@ async def test_a_sleep_or_wait_longer_than_a_year_fails_the_run_at_once(client: 
             await ctx.step.sleep("nap", "400d")
         await ctx.step.wait_for_event("w", event="t/never", timeout="367d")
 
-    await client.send([{"name": "t/too-long", "data": {"kind": "sleep"}}, {"name": "t/too-long", "data": {"kind": "w"}}])
+    await client.send([{"name": "t/too-long", "data": {"kind": kind}} for kind in ("sleep", "w")])
     await drain(client)
     messages = sorted(r.error["message"] for r in await runs(client, "too-long") if r.status == "failed")
     assert messages == [
