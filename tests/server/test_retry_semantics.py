@@ -198,9 +198,13 @@ async def test_a_sleep_or_wait_longer_than_a_year_fails_the_run_at_once(app: Fak
     await s.drain()
     runs = await s.runs_of(event_id)
     # As Inngest since 2026: refused with its error, no retry.
-    assert (runs[fid("sleepy")].status, runs[fid("sleepy")].error) == ("failed", {
-        "name": "InngestErrTimeoutTooLong",
-        "message": 'The sleep "400d" ends more than one year in the future; sleeps may last at most one year.'})
+    assert (runs[fid("sleepy")].status, runs[fid("sleepy")].error) == (
+        "failed",
+        {
+            "name": "InngestErrTimeoutTooLong",
+            "message": 'The sleep "400d" ends more than one year in the future; sleeps may last at most one year.',
+        },
+    )
     assert (runs[fid("patient")].status, runs[fid("patient")].error) == ("failed", {
         "name": "InngestErrTimeoutTooLong", "message": 'The wait-for-event timeout "367d" expires more than one year '
         "in the future; timeouts may last at most one year."})  # fmt: skip
