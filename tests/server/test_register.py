@@ -276,3 +276,24 @@ async def test_a_failed_sync_is_stored_on_the_app_and_cleared_by_the_next_good_s
     assert stored is not None and stored.app_id == APP_ID and stored.error is not None
     assert stored.error.startswith(unreachable)
     assert await function_ids(s) == ["shop-charge"]
+
+
+async def test_the_newer_sync_payload_fields_are_accepted_and_kept(app: FakeApp, make_stack: MakeStack) -> None:
+    """Issue 14 item 8: appVersion, featureObservations, a function's checkpoint config, a cron jitter and
+    batchEvents.if, as the SDKs send them in 2026."""
+    s = await make_stack()
+    checkpointing = fn_config(app.url, "fast", checkpoint={"batch_steps": 3, "batch_interval": "3s",
+                                                          "max_runtime": "0s"})  # fmt: skip
+    cron = fn_config(app.url, "nightly", triggers=[{"cron": "0 3 * * *", "jitter": "30s"}])
+    batched = fn_config(app.url, "batched", batchEvents={"maxSize": 10, "timeout": "5s",
+                                                         "if": "event.data.bulk == true"})  # fmt: skip
+    body = register_body(app.url, [checkpointing, cron, batched], appVersion="2026.12.1",
+                         featureObservations={"v": 1, "flags": ["checkpointing"]})  # fmt: skip
+    res = await s.register(body)
+    assert res.status_code == 200, res.text
+    [listed] = await apps_api(s)
+    assert listed["app_version"] == "2026.12.1"
+    functions = {f["id"]: f for f in (await s.api.get("/v1/functions")).json()["data"]}
+    assert functions[f"{APP_ID}-fast"]["config"]["inngest"]["checkpoint"]["batch_steps"] == 3
+    assert functions[f"{APP_ID}-nightly"]["config"]["triggers"] == [{"cron": "0 3 * * *", "jitter": "30s"}]
+    assert functions[f"{APP_ID}-batched"]["config"]["flow"]["batch"]["if"] == "event.data.bulk == true"
