@@ -218,3 +218,18 @@ class ParitySuite:
         assert run["status"] == "Completed" and run["output"] == {"results": [1, 4, 9, 16, 25]}, run
         assert len(stack.records(token, what="call")) == 1
         assert [s["name"] for s in stack.steps(run["run_id"])] == ["s1", "s2", "s3", "s4", "s5"]
+
+    # --- defer (item 8) -----------------------------------------------------------------------------------------
+    def test_defers_start_their_functions_once_the_run_has_ended(self, stack: Stack) -> None:
+        requires(stack, "node")
+        token = new_token()
+        _, run = stack.trigger("parity/defer", {"token": token})
+        assert run["status"] == "Completed" and run["output"] == {"first": 1}, run
+        deferred = stack.wait_records(token, 2, fn="later", what="call")
+        assert sorted(r["n"] for r in deferred) == [1, 3]  # the aborted one never runs
+        parents = deferred[0]["parents"]
+        assert parents[0]["fnSlug"] == stack.fn_id("deferrer") and parents[0]["runId"] == run["run_id"], parents
+        kinds = {s["name"]: (s["kind"], s["status"]) for s in stack.steps(run["run_id"])}
+        assert kinds["notify"] == ("defer", "completed") and kinds["work"] == ("run", "completed"), kinds
+        time.sleep(1.0)
+        assert len(stack.records(token, fn="later", what="call")) == 2  # each once

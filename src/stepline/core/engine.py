@@ -403,8 +403,9 @@ class Engine:
         now = self.clock.now_ms()
         data = run_end_data(run.function_id, run.id, trigger.as_dict(), finish)
         events = [self.stored_event(Event(name=n, data=dict(data)), now) for n in run_end_names(finish.status)]
-        runs, failures = await self._plan_runs(events, [None] * len(events), now)
-        finish.follow_up = IngestBatch(events, runs, failures)
+        extra = [self.stored_event(e, now) for e in finish.emit]
+        runs, failures = await self._plan_runs([*events, *extra], [None] * len(events) + [e.id for e in extra], now)
+        finish.follow_up = IngestBatch([*events, *extra], runs, failures)
 
     def plan_invoke(
         self,

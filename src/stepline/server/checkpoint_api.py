@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from stepline.server import protocol
+from stepline.server.defers import LAZY_OPS, defer_update
 from stepline.server.errors import error_response
 from stepline.server.events_api import BodyTooLarge, InvalidRequest, parse_json, read_body
 from stepline.server.sdk_api import unauthorized
@@ -30,7 +31,6 @@ from stepline.server.state import ServerState, state_of
 from stepline.storage.records import StepUpdate
 
 log = logging.getLogger("stepline.server.checkpoint")
-LAZY_OPS = frozenset({"DeferAdd", "DeferAbort"})
 
 
 def dispatch_id(owner: str, n: int) -> str:
@@ -53,9 +53,18 @@ async def _store_ops(st: ServerState, run_id: str, owner: str, ops: list[protoco
     """Apply the ops of one checkpoint in order; returns how many step results were stored."""
     stored = 0
     store = st.engine.store
+    if any(op.op in LAZY_OPS for op in ops):  # defers first, as they ride on the other ops (server/defers.py)
+        known = {r.step_id: r for r in await store.list_steps(run_id)}
+        for op in ops:
+            if op.op in LAZY_OPS and (update := defer_update(op, known, run_id)) is not None:
+                outcome = await store.record_step(run_id, owner, update, st.engine.matcher, st.engine.clock.now_ms())
+                if outcome.status != "ok" or outcome.step is None:
+                    raise _Refused(409, f"stale dispatch: run {run_id} has ended or moved")
+                known[op.id] = outcome.step
+                stored += 1
     for op in ops:
         if op.op == "StepPlanned" or op.op in LAZY_OPS:
-            continue  # a step about to run: nothing to store yet (defers: see server/defers.py)
+            continue  # a step about to run: nothing to store yet
         if op.op not in ("StepRun", "Step"):
             raise _Refused(400, f"cannot checkpoint a {op.op} op: only StepRun, StepPlanned, DeferAdd and DeferAbort")
         protocol.check_storable(op.data)

@@ -25,9 +25,10 @@ from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT
 from stepline.core.steps import MAX_SLEEP_MS, signal_reason, sleep_too_long, wait_too_long
-from stepline.server import gateway, protocol, signing
+from stepline.server import defers, gateway, protocol, signing
 from stepline.server.app_calls import AppCallFailed, ResponseTooLarge, app_origin
 from stepline.server.checkpoint_api import dispatch_id
+from stepline.server.defers import DEFER_KINDS, LAZY_OPS, defer_update
 from stepline.server.functions import HttpFunction
 from stepline.server.gateway import GATEWAY_OPS, GatewayResult
 from stepline.server.protocol import CallState, Op, Outcome
@@ -144,8 +145,9 @@ class _Execution:
         self.claimed = claimed
         self.run = claimed.run
         self.lease = lease
-        self.memo: dict[str, StepRecord] = dict(claimed.steps)
-        self.stack = [r.step_id for r in sorted((r for r in self.memo.values() if r.is_memo), key=_done_order)]
+        self.memo: dict[str, StepRecord] = dict(claimed.steps)  # (and the run's defers, server/defers.py)
+        self.stack = [r.step_id for r in sorted((r for r in self.memo.values() if r.is_memo and r.kind not in
+                                                 DEFER_KINDS), key=_done_order)]  # fmt: skip
         self.pending: dict[str, StepUpdate] = {}  # steps that must wait: written by the suspension
         self.reasons: dict[str, dict[str, Any]] = {}
         self.labels: dict[str, str] = {}
@@ -264,6 +266,8 @@ class _Execution:
             known = self.memo.get(rec.step_id)
             if rec.is_memo and (known is None or not known.is_memo):
                 self.memo[rec.step_id] = rec
+                if rec.kind in DEFER_KINDS:
+                    continue
                 self.stack.append(rec.step_id)
                 self.labels[rec.step_id] = rec.display_id
                 self.pending.pop(rec.step_id, None)
@@ -341,7 +345,8 @@ class _Execution:
                 "name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}))  # fmt: skip
         memo = {sid: protocol.memo_value(self.memo[sid]) for sid in self.stack}
         state = CallState(self.run.id, self.claimed.event, self.claimed.events, memo, list(self.stack), attempt,
-                          self.fn.max_attempts, disable_immediate, self.fn.id if qi_id else None, qi_id)  # fmt: skip
+                          self.fn.max_attempts, disable_immediate, self.fn.id if qi_id else None, qi_id,
+                          defers.defers_map(self.memo))  # fmt: skip
         body, _ = protocol.call_body(state)
         raw = signing.canonical_json(body)
         headers = {"Content-Type": "application/json", "User-Agent": "stepline", "X-Inngest-Step-ID": step_id,
@@ -391,12 +396,18 @@ class _Execution:
                                       outcome.reason)  # fmt: skip
         planned: list[str] = []
         progressed = False
+        for op in outcome.ops:  # lazy ops (defers) first: they ride on the others, a RunComplete may end the run
+            if op.op in LAZY_OPS and (update := defer_update(op, self.memo, self.run.id)) is not None:
+                await self.record(update)
         racers = sorted({op.id for op in outcome.ops if op.id and op.opts.get("parallelMode") == "race"}
                         - set(self.race_of))  # fmt: skip
         if racers:  # started together in race mode: one race, keyed by its steps
             key = hashlib.sha1(",".join(racers).encode()).hexdigest()[:16]
             self.race_of.update(dict.fromkeys(racers, key))
         for op in outcome.ops:
+            if op.op in LAZY_OPS:
+                progressed = True
+                continue
             if op.id and op.id in self.memo and self.memo[op.id].is_memo:
                 continue  # an early discovery re-reports finished or planned steps: ignore
             if op.id:
@@ -633,6 +644,9 @@ class _Execution:
         if outcome.status != "ok" or outcome.step is None:
             raise _Stop()
         rec = outcome.step
+        if rec.kind in DEFER_KINDS:
+            self.memo[rec.step_id] = rec
+            return rec
         if rec.is_memo:
             self.end_stretch()
         if rec.step_id not in self.memo or not self.memo[rec.step_id].is_memo:
@@ -681,5 +695,7 @@ class _Execution:
         await self.finish(RunFinish("failed", error=error, event_error=run_end_error(error, reason)))
 
     async def finish(self, finish: RunFinish) -> None:
+        if finish.status in ("completed", "failed"):  # the run's defers start their functions now
+            finish.emit = defers.schedule_events(self.memo, self.run.id, self.fn.id, self.fn.spec.app_id)
         await self.engine.end_run(self.run, self.claimed.event, self.ex.owner, finish)
         raise _Stop()

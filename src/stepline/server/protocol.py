@@ -61,6 +61,7 @@ class CallState:
     # What the npm SDK needs to checkpoint (server/checkpoint_api.py): the function and the dispatch.
     fn_id: str | None = None
     qi_id: str | None = None
+    defers: dict[str, Any] | None = None  # the run's defers: {hashed id: {"abortable"}} (server/defers.py)
 
 
 def call_body(state: CallState) -> tuple[dict[str, Any], bool]:
@@ -81,6 +82,7 @@ def call_body(state: CallState) -> tuple[dict[str, Any], bool]:
         },
         "version": -1,
         "use_api": False,
+        **({"defers": state.defers} if state.defers else {}),
     }
     size = len(json.dumps(state.memo, separators=(",", ":"))) + len(json.dumps(events, separators=(",", ":")))
     if size <= INLINE_STATE_LIMIT:

@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from stepline.server import protocol, signing
+from stepline.server.defers import DEFER_KINDS
 from stepline.server.errors import error_response
 from stepline.server.state import state_of
 
@@ -27,7 +28,7 @@ async def run_actions(request: Request) -> Response:
     if await st.engine.store.get_run(run_id) is None:
         return error_response(404, f"run {run_id!r} not found")
     steps = await st.engine.store.list_steps(run_id)
-    return JSONResponse({s.step_id: protocol.memo_value(s) for s in steps if s.is_memo})
+    return JSONResponse({s.step_id: protocol.memo_value(s) for s in steps if s.is_memo and s.kind not in DEFER_KINDS})
 
 
 async def run_batch(request: Request) -> Response:

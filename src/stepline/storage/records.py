@@ -245,6 +245,9 @@ class RunFinish:
     # The error as the run-end events carry it (``core.errors.run_end_error``), and a parent's failed invoke step.
     # None: derived from ``error`` by ``Engine.follow_up``.
     event_error: dict[str, Any] | None = None
+    # Events the run's end sends beside its system events (a run's defers: ``inngest/deferred.schedule``), each with
+    # an ``id`` that makes a retried end start nothing twice; ``Engine.follow_up`` plans them.
+    emit: list[Any] = field(default_factory=list)
     follow_up: IngestBatch = field(default_factory=lambda: IngestBatch([], []))  # system events + runs
     may_have_waits: bool = True  # False lets the store skip deleting waits of a run that never had any
     logs: RunLogs | None = None  # the run's last captured log lines, stored with its end

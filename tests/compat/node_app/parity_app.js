@@ -180,7 +180,44 @@ const crashy = inngest.createFunction(
   },
 );
 
-const functions = [ping, stretch, shapes, raceSteps, raceWait, aiInfer, fetcher, signalWaiter, signalSender, crashy];
+// --- defer (item 8): functions that run once the run has ended -------------------------------------------------
+const { createDefer } = require("inngest/experimental");
+
+const later = createDefer(inngest, { id: "later" }, async ({ event, parents }) => {
+  record({ fn: "later", what: "call", token: event.data.token, n: event.data.n, parents });
+  return { n: event.data.n };
+});
+
+const deferrer = inngest.createFunction(
+  { id: "deferrer", triggers: [{ event: "parity/defer" }] },
+  async ({ event, step, defer }) => {
+    const token = event.data.token;
+    defer("notify", { function: later, data: { token, n: 1 } });
+    const dropped = defer("dropped", { function: later, data: { token, n: 2 } });
+    const first = await step.run("work", () => {
+      record({ fn: "deferrer", what: "step", step: "work", token });
+      return 1;
+    });
+    dropped.abort();
+    defer("after-work", { function: later, data: { token, n: 3 } });
+    return { first };
+  },
+);
+
+const functions = [
+  ping,
+  stretch,
+  shapes,
+  raceSteps,
+  raceWait,
+  aiInfer,
+  fetcher,
+  signalWaiter,
+  signalSender,
+  crashy,
+  later,
+  deferrer,
+];
 
 const app = express();
 app.use(express.json({ limit: "10mb" }));
