@@ -233,3 +233,62 @@ class ParitySuite:
         assert kinds["notify"] == ("defer", "completed") and kinds["work"] == ("run", "completed"), kinds
         time.sleep(1.0)
         assert len(stack.records(token, fn="later", what="call")) == 2  # each once
+
+    # --- item 9: rows of docs/inngest-compat.md that no other test covers with the real SDKs ---------------------
+    def test_large_state_goes_through_the_api(self, stack: Stack) -> None:
+        """Two 2.5 MB results: the call after the sleep cannot carry them (4 MiB), the SDK fetches them
+        (``use_api``, ``GET /v0/runs/{id}/actions``)."""
+        token = new_token()
+        _, run = stack.trigger(
+            "parity/big-state",
+            {"token": token},
+        )
+        assert run["status"] == "Completed" and run["output"] == {"total": 5_000_000}, run
+
+    def test_idempotency_expression_and_finish_timeout(self, stack: Stack) -> None:
+        token = new_token()
+        key = f"k-{token}"
+        first, second = stack.send({"name": "parity/guarded", "data": {"token": token, "key": key}},
+                                   {"name": "parity/guarded", "data": {"token": token, "key": key}})  # fmt: skip
+        [run] = stack.wait_runs(first)
+        assert stack.wait_status(run["run_id"], "Completed")["output"] == {"key": key}
+        assert stack.runs_of(second) == []  # the same idempotency key within 24 h: no second run
+        slow = new_token()
+        _, ended = stack.trigger("parity/guarded", {"token": slow, "key": f"k-{slow}", "sleep_s": 4})
+        assert ended["status"] == "Cancelled", ended  # timeouts.finish: 1 s
+        time.sleep(3.5)
+        assert stack.records(slow, step="after") == []
+
+    def test_cancel_by_the_rest_api(self, stack: Stack) -> None:
+        token = new_token()
+        [event_id] = stack.send({"name": "parity/nap", "data": {"token": token}})
+        [listed] = stack.wait_runs(event_id)
+        run_id = listed["run_id"]
+        asleep = lambda: (stack.run(run_id).get("idle_reason") or {}).get("kind") == "sleeping"  # noqa: E731
+        wait_for("the run to sleep", asleep, stack=stack)
+        resp = stack.http.delete(f"{stack.server_url}/v1/runs/{run_id}", headers=stack.auth)
+        assert resp.status_code == 204, resp.text
+        assert stack.run(run_id)["status"] == "Cancelled"
+        time.sleep(5.5)
+        assert stack.records(token, step="after") == [] and stack.run(run_id)["status"] == "Cancelled"
+
+    def test_app_version_is_shown(self, stack: Stack) -> None:
+        apps = {a["app_id"]: a for a in stack.rest("/v1/apps")}
+        assert apps[stack.app_id]["app_version"] == "parity-1", apps
+
+    def test_streaming_answers(self, stack: Stack) -> None:
+        requires(stack, "python")  # (the npm SDK's Express handler cannot stream)
+        url = f"{stack.app_url}/api/inngest-streaming"
+        resp = stack.http.post(f"{stack.server_url}/v1/apps/sync", json={"url": url}, headers=stack.auth)
+        assert resp.status_code == 200, resp.text
+        token = new_token()
+        _, run = stack.trigger("parity/streamed", {"token": token})
+        assert run["status"] == "Completed" and run["output"] == {"streamed": 1, "token": token}, run
+
+    def test_cron_triggers_register_with_their_jitter(self, stack: Stack) -> None:
+        """The schedule as the SDK registers it (firing is tested with a fake clock in tests/server/test_cron_http.py:
+        a real schedule would take minutes)."""
+        functions = {f["id"]: f for f in stack.rest(f"/v1/functions?app_id={stack.app_id}")}
+        triggers = functions[stack.fn_id("nightly")]["config"]["triggers"]
+        expected = {"cron": "TZ=Europe/Paris 0 3 * * *", **({"jitter": "30s"} if stack.sdk == "node" else {})}
+        assert triggers == [expected], triggers

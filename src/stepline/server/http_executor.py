@@ -369,8 +369,10 @@ class _Execution:
             return Outcome("error", error={"name": "AppUnreachable", "message": (
                 f"calling {self.fn.call_url(step_id)} failed: {exc}")})  # fmt: skip
         body_bytes, lower = answer.body, answer.headers
-        if self.st.config.signed and "x-inngest-sdk" in lower:
-            # A signed server only trusts answers signed with its key (the SDK signs with the key that verified).
+        if self.st.config.signed and "x-inngest-sdk" in lower and answer.status != 201:
+            # A signed server only trusts answers signed with its key (the SDK signs with the key that verified). A
+            # streamed answer (201, INNGEST_STREAMING) cannot be: the SDK sends its headers before the body exists
+            # (the Python SDK signs "null" there), so it is taken on the strength of the signed request.
             header = lower.get("x-inngest-signature")
             checked_at = self.now() // 1000
             if signing.verify_response_signature(body_bytes, header, self.st.config.signing_keys, checked_at) is None:
@@ -497,7 +499,8 @@ class _Execution:
         now = self.now()
         raw = op.opts.get("duration") or op.name
         try:
-            wake = now + int(parse_duration(raw).total_seconds() * 1000)  # type: ignore[arg-type]
+            # No duration is a sleep of nothing, as Inngest reads it (the npm SDK sends "" for a sleep of 0 s).
+            wake = now if raw in (None, "") else now + int(parse_duration(raw).total_seconds() * 1000)
         except (ValueError, TypeError):
             try:
                 when = dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))

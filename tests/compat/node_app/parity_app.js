@@ -9,7 +9,7 @@ const { Inngest, RetryAfterError } = require("inngest");
 const { serve } = require("inngest/express");
 const { record, tokenOf, listen } = require("./record");
 
-const inngest = new Inngest({ id: process.env.COMPAT_APP_ID || "parity-node" });
+const inngest = new Inngest({ id: process.env.COMPAT_APP_ID || "parity-node", appVersion: "parity-1" });
 
 // What already failed once, per token and place: the code before a step runs again on every call (replay), so
 // "fail once here" needs memory outside the run.
@@ -204,8 +204,49 @@ const deferrer = inngest.createFunction(
   },
 );
 
+// --- item 9: rows of docs/inngest-compat.md not covered elsewhere with this SDK -----------------------------------
+const BIG = 2_500_000; // two such results are more than the 4 MiB a call carries: the SDK fetches them (use_api)
+
+const bigState = inngest.createFunction(
+  { id: "big-state", triggers: [{ event: "parity/big-state" }] },
+  async ({ step }) => {
+    const a = await step.run("a", () => "a".repeat(BIG));
+    const b = await step.run("b", () => "b".repeat(BIG));
+    await step.sleep("pause", "1s"); // a new call, carrying (or not) the 5 MB of state
+    return { total: await step.run("total", () => a.length + b.length) };
+  },
+);
+
+const guarded = inngest.createFunction(
+  { id: "guarded", idempotency: "event.data.key", timeouts: { finish: "1s" }, triggers: [{ event: "parity/guarded" }] },
+  async ({ event, step }) => {
+    record({ fn: "guarded", what: "call", token: event.data.token });
+    await step.sleep("long", `${event.data.sleep_s || 0}s`);
+    record({ fn: "guarded", what: "step", step: "after", token: event.data.token });
+    return { key: event.data.key };
+  },
+);
+
+const napper = inngest.createFunction(
+  { id: "napper", triggers: [{ event: "parity/nap" }] },
+  async ({ event, step }) => {
+    record({ fn: "napper", what: "call", token: event.data.token });
+    await step.sleep("nap", "5s");
+    record({ fn: "napper", what: "step", step: "after", token: event.data.token });
+  },
+);
+
+const nightly = inngest.createFunction(
+  { id: "nightly", triggers: [{ cron: "TZ=Europe/Paris 0 3 * * *", jitter: "30s" }] },
+  async () => "ran",
+);
+
 const functions = [
   ping,
+  nightly,
+  bigState,
+  guarded,
+  napper,
   stretch,
   shapes,
   raceSteps,

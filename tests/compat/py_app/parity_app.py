@@ -21,7 +21,10 @@ from record import record, token_of
 client = inngest.Inngest(
     app_id=os.environ.get("COMPAT_APP_ID", "parity-py"),
     logger=logging.getLogger("parity-py-app"),
+    app_version="parity-1",
 )
+# A second app in the same process, served with streaming answers (INNGEST_STREAMING): synced by the test.
+streaming_client = inngest.Inngest(app_id=f"{client.app_id}-streaming", logger=logging.getLogger("parity-py-app"))
 # What already failed once, per token and place: the code before a step runs again on every call (replay), so
 # "fail once here" needs memory outside the run.
 _failed: set[tuple[str, str]] = set()
@@ -91,10 +94,57 @@ async def ai_infer(ctx: inngest.Context) -> dict[str, Any]:
     return {"content": answer["choices"][0]["message"]["content"]}  # type: ignore[index]
 
 
-FUNCTIONS = [ping, stretch, shapes, ai_infer]
+# --- item 9: rows of docs/inngest-compat.md not covered elsewhere with this SDK -----------------------------------
+BIG = 2_500_000  # two such results are more than the 4 MiB a call carries: the SDK fetches them (use_api)
+
+
+@client.create_function(fn_id="big-state", trigger=inngest.TriggerEvent(event="parity/big-state"))
+async def big_state(ctx: inngest.Context) -> dict[str, Any]:
+    a = await ctx.step.run("a", lambda: "a" * BIG)
+    b = await ctx.step.run("b", lambda: "b" * BIG)
+    await ctx.step.sleep("pause", dt.timedelta(seconds=1))  # a new call, carrying (or not) the 5 MB of state
+
+    async def total() -> int:
+        return len(a) + len(b)
+
+    return {"total": await ctx.step.run("total", total)}
+
+
+@client.create_function(fn_id="guarded", idempotency="event.data.key", trigger=inngest.TriggerEvent(
+    event="parity/guarded"), timeouts=inngest.Timeouts(finish=dt.timedelta(seconds=1)))  # fmt: skip
+async def guarded(ctx: inngest.Context) -> dict[str, Any]:
+    token = ctx.event.data["token"]
+    record(fn="guarded", what="call", token=token)
+    await ctx.step.sleep("long", dt.timedelta(seconds=float(ctx.event.data.get("sleep_s", 0))))
+    record(fn="guarded", what="step", step="after", token=token)
+    return {"key": ctx.event.data["key"]}
+
+
+@client.create_function(fn_id="napper", trigger=inngest.TriggerEvent(event="parity/nap"))
+async def napper(ctx: inngest.Context) -> None:
+    token = ctx.event.data["token"]
+    record(fn="napper", what="call", token=token)
+    await ctx.step.sleep("nap", dt.timedelta(seconds=5))
+    record(fn="napper", what="step", step="after", token=token)
+
+
+@streaming_client.create_function(fn_id="streamed", trigger=inngest.TriggerEvent(event="parity/streamed"))
+async def streamed(ctx: inngest.Context) -> dict[str, Any]:
+    value = await ctx.step.run("one", lambda: 1)
+    return {"streamed": value, "token": ctx.event.data["token"]}
+
+
+@client.create_function(fn_id="nightly", trigger=inngest.TriggerCron(cron="TZ=Europe/Paris 0 3 * * *"))
+async def nightly(ctx: inngest.Context) -> str:
+    return "ran"
+
+
+FUNCTIONS = [ping, stretch, shapes, ai_infer, big_state, guarded, napper, nightly]
 
 app = fastapi.FastAPI()
 inngest.fast_api.serve(app, client, FUNCTIONS)
+inngest.fast_api.serve(app, streaming_client, [streamed], serve_path="/api/inngest-streaming",
+                       streaming=inngest.Streaming.FORCE)  # fmt: skip
 
 
 @app.get("/healthz")
