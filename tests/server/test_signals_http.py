@@ -44,7 +44,8 @@ async def test_post_signals_resumes_the_waiting_run_with_inngests_memo(app: Fake
     assert (run.status, run.output) == ("completed", {"data": {"signal": "order-7", "data": {"paid": 42}}}), run
     res = await s.api.post("/v1/signals", json={"signal": "order-7"})
     assert res.status_code == 404  # the run ended: nothing waits
-    for bad in ({"data": 1}, {"signal": ""}, {"signal": 7}):
+    for bad in ({"data": 1}, {"signal": ""}, {"signal": 7}, {"signal": "nul\u0000"},
+                {"signal": "x" * 1025}):  # fmt: skip
         res = await s.api.post("/v1/signals", json=bad)
         assert res.status_code == 400, (bad, res.text)
 

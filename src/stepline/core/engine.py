@@ -30,6 +30,8 @@ from stepline.core.expressions import Bindings, ExpressionError, compile_express
 from stepline.core.flow import KeyExpressionFailed, evaluate_key
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import new_ulid
+from stepline.core.json_checks import json_problem
+from stepline.core.steps import check_signal
 from stepline.storage.base import Store
 from stepline.storage.records import (
     ExpressionFailure,
@@ -377,9 +379,11 @@ class Engine:
     async def send_signal(self, signal: str, data: Any = None) -> str | None:
         """Resume the run waiting for ``signal`` (``step.wait_for_signal``) with ``data``. Returns its run id, or None
         when no live run waits for that signal (nothing is kept for a later wait, as on Inngest)."""
-        if not isinstance(signal, str) or not signal:
-            raise ValueError(f"a signal must be a non-empty string, got {signal!r}")
+        check_signal(signal)
         value = to_json_value(data, f"the data of signal {signal!r}")
+        problem = json_problem(value, "data")
+        if problem is not None:
+            raise ValueError(f"the signal's {problem}")
         run_id = await self.store.send_signal(signal, value, self.clock.now_ms())
         if run_id is not None:
             self.notify()

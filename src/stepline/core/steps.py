@@ -39,6 +39,7 @@ from stepline.core.events import StoredEvent, canonical_event_name, to_json_valu
 from stepline.core.expressions import compile_expression, match_to_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
 from stepline.core.ids import StepIdCounter
+from stepline.core.json_checks import text_problem
 from stepline.core.run_logs import RunLogCapture
 from stepline.storage.records import SignalConflict, StepRecord, StepUpdate, WaitSpec, WriteOutcome
 
@@ -58,6 +59,21 @@ def sleep_too_long(raw: Any) -> str:
 def wait_too_long(raw: Any) -> str:
     return (f'The wait-for-event timeout "{raw}" expires more than one year in the future; timeouts may last '
             "at most one year.")  # fmt: skip
+
+
+MAX_SIGNAL_CHARS = 1024
+
+
+def check_signal(signal: Any) -> str:
+    """A signal's name as given, or ValueError saying what is wrong with it (it is stored and matched as text)."""
+    if not isinstance(signal, str) or not signal:
+        raise ValueError(f"a signal must be a non-empty string, got {signal!r:.80}")
+    if len(signal) > MAX_SIGNAL_CHARS:
+        raise ValueError(f"a signal name has at most {MAX_SIGNAL_CHARS} characters, got {len(signal)}")
+    problem = text_problem(signal, "the signal name")
+    if problem is not None:
+        raise ValueError(problem)
+    return signal
 
 
 def signal_reason(step: str, signal: str, until: int) -> dict[str, Any]:
@@ -395,8 +411,10 @@ class StepDriver:
         now = self._now()
         if rec is not None:
             return await self._wait_again(rec, signal_reason(display_id, signal, rec.wake_at or now))
-        if not isinstance(signal, str) or not signal:
-            raise ValueError(f"step {display_id!r}: wait_for_signal needs a signal name")
+        try:
+            check_signal(signal)
+        except ValueError as exc:
+            raise ValueError(f"step {display_id!r}: wait_for_signal: {exc}") from None
         if on_conflict not in CONFLICTS:
             raise ValueError(f"step {display_id!r}: on_conflict must be 'fail' or 'replace', got {on_conflict!r}")
         delta = parse_duration(timeout if timeout is not None else DEFAULT_WAIT_TIMEOUT)

@@ -23,9 +23,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from stepline.server import protocol
+from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body
 from stepline.server.defers import LAZY_OPS, defer_update
 from stepline.server.errors import error_response
-from stepline.server.events_api import BodyTooLarge, InvalidRequest, parse_json, read_body
 from stepline.server.sdk_api import unauthorized
 from stepline.server.state import ServerState, state_of
 from stepline.storage.records import StepUpdate
@@ -90,7 +90,9 @@ async def checkpoint_async(request: Request) -> Response:
         body = parse_json(await read_body(request, st.config.max_body_bytes))
     except BodyTooLarge:
         return error_response(413, f"the checkpoint is larger than {st.config.max_body_bytes} bytes")
-    except InvalidRequest as exc:
+    except BodyTimeout as exc:
+        return error_response(408, str(exc))
+    except InvalidBody as exc:
         return error_response(400, f"the checkpoint is not valid JSON: {exc}")
     if not isinstance(body, dict) or not isinstance(body.get("steps"), list):
         return error_response(400, "a checkpoint is an object with a list of ops in 'steps'")

@@ -24,7 +24,7 @@ from stepline.core.errors import run_end_error
 from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT
-from stepline.core.steps import MAX_SLEEP_MS, signal_reason, sleep_too_long, wait_too_long
+from stepline.core.steps import MAX_SLEEP_MS, check_signal, signal_reason, sleep_too_long, wait_too_long
 from stepline.server import defers, gateway, protocol, signing
 from stepline.server.app_calls import AppCallFailed, ResponseTooLarge, app_origin
 from stepline.server.checkpoint_api import dispatch_id
@@ -549,10 +549,7 @@ class _Execution:
 
     @staticmethod
     def signal_of(op: Op) -> str:
-        signal = op.opts.get("signal") or op.name
-        if not isinstance(signal, str) or not signal:
-            raise ValueError("it names no signal (opts.signal)")
-        return signal
+        return check_signal(op.opts.get("signal") or op.name)
 
     async def wait_for_signal(self, op: Op) -> bool:
         """``step.waitForSignal``: registered at once (``Store.wait_for_signal``), so a signal sent while the run is
