@@ -70,11 +70,11 @@ def test_an_sdk_app_registering_the_crashing_expression_cannot_take_the_server_d
     evil = uvicorn_app("hostile app", HOSTILE_DIR, evil_port, sdk_env, tmp_path / "evil.log")
     db = tmp_path / "stepline.db"
     procs: list[Proc] = [good, evil]
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {SIGNING_KEY}"})
     try:
         server = start_server(tmp_path, port, db, "-u", f"http://127.0.0.1:{good_port}/api/inngest",
                               "-u", f"http://127.0.0.1:{evil_port}/api/inngest", "--poll-interval", "0.5")  # fmt: skip
         procs.append(server)
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {SIGNING_KEY}"})
 
         def apps() -> dict[str, Any]:
             return {a["url"]: a for a in api.get("/v1/apps").json()["data"]}
@@ -125,6 +125,7 @@ def test_an_sdk_app_registering_the_crashing_expression_cannot_take_the_server_d
         assert "characters long" in legacy["problems"][0]
         assert server.alive()
     finally:
+        api.close()
         for p in procs:
             p.stop()
 

@@ -10,7 +10,6 @@ import re
 import secrets
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,9 +17,11 @@ from typing import Any, TypeVar
 import click
 import uvicorn
 
+from stepline.cli import observe as observe_cli
 from stepline.cli.common import CliError, NotFoundError, db_location, db_option, display_path, make_store, redact
 from stepline.cli.worker import load_client
 from stepline.core.engine import Engine
+from stepline.server.alert_rules import AlertRule, parse_rule
 from stepline.server.app import create_app
 from stepline.server.config import DEFAULT_PORT, ServerConfig, ServerKind, scaled_backoff
 from stepline.server.http_limits import MAX_CONNECTIONS, uvicorn_config
@@ -49,6 +50,12 @@ def _common_options(fn: F) -> F:
                      "`dev` is open without one."),
         click.option("--alert-webhook", envvar="STEPLINE_ALERT_WEBHOOK", default=None, show_envvar=True,
                      metavar="URL", help="POST a JSON alert (with the run's link and error) here when runs fail."),
+        click.option("--alert-rule", "alert_rules", multiple=True, metavar="'GLOB URL [rate>N%/WINDOW] [slack]'",
+                     help="Alert URL when a function whose id matches GLOB fails (every failure, summed up per "
+                     "cooldown), or with rate>N%/WINDOW when the failure rate over WINDOW is above N% (repeatable)."),
+        click.option("--alert-format", type=click.Choice(["stepline", "slack"]), default="stepline",
+                     show_default=True, envvar="STEPLINE_ALERT_FORMAT",
+                     help="slack: Slack's incoming-webhook body (text and blocks) for every alert rule."),
         click.option("--alert-cooldown", envvar="STEPLINE_ALERT_COOLDOWN", type=click.FloatRange(min=0),
                      default=60.0, show_default=True, show_envvar=True,
                      help="Seconds after an alert in which further failures are summed up in one message."),
@@ -66,6 +73,7 @@ def _common_options(fn: F) -> F:
         click.option("--max-connections", type=click.IntRange(10, 1_000_000), default=MAX_CONNECTIONS,
                      envvar="STEPLINE_MAX_CONNECTIONS", show_default=True, show_envvar=True,
                      help="Connections served at once; beyond it new requests get 503."),
+        observe_cli.options,
         db_option(),
         click.pass_context,
     ]  # fmt: skip
@@ -106,7 +114,7 @@ class Limits:
 
 
 async def _serve(ctx: click.Context, config: ServerConfig, hosts: list[str], port: int, apps: tuple[str, ...],
-                 app_dir: str, limits: Limits) -> None:  # fmt: skip
+                 app_dir: str, limits: Limits, observe: observe_cli.Observe) -> None:  # fmt: skip
     location, _ = db_location(ctx)
     store = make_store(location)
     try:
@@ -145,7 +153,8 @@ async def _serve(ctx: click.Context, config: ServerConfig, hosts: list[str], por
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop, sig)
     try:
-        await asyncio.gather(server.serve(sockets=sockets), *(w.run() for w in workers))
+        async with observe_cli.metrics_listener(observe, app.state.metrics):
+            await asyncio.gather(server.serve(sockets=sockets), *(w.run() for w in workers))
     finally:
         for w in workers:
             w.stop()
@@ -165,11 +174,12 @@ def _config(kind: ServerKind, **kw: Any) -> ServerConfig:
 
 
 def _run(ctx: click.Context, config: ServerConfig, hosts: list[str], port: int, apps: tuple[str, ...],
-         app_dir: str, log_level: str, limits: Limits) -> None:  # fmt: skip
-    logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+         app_dir: str, log_level: str, limits: Limits, observe: observe_cli.Observe) -> None:  # fmt: skip
+    dev_dashboard = (config.public_url or f"http://127.0.0.1:{port}") if config.kind == "dev" else None
+    observe_cli.setup_logging(observe, log_level, dev_dashboard=dev_dashboard)
     try:
-        asyncio.run(_serve(ctx, config, hosts, port, apps, app_dir, limits))
+        with observe_cli.tracing():
+            asyncio.run(_serve(ctx, config, hosts, port, apps, app_dir, limits, observe))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 
@@ -192,12 +202,13 @@ def dev_command(ctx: click.Context, hosts: tuple[str, ...], no_discovery: bool, 
     Point an Inngest SDK app at it with INNGEST_DEV=http://127.0.0.1:8288. It answers loopback Host names only
     and refuses cross-site requests from browsers (docs/security.md).
     """
+    observe = observe_cli.take(options)
     network, limits = _network_options(options)
     config = _config("dev", sdk_urls=sdk_urls, discovery=not no_discovery, poll=not no_poll,
                      poll_interval=poll_interval, extra={"port": str(port)},
                      allowed_hosts=_split(allowed_hosts, "STEPLINE_ALLOWED_HOSTS"), **network,
                      **_dashboard_options(options, required=False))  # fmt: skip
-    _run(ctx, config, list(hosts) or ["127.0.0.1", "::1"], port, apps, app_dir, log_level, limits)
+    _run(ctx, config, list(hosts) or ["127.0.0.1", "::1"], port, apps, app_dir, log_level, limits, observe)
 
 
 def _split(values: tuple[str, ...] | str, env: str | None = None) -> tuple[str, ...]:
@@ -227,8 +238,15 @@ def _dashboard_options(options: dict[str, Any], *, required: bool) -> dict[str, 
     webhook = (options.get("alert_webhook") or "").strip() or None
     if webhook is not None and not webhook.startswith(("http://", "https://")):
         raise CliError(f"--alert-webhook must be an http(s) URL, got {webhook!r}")
+    slack = options.get("alert_format") == "slack"
+    try:
+        rules = [parse_rule(text, slack=slack) for text in options.get("alert_rules") or ()]
+    except ValueError as exc:
+        raise CliError(f"--alert-rule: {exc}") from None
+    if webhook is not None:
+        rules.insert(0, AlertRule("*", webhook, slack=slack))
     public = (options.get("public_url") or "").strip().rstrip("/") or None
-    return {"admin_token": token, "alert_webhook": webhook, "alert_cooldown": float(options["alert_cooldown"]),
+    return {"admin_token": token, "alert_rules": tuple(rules), "alert_cooldown": float(options["alert_cooldown"]),
             "public_url": public}  # fmt: skip
 
 
@@ -265,6 +283,7 @@ def start_command(ctx: click.Context, hosts: tuple[str, ...], signing_key: str |
 
     Point an Inngest SDK app at it with INNGEST_BASE_URL, INNGEST_SIGNING_KEY and INNGEST_EVENT_KEY.
     """
+    observe = observe_cli.take(options)
     accepted = {k.strip() for k in event_keys if k.strip()}
     accepted |= {k.strip() for k in os.environ.get("STEPLINE_EVENT_KEYS", "").split(",") if k.strip()}
     if os.environ.get("INNGEST_EVENT_KEY", "").strip():
@@ -283,4 +302,4 @@ def start_command(ctx: click.Context, hosts: tuple[str, ...], signing_key: str |
     config = _config("cloud", signing_keys=tuple(keys), event_keys=frozenset(accepted), sdk_urls=sdk_urls,
                      discovery=discovery, poll=not no_poll, poll_interval=poll_interval, extra={"port": str(port)},
                      **network, **_dashboard_options(options, required=True))  # fmt: skip
-    _run(ctx, config, list(hosts) or ["0.0.0.0"], port, apps, app_dir, log_level, limits)
+    _run(ctx, config, list(hosts) or ["0.0.0.0"], port, apps, app_dir, log_level, limits, observe)

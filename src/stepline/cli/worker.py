@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import sys
 import traceback
+from typing import Any
 
 import click
 
+from stepline.cli import observe as observe_cli
 from stepline.cli.common import CliError, NotFoundError, db_location, db_option, display_path, make_store
 from stepline.cli.display import plural
 from stepline.client import Stepline
@@ -66,7 +69,8 @@ def use_store(client: Stepline, location: str) -> None:
     client.use_store(make_store(location))
 
 
-async def serve(client: Stepline, concurrency: int, threads: int, db_label: str) -> bool:
+async def serve(client: Stepline, concurrency: int, threads: int, db_label: str,
+                observe: observe_cli.Observe | None = None) -> bool:  # fmt: skip
     """Run a worker until a signal. The first SIGINT/SIGTERM stops claiming and lets active runs finish (up
     to the worker's grace period); a second one cancels them (releasing their leases once running steps
     return); a third exits at once. Returns whether the stop was forced."""
@@ -109,8 +113,17 @@ async def serve(client: Stepline, concurrency: int, threads: int, db_label: str)
              client.app_id, db_label, len(client.functions), functions)  # fmt: skip
     if not client.functions:
         log.warning("app %r defines no functions: this worker will never run anything", client.app_id)
+    runtime = None
+    if observe is not None and observe.metrics_port is not None:
+        from stepline.observability.endpoint import MetricsRuntime
+
+        runtime = MetricsRuntime(client.engine, owner=worker.owner)
     try:
-        await worker.run()
+        async with contextlib.AsyncExitStack() as stack:
+            if runtime is not None and observe is not None:
+                await stack.enter_async_context(observe_cli.metrics_listener(observe, runtime))
+                await stack.enter_async_context(runtime.running())
+            await worker.run()
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -129,23 +142,25 @@ async def serve(client: Stepline, concurrency: int, threads: int, db_label: str)
 @click.option("--app-dir", default=".", show_default=True, help="Directory added to sys.path before importing.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)  # fmt: skip
+@observe_cli.options
 @db_option()
 @click.pass_context
-def worker_command(ctx: click.Context, target: str, concurrency: int, threads: int, app_dir: str,
-                   log_level: str) -> None:  # fmt: skip
+def worker_command(ctx: click.Context, /, target: str, concurrency: int, threads: int, app_dir: str,
+                   log_level: str, **options: Any) -> None:  # fmt: skip
     """Run the functions of a Stepline app until stopped.
 
     MODULE:ATTR names the ``Stepline`` client, e.g. ``myapp.jobs:client``. SIGINT or SIGTERM stops the
     worker after its active runs finish; a second signal cancels them.
     """
-    logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    observe = observe_cli.take(options)
+    observe_cli.setup_logging(observe, log_level)
     client = load_client(target, app_dir)
     location, explicit = db_location(ctx)
     if explicit:
         use_store(client, location)
     try:
-        forced = asyncio.run(serve(client, concurrency, threads, display_path(client.store, location)))
+        with observe_cli.tracing():
+            forced = asyncio.run(serve(client, concurrency, threads, display_path(client.store, location), observe))
     except KeyboardInterrupt:  # before the signal handlers were installed
         raise SystemExit(130) from None
     if forced:

@@ -20,7 +20,6 @@ from pydantic import BaseModel, TypeAdapter
 from stepline.core.errors import _RunSignal
 from stepline.core.events import Event, StoredEvent
 from stepline.core.function import FunctionDef
-from stepline.core.run_logs import enter_step, leave_step
 from stepline.core.steps import Execute, Memo, StepDriver, sleep_until_ms
 
 T = TypeVar("T")
@@ -82,7 +81,7 @@ class AsyncStep:
         out_type = output_type or _annotated_model(fn)
         if isinstance(plan, Memo):
             return _convert(plan.value, out_type)
-        in_step = enter_step(plan.step_id)  # log records from here on belong to this step
+        in_step = self._d.enter(plan)  # log records from here on belong to this step (and its span is current)
         try:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
@@ -95,7 +94,7 @@ class AsyncStep:
             self._d.abandon(plan)
             raise
         finally:
-            leave_step(in_step)
+            self._d.leave(in_step)
         return _convert(await self._d.finish_run(plan, value=value), out_type)
 
     async def sleep(self, id: str, duration: Duration) -> None:
@@ -143,17 +142,17 @@ class SyncStep:
         out_type = output_type or _annotated_model(fn)
         if isinstance(plan, Memo):
             return _convert(plan.value, out_type)
-        in_step = enter_step(plan.step_id)
+        in_step = self._d.enter(plan)
         try:
             value = fn(*args, **kwargs)
         except Exception as exc:
-            leave_step(in_step)
+            self._d.leave(in_step)
             return _convert(self._call(self._d.finish_run(plan, error=exc)), out_type)
         except BaseException:
-            leave_step(in_step)
+            self._d.leave(in_step)
             self._loop.call_soon_threadsafe(self._d.abandon, plan)
             raise
-        leave_step(in_step)
+        self._d.leave(in_step)
         return _convert(self._call(self._d.finish_run(plan, value=value)), out_type)
 
     def sleep(self, id: str, duration: Duration) -> None:

@@ -32,6 +32,8 @@ from stepline.core.function import FunctionSpec
 from stepline.core.ids import new_ulid
 from stepline.core.json_checks import json_problem
 from stepline.core.steps import check_signal
+from stepline.observability import hooks, runlog
+from stepline.observability.tracing import current_traceparent, send_traceparent
 from stepline.storage.base import Store
 from stepline.storage.records import (
     ExpressionFailure,
@@ -202,7 +204,9 @@ class Engine:
             cb()
 
     # --- events in ---
-    def stored_event(self, event: Event, now: int, internal_id: str | None = None) -> StoredEvent:
+    def stored_event(
+        self, event: Event, now: int, internal_id: str | None = None, traceparent: str | None = None
+    ) -> StoredEvent:
         internal_id = internal_id or new_ulid()
         return StoredEvent(
             internal_id=internal_id,
@@ -213,6 +217,7 @@ class Engine:
             ts=event.ts or now,
             v=event.v,
             received_at=now,
+            traceparent=traceparent,
         )
 
     async def plan_ingest(
@@ -221,12 +226,17 @@ class Engine:
         *,
         allow_reserved: bool = False,
         internal_ids: Sequence[str] | None = None,
+        traceparent: str | None = None,
     ) -> IngestBatch:
         """Validate events and decide which runs they start. Raises EventValidationError, storing nothing.
 
         ``internal_ids`` (the event API's seeded ids) makes a retried request idempotent: each event keeps the
         same internal id, an event without an ``id`` takes it as its ``id``, so its runs' idempotency keys are
-        already held the second time and nothing new starts."""
+        already held the second time and nothing new starts.
+
+        ``traceparent``: the W3C trace context of the sender (the event API's header); without it, that of the
+        current OpenTelemetry span, if any (a traced web request, a step's code). It is stored with the events, and
+        the runs they start continue that trace."""
         items = [events] if isinstance(events, Event | Mapping) else list(events)
         if not items:
             raise EventValidationError("no events to send")
@@ -240,13 +250,14 @@ class Engine:
             except EventValidationError as exc:
                 prefix = f"event {i} of {len(items)}: " if len(items) > 1 else ""
                 raise EventValidationError(f"{prefix}{exc}") from None
+        traceparent = send_traceparent(traceparent, validated)
         if internal_ids is not None:
             if len(internal_ids) != len(validated):
                 raise ValueError("internal_ids must give one id per event")
-            stored = [self.stored_event(e, now, i) for e, i in zip(validated, internal_ids, strict=True)]
+            stored = [self.stored_event(e, now, i, traceparent) for e, i in zip(validated, internal_ids, strict=True)]
             user_ids: list[str | None] = [s.id for s in stored]
         else:
-            stored = [self.stored_event(e, now) for e in validated]
+            stored = [self.stored_event(e, now, None, traceparent) for e in validated]
             user_ids = [e.id for e in validated]
         runs, failures = await self._plan_runs(stored, user_ids, now)
         return IngestBatch(stored, runs, failures)
@@ -347,11 +358,25 @@ class Engine:
         return out
 
     async def ingest(
-        self, events: EventInput | Sequence[EventInput], *, internal_ids: Sequence[str] | None = None
+        self,
+        events: EventInput | Sequence[EventInput],
+        *,
+        internal_ids: Sequence[str] | None = None,
+        traceparent: str | None = None,
     ) -> IngestResult:
-        """Store events and start the runs they trigger, atomically."""
-        batch = await self.plan_ingest(events, internal_ids=internal_ids)
+        """Store events and start the runs they trigger, atomically (``traceparent``: see ``plan_ingest``)."""
+        try:
+            batch = await self.plan_ingest(events, internal_ids=internal_ids, traceparent=traceparent)
+        except EventValidationError:
+            if (obs := hooks.current) is not None:
+                obs.events_received("invalid", 1 if isinstance(events, Event | Mapping) else len(events))
+            raise
         result = await self.store.ingest(batch, self.matcher, self.clock.now_ms())
+        if (obs := hooks.current) is not None:
+            obs.events_received("accepted", len(batch.events))
+            if result.flow_skipped_run_ids:
+                skipped = set(result.flow_skipped_run_ids)
+                obs.runs_skipped([r.function_id for r in batch.runs if r.id in skipped])
         if result.cancelled_run_ids:
             await self.announce_cancellations(result.cancelled_run_ids)
         self.notify()
@@ -369,6 +394,7 @@ class Engine:
             if run is None or trigger is None:
                 continue
             finish = RunFinish("cancelled", error=run.error)
+            self._ended(run, trigger, finish, run.ended_at or self.clock.now_ms())
             await self.follow_up(run, trigger, finish)
             events += finish.follow_up.events
             runs += finish.follow_up.runs
@@ -406,7 +432,13 @@ class Engine:
         """Attach the system events of a run's end (and the runs they trigger) to ``finish``."""
         now = self.clock.now_ms()
         data = run_end_data(run.function_id, run.id, trigger.as_dict(), finish)
-        events = [self.stored_event(Event(name=n, data=dict(data)), now) for n in run_end_names(finish.status)]
+        # Traced: the runs these events start (on_failure handlers) continue the run's trace, under its span.
+        obs = hooks.current
+        traced = (
+            None if obs is None or obs.tracing is None else obs.tracing.run_traceparent(run.id, trigger.traceparent)
+        )
+        events = [self.stored_event(Event(name=n, data=dict(data)), now, None, traced)
+                  for n in run_end_names(finish.status)]  # fmt: skip
         extra = [self.stored_event(e, now) for e in finish.emit]
         runs, failures = await self._plan_runs([*events, *extra], [None] * len(events) + [e.id for e in extra], now)
         finish.follow_up = IngestBatch([*events, *extra], runs, failures)
@@ -427,16 +459,26 @@ class Engine:
         payload["_inngest"] = {"fn_id": spec.id, "correlation_id": f"{parent_run_id}.{step_id}",
                                "source_fn_id": source_fn_id, "source_run_id": parent_run_id,
                                "expire": expires_at}  # fmt: skip
-        ev = self.stored_event(Event(name=FUNCTION_INVOKED, data=payload), now)
+        ev = self.stored_event(Event(name=FUNCTION_INVOKED, data=payload), now, None, current_traceparent())
         child = self.plan_run(spec, ev, now, parent_run_id=parent_run_id, parent_step_id=step_id)
         return IngestBatch([ev], [child])
 
     async def end_run(self, run: RunRecord, trigger: StoredEvent, owner: str | None, finish: RunFinish) -> None:
         """Finish a run with its system events (and the runs they start), then announce what that cancelled."""
         await self.follow_up(run, trigger, finish)
-        outcome = await self.store.finish_run(run.id, owner, finish, self.matcher, self.clock.now_ms())
+        now = self.clock.now_ms()
+        outcome = await self.store.finish_run(run.id, owner, finish, self.matcher, now)
+        if outcome.status == "ok":
+            self._ended(run, trigger, finish, now)
         await self.announce_cancellations(outcome.cancelled_run_ids)
         self.notify()
+
+    def _ended(self, run: RunRecord, trigger: StoredEvent | None, finish: RunFinish, now: int) -> None:
+        """A run ended: the terminal line (an error for a failure), and the metrics and the run's span."""
+        runlog.run_ended(run.function_id, run.id, finish.status,
+                         None if run.started_at is None else max(0, now - run.started_at), finish.error)  # fmt: skip
+        if (obs := hooks.current) is not None:
+            obs.run_ended(run, trigger, finish.status, finish.error, now)
 
     async def prune(self, default_retention: dt.timedelta = DEFAULT_RETENTION, batch_size: int = 1000,
                     progress: Callable[[PruneResult], None] | None = None) -> PruneResult:  # fmt: skip
@@ -458,7 +500,10 @@ class Engine:
         finish = RunFinish("cancelled", error={"name": "Cancelled", "message": reason})
         if trigger is not None:
             await self.follow_up(run, trigger, finish)
-        outcome = await self.store.finish_run(run_id, None, finish, self.matcher, self.clock.now_ms())
+        now = self.clock.now_ms()
+        outcome = await self.store.finish_run(run_id, None, finish, self.matcher, now)
+        if outcome.status == "ok":
+            self._ended(run, trigger, finish, now)
         await self.announce_cancellations(outcome.cancelled_run_ids)
         self.notify()
         return outcome.status == "ok"

@@ -55,6 +55,9 @@ class StoredEvent:
     ts: int
     v: str | None
     received_at: int
+    # The W3C ``traceparent`` of the traced code that sent it (not part of the event users see): the runs it starts
+    # continue that trace (observability/tracing.py).
+    traceparent: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The event as user code and CEL expressions see it."""

@@ -32,6 +32,7 @@ from stepline.core.events import to_json_value
 from stepline.core.function import FunctionDef
 from stepline.core.run_logs import RunLogger, activate, deactivate
 from stepline.core.steps import StepDriver
+from stepline.observability import hooks, runlog
 from stepline.storage.records import ClaimedRun, RunFinish, StepResultConflict
 
 log = logging.getLogger("stepline.executor")
@@ -55,6 +56,18 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for e in group.exceptions:
         out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
     return out
+
+
+def _attach(ctx: Any) -> object:
+    from opentelemetry import context
+
+    return context.attach(ctx)
+
+
+def _detach(token: Any) -> None:
+    from opentelemetry import context
+
+    context.detach(token)
 
 
 class Executor:
@@ -94,6 +107,8 @@ class Executor:
         driver = StepDriver(self.engine, fn, run.id, self.owner, claimed.steps, claimed.event)
         driver.deadline_ms = deadline
         driver.lease_until = run.lease_expires_at
+        if (obs := hooks.current) is not None and obs.tracing is not None:
+            driver.trace = obs.tracing.run_trace(claimed)
         self.drivers[run.id] = driver
         loop = asyncio.get_running_loop()
         ctx = Context(
@@ -114,6 +129,7 @@ class Executor:
         result: Any = None
         error: BaseException | None = None
         capturing = activate(driver.logs)  # this task's context, and the copy the thread pool gets
+        traced = None if driver.trace is None else _attach(driver.trace.context())  # the run span is current
         try:
             if fn.is_async:
                 result = await fn.handler(ctx)
@@ -133,6 +149,8 @@ class Executor:
             error = exc
         finally:
             deactivate(capturing)
+            if traced is not None:
+                _detach(traced)
         await driver.wait_idle()
         driver.closed = True
         self._forget(run.id, driver)
@@ -200,10 +218,13 @@ class Executor:
             due = int(error.earliest(from_ms(now)).timestamp() * 1000)
         else:
             due = now + int(fn.backoff.delay(attempt).total_seconds() * 1000)
-        log.info("run %s of %s failed (attempt %d), retrying: %s", run.id, fn.id, attempt, error)
+        serialized = serialize_error(error)
+        runlog.attempt_failed(fn.id, run.id, None, attempt, serialized, due)
+        if (obs := hooks.current) is not None:
+            obs.run_retried(fn.id)
         await driver.flush()
-        await self.engine.store.retry_run(run.id, self.owner, due, serialize_error(error), now,
-                                          logs=driver.logs.take(), attempt=attempt + 1)  # fmt: skip
+        await self.engine.store.retry_run(run.id, self.owner, due, serialized, now, logs=driver.logs.take(),
+                                          attempt=attempt + 1)  # fmt: skip
 
     async def _finish(self, claimed: ClaimedRun, finish: RunFinish, driver: StepDriver | None = None) -> None:
         fn = self.functions.get(claimed.run.function_id) if self.functions else None

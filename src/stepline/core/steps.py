@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,11 +41,20 @@ from stepline.core.expressions import compile_expression, match_to_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
 from stepline.core.ids import StepIdCounter
 from stepline.core.json_checks import text_problem
-from stepline.core.run_logs import RunLogCapture
+from stepline.core.run_logs import RunLogCapture, enter_step, leave_step
+from stepline.observability import hooks, runlog
 from stepline.storage.records import SignalConflict, StepRecord, StepUpdate, WaitSpec, WriteOutcome
 
 if TYPE_CHECKING:
     from stepline.core.engine import Engine
+    from stepline.observability.tracing import RunTrace
+
+
+def new_span_id() -> int:
+    from stepline.observability.tracing import new_span_id as new
+
+    return new()
+
 
 MAX_SLEEP = dt.timedelta(days=366)  # a sleep, or a wait's timeout, may last at most this long (as Inngest since 2026)
 MAX_SLEEP_MS = int(MAX_SLEEP.total_seconds() * 1000)
@@ -97,6 +107,8 @@ class Execute:
     display_id: str
     step_id: str
     attempt: int
+    started: float = 0.0  # time.perf_counter() when it was planned (step metrics)
+    span_id: int = 0  # the attempt's span when the run is traced
 
 
 class StepDriver:
@@ -133,6 +145,7 @@ class StepDriver:
         # log records emitted meanwhile were captured the first time, so the capture drops them.
         self._replayed: set[str] = set(memo)
         self.logs = RunLogCapture(engine.clock.now_ms, replaying=bool(memo))
+        self.trace: RunTrace | None = None  # the run's trace when it is sampled (observability/tracing.py)
 
     # --- bookkeeping ---
     def _now(self) -> int:
@@ -298,7 +311,26 @@ class StepDriver:
                 )  # fmt: skip
         self._inflight += 1
         self._idle.clear()
-        return Execute(display_id, step_id, rec.attempts if rec is not None else 0)
+        span = 0 if self.trace is None else new_span_id()
+        return Execute(display_id, step_id, rec.attempts if rec is not None else 0, time.perf_counter(), span)
+
+    def enter(self, plan: Execute) -> tuple[Any, Any]:
+        """The step's code starts (in the thread or task that runs it): its log records belong to the step, and with
+        tracing the step's span is the current span (the code's own spans nest under it)."""
+        step = enter_step(plan.step_id)
+        if self.trace is None:
+            return step, None
+        from opentelemetry import context
+
+        return step, context.attach(self.trace.context(plan.span_id))
+
+    def leave(self, tokens: tuple[Any, Any]) -> None:
+        step, span = tokens
+        if span is not None:
+            from opentelemetry import context
+
+            context.detach(span)
+        leave_step(step)
 
     def abandon(self, plan: Execute) -> None:
         """The step's code did not finish (cancelled, or the process is stopping): record nothing."""
@@ -314,6 +346,8 @@ class StepDriver:
                 except SerializationError as exc:
                     error = exc
             if error is None:
+                if hooks.current is not None or self.trace is not None:  # (nothing to report otherwise)
+                    self._attempted(plan, "completed")
                 update = StepUpdate(plan.step_id, plan.display_id, "run", "completed", plan.attempt + 1, output=output)
                 if self._inflight == 1 and not self.unwritten and self._flushing is None:
                     return self._hold_back(update).output  # no parallel step in flight: see _hold_back
@@ -325,11 +359,13 @@ class StepDriver:
                     wake = int(error.earliest(from_ms(now)).timestamp() * 1000)
                 else:
                     wake = now + int(self.fn.backoff.delay(plan.attempt).total_seconds() * 1000)
+                self._attempted(plan, "retrying", error, wake)
                 raise self._suspend(
                     StepUpdate(plan.step_id, plan.display_id, "run", "retrying", plan.attempt + 1,
                                error=serialize_error(error), wake_at=wake),
                     {"kind": "retrying", "step": plan.display_id, "until": wake},
                 )  # fmt: skip
+            self._attempted(plan, "failed", error)
             rec = await self._record(StepUpdate(plan.step_id, plan.display_id, "run", "failed", plan.attempt + 1,
                                                 error=serialize_error(error)))  # fmt: skip
             return self._memo_value(rec)
@@ -337,6 +373,23 @@ class StepDriver:
             self._inflight -= 1
             if not self._inflight:
                 self._idle.set()
+
+    def _attempted(self, plan: Execute, outcome: str, error: BaseException | None = None,
+                   retry_at: int | None = None) -> None:  # fmt: skip
+        """A run step's attempt ended (completed, retrying, failed): the terminal line when its code raised, the step
+        metrics and, when traced, its span."""
+        seconds = time.perf_counter() - plan.started
+        serialized = serialize_error(error) if error is not None else None
+        if serialized is not None:
+            runlog.attempt_failed(self.fn.id, self.run_id, plan.display_id, plan.attempt, serialized, retry_at)
+        if (obs := hooks.current) is not None:
+            obs.step_attempt(self.fn.id, "run", outcome, seconds)
+        if self.trace is not None:
+            end = time.time_ns()
+            self.trace.step(f"step {plan.display_id}", plan.span_id, end - int(seconds * 1e9), end,
+                            {"stepline.step.id": plan.display_id, "stepline.step.attempt": plan.attempt,
+                             "stepline.step.outcome": outcome},
+                            serialized)  # fmt: skip
 
     # --- step.sleep / sleep_until ---
     async def sleep(self, user_id: str, until: int | None, duration: Any = None) -> None:

@@ -28,6 +28,7 @@ from stepline.core.function import FunctionDef, FunctionSpec
 from stepline.core.ids import new_ulid
 from stepline.core.scheduler import CronScheduler
 from stepline.core.triggers import CronTrigger
+from stepline.observability import hooks
 from stepline.storage.records import ClaimedRun
 
 log = logging.getLogger("stepline.worker")
@@ -154,6 +155,8 @@ class Worker:
         self._derive_from_functions()
         now = self.engine.clock.now_ms()
         claimed = await self.engine.store.claim_runs(self.owner, functions, now, limit, self.lease_ms, self._gated)
+        if claimed and (obs := hooks.current) is not None:
+            obs.runs_claimed(claimed, now)
         for c in claimed:
             task = asyncio.create_task(self._execute(c.run.id, c), name=f"stepline-run-{c.run.id}")
             self._active[c.run.id] = task

@@ -18,7 +18,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepline.core.engine import Engine
-from stepline.server import checkpoint_api, dashboard, events_api, rest_api, sdk_api, sync
+from stepline.observability.endpoint import MetricsRuntime
+from stepline.server import checkpoint_api, dashboard, events_api, metrics_api, rest_api, sdk_api, sync, traces_api
 from stepline.server.app_calls import AppCalls
 from stepline.server.config import ServerConfig
 from stepline.server.dev_guard import DevGuard
@@ -62,8 +63,11 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
     routes += sync.routes()
     routes += sdk_api.routes()
     routes += checkpoint_api.routes()
+    routes += traces_api.routes()  # POST /v1/traces/userland, GET /v1/runs/{id}/traces (before the REST API's)
     routes += rest_api.routes()
+    routes += metrics_api.routes()
     dash = dashboard.Dashboard(engine, cfg)
+    exporter = MetricsRuntime(engine)  # /metrics (and the CLI's --metrics-port); the cluster-gauge leader
     routes += dashboard.routes(dash)  # GET / and /dashboard/...
 
     @contextlib.asynccontextmanager
@@ -78,6 +82,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
             async with contextlib.AsyncExitStack() as stack:
                 stack.push_async_callback(st.outbound.close)
                 stack.push_async_callback(st.calls.close)  # after the worker below has stopped calling
+                await stack.enter_async_context(exporter.running())
                 if run_worker:
                     worker = HttpWorker(st)
                     await stack.enter_async_context(worker.running())
@@ -86,9 +91,10 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
                 await stack.enter_async_context(dashboard.running(dash, st, app.state))
                 yield
 
-    middleware = [Middleware(ServerKindHeader, kind=cfg.kind)]
+    middleware = [Middleware(ServerKindHeader, kind=cfg.kind), Middleware(metrics_api.EventRequestCounter)]
     if cfg.kind == "dev":  # open on loopback: refuse rebound names and cross-site requests (server/dev_guard.py)
         middleware.append(Middleware(DevGuard, allowed_hosts=cfg.allowed_hosts))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.dashboard = dash
+    app.state.metrics = exporter
     return app

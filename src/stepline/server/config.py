@@ -7,6 +7,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from stepline.core.backoff import Backoff
+from stepline.server.alert_rules import AlertRule
 from stepline.server.outbound import OutboundPolicy
 
 ServerKind = Literal["dev", "cloud"]
@@ -35,7 +36,8 @@ class ServerConfig:
     backoff: Backoff = field(default_factory=Backoff)  # between retries of failed calls and steps
     public_url: str | None = None  # how people reach this server (links in logs and alerts)
     admin_token: str | None = None  # the dashboard's login (start mode always has one; dev is open without)
-    alert_webhook: str | None = None  # POSTed when runs fail (dashboard alerts)
+    alert_webhook: str | None = None  # POSTed when runs fail (dashboard alerts): the rule "* URL"
+    alert_rules: tuple[AlertRule, ...] = ()  # --alert-rule: per function glob, optionally a failure-rate threshold
     alert_cooldown: float = 60.0  # seconds after an alert during which further failures are summed up in one
     outbound_deny_private: bool = False  # refuse private/loopback targets of apps, gateways, webhooks (outbound.py)
     outbound_allow: tuple[str, ...] = ()  # hosts or CIDRs exempt from outbound_deny_private
@@ -45,6 +47,14 @@ class ServerConfig:
     @property
     def signed(self) -> bool:
         return self.kind == "cloud"
+
+    @property
+    def all_alert_rules(self) -> list[AlertRule]:
+        """``alert_rules``, with ``alert_webhook`` as the rule for every function."""
+        rules = list(self.alert_rules)
+        if self.alert_webhook:
+            rules.insert(0, AlertRule("*", self.alert_webhook))
+        return rules
 
     @property
     def outbound_policy(self) -> OutboundPolicy:

@@ -162,7 +162,8 @@ async def receive_events(request: Request) -> Response:
         return _events_reply(200, [])
     ids = event_ids(request.headers.get(EVENT_ID_SEED_HEADER), len(events))
     try:
-        result = await st.engine.ingest(events, internal_ids=ids)
+        # The sender's trace context (an instrumented HTTP client sends one): the runs continue its trace.
+        result = await st.engine.ingest(events, internal_ids=ids, traceparent=request.headers.get("traceparent"))
     except EventValidationError as exc:
         return _events_reply(400, [], str(exc))
     except Exception as exc:  # the store failed: a 5xx makes the SDKs retry (with the same seed, so no duplicates)

@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,8 @@ from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT
 from stepline.core.steps import MAX_SLEEP_MS, check_signal, signal_reason, sleep_too_long, wait_too_long
+from stepline.observability import hooks, runlog
+from stepline.observability.tracing import new_span_id
 from stepline.server import defers, gateway, protocol, signing
 from stepline.server.app_calls import AppCallFailed, ResponseTooLarge, app_origin
 from stepline.server.checkpoint_api import dispatch_id
@@ -164,6 +167,9 @@ class _Execution:
         self.gateway_retries: dict[str, int] = {}  # gateway steps whose retry is due: step id -> attempt
         # Races (parallelMode "race"): step id -> the key of the race it was started in (stored with its steps).
         self.race_of: dict[str, str] = {r.step_id: r.race for r in self.memo.values() if r.race}
+        self.call_seconds: dict[str, float] = {}  # the last call's duration per targeted step id ("step": discovery)
+        obs = hooks.current
+        self.trace = obs.tracing.run_trace(claimed) if obs is not None and obs.tracing is not None else None
         started = self.run.started_at
         finish_ms = fn.spec.finish_timeout_ms
         self.deadline = None if started is None or finish_ms is None else started + finish_ms
@@ -357,17 +363,24 @@ class _Execution:
         limit = self.st.config.max_body_bytes
         too_large = Outcome("error", error={"name": "ResponseTooLarge", "message": (
             f"the app's response is larger than the limit of {limit} bytes")})  # fmt: skip
+        span = 0
+        if self.trace is not None:  # the app's spans nest under this call's (W3C trace context)
+            span = new_span_id()
+            headers["traceparent"] = self.trace.traceparent(span)
+        started = time.perf_counter()
         try:
             async with self.ex.slots(self.fn.url), asyncio.timeout(self.st.config.call_timeout):  # the whole call
                 answer = await self.st.calls.post(self.fn.call_url(step_id), raw, headers, limit)
         except ResponseTooLarge:
-            return too_large
+            return self.called(step_id, started, span, "too_large", too_large)
         except TimeoutError:
-            return Outcome("error", error={"name": "CallTimeout", "message": (
+            late = Outcome("error", error={"name": "CallTimeout", "message": (
                 f"the app did not answer within {self.st.config.call_timeout:g} s")})  # fmt: skip
+            return self.called(step_id, started, span, "timeout", late)
         except AppCallFailed as exc:
-            return Outcome("error", error={"name": "AppUnreachable", "message": (
+            failed = Outcome("error", error={"name": "AppUnreachable", "message": (
                 f"calling {self.fn.call_url(step_id)} failed: {exc}")})  # fmt: skip
+            return self.called(step_id, started, span, "unreachable", failed)
         body_bytes, lower = answer.body, answer.headers
         if self.st.config.signed and "x-inngest-sdk" in lower and answer.status != 201:
             # A signed server only trusts answers signed with its key (the SDK signs with the key that verified). A
@@ -376,11 +389,42 @@ class _Execution:
             header = lower.get("x-inngest-signature")
             checked_at = self.now() // 1000
             if signing.verify_response_signature(body_bytes, header, self.st.config.signing_keys, checked_at) is None:
-                return Outcome(
-                    "error",
-                    error={"name": "InvalidResponseSignature", "message": _signature_problem(header, checked_at)},
-                )
-        return protocol.parse_response(answer.status, lower, body_bytes, self.now())
+                bad = Outcome("error", error={"name": "InvalidResponseSignature",
+                                              "message": _signature_problem(header, checked_at)})  # fmt: skip
+                return self.called(step_id, started, span, "bad_signature", bad)
+        outcome = protocol.parse_response(answer.status, lower, body_bytes, self.now())
+        result = "function_error" if outcome.kind == "error" else "ok"
+        return self.called(step_id, started, span, result, outcome)
+
+    def called(self, step_id: str, started: float, span: int, result: str, outcome: Outcome) -> Outcome:
+        """A call ended (``result`` for the call metrics): remember how long it took for the steps it ran; with
+        tracing, write its span (named after the step it ran, when it ran one)."""
+        seconds = self.call_seconds[step_id] = time.perf_counter() - started
+        if (obs := hooks.current) is not None:
+            obs.app_call(self.fn.spec.app_id, result, seconds)
+        if self.trace is not None and span:
+            end = time.time_ns()
+            ran = [op for op in outcome.ops if op.op in ("StepRun", "Step", "StepError", "StepFailed")]
+            label = self.labels.get(step_id) or (ran[0].label if len(ran) == 1 else None)
+            name = f"step {label}" if label else f"call {self.fn.id}"
+            attrs: dict[str, Any] = {"stepline.call.result": result}
+            if label:
+                attrs["stepline.step.id"] = label
+                attrs["stepline.step.attempt"] = self.attempt_of(step_id if step_id != "step" else ran[0].id)
+            if outcome.status is not None:
+                attrs["http.response.status_code"] = outcome.status
+            error = outcome.error if outcome.kind == "error" else next((op.error for op in ran if op.error), None)
+            self.trace.step(name, span, end - int(seconds * 1e9), end, attrs, error, client=True)
+        return outcome
+
+    def attempted(self, op: Op, outcome: str, targeted: str | None, error: dict[str, Any] | None = None,
+                  retry_at: int | None = None) -> None:  # fmt: skip
+        """A step attempt the app reported: the step metrics, and the terminal line when it failed."""
+        if outcome != "completed":
+            runlog.attempt_failed(self.fn.id, self.run.id, self.labels[op.id], self.attempt_of(op.id), error,
+                                  retry_at)  # fmt: skip
+        if (obs := hooks.current) is not None:
+            obs.step_attempt(self.fn.id, "run", outcome, self.call_seconds.get(targeted or "step"))
 
     # --- what a response means ---
     async def handle(self, outcome: Outcome, targeted: str | None) -> list[str]:
@@ -442,6 +486,7 @@ class _Execution:
     async def apply(self, op: Op, outcome: Outcome, targeted: str | None, planned: list[str]) -> bool:
         kind = op.op
         if kind in ("StepRun", "Step"):
+            self.attempted(op, "completed", targeted)
             await self.record(StepUpdate(op.id, self.labels[op.id], "run", "completed",
                                          self.attempt_of(op.id) + 1, output=op.data))  # fmt: skip
             self.pending.pop(op.id, None)
@@ -453,14 +498,17 @@ class _Execution:
                 wake = outcome.retry_at or self.now() + int(
                     self.st.config.backoff.delay(attempt).total_seconds() * 1000
                 )
+                self.attempted(op, "retrying", targeted, error, wake)
                 self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "run", "retrying", attempt + 1,
                                                  error=error, wake_at=wake)  # fmt: skip
                 self.reasons[op.id] = {"kind": "retrying", "step": self.labels[op.id], "until": wake}
                 return True
+            self.attempted(op, "failed", targeted, error)
             await self.record(StepUpdate(op.id, self.labels[op.id], "run", "failed", attempt + 1, error=error))
             self.pending.pop(op.id, None)
             return True
         if kind == "StepFailed":
+            self.attempted(op, "failed", targeted, op.error or {"name": "Error", "message": "step failed"})
             await self.record(StepUpdate(op.id, self.labels[op.id], "run", "failed", self.attempt_of(op.id) + 1,
                                          error=op.error or {"name": "Error", "message": "step failed"}))  # fmt: skip
             self.pending.pop(op.id, None)
@@ -682,14 +730,16 @@ class _Execution:
             if retriable and attempt + 1 < self.fn.max_attempts:
                 wake = retry_at or now + int(self.st.config.backoff.delay(attempt).total_seconds() * 1000)
                 label = self.labels.get(targeted, targeted)
+                runlog.attempt_failed(self.fn.id, run.id, label, attempt, error, wake)
                 self.pending[targeted] = StepUpdate(targeted, label, "run", "retrying", attempt + 1, error=error,
                                                     wake_at=wake)  # fmt: skip
                 self.reasons[targeted] = {"kind": "retrying", "step": label, "until": wake}
                 return
         elif retriable and self.attempt + 1 < self.fn.max_attempts:
             due = retry_at or now + int(self.st.config.backoff.delay(self.attempt).total_seconds() * 1000)
-            log.info("run %s of %s: attempt %d failed, retrying: %s", run.id, self.fn.id, self.attempt,
-                     error.get("message"))  # fmt: skip
+            runlog.attempt_failed(self.fn.id, run.id, None, self.attempt, error, due)
+            if (obs := hooks.current) is not None:
+                obs.run_retried(self.fn.id)
             await self.engine.store.retry_run(run.id, self.ex.owner, due, error, now, attempt=self.attempt + 1)
             raise _Stop()
         await self.finish(RunFinish("failed", error=error, event_error=run_end_error(error, reason)))

@@ -45,6 +45,7 @@ from stepline.core.events import canonical_event_name, to_json_value, validate_e
 from stepline.core.expressions import compile_expression, match_to_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
 from stepline.core.ids import StepIdCounter
+from stepline.core.run_logs import enter_step, leave_step
 from stepline.core.steps import CONFLICTS, MAX_SLEEP, Execute, Memo, sleep_too_long
 from stepline.serving.call import CallRequest, CallResult, iso_ms, stored_event, unwrap_signals
 from stepline.serving.config import wire_event_name
@@ -207,6 +208,13 @@ class CallDriver:
         planned = {"op": "StepPlanned", "id": step_id, "name": display_id, "displayName": display_id}
         await self._arrive(_Found("run", display_id, step_id, planned), caller)
         return Execute(display_id, step_id, self.attempt)
+
+    def enter(self, plan: Execute) -> Any:
+        """The step's code starts (as ``StepDriver.enter``): its log records belong to the step."""
+        return enter_step(plan.step_id)
+
+    def leave(self, token: Any) -> None:
+        leave_step(token)
 
     def abandon(self, plan: Execute) -> None:
         """The step's code did not finish (cancelled): report nothing for it."""

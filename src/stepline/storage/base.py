@@ -14,9 +14,12 @@ from typing import Any
 from stepline.core.events import StoredEvent
 from stepline.storage.records import (
     RUN_LOG_LIMIT,
+    RUN_SPAN_LIMIT,
     AppRecord,
     CancellationRecord,
     ClaimedRun,
+    ClusterGauges,
+    ClusterLease,
     ExpressionErrorRecord,
     FunctionRecord,
     IngestBatch,
@@ -29,6 +32,7 @@ from stepline.storage.records import (
     RunLogLine,
     RunLogs,
     RunRecord,
+    RunSpan,
     StepRecord,
     StepUpdate,
     WaitMatcher,
@@ -308,3 +312,37 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_cancellations(self, limit: int = 100) -> list[CancellationRecord]:
         """Newest first."""
+
+    # --- observability (docs/metrics.md, docs/tracing.md, docs/alerts.md) ---
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """One cheap read, off the event loop (``stepline_store_up``); raises when the database cannot answer."""
+
+    @abc.abstractmethod
+    async def take_cluster_lease(self, name: str, owner: str, now: int, ttl_ms: int) -> ClusterLease | None:
+        """Hold the lease ``name`` until ``now + ttl_ms`` if nobody else holds it (its holder's time ran out, or
+        ``owner`` holds it already: then it is extended). Returns the lease, with the state its holders saved, or
+        None when another owner holds it. Of several processes racing, exactly one gets it."""
+
+    @abc.abstractmethod
+    async def save_cluster_lease_state(self, name: str, owner: str, state: dict[str, Any], now: int) -> bool:
+        """Store the holder's state with the lease; False (nothing stored) if ``owner`` no longer holds it."""
+
+    @abc.abstractmethod
+    async def release_cluster_lease(self, name: str, owner: str) -> None:
+        """Give the lease up at once (its state stays for the next holder). Ignored if ``owner`` does not hold it."""
+
+    @abc.abstractmethod
+    async def cluster_gauges(self, now: int) -> ClusterGauges:
+        """Per function: runs due now that no live lease holds (the backlog, with the oldest due time), live runs
+        not due before a later time by idle reason, and runs a live lease holds. Reads only live runs (indexed), so
+        its cost grows with them, not with the runs kept after they ended."""
+
+    @abc.abstractmethod
+    async def save_run_spans(self, spans: dict[str, list[dict[str, Any]]], now: int) -> dict[str, int]:
+        """Append userland spans to their runs (by run id), at most ``RUN_SPAN_LIMIT`` per run, in one transaction.
+        Returns how many spans of each run were stored: 0 for a run that does not exist or is full."""
+
+    @abc.abstractmethod
+    async def list_run_spans(self, run_id: str, limit: int = RUN_SPAN_LIMIT) -> list[RunSpan]:
+        """The run's userland spans in the order they were received."""

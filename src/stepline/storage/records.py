@@ -317,3 +317,35 @@ class ExpressionErrorRecord:
     count: int
     first_at: int
     last_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLease:
+    """A named lease one process of the cluster holds at a time (``Store.take_cluster_lease``)."""
+
+    name: str
+    owner: str
+    expires_at: int  # unix ms
+    state: dict[str, Any] | None  # what its holders keep across holders (alert cursors), None at first
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterGauges:
+    """Live runs of the whole cluster, counted by ``Store.cluster_gauges`` (docs/metrics.md defines each)."""
+
+    backlog: list[tuple[str, int, int]]  # (function id, runs due now that nobody executes, oldest due time ms)
+    idle: list[tuple[str, str, int]]  # (function id, idle reason kind, runs not due before a later time)
+    running: list[tuple[str, int]]  # (function id, runs a live lease holds)
+
+
+RUN_SPAN_LIMIT = 1000  # userland spans stored per run; more are refused (the SDK is told in partialSuccess)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpan:
+    """One OpenTelemetry span an app's SDK sent for a run (``POST /v1/traces/userland``), as OTLP JSON."""
+
+    run_id: str
+    seq: int  # order received, from 1
+    received_at: int  # unix ms
+    span: dict[str, Any]  # traceId, spanId, parentSpanId (hex), name, kind, times (ns), attributes, ...

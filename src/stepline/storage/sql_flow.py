@@ -17,6 +17,7 @@ import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any
 
+from stepline.observability import hooks
 from stepline.storage.records import IngestResult, NewRun, RunFinish
 
 
@@ -53,6 +54,15 @@ def _gcra(tat: int, now: int, period_ms: int, limit: int, allowance: int) -> tup
     tat = max(tat, now_ns)
     start = max(now_ns, tat - interval * (allowance - 1))
     return -(-start // _NS), min(tat + interval, _MAX_TAT)
+
+
+_GATES = {"debounced": "debounce", "batch": "batch", "throttled": "throttle"}  # idle reason kind -> gate
+
+
+def _count(function_id: str, gate: str, action: str) -> None:
+    """A flow-control decision, for the metrics (``stepline_flow_control_total``)."""
+    if (obs := hooks.current) is not None:
+        obs.flow(function_id, gate, action)
 
 
 class SqlFlowMixin:
@@ -101,6 +111,7 @@ class SqlFlowMixin:
     def _insert_skipped(self, conn: Any, run: NewRun, now: int, reason: dict[str, Any], result: IngestResult) -> None:
         if self._insert_run_row(conn, run, None, status="skipped", idle_reason=reason, ended_at=now):
             result.flow_skipped_run_ids.append(run.id)
+            _count(run.function_id, "rate_limit" if reason["kind"] == "rate_limited" else "singleton", "skipped")
 
     # --- ingest ---
     def _admit(
@@ -153,6 +164,7 @@ class SqlFlowMixin:
                 reason = {"name": "Cancelled", "message": f"cancelled by run {run.id} (singleton, mode cancel)"}
                 if self._finish(conn, row[0], RunFinish("cancelled", error=reason), matcher, now):
                     result.cancelled_run_ids.append(row[0])
+                    _count(run.function_id, "singleton", "cancelled")
         if flow.debounce is not None:
             key, period, timeout = flow.debounce
             pending_id, first_at, _ = conn.execute(
@@ -169,6 +181,7 @@ class SqlFlowMixin:
                 if moved:
                     result.merged_run_ids.append(run.id)
                     self._notify_work(conn, due)
+                    _count(run.function_id, "debounce", "merged")
                     return False
                 # The open run has started: this event opens the next one.
                 due = now + period if timeout is None else min(now + period, now + timeout)
@@ -196,6 +209,7 @@ class SqlFlowMixin:
                         conn.execute(self.Q["flow_close_pending" if full else "flow_grow_pending"], {"key": key})
                         result.merged_run_ids.append(run.id)
                         self._notify_work(conn, due)
+                        _count(run.function_id, "batch", "merged")
                         return False
                 conn.execute(self.Q["flow_replace_pending"], {"key": key, "run_id": run.id, "now": now})
             batch = [run.event_id]
@@ -217,6 +231,8 @@ class SqlFlowMixin:
         if not self._insert_run_row(conn, run, due, idle_reason=idle, batch=batch):
             return False  # already stored (this transaction retried after a lost commit)
         self._notify_work(conn, due)
+        if due > now and idle is not None:  # the run starts later than it arrived: debounced, batching, throttled
+            _count(run.function_id, _GATES.get(idle["kind"], str(idle["kind"])), "delayed")
         return True
 
     @staticmethod
@@ -236,7 +252,8 @@ class SqlFlowMixin:
         held: dict[str, tuple[int, int | None]] = {}  # key -> (slots held, earliest holder lease expiry)
         fallback_given: set[str] = set()
         claimed: list[tuple[Any, ...]] = []
-        parsed = [(run_id, json.loads(flow_text)["c"] if flow_text else []) for run_id, flow_text in candidates]
+        parsed = [(run_id, json.loads(flow_text)["c"] if flow_text else []) for run_id, flow_text, _ in candidates]
+        function_of = {run_id: function_id for run_id, _, function_id in candidates}
         # Every key these runs need, locked in one order (sorted): two claims (or a claim and a release) taking
         # them in the order their runs come would deadlock.
         for key in sorted({k[0] for _, keys in parsed for k in keys}):
@@ -268,6 +285,7 @@ class SqlFlowMixin:
                           "message": f"concurrency key {shown} at {count} of {key_limit}"}  # fmt: skip
                 conn.execute(self.Q["flow_block"],
                              {"id": run_id, "key": key, "due_at": recheck, "idle_reason": _j(reason)})  # fmt: skip
+                _count(function_of[run_id], "concurrency", "blocked")
                 # This run may have been the one woken for a slot of an earlier key, which it cannot use now:
                 # hand that wake on, or the next run waiting for that key sleeps until its fallback.
                 for free_key in passed:

@@ -41,6 +41,7 @@ from stepline.storage.sql_cron import SqlCronMixin
 from stepline.storage.sql_dashboard import SqlDashboardMixin
 from stepline.storage.sql_flow import SqlFlowMixin
 from stepline.storage.sql_logs import SqlLogsMixin
+from stepline.storage.sql_observability import SqlObservabilityMixin
 from stepline.storage.sql_security import SqlSecurityMixin
 from stepline.storage.writer import GroupCommitWriter, MergeableOp
 
@@ -58,9 +59,10 @@ def _uj(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def _event(row: tuple[Any, ...]) -> StoredEvent:
-    internal_id, id_, name, data, user, ts, v, received_at = row
-    return StoredEvent(internal_id, id_, name, json.loads(data), json.loads(user), ts, v, received_at)
+def _event(row: tuple[Any, ...] | list[Any]) -> StoredEvent:
+    internal_id, id_, name, data, user, ts, v, received_at, *rest = row  # rest: the traceparent, where selected
+    return StoredEvent(internal_id, id_, name, json.loads(data), json.loads(user), ts, v, received_at,
+                       rest[0] if rest else None)  # fmt: skip
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:
@@ -87,7 +89,16 @@ class Conn(Protocol):
     def execute(self, sql: str, params: Any = ..., /) -> Any: ...
 
 
-class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlLogsMixin, SqlSecurityMixin, Store):
+class SqlStore(
+    SqlFlowMixin,
+    SqlAppsMixin,
+    SqlDashboardMixin,
+    SqlCronMixin,
+    SqlLogsMixin,
+    SqlSecurityMixin,
+    SqlObservabilityMixin,
+    Store,
+):
     """The ``Store`` methods, written once for every SQL backend (apps, reruns, cancellations: ``SqlAppsMixin``)."""
 
     Q: dict[str, str]
@@ -161,7 +172,8 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
             cur = conn.execute(
                 self.Q["insert_event"],
                 {"internal_id": ev.internal_id, "id": ev.id, "name": ev.name, "data": json.dumps(ev.data),
-                 "user": json.dumps(ev.user), "ts": ev.ts, "v": ev.v, "received_at": ev.received_at},
+                 "user": json.dumps(ev.user), "ts": ev.ts, "v": ev.v, "received_at": ev.received_at,
+                 "traceparent": ev.traceparent},
             )  # fmt: skip
             if cur.rowcount != 0:  # 0: the same event again (a retried event API request with the same seed)
                 stored.add(ev.internal_id)
@@ -766,6 +778,7 @@ class SqlStore(SqlFlowMixin, SqlAppsMixin, SqlDashboardMixin, SqlCronMixin, SqlL
         steps = conn.execute(self.Q["delete_steps_of_runs"], {"ids": encoded}).rowcount
         conn.execute(self.Q["delete_run_waits_of_runs"], {"ids": encoded})
         conn.execute(self.Q["delete_run_logs_of_runs"], {"ids": encoded})
+        self._delete_run_spans(conn, encoded)
         runs = conn.execute(self.Q["delete_runs"], {"ids": encoded}).rowcount
         return int(runs), int(steps)
 

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from stepline.observability import hooks
+
 T = TypeVar("T")
 WriteOp = Callable[[Any], T]
 
@@ -211,6 +213,8 @@ class GroupCommitWriter:
                         self._rollback_quietly()
                     return
                 log.warning("transient write error, retrying %d writes: %s", len(batch), exc)
+                if (obs := hooks.current) is not None:
+                    obs.store_retry()
                 self._rollback_quietly()
                 if self._is_disconnect(exc):
                     self._close_conn()
@@ -246,6 +250,7 @@ class GroupCommitWriter:
         # A caller that gave up (its asyncio task was cancelled) cancelled its future: skip its op.
         batch = [(op, w) for op, w in batch if w.start()]
         merging = True
+        started = time.perf_counter()
         while batch:
             conn.execute(self._begin)
             results: list[tuple[_Waiter, Any, BaseException | None]] = []
@@ -275,6 +280,8 @@ class GroupCommitWriter:
                 conn.execute("COMMIT")
                 self.commits += 1
                 self.ops += len(batch)
+                if (obs := hooks.current) is not None:
+                    obs.store_commit(len(batch), time.perf_counter() - started)
                 return results + failed
         return failed
 

@@ -7,6 +7,8 @@ server-sent events, a login in ``start`` mode, and failure alerts to a webhook.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from stepline.core.ids import new_ulid
 from stepline.server.dashboard import actions, pages
 from stepline.server.dashboard.alerts import FailureAlerts
 from stepline.server.dashboard.core import PREFIX, Dashboard, action, page
@@ -65,14 +68,17 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
 
 @contextlib.asynccontextmanager
 async def running(dash: Dashboard, st: ServerState, app_state: Any) -> AsyncIterator[Dashboard]:
-    """The live hub and, with ``alert_webhook`` set, the failure alerts, for the server's lifetime."""
+    """The live hub and, with alert rules (``--alert-webhook``, ``--alert-rule``), the failure alerts, for the
+    server's lifetime (one server of the cluster posts them: ``alerts.py``)."""
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(dash.hub.running(app_state))
         cfg = st.config
-        if cfg.alert_webhook:
+        rules = cfg.all_alert_rules
+        if rules:
             port = cfg.extra.get("port", "8288")
             base = cfg.public_url or f"http://127.0.0.1:{port}"
-            alerts = FailureAlerts(st.engine.store, st.engine.clock, st.http, cfg.alert_webhook,
+            owner = f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-8:]}"
+            alerts = FailureAlerts(st.engine.store, st.engine.clock, st.outbound, rules, owner=owner,
                                    cooldown=cfg.alert_cooldown, base_url=base)  # fmt: skip
             await stack.enter_async_context(alerts.running())
         yield dash

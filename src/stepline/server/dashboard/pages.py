@@ -180,10 +180,12 @@ async def run_page(dash: Dashboard, request: Request, session: Session) -> Respo
     spec = await dash.engine.find_function(run.function_id)
     logs_captured = spec is None or spec.captures_logs  # HTTP apps log in their own process
     logs = await store.list_run_logs(run.id) if logs_captured else []
+    spans = views.userland_spans(await store.list_run_spans(run.id))
     return dash.render(request, "run.html", session, row=row, run=run, steps=views.timeline(run, steps, now),
                        event=event, batch=batch, siblings=[r for r in children if r.id != run.id],
                        idle=row.idle, function=spec, live=run.status in views.LIVE, logs=logs,
-                       logs_captured=logs_captured, step_names={s.step_id: s.display_id for s in steps})  # fmt: skip
+                       logs_captured=logs_captured, step_names={s.step_id: s.display_id for s in steps},
+                       spans=spans)  # fmt: skip
 
 
 async def functions_page(dash: Dashboard, request: Request, session: Session) -> Response:

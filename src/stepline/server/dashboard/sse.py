@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from stepline.core.engine import Engine
+from stepline.observability import hooks
 
 log = logging.getLogger("stepline.server.dashboard")
 
@@ -120,6 +121,9 @@ class ChangeHub:
         if self.closed:
             return
         self.clients += 1
+        counted = hooks.current
+        if counted is not None:
+            counted.stream_clients(1)
         self._poked.set()
         try:
             while not self.closed:
@@ -134,6 +138,8 @@ class ChangeHub:
                 yield self.version
         finally:
             self.clients -= 1
+            if counted is not None:
+                counted.stream_clients(-1)
 
 
 def sse_message(event: str, data: str) -> str:

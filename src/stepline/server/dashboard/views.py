@@ -180,3 +180,43 @@ def environment() -> jinja2.Environment:
     macros = env.get_template("_macros.html").module  # globals, so a page's live block renders on its own too
     env.globals.update({name: getattr(macros, name) for name in MACROS})
     return env
+
+
+@dataclass(frozen=True)
+class SpanRow:
+    """A userland span (``POST /v1/traces/userland``) as the run page lists it."""
+
+    name: str
+    span_id: str
+    parent_id: str
+    took: str
+    error: str  # the status message when the span failed, else ""
+    attributes: list[tuple[str, str]]
+
+
+_SDK_KEYS = ("sdk.", "sys.", "inngest.")  # what the SDK adds to every span: the run, app and function it belongs to
+
+
+def userland_spans(spans: list[Any]) -> list[SpanRow]:
+    """The spans an app sent for a run (``RunSpan``), in the order received, with their own attributes."""
+    rows = []
+    for s in spans:
+        doc = s.span
+        try:
+            took = duration((int(doc.get("endTimeUnixNano", 0)) - int(doc.get("startTimeUnixNano", 0))) / 1e6)
+        except (TypeError, ValueError):
+            took = ""
+        status = doc.get("status") or {}
+        failed = status.get("code") in (2, "STATUS_CODE_ERROR")
+        attrs = [(str(a.get("key")), _attr_value(a.get("value"))) for a in doc.get("attributes") or []
+                 if isinstance(a, dict) and not str(a.get("key", "")).startswith(_SDK_KEYS)]  # fmt: skip
+        rows.append(SpanRow(str(doc.get("name", "")), str(doc.get("spanId", "")), str(doc.get("parentSpanId", "")),
+                            took, (status.get("message") or "error") if failed else "", attrs[:12]))  # fmt: skip
+    return rows
+
+
+def _attr_value(value: Any) -> str:
+    if not isinstance(value, dict) or not value:
+        return ""
+    inner = next(iter(value.values()))
+    return inner if isinstance(inner, str) else json.dumps(inner)[:200]

@@ -4,17 +4,18 @@
 -- (migration 0007); Stepline's own documents (configs, idle reasons, flow keys) are jsonb.
 
 -- name: insert_event
-INSERT INTO events (internal_id, id, name, data, "user", ts, v, received_at)
-VALUES (%(internal_id)s, %(id)s, %(name)s, %(data)s::json, %(user)s::json, %(ts)s, %(v)s, %(received_at)s)
+INSERT INTO events (internal_id, id, name, data, "user", ts, v, received_at, traceparent)
+VALUES (%(internal_id)s, %(id)s, %(name)s, %(data)s::json, %(user)s::json, %(ts)s, %(v)s, %(received_at)s,
+        %(traceparent)s)
 ON CONFLICT (internal_id) DO NOTHING
 
 -- name: insert_events
 -- Many events in one statement (arrays of equal length, in order); returns the ones not stored before.
-INSERT INTO events (internal_id, id, name, data, "user", ts, v, received_at)
-SELECT internal_id, id, name, data::json, u::json, ts, v, received_at
+INSERT INTO events (internal_id, id, name, data, "user", ts, v, received_at, traceparent)
+SELECT internal_id, id, name, data::json, u::json, ts, v, received_at, traceparent
 FROM unnest(%(internal_id)s::text[], %(id)s::text[], %(name)s::text[], %(data)s::text[], %(user)s::text[],
-            %(ts)s::bigint[], %(v)s::text[], %(received_at)s::bigint[])
-     WITH ORDINALITY AS e(internal_id, id, name, data, u, ts, v, received_at, ord)
+            %(ts)s::bigint[], %(v)s::text[], %(received_at)s::bigint[], %(traceparent)s::text[])
+     WITH ORDINALITY AS e(internal_id, id, name, data, u, ts, v, received_at, traceparent, ord)
 ORDER BY ord
 ON CONFLICT (internal_id) DO NOTHING
 RETURNING internal_id
@@ -40,11 +41,11 @@ ON CONFLICT (id) DO NOTHING
 SELECT pg_current_snapshot()::text
 
 -- name: select_events_by_ids
-SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events
+SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at, traceparent FROM events
 WHERE internal_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
 
 -- name: select_event
-SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events WHERE internal_id = %(internal_id)s
+SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at, traceparent FROM events WHERE internal_id = %(internal_id)s
 
 -- name: list_events
 SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events
@@ -435,7 +436,7 @@ FROM cancellations ORDER BY created_at DESC, id DESC LIMIT %(limit)s
 
 -- name: flow_claim_candidates
 -- Due runs of flow-controlled functions, highest priority first (priority_ms moves a run's place in the queue).
-SELECT id, flow::text FROM runs
+SELECT id, flow::text, function_id FROM runs
 WHERE due_at IS NOT NULL AND due_at <= %(now)s
   AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)
   AND function_id IN (SELECT jsonb_array_elements_text(%(function_ids)s::jsonb))

@@ -195,7 +195,7 @@ class PostgresStore(SqlStore):
             {"internal_id": [e.internal_id for e in events], "id": [e.id for e in events],
              "name": [e.name for e in events], "data": [json.dumps(e.data) for e in events],
              "user": [json.dumps(e.user) for e in events], "ts": [e.ts for e in events], "v": [e.v for e in events],
-             "received_at": [e.received_at for e in events]},
+             "received_at": [e.received_at for e in events], "traceparent": [e.traceparent for e in events]},
         ).fetchall()  # fmt: skip
         return {r[0] for r in rows}
 

@@ -1,19 +1,19 @@
 -- Stepline SQLite queries. Parameters are named (:name). Times are unix milliseconds.
 
 -- name: insert_event
-INSERT INTO events (internal_id, id, name, data, user, ts, v, received_at)
-VALUES (:internal_id, :id, :name, :data, :user, :ts, :v, :received_at)
+INSERT INTO events (internal_id, id, name, data, user, ts, v, received_at, traceparent)
+VALUES (:internal_id, :id, :name, :data, :user, :ts, :v, :received_at, :traceparent)
 ON CONFLICT (internal_id) DO NOTHING
 
 -- name: event_cursor
 SELECT coalesce(max(seq), 0) FROM events
 
 -- name: select_events_by_ids
-SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
+SELECT internal_id, id, name, data, user, ts, v, received_at, traceparent FROM events
 WHERE internal_id IN (SELECT value FROM json_each(:ids))
 
 -- name: select_event
-SELECT internal_id, id, name, data, user, ts, v, received_at FROM events WHERE internal_id = :internal_id
+SELECT internal_id, id, name, data, user, ts, v, received_at, traceparent FROM events WHERE internal_id = :internal_id
 
 -- name: list_events
 SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
@@ -356,7 +356,7 @@ FROM cancellations ORDER BY created_at DESC, id DESC LIMIT :limit
 
 -- name: flow_claim_candidates
 -- Due runs of flow-controlled functions, highest priority first (priority_ms moves a run's place in the queue).
-SELECT id, flow FROM runs
+SELECT id, flow, function_id FROM runs
 WHERE due_at IS NOT NULL AND due_at <= :now
   AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
   AND function_id IN (SELECT value FROM json_each(:function_ids))
