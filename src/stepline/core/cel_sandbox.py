@@ -151,7 +151,7 @@ class _Sandbox:
         line = child.read_line(budget)
         if line is None:
             try:  # gone (its output closed as it died), or still busy past the budget?
-                child.proc.wait(timeout=0.5 if child.eof else 0)
+                child.proc.wait(timeout=5 if child.eof else 0)
                 crashed = True
             except subprocess.TimeoutExpired:
                 crashed = False
