@@ -27,7 +27,11 @@ Scenarios:
   one-batch   N one-step runs; events sent in requests of B (POST /e/<key> with a JSON array; ``client.send``
               of B events in-process), one request after the other
   one-single  N one-step runs; one event per request, from P concurrent senders (keep-alive connections)
-  ten-step    M ten-step runs, events in requests of B; steps/s = 10 M / elapsed
+  ten-step    M ten-step runs, events in requests of B; steps/s = 10 M / elapsed. The npm SDK checkpoints (the
+              server offers it: ctx.fn_id, ctx.qi_id): one call per run, each step POSTed to /v1/checkpoint/{run}/async
+  ten-classic the same function with the SDK's checkpointing off (`checkpointing: false`, npm): one call per step
+              (the Python SDK and in-process runs have only this flow: there it is ten-step again)
+  ten-buffered  checkpointing with `bufferedSteps: 10` (npm): the results travel in the one call's answer
   await       a three-step workflow sent and awaited by its caller (bench/workflow_await.py): in-process
               client.send_and_wait; over HTTP POST /e/<key> then GET /v1/events/{id}/runs?wait=30s
   latency     an idle system; one event at a time, a pause of --pause-min..--pause-max ms after the previous run
@@ -91,7 +95,7 @@ STEPLINE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "stepl
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
 ALL_TARGETS = ["inproc", "python", "node"]
-ALL_SCENARIOS = ["one-batch", "one-single", "ten-step", "latency", "await"]
+ALL_SCENARIOS = ["one-batch", "one-single", "ten-step", "ten-classic", "ten-buffered", "latency", "await"]
 APP_IDS = {"python": "bench-py", "node": "bench-node"}
 POLL_INTERVAL = 0.005
 STARTUP_S = 60.0
@@ -312,7 +316,7 @@ class HttpStack:
                 senv["BENCH_VARIANT_PATH"] = os.environ["BENCH_VARIANT_PATH"]
         self.server = Proc("stepline dev", self.server_command(), env=senv, cwd=self.dir, log=self.dir / "server.log")
         await self._wait("the server's GET /health", lambda: self._get_ok(f"{self.server_url}/health"))
-        wanted = {self.fn_id(f) for f in ("one", "ten", "lat")}
+        wanted = {self.fn_id(f) for f in ("one", "ten", "ten-classic", "ten-buffered", "lat")}
         last_sync = [time.monotonic()]
 
         async def synced() -> bool:
@@ -333,9 +337,13 @@ class HttpStack:
         self.conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, isolation_level=None)
         # warm-up: connections, imports and caches on both sides; these runs are not measured
         await post_events(self.http, self.events_url, [{"name": "bench/one", "data": {"i": -1 - k}} for k in range(20)])
-        await post_events(self.http, self.events_url, [{"name": "bench/ten", "data": {"i": -1 - k}} for k in range(3)])
+        for ten in ("ten", "ten-classic", "ten-buffered"):
+            await post_events(self.http, self.events_url, [{"name": f"bench/{ten}", "data": {"i": -1 - k}}
+                                                           for k in range(3)])  # fmt: skip
         await self.wait_idle(self.fn_id("one"), timeout=60)
         await self.wait_idle(self.fn_id("ten"), timeout=60)
+        await self.wait_idle(self.fn_id("ten-classic"), timeout=60)
+        await self.wait_idle(self.fn_id("ten-buffered"), timeout=60)
         await asyncio.sleep(0.3)  # let the app flush its call counts
 
     # --- reading the server's database (read-only) ---
@@ -364,16 +372,14 @@ class HttpStack:
         return time.perf_counter()
 
     def app_stats(self) -> dict[str, dict[str, float]]:
-        calls: dict[str, float] = {}
-        seconds: dict[str, float] = {}
+        totals: dict[str, dict[str, float]] = {"calls": {}, "seconds": {}, "checkpoints": {}}
         for f in self.stats_dir.glob("calls-*.json"):
             with contextlib.suppress(OSError, ValueError):
                 doc = json.loads(f.read_text())
-                for k, v in doc["calls"].items():
-                    calls[k] = calls.get(k, 0) + v
-                for k, v in doc["seconds"].items():
-                    seconds[k] = seconds.get(k, 0.0) + v
-        return {"calls": calls, "seconds": seconds}
+                for kind, values in totals.items():  # checkpoints: the npm SDK's checkpoint requests, per function
+                    for k, v in doc.get(kind, {}).items():
+                        values[k] = values.get(k, 0) + v
+        return totals
 
     def cpu(self) -> tuple[float, float]:
         assert self.server is not None and self.app is not None
@@ -430,11 +436,13 @@ SCENARIO_SHAPE = {  # scenario -> (function, event name, steps per run, send mod
     "one-batch": ("one", "bench/one", 1, "batch"),
     "one-single": ("one", "bench/one", 1, "single"),
     "ten-step": ("ten", "bench/ten", 10, "batch"),
+    "ten-classic": ("ten-classic", "bench/ten-classic", 10, "batch"),
+    "ten-buffered": ("ten-buffered", "bench/ten-buffered", 10, "batch"),
 }
 
 
 def _runs_for(scenario: str, args: argparse.Namespace) -> int:
-    return args.step_runs if scenario == "ten-step" else args.runs
+    return args.step_runs if scenario.startswith("ten-") else args.runs
 
 
 def throughput_result(n: int, steps: int, t0: float, t_sent: float, t_done: float, cpu: dict[str, float],
@@ -468,9 +476,9 @@ def define_inproc(env: Env, which: str, started: dict[int, tuple[float, float]] 
         async def one(ctx):  # type: ignore[no-untyped-def]
             return await ctx.step.run("s1", lambda: ctx.event.data["i"])
 
-    elif which == "ten":
+    elif which in ("ten", "ten-classic", "ten-buffered"):  # (in-process there is only one flow)
 
-        @env.client.function(id="ten", trigger="bench/ten")
+        @env.client.function(id=which, trigger=f"bench/{which}")
         async def ten(ctx):  # type: ignore[no-untyped-def]
             total = 0
             for k in range(10):
@@ -546,10 +554,11 @@ async def http_throughput(stack: HttpStack, args: argparse.Namespace, scenario: 
     await asyncio.sleep(0.3)  # the app writes its call counts every 0.2 s
     stats1 = stack.app_stats()
     calls = stats1["calls"].get(fn, 0) - stats0["calls"].get(fn, 0)
+    checkpoints = stats1["checkpoints"].get(fn, 0) - stats0["checkpoints"].get(fn, 0)
     app_s = stats1["seconds"].get(fn, 0.0) - stats0["seconds"].get(fn, 0.0)
     cpu = {"server": server1 - server0, "app": app1 - app0, "bench": bench_cpu}
     extra.update(app_calls=int(calls), calls_per_run=calls / n, app_ms_per_call=1000 * app_s / calls if calls else 0,
-                 statuses=delta)  # fmt: skip
+                 checkpoints=int(checkpoints), checkpoints_per_run=checkpoints / n, statuses=delta)  # fmt: skip
     if profilers:
         extra["py_spy"] = [str(p.out) for p in profilers]
     return throughput_result(n, steps, t0, t_sent, t_done, cpu, extra)
@@ -794,8 +803,8 @@ def render(results: dict[str, dict[str, Any]], machine: dict[str, Any], args: ar
     rows = [(k, v) for k, v in results.items() if v.get("kind") == "throughput"]
     if rows:
         hdr = (f"{'target/scenario':<18} {'runs':>5} {'elapsed s':>9} {'runs/s':>7} {'steps/s':>7} {'send s':>6} "
-               f"{'calls/run':>9} {'CPU ms/call: server':>19} {'app':>5} | {'cores: server':>13} {'app':>5} "
-               f"{'bench':>5}")  # fmt: skip
+               f"{'calls/run':>9} {'ckpt/run':>8} {'CPU ms/call: server':>19} {'app':>5} | {'cores: server':>13} "
+               f"{'app':>5} {'bench':>5}")  # fmt: skip
         out.append(hdr)
         out.append("-" * len(hdr))
         for k, v in rows:
@@ -803,15 +812,17 @@ def render(results: dict[str, dict[str, Any]], machine: dict[str, Any], args: ar
             if "server" in c:
                 cpu = f"{c['server']:>13.2f} {c['app']:>5.2f} {c['bench']:>5.2f}"
                 per = {k: 1000 * v["cpu_s"][k] / v["app_calls"] if v["app_calls"] else 0 for k in ("server", "app")}
-                calls = f"{v['calls_per_run']:>9.2f} {per['server']:>19.2f} {per['app']:>5.2f}"
+                calls = (f"{v['calls_per_run']:>9.2f} {v.get('checkpoints_per_run', 0):>8.2f} {per['server']:>19.2f} "
+                         f"{per['app']:>5.2f}")  # fmt: skip
             else:
                 cpu = f"{'(all) ' + format(c['bench+engine'], '.2f'):>13} {'':>5} {'':>5}"
                 per_step = 1000 * v["cpu_s"]["bench+engine"] / (v["runs"] * v["steps_per_run"])
-                calls = f"{'-':>9} {format(per_step, '.2f') + ' /step':>19} {'':>5}"
+                calls = f"{'-':>9} {'-':>8} {format(per_step, '.2f') + ' /step':>19} {'':>5}"
             out.append(f"{k:<18} {v['runs']:>5} {v['elapsed_s']:>9.2f} {v['runs_per_s']:>7.0f} "
                        f"{v['steps_per_s']:>7.0f} {v['send_phase_s']:>6.2f} {calls} {cpu}")  # fmt: skip
-        out.append("(CPU ms/call: CPU time of the server / app process per SDK call (inproc: per step, the whole "
-                   "process); cores: CPU seconds / elapsed of each process (inproc: one process for all))")  # fmt: skip
+        out.append("(ckpt/run: the npm SDK's checkpoint requests to the server per run; CPU ms/call: CPU time of the "
+                   "server / app process per SDK call (inproc: per step, the whole process); cores: CPU seconds / "
+                   "elapsed of each process (inproc: one process for all))")  # fmt: skip
         out.append("")
     rows = [(k, v) for k, v in results.items() if v.get("kind") == "latency"]
     if rows:

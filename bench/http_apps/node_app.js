@@ -4,8 +4,14 @@
 //
 // It uses the packages installed for the compatibility tests:
 //   NODE_PATH=tests/compat/node_app/node_modules PORT=3000 INNGEST_DEV=http://127.0.0.1:8288 node bench/http_apps/node_app.js
-// Env: BENCH_STATS_DIR (calls-<pid>.json: the POSTs to /api/inngest per fnId and their time in the app, written
-// every 0.2 s while it changes), BENCH_LAT_LOG (the `lat` function's first line appends {i, t, sent_at, run_id}).
+// Env: BENCH_STATS_DIR (calls-<pid>.json: the POSTs to /api/inngest per fnId and their time in the app, and the
+// SDK's checkpoint requests to the server per fn_id, written every 0.2 s while they change), BENCH_LAT_LOG (the `lat`
+// function's first line appends {i, t, sent_at, run_id}).
+//
+// `ten` runs with the SDK's default, checkpointing (Stepline sends ctx.fn_id and ctx.qi_id: the SDK runs the steps
+// in one call and POSTs each result to /v1/checkpoint/{run}/async); `ten-classic` is the same function with
+// `checkpointing: false` (one call per step), so one run of the benchmark compares the two flows; `ten-buffered`
+// checkpoints with `bufferedSteps: 10` (the results travel in the call's answer).
 
 const fs = require("node:fs");
 const path = require("node:path");
@@ -13,7 +19,25 @@ const express = require("express");
 const { Inngest } = require("inngest");
 const { serve } = require("inngest/express");
 
-const inngest = new Inngest({ id: process.env.BENCH_APP_ID || "bench-node" });
+const checkpoints = {};
+let version = 0;
+
+// The SDK's requests to the server go through this fetch: checkpoint requests are counted per function.
+const countingFetch = (input, init) => {
+  const url = String(input instanceof Request ? input.url : input);
+  if (url.includes("/v1/checkpoint/") && init && typeof init.body === "string") {
+    try {
+      const fn = JSON.parse(init.body).fn_id || "?";
+      checkpoints[fn] = (checkpoints[fn] || 0) + 1;
+      version++;
+    } catch {
+      // not JSON: not counted
+    }
+  }
+  return fetch(input, init);
+};
+
+const inngest = new Inngest({ id: process.env.BENCH_APP_ID || "bench-node", fetch: countingFetch });
 const LAT_LOG = process.env.BENCH_LAT_LOG || "";
 const STATS_DIR = process.env.BENCH_STATS_DIR || "";
 
@@ -22,13 +46,23 @@ const one = inngest.createFunction({ id: "one", triggers: [{ event: "bench/one" 
   return await step.run("s1", () => i);
 });
 
-const ten = inngest.createFunction({ id: "ten", triggers: [{ event: "bench/ten" }] }, async ({ step }) => {
+const tenSteps = async ({ step }) => {
   let total = 0;
   for (let k = 0; k < 10; k++) {
     total += await step.run(`s${k}`, () => k);
   }
   return total;
-});
+};
+const ten = inngest.createFunction({ id: "ten", triggers: [{ event: "bench/ten" }] }, tenSteps);
+const tenClassic = inngest.createFunction(
+  { id: "ten-classic", checkpointing: false, triggers: [{ event: "bench/ten-classic" }] },
+  tenSteps,
+);
+// Checkpointing with a buffer of 10 steps (an app's own choice: a crash loses up to 10 steps' results).
+const tenBuffered = inngest.createFunction(
+  { id: "ten-buffered", checkpointing: { bufferedSteps: 10 }, triggers: [{ event: "bench/ten-buffered" }] },
+  tenSteps,
+);
 
 const lat = inngest.createFunction({ id: "lat", triggers: [{ event: "bench/lat" }] }, async ({ event, step, runId }) => {
   const now = Date.now() / 1000; // the first line of the function body: what event-to-start latency measures
@@ -49,7 +83,6 @@ const three = inngest.createFunction({ id: "three", triggers: [{ event: "bench/t
 
 const calls = {};
 const seconds = {};
-let version = 0;
 
 const app = express();
 app.use((req, res, next) => {
@@ -65,7 +98,7 @@ app.use((req, res, next) => {
   next();
 });
 app.use(express.json({ limit: "10mb" }));
-app.use("/api/inngest", serve({ client: inngest, functions: [one, ten, lat, three] }));
+app.use("/api/inngest", serve({ client: inngest, functions: [one, ten, tenClassic, tenBuffered, lat, three] }));
 app.get("/healthz", (_req, res) => res.json({ ok: true, app_id: inngest.id, pid: process.pid }));
 
 if (STATS_DIR) {
@@ -74,7 +107,7 @@ if (STATS_DIR) {
   setInterval(() => {
     if (version === written) return;
     written = version;
-    fs.writeFileSync(`${file}.tmp`, JSON.stringify({ calls, seconds }));
+    fs.writeFileSync(`${file}.tmp`, JSON.stringify({ calls, seconds, checkpoints }));
     fs.renameSync(`${file}.tmp`, file);
   }, 200).unref();
 }

@@ -39,12 +39,28 @@ async def one(ctx: inngest.Context) -> Any:
     return await ctx.step.run("s1", lambda: i)
 
 
-@client.create_function(fn_id="ten", trigger=inngest.TriggerEvent(event="bench/ten"))
-async def ten(ctx: inngest.Context) -> Any:
+async def _ten_steps(ctx: inngest.Context) -> Any:
     total = 0
     for k in range(10):
         total += await ctx.step.run(f"s{k}", lambda k=k: k)
     return total
+
+
+@client.create_function(fn_id="ten", trigger=inngest.TriggerEvent(event="bench/ten"))
+async def ten(ctx: inngest.Context) -> Any:
+    return await _ten_steps(ctx)
+
+
+@client.create_function(fn_id="ten-classic", trigger=inngest.TriggerEvent(event="bench/ten-classic"))
+async def ten_classic(ctx: inngest.Context) -> Any:
+    """The same as ``ten`` (the Python SDK does not checkpoint; the npm app's twin runs with checkpointing off)."""
+    return await _ten_steps(ctx)
+
+
+@client.create_function(fn_id="ten-buffered", trigger=inngest.TriggerEvent(event="bench/ten-buffered"))
+async def ten_buffered(ctx: inngest.Context) -> Any:
+    """The same as ``ten`` (the npm app's twin checkpoints with a buffer of 10 steps)."""
+    return await _ten_steps(ctx)
 
 
 _lat_lock = threading.Lock()
@@ -72,7 +88,7 @@ async def three(ctx: inngest.Context) -> Any:
 
 
 api = fastapi.FastAPI()
-inngest.fast_api.serve(api, client, [one, ten, lat, three])
+inngest.fast_api.serve(api, client, [one, ten, ten_classic, ten_buffered, lat, three])
 
 
 @api.get("/healthz")

@@ -149,6 +149,16 @@ class Stepline:
         """``send`` for synchronous code (web handlers, scripts)."""
         return self._call(self.send(events))
 
+    async def send_signal(self, signal: str, data: Any = None) -> str | None:
+        """Resume the run waiting for ``signal`` (``ctx.step.wait_for_signal``) with ``data``. Returns that run's id,
+        or None when no run waits for it (the signal is not kept for a later wait, as on Inngest)."""
+        engine = await self.ready()
+        return await engine.send_signal(signal, data)
+
+    def send_signal_sync(self, signal: str, data: Any = None) -> str | None:
+        """``send_signal`` for synchronous code."""
+        return self._call(self.send_signal(signal, data))
+
     # --- reading runs ---
     async def get_run(self, run_id: str) -> RunRecord | None:
         """A run's status, output or error, timings and why it is idle."""

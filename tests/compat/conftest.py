@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from .fake_model import FakeModel
 from .harness import MODES, Stack, running_stack
 
 
@@ -20,3 +21,11 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     workdir = tmp_path_factory.mktemp(f"{spec.app_id}-{request.param}")
     with running_stack(spec, request.param, workdir) as s:
         yield s
+
+
+@pytest.fixture
+def model() -> Iterator[FakeModel]:
+    """A fake OpenAI-compatible model (and step.fetch target) on a loopback port: see :mod:`.fake_model`."""
+    fake = FakeModel()
+    yield fake
+    fake.close()

@@ -141,16 +141,16 @@ def node_app(script: str, app_id: str) -> AppSpec:
     return AppSpec(f"node {script}", app_id, NODE_APP_DIR, lambda port: [node, *loader, script])
 
 
-def python_app(app_id: str = "compat-py") -> AppSpec:
+def python_app(app_id: str = "compat-py", module: str = "app") -> AppSpec:
     return AppSpec(
-        "python app.py",
+        f"python {module}.py",
         app_id,
         PY_APP_DIR,
         lambda port: [
             sys.executable,
             "-m",
             "uvicorn",
-            "app:app",
+            f"{module}:app",
             "--host",
             "127.0.0.1",
             "--port",
@@ -220,6 +220,12 @@ class Stack:
             if p is not None:
                 p.stop()
         self.http.close()
+
+    def restart_app(self) -> None:
+        """Start the app again on the same port (after it crashed or was stopped)."""
+        if self.app is not None:
+            self.app.stop()
+        self._start_app()
 
     def _app_env(self) -> dict[str, str]:
         env = _clean_env()

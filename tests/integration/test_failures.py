@@ -189,3 +189,111 @@ async def test_system_events_trigger_other_functions(client: Stepline) -> None:
     # (compat's) start nothing, so cascades stay one level deep
     assert [r.output for r in await runs(client, "audit")] == [{"answer": 42}]
     assert [r.output for r in await runs(client, "compat")] == ["inngest alias"]
+
+
+# --- retries between steps: each stretch of code between two steps gets the full retries (Inngest's rule) ---
+async def test_each_stretch_between_steps_gets_the_full_retries(client: Stepline, clock: FakeClock) -> None:
+    seen: list[tuple[str, int]] = []
+
+    @client.function(id="stretches", trigger="t/stretches", retries=1, backoff=FAST)
+    async def stretches(ctx: Any) -> Any:
+        seen.append(("before", ctx.attempt))
+        if len(seen) == 1:
+            raise RuntimeError("fails once before the first step")
+        first = await ctx.step.run("first", lambda: 1)
+        seen.append(("after", ctx.attempt))
+        if len([s for s in seen if s[0] == "after"]) == 1:
+            raise RuntimeError("fails once after it")
+        return first + 1
+
+    await client.send({"name": "t/stretches"})
+    await drain(client)
+    run = await only_run(client)
+    assert (run.status, run.attempt) == ("running", 1)
+    await advance(client, clock, 10)  # attempt 1 (the last one before the step): the step runs, then the body fails
+    run = await only_run(client)
+    # A run counting one attempt number for the whole run would have failed here (retries=1, two failures).
+    assert (run.status, run.attempt) == ("running", 1), run
+    assert seen == [("before", 0), ("before", 1), ("after", 0)]
+    await advance(client, clock, 10)
+    run = await only_run(client)
+    assert (run.status, run.output) == ("completed", 2), run
+    assert seen[-2:] == [("before", 1), ("after", 1)]  # the replay still sees the attempt of the last stretch
+
+
+async def test_a_stretch_fails_after_its_retries_even_after_earlier_stretches_retried(
+    client: Stepline, clock: FakeClock
+) -> None:
+    @client.function(id="doomed-stretch", trigger="t/doomed-stretch", retries=1, backoff=FAST)
+    async def doomed_stretch(ctx: Any) -> Any:
+        await ctx.step.run("first", lambda: 1)
+        raise RuntimeError(f"after the step, attempt {ctx.attempt}")
+
+    await client.send({"name": "t/doomed-stretch"})
+    await drain(client)
+    await advance(client, clock, 10)
+    run = await only_run(client)
+    assert (run.status, run.error["message"]) == ("failed", "after the step, attempt 1"), run
+
+
+async def test_a_sleep_starts_a_new_stretch(client: Stepline, clock: FakeClock) -> None:
+    attempts: list[int] = []
+
+    @client.function(id="sleepy-stretch", trigger="t/sleepy-stretch", retries=1, backoff=FAST)
+    async def sleepy_stretch(ctx: Any) -> Any:
+        if not attempts:
+            attempts.append(ctx.attempt)
+            raise RuntimeError("before the sleep")
+        await ctx.step.sleep("nap", "1m")
+        attempts.append(ctx.attempt)
+        if len(attempts) == 2:
+            raise RetryAfterError("after the sleep", 30)
+        return attempts
+
+    await client.send({"name": "t/sleepy-stretch"})
+    await drain(client)
+    await advance(client, clock, 10)  # attempt 1 reaches the sleep
+    assert (await only_run(client)).attempt == 0  # the sleep began a new stretch
+    await advance(client, clock, 60)  # after the sleep, attempt 0 of the new stretch fails (RetryAfterError)
+    run = await only_run(client)
+    assert (run.status, run.attempt, run.due_at) == ("running", 1, clock.now_ms() + 30_000), run
+    await advance(client, clock, 30)
+    run = await only_run(client)
+    assert (run.status, run.output) == ("completed", [0, 0, 1]), run
+
+
+async def test_on_failure_gets_the_error_in_inngests_shape(client: Stepline, clock: FakeClock) -> None:
+    failures: list[dict[str, Any]] = []
+
+    @client.function(id="shaped", trigger="t/shaped", retries=0, on_failure=lambda ctx: failures.append(ctx.event.data))
+    async def shaped(ctx: Any) -> Any:
+        raise KeyError("missing")
+
+    await client.send({"name": "t/shaped"})
+    await drain(client)
+    await drain(client)
+    run = await only_run(client, "shaped")
+    assert run.error is not None and set(run.error) == {"name", "message", "stack"}  # as raised, unchanged
+    [failure] = failures
+    error = failure["error"]
+    # The same shape an SDK function's failure has (Inngest's {error, name, message, stack}): handlers of both
+    # kinds of function read one format.
+    assert (error["error"], error["name"], error["message"]) == ("'missing'", "KeyError", "'missing'")
+    assert error["stack"] == run.error["stack"]
+
+
+async def test_a_sleep_or_wait_longer_than_a_year_fails_the_run_at_once(client: Stepline, clock: FakeClock) -> None:
+    @client.function(id="too-long", trigger="t/too-long", retries=3, backoff=FAST)
+    async def too_long(ctx: Any) -> Any:
+        if ctx.event.data["kind"] == "sleep":
+            await ctx.step.sleep("nap", "400d")
+        await ctx.step.wait_for_event("w", event="t/never", timeout="367d")
+
+    await client.send([{"name": "t/too-long", "data": {"kind": kind}} for kind in ("sleep", "w")])
+    await drain(client)
+    messages = sorted(r.error["message"] for r in await runs(client, "too-long") if r.status == "failed")
+    assert messages == [
+        "step 'nap': The sleep \"400d\" ends more than one year in the future; sleeps may last at most one year.",
+        "step 'w': The wait-for-event timeout \"367d\" expires more than one year in the future; timeouts may last "
+        "at most one year.",
+    ]

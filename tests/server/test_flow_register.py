@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from stepline import FakeClock, Stepline
 from stepline.core.flow import normalize_flow
 from stepline.server.functions import FunctionConfigError, function_record
 
-from .fake_app import APP_ID, FakeApp, MakeStack, Stack, complete, fn_config, register_body, stack_factory
+from .fake_app import APP_ID, FakeApp, MakeStack, Stack, complete, fn_config, register_body
 from .test_register import CEL_ERROR, function_ids, rejected
 
 URL = "http://127.0.0.1:1/api/inngest"
@@ -211,19 +209,6 @@ def test_a_bad_flow_value_names_the_function_and_the_field(config: dict[str, Any
 
 
 # --- registration over HTTP, on a real store ------------------------------------------------------------------
-@pytest.fixture
-async def app() -> AsyncIterator[FakeApp]:
-    fake = FakeApp()
-    yield fake
-    await fake.astop()
-
-
-@pytest.fixture
-async def make_stack(client: Stepline, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> AsyncIterator[MakeStack]:
-    async with stack_factory(client, clock, caplog) as make:
-        yield make
-
-
 async def test_flow_options_are_enforced_not_reported(
     app: FakeApp, make_stack: MakeStack, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -10,12 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
-from stepline import FakeClock, Stepline
 from stepline.server.signing import hashed_signing_key
 
 from .fake_app import (
@@ -31,21 +27,7 @@ from .fake_app import (
     register_body,
     registers_on_put,
     sdk,
-    stack_factory,
 )
-
-
-@pytest.fixture
-async def app() -> AsyncIterator[FakeApp]:
-    fake = FakeApp()
-    yield fake
-    await fake.astop()
-
-
-@pytest.fixture
-async def make_stack(client: Stepline, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> AsyncIterator[MakeStack]:
-    async with stack_factory(client, clock, caplog) as make:
-        yield make
 
 
 def rejected(res: Any, status: int, error: str, *, prefix: bool = False) -> None:
@@ -294,3 +276,24 @@ async def test_a_failed_sync_is_stored_on_the_app_and_cleared_by_the_next_good_s
     assert stored is not None and stored.app_id == APP_ID and stored.error is not None
     assert stored.error.startswith(unreachable)
     assert await function_ids(s) == ["shop-charge"]
+
+
+async def test_the_newer_sync_payload_fields_are_accepted_and_kept(app: FakeApp, make_stack: MakeStack) -> None:
+    """Issue 14 item 8: appVersion, featureObservations, a function's checkpoint config, a cron jitter and
+    batchEvents.if, as the SDKs send them in 2026."""
+    s = await make_stack()
+    checkpointing = fn_config(app.url, "fast", checkpoint={"batch_steps": 3, "batch_interval": "3s",
+                                                          "max_runtime": "0s"})  # fmt: skip
+    cron = fn_config(app.url, "nightly", triggers=[{"cron": "0 3 * * *", "jitter": "30s"}])
+    batched = fn_config(app.url, "batched", batchEvents={"maxSize": 10, "timeout": "5s",
+                                                         "if": "event.data.bulk == true"})  # fmt: skip
+    body = register_body(app.url, [checkpointing, cron, batched], appVersion="2026.12.1",
+                         featureObservations={"v": 1, "flags": ["checkpointing"]})  # fmt: skip
+    res = await s.register(body)
+    assert res.status_code == 200, res.text
+    [listed] = await apps_api(s)
+    assert listed["app_version"] == "2026.12.1"
+    functions = {f["id"]: f for f in (await s.api.get("/v1/functions")).json()["data"]}
+    assert functions[f"{APP_ID}-fast"]["config"]["inngest"]["checkpoint"]["batch_steps"] == 3
+    assert functions[f"{APP_ID}-nightly"]["config"]["triggers"] == [{"cron": "0 3 * * *", "jitter": "30s"}]
+    assert functions[f"{APP_ID}-batched"]["config"]["flow"]["batch"]["if"] == "event.data.bulk == true"

@@ -75,6 +75,12 @@ async def waiter(ctx: Any) -> Any:
     return got["data"]["verdict"] if got else None
 
 
+@CLIENT.function(id="signal-waiter", trigger="serve/signal")
+async def signal_waiter(ctx: Any) -> Any:
+    got = await ctx.step.wait_for_signal("approval", signal=f"serve-{ctx.event.data['token']}", timeout="30s")
+    return got
+
+
 @CLIENT.function(id="child", trigger="serve/child")
 def child(ctx: Any) -> Any:
     return ctx.step.run("double", lambda: ctx.event.data["x"] * 2)
@@ -314,6 +320,22 @@ def test_wait_for_event_matched(dev: Server) -> None:
     assert ended["status"] == "Completed" and ended["output"] == "yes"
     step = by_name(dev.steps(run["run_id"]))["approval"]
     assert step["kind"] == "wait_for_event" and step["output"]["data"]["token"] == token
+
+
+def test_wait_for_signal_resumed_by_the_rest_api(dev: Server) -> None:
+    token = secrets.token_hex(4)
+    run = dev.run_of(dev.send("serve/signal", {"token": token}))
+
+    def waiting() -> bool:
+        return any(s["name"] == "approval" and s["status"] == "waiting" for s in dev.steps(run["run_id"]))
+
+    wait_for("the signal wait", waiting, diagnostics=dev.output())
+    resp = dev.http.post(f"{dev.url}/v1/signals", json={"signal": f"serve-{token}", "data": {"ok": True}},
+                         headers=dev.auth)  # fmt: skip
+    assert resp.status_code == 200 and resp.json()["data"] == {"run_id": run["run_id"]}, resp.text
+    ended = dev.ended(run["run_id"])
+    assert ended["output"] == {"signal": f"serve-{token}", "data": {"ok": True}}
+    assert by_name(dev.steps(run["run_id"]))["approval"]["kind"] == "wait_for_signal"
 
 
 def test_invoke_another_served_function(dev: Server) -> None:

@@ -59,7 +59,8 @@ async def test_fire_cron_fires_each_scheduled_time_once(store: Store) -> None:
     assert run is not None and run.status == "queued"
     ev = await store.get_event(run.event_id)
     assert ev is not None and (ev.name, ev.id, ev.data, ev.ts) == (
-        SCHEDULED_TIMER, "2026-01-01T01:00:00Z", {"cron": CRON}, at)  # fmt: skip
+        SCHEDULED_TIMER, "2026-01-01T01:00:00Z",
+        {"cron": CRON, "scheduledAt": "2026-01-01T01:00:00Z", "fireAt": "2026-01-01T01:00:00Z"}, at)  # fmt: skip
     assert await store.fire_cron(FN, CRON, at + HOUR, batch(at + HOUR), MATCH, at + HOUR)
     assert len(await runs(store)) == 2
     assert await store.init_cron_schedules(FN, {CRON: 0}) == {CRON: at + HOUR}

@@ -214,6 +214,24 @@ async def test_retry_bumps_attempt_and_reschedules(store: Store) -> None:
     assert (await store.get_run(claimed.run.id)).attempt == 2  # type: ignore[union-attr]
 
 
+async def test_retry_and_suspend_set_the_attempt_of_the_next_stretch(store: Store) -> None:
+    """The executor decides the attempt number (a new step restarts it at 0): retry_run and suspend_run store it."""
+    claimed = await start_and_claim(store, "w1")
+    error = {"name": "Error", "message": "x"}
+    await store.retry_run(claimed.run.id, "w1", NOW + 5, error, NOW, attempt=3)
+    (again,) = await store.claim_runs("w1", [FN], NOW + 5, 10, LEASE)
+    assert again.run.attempt == 3
+    await store.suspend_run(again.run.id, "w1", [sleeping("nap", NOW + 50)], {"kind": "sleeping"}, MATCH, NOW + 6)
+    (again,) = await store.claim_runs("w1", [FN], NOW + 50, 10, LEASE)
+    assert again.run.attempt == 3  # unchanged when not given
+    await store.suspend_run(again.run.id, "w1", [sleeping("nap2", NOW + 90)], {"kind": "sleeping"}, MATCH, NOW + 51,
+                            attempt=0)  # fmt: skip
+    (again,) = await store.claim_runs("w1", [FN], NOW + 90, 10, LEASE)
+    assert again.run.attempt == 0
+    await store.retry_run(again.run.id, "w1", NOW + 95, error, NOW + 91)
+    assert (await store.get_run(again.run.id)).attempt == 1  # type: ignore[union-attr]
+
+
 async def test_retry_by_a_non_owner_or_on_an_ended_run_is_refused(store: Store) -> None:
     claimed = await start_and_claim(store, "w1")
     error = {"name": "Error", "message": "x"}

@@ -10,7 +10,7 @@ import pytest
 
 from stepline.core.ids import new_ulid
 from stepline.storage.base import Store
-from stepline.storage.records import IngestBatch, RunFinish, RunRecord, StepUpdate
+from stepline.storage.records import IngestBatch, RunFinish, RunRecord, SignalConflict, StepUpdate
 
 from .builders import (
     FN,
@@ -516,3 +516,89 @@ async def test_list_steps_order_survives_a_takeover_by_another_process(store: St
         expected = ["a", "b", "c", "d"]
         assert [s.display_id for s in await other_process.list_steps(c.run.id)] == expected
         assert [s.display_id for s in await store.list_steps(c.run.id)] == expected
+
+
+async def test_a_steps_race_is_kept_from_its_first_record_to_its_result(store: Store) -> None:
+    """The race a step was started in (parallelMode race) is stored with it, kept when later writes omit it, and
+    read back with the run's steps when it is claimed again."""
+    claimed = await start_and_claim(store, "w1")
+    run_id = claimed.run.id
+    nap = StepUpdate(sid("nap"), "nap", "sleep", "sleeping", wake_at=NOW + MIN, race="r1")
+    retry = StepUpdate(sid("call"), "call", "run", "retrying", 1, error={"name": "E", "message": "x"},
+                       wake_at=NOW + MIN, race="r1")  # fmt: skip
+    await store.suspend_run(run_id, "w1", [nap, retry], {"kind": "multiple"}, MATCH, NOW + 1)
+    (again,) = await store.claim_runs("w2", [FN], NOW + MIN, 10, LEASE)
+    assert {s.display_id: s.race for s in again.steps.values()} == {"nap": "r1", "call": "r1"}
+    outcome = await store.record_step(run_id, "w2", memo("call", "done"), MATCH, NOW + MIN)  # no race given
+    assert outcome.step is not None and (outcome.step.status, outcome.step.race) == ("completed", "r1")
+    await store.record_step(run_id, "w2", memo("plain", 1), MATCH, NOW + MIN)
+    assert {s.display_id: s.race for s in await store.list_steps(run_id)} == {"nap": "r1", "call": "r1",
+                                                                              "plain": None}  # fmt: skip
+
+
+# --- signals -----------------------------------------------------------------------------------------------------
+def signal_wait(display_id: str, wake_at: int) -> StepUpdate:
+    return StepUpdate(sid(display_id), display_id, "wait_for_signal", "waiting", wake_at=wake_at)
+
+
+async def test_a_signal_resumes_the_run_that_waits_for_it_once(store: Store) -> None:
+    claimed = await start_and_claim(store, "w1")
+    run_id = claimed.run.id
+    assert await store.send_signal("order-7", {"early": True}, NOW) is None  # nobody waits yet: nothing kept
+    outcome = await store.wait_for_signal(run_id, "w1", signal_wait("sig", NOW + HOUR), "order-7", False, NOW + 1)
+    assert outcome.status == "ok" and outcome.step is not None and outcome.step.status == "waiting"
+    await store.suspend_run(run_id, "w1", [signal_wait("sig", NOW + HOUR)], {"kind": "waiting"}, MATCH, NOW + 2)
+    assert (await run_of(store, run_id)).due_at == NOW + HOUR
+    assert await store.send_signal("order-7", {"paid": 42}, NOW + 10) == run_id
+    run = await run_of(store, run_id)
+    assert (run.due_at, run.idle_reason) == (NOW + 10, None)  # due now
+    [step] = await store.list_steps(run_id)
+    assert (step.status, step.output) == ("completed", {"signal": "order-7", "data": {"paid": 42}})
+    assert await store.send_signal("order-7", {"again": True}, NOW + 11) is None  # consumed
+
+
+async def test_a_signal_sent_while_the_run_still_executes_is_not_lost(store: Store) -> None:
+    """Registered at once, so a signal that arrives before the run suspends completes the step: the suspension
+    then finds the result and the run is due at once."""
+    claimed = await start_and_claim(store, "w1")
+    run_id = claimed.run.id
+    await store.wait_for_signal(run_id, "w1", signal_wait("sig", NOW + HOUR), "s", False, NOW + 1)
+    assert await store.send_signal("s", 1, NOW + 2) == run_id
+    await store.suspend_run(run_id, "w1", [signal_wait("sig", NOW + HOUR)], {"kind": "waiting"}, MATCH, NOW + 3)
+    run = await run_of(store, run_id)
+    assert run.due_at == NOW + 3 and run.lease_owner is None
+    [step] = await store.list_steps(run_id)
+    assert step.output == {"signal": "s", "data": 1}
+
+
+async def test_one_run_waits_for_a_signal_conflicts_fail_or_replace(store: Store) -> None:
+    first = await start_and_claim(store, "w1")
+    await store.wait_for_signal(first.run.id, "w1", signal_wait("sig", NOW + HOUR), "shared", False, NOW)
+    second = await start_and_claim(store, "w2")
+    with pytest.raises(SignalConflict) as conflict:
+        await store.wait_for_signal(second.run.id, "w2", signal_wait("sig", NOW + HOUR), "shared", False, NOW + 1)
+    assert conflict.value.run_id == first.run.id
+    assert await store.list_steps(second.run.id) == []  # nothing of the refused wait was stored
+    # The same step registering again (a replay) is no conflict.
+    again = await store.wait_for_signal(first.run.id, "w1", signal_wait("sig", NOW + HOUR), "shared", False, NOW + 2)
+    assert again.status == "ok"
+    await store.wait_for_signal(second.run.id, "w2", signal_wait("sig", NOW + HOUR), "shared", True, NOW + 3)
+    assert await store.send_signal("shared", "x", NOW + 4) == second.run.id  # the replacing wait gets it
+    [kept] = await store.list_steps(first.run.id)
+    assert (kept.status, kept.wake_at) == ("waiting", NOW + HOUR)  # the replaced one waits for its timeout
+
+
+async def test_an_expired_or_ended_runs_signal_wait_matches_nothing(store: Store) -> None:
+    claimed = await start_and_claim(store, "w1")
+    await store.wait_for_signal(claimed.run.id, "w1", signal_wait("sig", NOW + MIN), "late", False, NOW)
+    assert await store.send_signal("late", None, NOW + MIN) is None  # at its timeout: expired
+    other = await start_and_claim(store, "w2")
+    await store.wait_for_signal(other.run.id, "w2", signal_wait("sig", NOW + HOUR), "ended", False, NOW)
+    await store.finish_run(other.run.id, None, RunFinish("cancelled"), MATCH, NOW + 1)
+    assert await store.send_signal("ended", None, NOW + 2) is None
+    # An event with the same name as a signal is not a signal.
+    waiting = await start_and_claim(store, "w3")
+    await store.wait_for_signal(waiting.run.id, "w3", signal_wait("sig", NOW + HOUR), "paid", False, NOW)
+    await ingest(store, [event("paid")], [])
+    [step] = await store.list_steps(waiting.run.id)
+    assert step.status == "waiting"

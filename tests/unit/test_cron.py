@@ -121,7 +121,8 @@ def test_timer_event_and_run_are_derived_from_function_and_scheduled_time() -> N
     at = ms(2026, 1, 5, 9)
     one, two = scheduled_batch(spec, "0 9 * * *", at, at + 5), scheduled_batch(spec, "0 9 * * *", at, at + 900)
     [ev] = one.events
-    assert (ev.name, ev.id, ev.data, ev.ts) == (SCHEDULED_TIMER, "2026-01-05T09:00:00Z", {"cron": "0 9 * * *"}, at)
+    data = {"cron": "0 9 * * *", "scheduledAt": "2026-01-05T09:00:00Z", "fireAt": "2026-01-05T09:00:00Z"}
+    assert (ev.name, ev.id, ev.data, ev.ts) == (SCHEDULED_TIMER, "2026-01-05T09:00:00Z", data, at)
     assert ev.internal_id == two.events[0].internal_id  # deterministic: a retried fire stores nothing twice
     [run] = one.runs
     assert (run.function_id, run.event_id, run.idempotency_key) == ("a-nightly", ev.internal_id, "cron:" + ev.id)
@@ -153,3 +154,22 @@ async def test_fake_clock_sleep_can_be_cancelled_and_is_forgotten() -> None:
         await sleeper
     assert clock._sleepers == []
     clock.advance(5)
+
+
+def test_a_jitter_delays_each_scheduled_run_deterministically_within_its_bounds() -> None:
+    fn = build_function(app_id="a", slug="spread", handler=lambda ctx: None,
+                        trigger=CronTrigger("0 * * * *", jitter="2m"))  # fmt: skip
+    spec = FunctionSpec.from_record(fn.record())
+    delays = []
+    for hour in range(24):
+        at = ms(2026, 1, 5, hour)
+        batch = scheduled_batch(spec, "0 * * * *", at, at + 5)
+        again = scheduled_batch(spec, "0 * * * *", at, at + 900)
+        [run], [ev] = batch.runs, batch.events
+        assert run.due_at == again.runs[0].due_at  # the same on every worker and every retry of the fire
+        delays.append(run.due_at - at)
+        assert ev.data["fireAt"] == timer_event_id(run.due_at) and ev.data["scheduledAt"] == timer_event_id(at)
+    assert all(1_000 <= d <= 120_000 for d in delays) and len(set(delays)) > 12, delays
+    for bad in ("10m", "500ms", "soon"):
+        with pytest.raises(ValueError, match="jitter"):
+            CronTrigger("0 * * * *", jitter=bad)

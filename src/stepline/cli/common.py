@@ -153,6 +153,8 @@ def describe_idle(reason: dict[str, Any] | None) -> str:
         return "; ".join(describe_idle(r) for r in reason.get("reasons", []) if isinstance(r, dict))
     if kind == "sleeping":
         return f"sleeping in step {step!r} until {until}"
+    if kind == "waiting" and reason.get("signal"):
+        return f"waiting in step {step!r} for signal {reason['signal']!r} until {until}"
     if kind == "waiting":
         return f"waiting in step {step!r} for event {reason.get('event')!r} until {until}"
     if kind == "retrying":

@@ -110,6 +110,14 @@ class AsyncStep:
         """The first matching event after this step starts, or None on timeout."""
         return await self._d.wait_for_event(id, event, if_exp, match, timeout)
 
+    async def wait_for_signal(
+        self, id: str, *, signal: str, timeout: Duration | None = None, on_conflict: str = "fail"
+    ) -> dict[str, Any] | None:
+        """``{"signal", "data"}`` once ``client.send_signal(signal, data)`` (or ``POST /v1/signals``) resumes this
+        run, or None on timeout. One run waits for a signal at a time: another run's wait makes this one fail the
+        run (``on_conflict="fail"``) or take the signal over (``"replace"``)."""
+        return await self._d.wait_for_signal(id, signal, timeout, on_conflict)
+
     async def invoke(
         self, id: str, *, function: FunctionDef | str, data: Any = None, timeout: Duration | None = None
     ) -> Any:
@@ -176,6 +184,11 @@ class SyncStep:
         self, id: str, *, event: str, timeout: Duration, if_exp: str | None = None, match: str | None = None
     ) -> dict[str, Any] | None:
         return self._call(self._d.wait_for_event(id, event, if_exp, match, timeout))
+
+    def wait_for_signal(
+        self, id: str, *, signal: str, timeout: Duration | None = None, on_conflict: str = "fail"
+    ) -> dict[str, Any] | None:
+        return self._call(self._d.wait_for_signal(id, signal, timeout, on_conflict))
 
     def invoke(self, id: str, *, function: FunctionDef | str, data: Any = None, timeout: Duration | None = None) -> Any:
         return self._call(self._d.invoke(id, function, data, timeout))

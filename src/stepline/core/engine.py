@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stepline.core.clock import Clock, SystemClock
-from stepline.core.errors import EventValidationError, UnknownFunctionError
+from stepline.core.errors import EventValidationError, UnknownFunctionError, run_end_error
 from stepline.core.events import (
     FUNCTION_CANCELLED,
     FUNCTION_FAILED,
@@ -23,12 +23,15 @@ from stepline.core.events import (
     MAX_EVENTS_PER_SEND,
     Event,
     StoredEvent,
+    to_json_value,
     validate_event,
 )
 from stepline.core.expressions import Bindings, ExpressionError, compile_expression
 from stepline.core.flow import KeyExpressionFailed, evaluate_key
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import new_ulid
+from stepline.core.json_checks import json_problem
+from stepline.core.steps import check_signal
 from stepline.core.waiting import RunWaiters
 from stepline.observability import hooks, runlog
 from stepline.observability.tracing import current_traceparent, send_traceparent
@@ -116,7 +119,9 @@ def run_end_data(function_id: str, run_id: str, trigger: dict[str, Any], finish:
     if finish.status == "completed":
         data["result"] = finish.output
     else:
-        data["error"] = finish.error
+        if finish.event_error is None:  # Inngest's {error, name, message, stack?}, also for a parent's invoke memo
+            finish.event_error = run_end_error(finish.error)
+        data["error"] = finish.event_error
     if trigger.get("name") == FUNCTION_INVOKED:
         corr = ((trigger.get("data") or {}).get("_inngest") or {}).get("correlation_id")
         if corr:
@@ -402,6 +407,19 @@ class Engine:
             result = await self.store.ingest(IngestBatch(events, runs), self.matcher, self.clock.now_ms())
             await self.announce_cancellations(result.cancelled_run_ids)  # their end events may cancel more
 
+    async def send_signal(self, signal: str, data: Any = None) -> str | None:
+        """Resume the run waiting for ``signal`` (``step.wait_for_signal``) with ``data``. Returns its run id, or None
+        when no live run waits for that signal (nothing is kept for a later wait, as on Inngest)."""
+        check_signal(signal)
+        value = to_json_value(data, f"the data of signal {signal!r}")
+        problem = json_problem(value, "data")
+        if problem is not None:
+            raise ValueError(f"the signal's {problem}")
+        run_id = await self.store.send_signal(signal, value, self.clock.now_ms())
+        if run_id is not None:
+            self.notify()
+        return run_id
+
     async def invoke_now(self, function_id: str, data: dict[str, Any] | None = None) -> str:
         """Start a run of one function directly (CLI and API), whatever its triggers. Returns the run id."""
         spec = await self.require_function(function_id)
@@ -426,8 +444,9 @@ class Engine:
         )
         events = [self.stored_event(Event(name=n, data=dict(data)), now, None, traced)
                   for n in run_end_names(finish.status)]  # fmt: skip
-        runs, failures = await self._plan_runs(events, [None] * len(events), now)
-        finish.follow_up = IngestBatch(events, runs, failures)
+        extra = [self.stored_event(e, now) for e in finish.emit]
+        runs, failures = await self._plan_runs([*events, *extra], [None] * len(events) + [e.id for e in extra], now)
+        finish.follow_up = IngestBatch([*events, *extra], runs, failures)
 
     def plan_invoke(
         self,

@@ -85,6 +85,31 @@ def serialize_error(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def run_end_error(error: dict[str, Any] | None, reason: str | None = None) -> dict[str, Any]:
+    """A run's error as the run-end events carry it (``data.error`` of ``function.finished`` / ``.failed``, and the
+    memo of a failed invoke), in Inngest's shape: ``{error, name, message, stack?}``.
+
+    ``error`` is the stored error (what the SDK or the in-process code produced, kept as it was); ``reason`` says
+    why the attempt failed when that is not the error itself (``invalid status code: 500`` for an SDK's error
+    answer, as Inngest's executor writes it). Empty strings take Inngest's defaults; ``stack`` is left out when
+    there is none, as Inngest does; a ``cause`` is kept.
+    """
+    error = error or {}
+
+    def text(key: str) -> str | None:
+        value = error.get(key)
+        return value if isinstance(value, str) and value else None
+
+    message = text("message") or reason or "Function execution error"
+    out: dict[str, Any] = {"error": text("error") or reason or message, "name": text("name") or "Error",
+                           "message": message}  # fmt: skip
+    if text("stack"):
+        out["stack"] = error["stack"]
+    if error.get("cause") is not None:
+        out["cause"] = error["cause"]
+    return out
+
+
 # --- internal control flow: BaseException so user code's `except Exception` cannot swallow it ---
 
 

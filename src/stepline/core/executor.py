@@ -121,6 +121,11 @@ class Executor:
             group=Group(),
             logger=RunLogger(logging.getLogger(f"stepline.fn.{fn.slug}"), {"run_id": run.id}),
         )
+
+        def new_stretch() -> None:  # the code after a new step has all its retries again (as on Inngest)
+            ctx.attempt = 0
+
+        driver.on_new_stretch = new_stretch
         result: Any = None
         error: BaseException | None = None
         capturing = activate(driver.logs)  # this task's context, and the copy the thread pool gets
@@ -195,27 +200,31 @@ class Executor:
             idle = reasons[0] if len(reasons) == 1 else {"kind": "multiple", "reasons": reasons}
             cap = deadline if driver.pending else now
             await driver.flush()
-            outcome = await self.engine.store.suspend_run(run.id, self.owner, driver.pending_with_logs(), idle,
-                                                          self.engine.matcher, now, max_due_at=cap)  # fmt: skip
+            outcome = await self.engine.store.suspend_run(
+                run.id, self.owner, driver.pending_with_logs(), idle, self.engine.matcher, now, max_due_at=cap,
+                attempt=0 if driver.stretch_ended else None)  # fmt: skip
             await self.engine.announce_cancellations(outcome.cancelled_run_ids)
             self.engine.notify()
             return
         if not isinstance(error, Exception):
             raise error  # KeyboardInterrupt, SystemExit
-        if isinstance(error, _FINAL_ERRORS) or run.attempt >= fn.retries:
+        # The attempt of this stretch of code (between two steps): a step recorded in this execution began a new one.
+        attempt = 0 if driver.stretch_ended else run.attempt
+        if isinstance(error, _FINAL_ERRORS) or attempt >= fn.retries:
             await self._finish(claimed, RunFinish("failed", error=serialize_error(error)), driver)
             return
         now = self.engine.clock.now_ms()
         if isinstance(error, RetryAfterError):
             due = int(error.earliest(from_ms(now)).timestamp() * 1000)
         else:
-            due = now + int(fn.backoff.delay(run.attempt).total_seconds() * 1000)
+            due = now + int(fn.backoff.delay(attempt).total_seconds() * 1000)
         serialized = serialize_error(error)
-        runlog.attempt_failed(fn.id, run.id, None, run.attempt, serialized, due)
+        runlog.attempt_failed(fn.id, run.id, None, attempt, serialized, due)
         if (obs := hooks.current) is not None:
             obs.run_retried(fn.id)
         await driver.flush()
-        await self.engine.store.retry_run(run.id, self.owner, due, serialized, now, logs=driver.logs.take())
+        await self.engine.store.retry_run(run.id, self.owner, due, serialized, now, logs=driver.logs.take(),
+                                          attempt=attempt + 1)  # fmt: skip
 
     async def _finish(self, claimed: ClaimedRun, finish: RunFinish, driver: StepDriver | None = None) -> None:
         fn = self.functions.get(claimed.run.function_id) if self.functions else None

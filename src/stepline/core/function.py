@@ -61,7 +61,7 @@ def _parse_trigger(fn_id: str, raw: TriggerInput) -> Trigger:
         trig = EventTrigger(event=raw)
     elif isinstance(raw, Mapping):
         if "cron" in raw:
-            trig = CronTrigger(cron=str(raw["cron"]))
+            trig = CronTrigger(cron=str(raw["cron"]), jitter=raw.get("jitter"))
         else:
             expression = raw.get("if_exp", raw.get("if", raw.get("expression")))
             trig = EventTrigger(event=str(raw.get("event", "")), expression=expression)
@@ -123,7 +123,7 @@ class FunctionSpec:
         for t in c.get("triggers", []):
             if "cron" in t:
                 try:
-                    triggers.append(CronTrigger(cron=t["cron"]))
+                    triggers.append(CronTrigger(cron=t["cron"], jitter=t.get("jitter")))
                 except ValueError:
                     continue  # stored before crons were validated: never fires, routes nothing else
             elif check(f"trigger {t.get('event')!r} if", t.get("expression")):
@@ -218,7 +218,7 @@ class FunctionDef:
         triggers: list[dict[str, Any]] = []
         for t in self.triggers:
             if isinstance(t, CronTrigger):
-                triggers.append({"cron": t.cron})
+                triggers.append({"cron": t.cron, **({"jitter": t.jitter} if t.jitter_ms else {})})
             else:
                 triggers.append({"event": t.event, **({"expression": t.expression} if t.expression else {})})
         cancel = [

@@ -14,6 +14,7 @@ seen for the first time (a new function, or a changed cron) starts at now: it ne
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Iterable
@@ -25,7 +26,7 @@ from stepline.core.engine import Engine, new_run
 from stepline.core.events import StoredEvent
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import ulid_from
-from stepline.core.triggers import CronTrigger
+from stepline.core.triggers import MIN_JITTER_MS, CronTrigger
 from stepline.storage.records import IngestBatch
 
 __all__ = ["SCHEDULED_TIMER", "CronScheduler", "scheduled_batch", "timer_event_id"]
@@ -49,11 +50,12 @@ def scheduled_batch(spec: FunctionSpec, cron: str, scheduled_ms: int, now: int,
     digest = hashlib.sha1(f"{spec.id}\x00{cron}\x00{scheduled_ms}".encode()).digest()[:10]
     internal_id = ulid_from(scheduled_ms, digest)
     event_id = timer_event_id(scheduled_ms)
+    fire_ms = scheduled_ms + jitter_for(spec, cron, digest)
     event = StoredEvent(
         internal_id=internal_id,
         id=event_id,
         name=SCHEDULED_TIMER,
-        data={"cron": cron},
+        data={"cron": cron, "scheduledAt": timer_event_id(scheduled_ms), "fireAt": timer_event_id(fire_ms)},
         user={},
         ts=scheduled_ms,
         v=None,
@@ -64,7 +66,19 @@ def scheduled_batch(spec: FunctionSpec, cron: str, scheduled_ms: int, now: int,
         run = engine.plan_run(spec, event, now, idempotency_key=key)
     else:
         run = new_run(spec, internal_id, now, idempotency_key=key, event=event.as_dict())  # + flow control
+    if fire_ms > now and run.failure is None:
+        run = dataclasses.replace(run, due_at=fire_ms)  # the jitter: the run starts at its fire time
     return IngestBatch([event], [run])
+
+
+def jitter_for(spec: FunctionSpec, cron: str, seed: bytes) -> int:
+    """The delay of one scheduled run, in ms: from 1 s up to the cron's jitter, derived from the scheduled time (so
+    every worker computes the same one), as Inngest's deterministic jitter; 0 without a jitter."""
+    jitter = max((t.jitter_ms for t in spec.triggers if isinstance(t, CronTrigger) and t.cron == cron), default=0)
+    if not jitter:
+        return 0
+    span = max(jitter - MIN_JITTER_MS, 0)
+    return MIN_JITTER_MS + int.from_bytes(seed[:8], "big") % (span + 1)
 
 
 @dataclass

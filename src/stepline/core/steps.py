@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +40,11 @@ from stepline.core.events import StoredEvent, canonical_event_name, to_json_valu
 from stepline.core.expressions import compile_expression, match_to_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
 from stepline.core.ids import StepIdCounter
+from stepline.core.json_checks import text_problem
 from stepline.core.run_logs import RunLogCapture, enter_step, leave_step
 from stepline.observability import hooks, runlog
 from stepline.realtime.messages import PublishError, new_message
-from stepline.storage.records import StepRecord, StepUpdate, WaitSpec, WriteOutcome
+from stepline.storage.records import SignalConflict, StepRecord, StepUpdate, WaitSpec, WriteOutcome
 
 if TYPE_CHECKING:
     from stepline.core.engine import Engine
@@ -55,7 +57,41 @@ def new_span_id() -> int:
     return new()
 
 
-MAX_SLEEP = dt.timedelta(days=366)
+MAX_SLEEP = dt.timedelta(days=366)  # a sleep, or a wait's timeout, may last at most this long (as Inngest since 2026)
+MAX_SLEEP_MS = int(MAX_SLEEP.total_seconds() * 1000)
+CONFLICTS = ("fail", "replace")
+
+
+def sleep_too_long(raw: Any) -> str:
+    """Inngest's words for a sleep beyond ``MAX_SLEEP`` (the run fails at once, without retries)."""
+    return f'The sleep "{raw}" ends more than one year in the future; sleeps may last at most one year.'
+
+
+def wait_too_long(raw: Any) -> str:
+    return (f'The wait-for-event timeout "{raw}" expires more than one year in the future; timeouts may last '
+            "at most one year.")  # fmt: skip
+
+
+MAX_SIGNAL_CHARS = 1024
+
+
+def check_signal(signal: Any) -> str:
+    """A signal's name as given, or ValueError saying what is wrong with it (it is stored and matched as text)."""
+    if not isinstance(signal, str) or not signal:
+        raise ValueError(f"a signal must be a non-empty string, got {signal!r:.80}")
+    if len(signal) > MAX_SIGNAL_CHARS:
+        raise ValueError(f"a signal name has at most {MAX_SIGNAL_CHARS} characters, got {len(signal)}")
+    problem = text_problem(signal, "the signal name")
+    if problem is not None:
+        raise ValueError(problem)
+    return signal
+
+
+def signal_reason(step: str, signal: str, until: int) -> dict[str, Any]:
+    """A signal wait's idle reason (in-process and HTTP runs alike), with its words."""
+    at = dt.datetime.fromtimestamp(until / 1000, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"kind": "waiting", "step": step, "signal": signal, "until": until,
+            "message": f"waiting for signal {signal!r} until {at}"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +130,11 @@ class StepDriver:
         self.deadline_ms: int | None = None  # timeouts.finish
         self.lease_until: int | None = None  # this worker's lease, as last claimed or renewed
         self.timed_out = False
+        # Inngest's retry rule: each stretch of code between two steps gets the function's full retries. Set once
+        # this execution recorded a step's result or reached a new sleep, wait or invoke: the code after that is a
+        # new stretch, whose function-level attempt starts at 0 (``on_new_stretch`` tells ``ctx``).
+        self.stretch_ended = False
+        self.on_new_stretch: Callable[[], None] | None = None
         # A step's result held back until the run's next write (see ``finish_run``), and that write in progress.
         self.unwritten: list[StepUpdate] = []
         self._flushing: asyncio.Future[None] | None = None
@@ -110,6 +151,12 @@ class StepDriver:
     # --- bookkeeping ---
     def _now(self) -> int:
         return self.engine.clock.now_ms()
+
+    def _end_stretch(self) -> None:
+        if not self.stretch_ended:
+            self.stretch_ended = True
+            if self.on_new_stretch is not None:
+                self.on_new_stretch()
 
     def _begin(self, kind: str, user_id: str) -> tuple[str, str, StepRecord | None]:
         if self.stop is not None:
@@ -150,7 +197,9 @@ class StepDriver:
             return self.pending
         return [*self.pending[:-1], dataclasses.replace(self.pending[-1], logs=logs)]
 
-    def _suspend(self, update: StepUpdate, reason: dict[str, Any]) -> Suspend:
+    def _suspend(self, update: StepUpdate, reason: dict[str, Any], new_step: bool = False) -> Suspend:
+        if new_step:  # a sleep, wait or invoke reached for the first time: its end starts a new stretch
+            self._end_stretch()
         with self._lock:
             self.pending.append(update)
             self.reasons.append(reason)
@@ -209,6 +258,7 @@ class StepDriver:
         if logs is not None:
             update = dataclasses.replace(update, logs=logs)
         self.unwritten.append(update)
+        self._end_stretch()
         now = self._now()
         rec = StepRecord(self.run_id, update.step_id, update.display_id, update.kind, update.status,
                          update.attempts, update.output, None, None, now, now)  # fmt: skip
@@ -234,6 +284,8 @@ class StepDriver:
         assert outcome.step is not None
         rec = outcome.step
         self.memo[rec.step_id] = rec
+        if rec.is_memo:
+            self._end_stretch()
         if outcome.status == "lost":
             self.stop = LeaseLost()
             raise self.stop
@@ -351,10 +403,11 @@ class StepDriver:
             wake = rec.wake_at or now
         else:
             if until is None:
-                delta = parse_duration(duration)
-                if delta > MAX_SLEEP:
-                    raise ValueError(f"step {display_id!r}: sleep of {delta} exceeds the 1 year limit")
-                until = now + int(delta.total_seconds() * 1000)
+                until = now + int(parse_duration(duration).total_seconds() * 1000)
+            if until - now > MAX_SLEEP_MS:
+                raise NonRetriableError(
+                    f"step {display_id!r}: {sleep_too_long(duration or from_ms(until).isoformat())}"
+                )
             wake = until
         if wake <= now:
             await self._record(StepUpdate(step_id, display_id, "sleep", "completed", 1, output=None))
@@ -362,7 +415,18 @@ class StepDriver:
         raise self._suspend(
             StepUpdate(step_id, display_id, "sleep", "sleeping", wake_at=wake),
             {"kind": "sleeping", "step": display_id, "until": wake},
+            new_step=rec is None,
         )
+
+    async def _wait_again(self, rec: StepRecord, reason: dict[str, Any]) -> dict[str, Any] | None:
+        """A wait step (for an event or a signal) reached again: its result, ``None`` if it timed out (recorded
+        now), or still waiting (suspends the run again)."""
+        if not rec.is_memo and rec.wake_at is not None and rec.wake_at <= self._now():
+            rec = await self._record(StepUpdate(rec.step_id, rec.display_id, rec.kind, "completed", 1))
+        if rec.is_memo:
+            value = self._memo_value(rec)
+            return value if isinstance(value, dict) else None
+        raise self._suspend(StepUpdate(rec.step_id, rec.display_id, rec.kind, "waiting", wake_at=rec.wake_at), reason)
 
     # --- step.wait_for_event ---
     async def wait_for_event(
@@ -372,17 +436,8 @@ class StepDriver:
         await self._flush_before(rec)
         now = self._now()
         if rec is not None:
-            if rec.is_memo:
-                value = self._memo_value(rec)
-                return value if isinstance(value, dict) else None
-            if rec.wake_at is not None and rec.wake_at <= now:  # timed out
-                rec = await self._record(StepUpdate(step_id, display_id, "wait_for_event", "completed", 1))
-                value = self._memo_value(rec)
-                return value if isinstance(value, dict) else None
-            raise self._suspend(
-                StepUpdate(step_id, display_id, "wait_for_event", "waiting", wake_at=rec.wake_at),
-                {"kind": "waiting", "step": display_id, "event": event, "until": rec.wake_at},
-            )
+            return await self._wait_again(rec, {"kind": "waiting", "step": display_id, "event": event,
+                                                "until": rec.wake_at})  # fmt: skip
         if not isinstance(event, str) or not event:
             raise ValueError(f"step {display_id!r}: wait_for_event needs an event name")
         if if_exp is not None and match is not None:
@@ -391,6 +446,8 @@ class StepDriver:
         if expression is not None:
             compile_expression(expression)
         delta = parse_duration(timeout if timeout is not None else DEFAULT_WAIT_TIMEOUT)
+        if delta > MAX_SLEEP:
+            raise NonRetriableError(f"step {display_id!r}: {wait_too_long(timeout)}")
         since = await self.engine.store.event_cursor()
         wake = now + int(delta.total_seconds() * 1000)
         name = canonical_event_name(event)
@@ -398,7 +455,43 @@ class StepDriver:
             StepUpdate(step_id, display_id, "wait_for_event", "waiting", wake_at=wake,
                        wait=WaitSpec(name, expression, wake), since=since),
             {"kind": "waiting", "step": display_id, "event": name, "until": wake},
+            new_step=True,
         )  # fmt: skip
+
+    # --- step.wait_for_signal ---
+    async def wait_for_signal(self, user_id: str, signal: str, timeout: Any, on_conflict: str) -> dict[str, Any] | None:
+        display_id, step_id, rec = self._begin("wait_for_signal", user_id)
+        await self._flush_before(rec)
+        now = self._now()
+        if rec is not None:
+            return await self._wait_again(rec, signal_reason(display_id, signal, rec.wake_at or now))
+        try:
+            check_signal(signal)
+        except ValueError as exc:
+            raise ValueError(f"step {display_id!r}: wait_for_signal: {exc}") from None
+        if on_conflict not in CONFLICTS:
+            raise ValueError(f"step {display_id!r}: on_conflict must be 'fail' or 'replace', got {on_conflict!r}")
+        delta = parse_duration(timeout if timeout is not None else DEFAULT_WAIT_TIMEOUT)
+        wake = now + int(delta.total_seconds() * 1000)
+        update = StepUpdate(step_id, display_id, "wait_for_signal", "waiting", wake_at=wake)
+        try:  # registered at once: a signal sent from now on is not lost (see Store.wait_for_signal)
+            outcome = await self.engine.store.wait_for_signal(self.run_id, self.owner, update, signal,
+                                                              on_conflict == "replace", now)  # fmt: skip
+        except SignalConflict as exc:
+            raise NonRetriableError(f"step {display_id!r}: signal conflict: {exc} (wait with on_conflict='replace' "
+                                    "to take it over)") from None  # fmt: skip
+        if outcome.status == "cancelled":
+            self.stop = RunCancelled()
+            raise self.stop
+        if outcome.status == "lost":
+            self.stop = LeaseLost()
+            raise self.stop
+        assert outcome.step is not None
+        if outcome.step.is_memo:
+            self.memo[step_id] = outcome.step
+            value = self._memo_value(outcome.step)
+            return value if isinstance(value, dict) else None
+        raise self._suspend(update, signal_reason(display_id, signal, wake), new_step=True)
 
     # --- step.invoke ---
     async def invoke(self, user_id: str, function: FunctionDef | str, data: Any, timeout: Any) -> Any:
@@ -433,6 +526,7 @@ class StepDriver:
         raise self._suspend(
             StepUpdate(step_id, display_id, "invoke", "invoking", wake_at=wake, invoke=batch),
             {"kind": "invoking", "step": display_id, "function": spec.id, "run_id": batch.runs[0].id, "until": wake},
+            new_step=True,
         )
 
     # --- step.send_event ---

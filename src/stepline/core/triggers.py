@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from stepline.core.cron import CronSchedule, parse_cron
+from stepline.core.durations import parse_duration
 from stepline.core.expressions import Expression, ExpressionError, compile_expression
 
 __all__ = ["CronTrigger", "EventTrigger", "Trigger", "event_name_matches"]
+
+MIN_JITTER_MS, MAX_JITTER_MS = 1_000, 300_000  # Inngest's MinCronJitter and MaxCronJitter
 
 
 @functools.lru_cache(maxsize=4096)
@@ -79,14 +82,31 @@ class CronTrigger:
 
     An expression that does not parse raises ValueError here, naming the field, so a bad schedule fails at
     registration. Workers that define the function fire it once per scheduled time (``core/scheduler.py``).
+    ``jitter`` (1 s to 5 min, as Inngest's): each scheduled run starts a deterministic random delay of up to this
+    long after its time, so many functions on one schedule do not all start at the same second.
     """
 
     cron: str
+    jitter: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.cron, str) or not self.cron.strip():
             raise ValueError(f"a cron trigger needs a non-empty cron expression, got {self.cron!r}")
         parse_cron(self.cron)
+        self.jitter_ms  # noqa: B018 - validates
+
+    @property
+    def jitter_ms(self) -> int:
+        """The jitter in milliseconds (0: none); raises ValueError for a value out of range."""
+        if self.jitter in (None, "", "0", "0s"):
+            return 0
+        try:
+            ms = int(parse_duration(self.jitter).total_seconds() * 1000)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"cron jitter {self.jitter!r} is not a duration: {exc}") from None
+        if not MIN_JITTER_MS <= ms <= MAX_JITTER_MS:
+            raise ValueError(f"cron jitter must be from 1s to 5m, got {self.jitter!r}")
+        return ms
 
     @property
     def schedule(self) -> CronSchedule:

@@ -19,7 +19,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepline.core.engine import Engine
 from stepline.observability.endpoint import MetricsRuntime
-from stepline.server import dashboard, events_api, metrics_api, realtime_api, rest_api, sdk_api, sync, traces_api
+from stepline.server import (
+    checkpoint_api,
+    dashboard,
+    events_api,
+    metrics_api,
+    realtime_api,
+    rest_api,
+    sdk_api,
+    sync,
+    traces_api,
+)
 from stepline.server.app_calls import AppCalls
 from stepline.server.config import ServerConfig
 from stepline.server.dev_guard import DevGuard
@@ -63,6 +73,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
     routes += events_api.routes()
     routes += sync.routes()
     routes += sdk_api.routes()
+    routes += checkpoint_api.routes()
     routes += traces_api.routes()  # POST /v1/traces/userland, GET /v1/runs/{id}/traces (before the REST API's)
     routes += rest_api.routes()
     routes += metrics_api.routes()

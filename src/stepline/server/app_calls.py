@@ -12,10 +12,15 @@ outbound policy refuses: the function URLs come from the apps' own registrations
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http import HttpVersion10
+from aiohttp.http_parser import HttpResponseParserPy
 
 from stepline.server.outbound import OutboundPolicy, OutboundRefused, PolicyResolver, proxy_for, unwrap_refusal
 
@@ -45,6 +50,66 @@ def app_origin(url: str) -> str:
         return url
 
 
+class _Http10ResponseParser(HttpResponseParserPy):
+    """aiohttp's Python response parser, for HTTP/1.0 answers: Transfer-Encoding does not exist in HTTP/1.0, so a
+    ``chunked`` one is ignored and the body is read to the end of the connection (RFC 9112 section 6.1; Go's client,
+    which Inngest's server uses, does the same). Some proxies answer HTTP/1.0 with that header and a plain body."""
+
+    def parse_message(self, lines: list[bytes]) -> Any:
+        msg = super().parse_message(lines)
+        if msg.version > HttpVersion10 or not msg.chunked:
+            return msg
+        # (aiohttp's C message class when its extensions load, a NamedTuple otherwise: rebuilt field by field)
+        return type(msg)(msg.version, msg.code, msg.reason, msg.headers, msg.raw_headers, msg.should_close,
+                         msg.compression, msg.upgrade, False)  # fmt: skip
+
+
+class _PerAnswerParser:
+    """Looks at an answer's status line: HTTP/1.0 goes to ``_Http10ResponseParser``, anything else to aiohttp's
+    own (C) parser, so the usual answers keep the fast path."""
+
+    def __init__(self, fast: Any, http10: functools.partial[_Http10ResponseParser]) -> None:
+        self._fast = fast
+        self._http10 = http10
+        self._chosen: Any = None
+        self._head = b""
+
+    def feed_data(self, data: bytes) -> Any:
+        if self._chosen is None:
+            self._head += data
+            if len(self._head) < 9 and b"\n" not in self._head:
+                return [], False, b""
+            self._chosen = self._http10() if self._head.startswith(b"HTTP/1.0") else self._fast
+            data, self._head = self._head, b""
+        return self._chosen.feed_data(data)
+
+    def feed_eof(self) -> Any:
+        if self._chosen is None:
+            self._chosen = self._fast
+            if self._head:
+                self._chosen.feed_data(self._head)
+        return self._chosen.feed_eof()
+
+
+class _CallProtocol(ResponseHandler):
+    """aiohttp's connection protocol with ``_PerAnswerParser`` (aiohttp builds one parser per request)."""
+
+    def set_response_params(self, **params: Any) -> None:
+        super().set_response_params(**params)
+        http10 = functools.partial(
+            _Http10ResponseParser, self, self._loop, params.get("read_bufsize", 2**16), timer=params.get("timer"),
+            payload_exception=aiohttp.ClientPayloadError, response_with_body=not params.get("skip_payload", False),
+            read_until_eof=True, auto_decompress=params.get("auto_decompress", True),
+        )  # fmt: skip
+        self._parser = _PerAnswerParser(self._parser, http10)  # type: ignore[assignment]
+
+
+class _CallConnector(aiohttp.TCPConnector):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._factory = cast("functools.partial[ResponseHandler]", functools.partial(_CallProtocol, loop=self._loop))
+
+
 class AppCalls:
     """One aiohttp session, opened on first use (it must be created inside the running loop) and closed by
     ``close``. Connections are kept alive per app; how many calls run at once is the caller's to limit.
@@ -68,7 +133,7 @@ class AppCalls:
                 # No limit here: the executor caps calls in flight per app. Idle connections are dropped after
                 # 4 s, before the apps' servers drop them (uvicorn and Node close idle ones after 5 s): reusing a
                 # connection the app is closing would fail the call. Names resolve through the outbound policy.
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0, resolver=self.resolver),
+                connector=_CallConnector(limit=0, keepalive_timeout=4.0, resolver=self.resolver),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
                 trust_env=False,
             )

@@ -31,6 +31,8 @@ class ServerConfig:
     max_calls_per_app: int = 32  # calls in flight to one app origin (more wait for a slot)
     call_timeout: float = 300.0  # seconds an SDK call may take before it counts as failed (and is retried)
     max_body_bytes: int = MAX_BODY_BYTES
+    gateway_timeout: float = 300.0  # seconds a step.fetch / step.ai.infer request may take (server/gateway.py)
+    gateway_max_bytes: int = 4 * 1024 * 1024  # the largest answer a gateway step keeps (Inngest's step output limit)
     backoff: Backoff = field(default_factory=Backoff)  # between retries of failed calls and steps
     public_url: str | None = None  # how people reach this server (links in logs and alerts)
     admin_token: str | None = None  # the dashboard's login (start mode always has one; dev is open without)

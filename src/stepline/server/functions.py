@@ -22,6 +22,7 @@ from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
 from stepline.core.flow import normalize_flow
 from stepline.core.function import DEFAULT_RETRIES, DEFAULT_WAIT_TIMEOUT, MAX_RETRIES, FunctionSpec
+from stepline.core.triggers import CronTrigger
 from stepline.storage.records import FunctionRecord
 
 # Options the SDKs may register that the engine does not enforce yet: stored, reported at sync (none today).
@@ -111,7 +112,12 @@ def _triggers(fn_id: str, raw: Any) -> list[dict[str, Any]]:
                 parse_cron(t["cron"])
             except ValueError as exc:
                 raise FunctionConfigError(f"function {fn_id!r}: invalid triggers[{i}].cron: {exc}") from None
-            out.append({"cron": t["cron"]})
+            jitter = t.get("jitter")
+            try:
+                CronTrigger(cron=t["cron"], jitter=jitter if isinstance(jitter, str) or jitter is None else "?")
+            except ValueError as exc:
+                raise FunctionConfigError(f"function {fn_id!r}: invalid triggers[{i}].jitter: {exc}") from None
+            out.append({"cron": t["cron"], **({"jitter": jitter} if jitter else {})})
         elif isinstance(t.get("event"), str) and t["event"]:
             item: dict[str, Any] = {"event": canonical_event_name(t["event"])}
             expr = _expression(fn_id, f"triggers[{i}].expression", t.get("expression"))

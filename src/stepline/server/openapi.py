@@ -90,7 +90,7 @@ class RunDetailOut(RunOut):
 class StepOut(Out):
     id: str = Field(description="The hashed step id (sha1 of name), as rerun's from_step takes it")
     name: str = Field(description='The step id the code gave, "x" or "x:N" for repeats')
-    kind: str = Field(description="run | sleep | wait_for_event | invoke | send_event")
+    kind: str = Field(description="run | sleep | wait_for_event | wait_for_signal | invoke | send_event | fetch | ai")
     status: str = Field(description="completed | failed | retrying | sleeping | waiting | invoking")
     attempts: int
     output: Any
@@ -177,6 +177,10 @@ class RerunOut(Out):
     run_id: str = Field(description="The new run's id")
 
 
+class SignalOut(Out):
+    run_id: str = Field(description="The run the signal resumed")
+
+
 class OpenApiDocument(BaseModel):
     """This document (OpenAPI 3.1)."""
 
@@ -216,6 +220,13 @@ class RerunIn(BaseModel):
                                   description="Hashed id of a step of the original run to resume from")  # fmt: skip
 
 
+class SignalIn(BaseModel):
+    """Resume the run waiting for a signal (``step.waitForSignal``, ``ctx.step.wait_for_signal``)."""
+
+    signal: str = Field(min_length=1, description="The signal's name, as the waiting step gave it")
+    data: Any = Field(None, description="Any JSON: the step returns {signal, data}")
+
+
 # Response envelopes, one named schema each.
 class EventResponse(Envelope[EventOut]): ...
 
@@ -251,6 +262,9 @@ class CancellationList(Envelope[list[CancellationOut]]): ...
 
 
 class RerunResponse(Envelope[RerunOut]): ...
+
+
+class SignalResponse(Envelope[SignalOut]): ...
 
 
 # --- the operation table ------------------------------------------------------------------------------------

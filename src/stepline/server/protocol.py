@@ -41,6 +41,8 @@ def memo_value(rec: StepRecord) -> Any:
         return None
     if rec.kind == "wait_for_event":
         return rec.output
+    if rec.kind == "wait_for_signal":  # {"data": {"signal", "data"}} as Inngest's executor writes it; null: timed out
+        return None if rec.output is None else {"data": rec.output}
     return {"data": rec.output}  # run and invoke steps (an invoke step's output is the invoked run's output)
 
 
@@ -56,6 +58,10 @@ class CallState:
     attempt: int
     max_attempts: int
     disable_immediate_execution: bool = False
+    # What the npm SDK needs to checkpoint (server/checkpoint_api.py): the function and the dispatch.
+    fn_id: str | None = None
+    qi_id: str | None = None
+    defers: dict[str, Any] | None = None  # the run's defers: {hashed id: {"abortable"}} (server/defers.py)
 
 
 def call_body(state: CallState) -> tuple[dict[str, Any], bool]:
@@ -72,9 +78,11 @@ def call_body(state: CallState) -> tuple[dict[str, Any], bool]:
             "disable_immediate_execution": state.disable_immediate_execution,
             "use_api": False,
             "stack": {"stack": list(state.stack), "current": len(state.stack)},
+            **({"fn_id": state.fn_id, "qi_id": state.qi_id} if state.fn_id and state.qi_id else {}),
         },
         "version": -1,
         "use_api": False,
+        **({"defers": state.defers} if state.defers else {}),
     }
     size = len(json.dumps(state.memo, separators=(",", ":"))) + len(json.dumps(events, separators=(",", ":")))
     if size <= INLINE_STATE_LIMIT:
@@ -111,6 +119,10 @@ class Outcome:
     retriable: bool = True
     retry_at: int | None = None  # unix ms from Retry-After
     status: int | None = None
+    sdk: str | None = None  # the answer's X-Inngest-SDK ("js:v4.24.0", "py:v0.5.19")
+    # Why an error answer counts as a failure, as Inngest's executor words it (``invalid status code: 500``, or
+    # ``NonRetriableError`` with X-Inngest-No-Retry): the run-end events' ``data.error.error``.
+    reason: str | None = None
 
 
 def _error(message: str, *, name: str = "Error", status: int | None = None, retriable: bool = True) -> Outcome:
@@ -144,7 +156,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _check_storable(value: Any) -> None:
+def check_storable(value: Any) -> None:
     """Values both stores keep and the SDKs read back: no lone surrogates, no NUL characters."""
     try:
         text = json.dumps(value, ensure_ascii=False)
@@ -156,10 +168,10 @@ def _check_storable(value: Any) -> None:
 
 
 STEP_OPS = frozenset({"StepRun", "Step", "StepError", "StepFailed", "StepPlanned", "Sleep", "WaitForEvent",
-                      "InvokeFunction"})  # fmt: skip
+                      "InvokeFunction", "Gateway", "AIGateway", "WaitForSignal"})  # fmt: skip
 
 
-def _parse_op(raw: Any) -> Op | None:
+def parse_op(raw: Any) -> Op | None:
     if not isinstance(raw, dict) or not isinstance(raw.get("op"), str):
         return None
     opts = raw.get("opts")
@@ -204,7 +216,7 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, now_ms: in
     try:
         payload = json.loads(body, parse_constant=_reject_constant) if body.strip() else None
         if 200 <= status < 300:
-            _check_storable(payload)
+            check_storable(payload)
     except ValueError as exc:
         if 200 <= status < 300:
             return _error(f"the app answered HTTP {status} with a body that is not JSON ({exc}): {body[:200]!r}",
@@ -216,18 +228,26 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, now_ms: in
         items = payload if isinstance(payload, list) else [payload] if isinstance(payload, dict) else None
         if items is None:
             return _error("the app answered 206 without a list of ops", status=status)
-        ops = [_parse_op(i) for i in items]
+        ops = [parse_op(i) for i in items]
         if any(o is None for o in ops):
             return _error(f"the app answered 206 with an op that has no 'op' field: {body[:200]!r}", status=status)
         missing = [o.op for o in ops if o is not None and o.op in STEP_OPS and not o.id]
         if missing:
             return _error(f"the app answered 206 with a {missing[0]} op without a step id", status=status)
         return Outcome("ops", ops=[o for o in ops if o is not None], retry_at=retry_at, status=status,
+                       sdk=_header(headers, "x-inngest-sdk"),
                        retriable=not no_retry)  # fmt: skip
-    if isinstance(payload, dict) and (payload.get("name") or payload.get("message")):
-        error = {k: payload[k] for k in ("name", "message", "stack", "code") if payload.get(k) is not None}
-        error.setdefault("name", "Error")
-        error.setdefault("message", "")
+    if isinstance(payload, dict) and (payload.get("name") or payload.get("message")) and _storable(payload):
+        error = payload  # the SDK's error, stored and returned exactly as it sent it (a null stack stays null)
     else:
         error = {"name": "Error", "message": f"the app answered HTTP {status}: {body[:300].decode(errors='replace')}"}
-    return Outcome("error", error=error, retriable=not no_retry, retry_at=retry_at, status=status)
+    reason = "NonRetriableError" if no_retry else f"invalid status code: {status}"
+    return Outcome("error", error=error, retriable=not no_retry, retry_at=retry_at, status=status, reason=reason)
+
+
+def _storable(value: Any) -> bool:
+    try:
+        check_storable(value)
+    except ValueError:
+        return False
+    return True

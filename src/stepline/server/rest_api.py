@@ -60,6 +60,9 @@ from stepline.server.openapi import (
     RunOut,
     RunPage,
     RunResponse,
+    SignalIn,
+    SignalOut,
+    SignalResponse,
     StepList,
     StepOut,
     openapi_document,
@@ -448,6 +451,22 @@ async def rerun_run(request: Request) -> Response:
     return _ok(RerunResponse(data=RerunOut(run_id=new_id), metadata=_meta(st)))
 
 
+# --- signals ------------------------------------------------------------------------------------------------
+
+
+async def send_signal(request: Request) -> Response:
+    """``POST /v1/signals``: resume the run waiting for the signal; 404 when none waits (as Inngest answers)."""
+    st = state_of(request)
+    body: SignalIn = await _body(request, SignalIn)
+    try:
+        run_id = await st.engine.send_signal(body.signal, body.data)
+    except (ValueError, TypeError) as exc:
+        raise HttpError(400, str(exc)) from None
+    if run_id is None:
+        raise HttpError(404, f"no run waits for signal {body.signal!r}")
+    return _ok(SignalResponse(data=SignalOut(run_id=run_id), metadata=_meta(st)))
+
+
 # --- cancellations ------------------------------------------------------------------------------------------
 
 
@@ -630,6 +649,8 @@ ENDPOINTS: Sequence[Endpoint] = (
              (404, 409), (_RUN_ID,), ok_status=204),
     Endpoint("POST", "/v1/runs/{run_id}/rerun", rerun_run, "Start the run again, from the start or from a step",
              RerunResponse, (400, 404, 409), (_RUN_ID,), body=RerunIn, body_required=False),
+    Endpoint("POST", "/v1/signals", send_signal, "Resume the run waiting for a signal with data", SignalResponse,
+             (400, 404), body=SignalIn, tag="signals"),
     Endpoint("POST", "/v1/cancellations", create_cancellation, "Cancel the live runs of a function in a time window",
              CancellationResponse, (400, 404), body=CancellationIn, tag="cancellations"),
     Endpoint("GET", "/v1/cancellations", list_cancellations, "Bulk cancellations requested, newest first",

@@ -7,11 +7,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from stepline.server import protocol, signing
+from stepline.server.defers import DEFER_KINDS
 from stepline.server.errors import error_response
 from stepline.server.state import state_of
 
 
-def _unauthorized(request: Request) -> Response | None:
+def unauthorized(request: Request) -> Response | None:
     st = state_of(request)
     if st.config.signed and not signing.bearer_matches(request.headers.get("authorization"), st.config.signing_keys):
         return error_response(401, "authentication failed: the Authorization bearer does not match the signing key")
@@ -20,19 +21,19 @@ def _unauthorized(request: Request) -> Response | None:
 
 async def run_actions(request: Request) -> Response:
     """``GET /v0/runs/{run_id}/actions``: the run's memo, by hashed step id."""
-    if (denied := _unauthorized(request)) is not None:
+    if (denied := unauthorized(request)) is not None:
         return denied
     st = state_of(request)
     run_id = request.path_params["run_id"]
     if await st.engine.store.get_run(run_id) is None:
         return error_response(404, f"run {run_id!r} not found")
     steps = await st.engine.store.list_steps(run_id)
-    return JSONResponse({s.step_id: protocol.memo_value(s) for s in steps if s.is_memo})
+    return JSONResponse({s.step_id: protocol.memo_value(s) for s in steps if s.is_memo and s.kind not in DEFER_KINDS})
 
 
 async def run_batch(request: Request) -> Response:
     """``GET /v0/runs/{run_id}/batch``: the run's events (one, or the batch)."""
-    if (denied := _unauthorized(request)) is not None:
+    if (denied := unauthorized(request)) is not None:
         return denied
     st = state_of(request)
     run_id = request.path_params["run_id"]

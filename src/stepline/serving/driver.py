@@ -46,7 +46,7 @@ from stepline.core.expressions import compile_expression, match_to_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
 from stepline.core.ids import StepIdCounter
 from stepline.core.run_logs import enter_step, leave_step
-from stepline.core.steps import MAX_SLEEP, Execute, Memo
+from stepline.core.steps import CONFLICTS, MAX_SLEEP, Execute, Memo, sleep_too_long
 from stepline.realtime.messages import PublishError
 from stepline.serving.call import CallRequest, CallResult, iso_ms, stored_event, unwrap_signals
 from stepline.serving.config import wire_event_name
@@ -75,7 +75,7 @@ def _caller() -> object:
 
 @dataclass
 class _Found:
-    kind: str  # run | sleep | wait_for_event | invoke
+    kind: str  # run | sleep | wait_for_event | wait_for_signal | invoke
     display_id: str
     step_id: str
     op: dict[str, Any]  # the op reporting it (for run steps: StepPlanned)
@@ -277,7 +277,7 @@ class CallDriver:
         if until is None:
             delta = parse_duration(duration)
             if delta > MAX_SLEEP:
-                raise ValueError(f"step {display_id!r}: sleep of {delta} exceeds the 1 year limit")
+                raise NonRetriableError(f"step {display_id!r}: {sleep_too_long(duration)}")
             name = format_duration(delta)
         else:
             name = iso_ms(until)
@@ -311,6 +311,27 @@ class CallDriver:
             opts["if"] = expression
         op = {"op": "WaitForEvent", "id": step_id, "name": name, "displayName": display_id, "opts": opts}
         await self._arrive(_Found("wait_for_event", display_id, step_id, op), caller)
+        return None  # unreachable: _arrive raises for every step but an executing run
+
+    # --- step.wait_for_signal ---
+    def wait_for_signal(self, user_id: str, signal: str, timeout: Any,
+                        on_conflict: str) -> Coroutine[Any, Any, dict[str, Any] | None]:  # fmt: skip
+        return self._wait_for_signal(user_id, signal, timeout, on_conflict, _caller())
+
+    async def _wait_for_signal(self, user_id: str, signal: str, timeout: Any, on_conflict: str,
+                               caller: object) -> dict[str, Any] | None:  # fmt: skip
+        display_id, step_id = self._begin(user_id, caller)
+        if step_id in self.memo:
+            value = self._unwrap(display_id, self.memo[step_id])  # {"data": {signal, data}}, or null on timeout
+            return value if isinstance(value, dict) else None
+        if not isinstance(signal, str) or not signal:
+            raise ValueError(f"step {display_id!r}: wait_for_signal needs a signal name")
+        if on_conflict not in CONFLICTS:
+            raise ValueError(f"step {display_id!r}: on_conflict must be 'fail' or 'replace', got {on_conflict!r}")
+        delta = parse_duration(timeout if timeout is not None else DEFAULT_WAIT_TIMEOUT)
+        opts = {"signal": signal, "timeout": format_duration(delta), "conflict": on_conflict}
+        op = {"op": "WaitForSignal", "id": step_id, "name": signal, "displayName": display_id, "opts": opts}
+        await self._arrive(_Found("wait_for_signal", display_id, step_id, op), caller)
         return None  # unreachable: _arrive raises for every step but an executing run
 
     # --- step.invoke ---

@@ -146,18 +146,42 @@ class Store(abc.ABC):
         matcher: WaitMatcher,
         now: int,
         max_due_at: int | None = None,
+        attempt: int | None = None,
     ) -> WriteOutcome:
         """The run has no more work now: store its pending steps, waits and invoked children, set its next
         due time to the earliest wake time (capped at ``max_due_at``; now if a wait is already satisfied),
-        and drop the lease."""
+        and drop the lease. ``attempt``: the function-level attempt the run resumes at (None: unchanged; 0 when
+        the execution reached a new step, which starts a new stretch of code with all its retries)."""
+
+    @abc.abstractmethod
+    async def wait_for_signal(
+        self, run_id: str, owner: str, update: StepUpdate, signal: str, replace: bool, now: int
+    ) -> WriteOutcome:
+        """Register a leased run's step as waiting for ``signal`` (``update``: its ``waiting`` state, ``wake_at`` the
+        timeout), in one transaction, at once (not at the suspension): a signal sent from then on resumes it, one sent
+        before found nothing. Raises SignalConflict when another live wait listens for the same signal, unless
+        ``replace``: that wait then stops listening (its step stays waiting until its timeout). A step that already
+        has a result registers nothing (the outcome's step is that result)."""
+
+    @abc.abstractmethod
+    async def send_signal(self, signal: str, data: Any, now: int) -> str | None:
+        """Resume the run waiting for ``signal``: its step completes with ``{"signal": signal, "data": data}`` and the
+        run is due now, in one transaction. Returns that run's id, or None when no live run waits for it."""
 
     @abc.abstractmethod
     async def retry_run(
-        self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int, logs: RunLogs | None = None
+        self,
+        run_id: str,
+        owner: str,
+        due_at: int,
+        error: dict[str, object],
+        now: int,
+        logs: RunLogs | None = None,
+        attempt: int | None = None,
     ) -> WriteOutcome:
-        """A function-level error with attempts left: bump the attempt, run again at ``due_at``. ``logs``: the
-        run's last captured log lines, stored in the same transaction (as ``StepUpdate.logs`` and
-        ``RunFinish.logs`` are by the other writes)."""
+        """A function-level error with attempts left: set the attempt (``attempt``, or one more than the stored
+        one when None), run again at ``due_at``. ``logs``: the run's last captured log lines, stored in the same
+        transaction (as ``StepUpdate.logs`` and ``RunFinish.logs`` are by the other writes)."""
 
     @abc.abstractmethod
     async def finish_run(

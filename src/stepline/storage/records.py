@@ -145,6 +145,7 @@ class StepRecord:
     wake_at: int | None
     started_at: int
     ended_at: int | None
+    race: str | None = None  # the race it was started in (parallelMode "race"), a key its steps share
 
     @property
     def is_memo(self) -> bool:
@@ -221,6 +222,17 @@ class StepUpdate:
     invoke: IngestBatch | None = None  # for status "invoking": the child run and its event
     emit: IngestBatch | None = None  # for step.send_event: events stored with the memo, atomically
     logs: RunLogs | None = None  # the run's log lines captured before this write, stored with it
+    race: str | None = None  # the race the step was started in (kept once set)
+
+
+class SignalConflict(Exception):
+    """Another live run waits for this signal (and the new wait does not replace it): only one run at a time waits
+    for a signal, as on Inngest."""
+
+    def __init__(self, signal: str, run_id: str) -> None:
+        super().__init__(f"signal {signal!r} is already awaited by run {run_id}")
+        self.signal = signal
+        self.run_id = run_id
 
 
 class StepResultConflict(Exception):
@@ -254,7 +266,13 @@ class RunFilter:
 class RunFinish:
     status: Literal["completed", "failed", "cancelled"]
     output: Any = None
-    error: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None  # stored as given (what the SDK or the function's code produced)
+    # The error as the run-end events carry it (``core.errors.run_end_error``), and a parent's failed invoke step.
+    # None: derived from ``error`` by ``Engine.follow_up``.
+    event_error: dict[str, Any] | None = None
+    # Events the run's end sends beside its system events (a run's defers: ``inngest/deferred.schedule``), each with
+    # an ``id`` that makes a retried end start nothing twice; ``Engine.follow_up`` plans them.
+    emit: list[Any] = field(default_factory=list)
     follow_up: IngestBatch = field(default_factory=lambda: IngestBatch([], []))  # system events + runs
     may_have_waits: bool = True  # False lets the store skip deleting waits of a run that never had any
     logs: RunLogs | None = None  # the run's last captured log lines, stored with its end

@@ -29,6 +29,7 @@ from stepline.storage.records import (
     RunLogLine,
     RunLogs,
     RunRecord,
+    SignalConflict,
     StepRecord,
     StepResultConflict,
     StepUpdate,
@@ -47,6 +48,8 @@ from stepline.storage.writer import GroupCommitWriter, MergeableOp
 
 T = TypeVar("T")
 _RUN_LIVE = ("queued", "running")
+# A signal wait's name in the waits table: a reserved event name no sent event can have, so events never match it.
+SIGNAL_WAIT_PREFIX = "stepline/signal:"
 
 
 def _j(value: Any) -> str | None:
@@ -74,20 +77,11 @@ def _run(row: tuple[Any, ...]) -> RunRecord:
 
 
 def _step(row: tuple[Any, ...]) -> StepRecord:
-    run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at = row
+    run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at, race = row
     return StepRecord(
-        run_id,
-        step_id,
-        display_id,
-        kind,
-        status,
-        attempts,
-        _uj(output),
-        _uj(error),
-        wake_at,
-        started_at,
-        ended_at,
-    )
+        run_id, step_id, display_id, kind, status, attempts, _uj(output), _uj(error), wake_at, started_at, ended_at,
+        race,
+    )  # fmt: skip
 
 
 class Conn(Protocol):
@@ -420,13 +414,14 @@ class SqlStore(
             self.Q["upsert_step"],
             {"run_id": run_id, "step_id": u.step_id, "display_id": u.display_id, "kind": u.kind,
              "status": u.status, "attempts": u.attempts, "output": _j(u.output) if memo else None,
-             "error": _j(u.error), "wake_at": u.wake_at, "now": now, "ended_at": now if memo else None},
+             "error": _j(u.error), "wake_at": u.wake_at, "now": now, "ended_at": now if memo else None,
+             "race": u.race},
         ).fetchone()  # fmt: skip
         if row is None:  # a result was already recorded (first write wins): report that one
             return _step(
                 conn.execute(self.Q["select_step"], {"run_id": run_id, "step_id": u.step_id}).fetchone()
             ), False
-        if memo and u.kind == "wait_for_event":
+        if memo and u.kind in ("wait_for_event", "wait_for_signal"):
             conn.execute(self.Q["delete_step_wait"], {"run_id": run_id, "step_id": u.step_id})
         return _step(row), True
 
@@ -460,6 +455,7 @@ class SqlStore(
         matcher: WaitMatcher,
         now: int,
         max_due_at: int | None = None,
+        attempt: int | None = None,
     ) -> WriteOutcome:
         def op(conn: Any) -> WriteOutcome:
             bad = self._check_lease(conn, run_id, owner)
@@ -505,6 +501,7 @@ class SqlStore(
                     "run_id": run_id,
                     "due_at": due_at,
                     "idle_reason": None if due_at == now else _j(idle_reason),
+                    "attempt": attempt,
                 },
             ).fetchone()
             self._free_slots(conn, keys, now)
@@ -539,8 +536,66 @@ class SqlStore(
             self._insert_run_logs(conn, run_id, RunLogs((line,)), now)
             return False
 
+    async def wait_for_signal(
+        self, run_id: str, owner: str, update: StepUpdate, signal: str, replace: bool, now: int
+    ) -> WriteOutcome:
+        name = SIGNAL_WAIT_PREFIX + signal
+
+        def op(conn: Any) -> WriteOutcome:
+            bad = self._check_lease(conn, run_id, owner)
+            if bad is not None:
+                return bad
+            self._lock_for_wait(conn, name)  # serialises with send_signal and other registrations (PostgreSQL)
+            row = conn.execute(self.Q["signal_wait"], {"name": name, "now": now}).fetchone()
+            if row is not None and (row[1], row[2]) != (run_id, update.step_id):
+                if not replace:
+                    raise SignalConflict(signal, row[1])
+                conn.execute(self.Q["delete_wait"], {"id": row[0]})
+            step, _ = self._write_step(conn, run_id, update, now)
+            if not step.is_memo:
+                conn.execute(self.Q["delete_step_wait"], {"run_id": run_id, "step_id": update.step_id})
+                conn.execute(
+                    self.Q["insert_wait"],
+                    {"run_id": run_id, "step_id": update.step_id, "kind": "signal", "event_name": name,
+                     "expression": None, "expires_at": update.wake_at},
+                )  # fmt: skip
+            return WriteOutcome("ok", step)
+
+        return await self.writer.run(op)
+
+    async def send_signal(self, signal: str, data: Any, now: int) -> str | None:
+        name = SIGNAL_WAIT_PREFIX + signal
+
+        def op(conn: Any) -> str | None:
+            self._lock_for_wait(conn, name)
+            row = conn.execute(self.Q["signal_wait"], {"name": name, "now": now}).fetchone()
+            if row is None:
+                return None
+            wait_id, run_id, step_id = row
+            conn.execute(self.Q["delete_wait"], {"id": wait_id})
+            cur = conn.execute(
+                self.Q["complete_pending_step"],
+                {"run_id": run_id, "step_id": step_id, "status": "completed",
+                 "output": _j({"signal": signal, "data": data}), "error": None, "now": now},
+            )  # fmt: skip
+            if not cur.rowcount:
+                return None
+            conn.execute(self.Q["wake_run"], {"run_id": run_id, "now": now})
+            self._notify_work(conn, now)
+            return str(run_id)
+
+        result: str | None = await self.writer.run(op)
+        return result
+
     async def retry_run(
-        self, run_id: str, owner: str, due_at: int, error: dict[str, object], now: int, logs: RunLogs | None = None
+        self,
+        run_id: str,
+        owner: str,
+        due_at: int,
+        error: dict[str, object],
+        now: int,
+        logs: RunLogs | None = None,
+        attempt: int | None = None,
     ) -> WriteOutcome:
         def op(conn: Any) -> WriteOutcome:
             bad = self._check_lease(conn, run_id, owner)
@@ -549,7 +604,7 @@ class SqlStore(
             self._insert_run_logs(conn, run_id, logs, now)
             keys = conn.execute(
                 self.Q["retry_run"],
-                {"run_id": run_id, "due_at": due_at, "error": _j(error),
+                {"run_id": run_id, "due_at": due_at, "error": _j(error), "attempt": attempt,
                  "idle_reason": _j({"kind": "retrying", "until": due_at})},
             ).fetchone()  # fmt: skip
             self._free_slots(conn, keys, now)
@@ -648,8 +703,11 @@ class SqlStore(
         self._free_slots(conn, tuple(keys), now)
         if parent_run_id is not None:
             result = finish.output if finish.status == "completed" else None  # the invoked function's output
+            # A failed invoke's memo is the child's error as its run-end events carry it (as Inngest resumes it).
             error = (
-                None if finish.status == "completed" else (finish.error or {"name": "Error", "message": finish.status})
+                None
+                if finish.status == "completed"
+                else (finish.event_error or finish.error or {"name": "Error", "message": finish.status})
             )
             cur = conn.execute(
                 self.Q["complete_pending_step"],

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import os
 import re
-import threading
 import time
 from typing import Any
 
@@ -24,31 +22,12 @@ import fastapi
 import inngest
 import inngest.fast_api
 from fastapi.responses import JSONResponse
-
-LOG_PATH = os.environ.get("COMPAT_LOG", "")
-_log_lock = threading.Lock()
+from record import record, token_of
 
 client = inngest.Inngest(
     app_id=os.environ.get("COMPAT_APP_ID", "compat-py"),
     logger=logging.getLogger("compat-py-app"),
 )
-
-
-def record(**entry: Any) -> None:
-    line = json.dumps({"t": time.time(), "sdk": "python", **entry}) + "\n"
-    if LOG_PATH:
-        with _log_lock, open(LOG_PATH, "a", encoding="utf-8") as f:
-            f.write(line)
-
-
-def token_of(event: inngest.Event) -> Any:
-    data = event.data or {}
-    if "token" in data:
-        return data["token"]
-    original = data.get("event")
-    if isinstance(original, dict):
-        return (original.get("data") or {}).get("token")
-    return None
 
 
 def called(fn: str, ctx: inngest.Context, **extra: Any) -> None:

@@ -108,6 +108,14 @@ ORDER BY w.id
 -- name: delete_wait
 DELETE FROM waits WHERE id = %(id)s
 
+-- name: signal_wait
+-- The live wait for a signal (at most one: registering a second one conflicts or replaces it).
+SELECT w.id, w.run_id, w.step_id
+FROM waits w JOIN runs r ON r.id = w.run_id
+WHERE w.event_name = %(name)s AND w.kind = 'signal' AND w.expires_at > %(now)s AND r.status IN ('queued', 'running')
+ORDER BY w.id
+LIMIT 1
+
 -- name: delete_run_waits
 DELETE FROM waits WHERE run_id = %(run_id)s
 
@@ -160,27 +168,27 @@ SELECT status, lease_owner FROM runs WHERE id = %(run_id)s FOR UPDATE
 
 -- name: select_steps_for_runs
 SELECT run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
-       ended_at
+       ended_at, race
 FROM steps WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb)) ORDER BY run_id, seq
 
 -- name: select_step
 SELECT run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
-       ended_at
+       ended_at, race
 FROM steps WHERE run_id = %(run_id)s AND step_id = %(step_id)s
 
 -- name: upsert_step
 INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
-                   ended_at, seq)
+                   ended_at, seq, race)
 VALUES (%(run_id)s, %(step_id)s, %(display_id)s, %(kind)s, %(status)s, %(attempts)s, %(output)s::json,
         %(error)s::json, %(wake_at)s, %(now)s,
-        %(ended_at)s, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = %(run_id)s))
+        %(ended_at)s, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = %(run_id)s), %(race)s)
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
     error = coalesce(excluded.error, steps.error),  -- a step that succeeds on a retry keeps its last error
-    wake_at = excluded.wake_at, ended_at = excluded.ended_at
+    wake_at = excluded.wake_at, ended_at = excluded.ended_at, race = coalesce(excluded.race, steps.race)
 WHERE steps.status NOT IN ('completed', 'failed')
 RETURNING run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
-          ended_at
+          ended_at, race
 
 -- name: complete_pending_step
 UPDATE steps SET status = %(status)s, output = %(output)s::json, error = %(error)s::json, wake_at = NULL,
@@ -188,7 +196,8 @@ UPDATE steps SET status = %(status)s, output = %(output)s::json, error = %(error
 WHERE run_id = %(run_id)s AND step_id = %(step_id)s AND status NOT IN ('completed', 'failed')
 
 -- name: suspend_run
-UPDATE runs SET due_at = %(due_at)s, idle_reason = %(idle_reason)s::jsonb, lease_owner = NULL, lease_expires_at = NULL
+UPDATE runs SET due_at = %(due_at)s, idle_reason = %(idle_reason)s::jsonb, lease_owner = NULL, lease_expires_at = NULL,
+                attempt = coalesce(%(attempt)s::integer, attempt)
 WHERE id = %(run_id)s
 RETURNING ckey1, ckey2
 
@@ -197,7 +206,7 @@ UPDATE runs SET due_at = %(now)s, idle_reason = NULL
 WHERE id = %(run_id)s AND status IN ('queued', 'running') AND (due_at IS NULL OR due_at > %(now)s)
 
 -- name: retry_run
-UPDATE runs SET attempt = attempt + 1, due_at = %(due_at)s, error = %(error)s::json,
+UPDATE runs SET attempt = coalesce(%(attempt)s::integer, attempt + 1), due_at = %(due_at)s, error = %(error)s::json,
                 idle_reason = %(idle_reason)s::jsonb,
                 lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(run_id)s
@@ -261,7 +270,7 @@ LIMIT %(limit)s
 
 -- name: list_steps
 SELECT run_id, step_id, display_id, kind, status, attempts, output::text, error::text, wake_at, started_at,
-       ended_at
+       ended_at, race
 FROM steps WHERE run_id = %(run_id)s ORDER BY seq
 
 -- name: next_due_at

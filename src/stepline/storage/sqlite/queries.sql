@@ -77,6 +77,14 @@ ORDER BY w.id
 -- name: delete_wait
 DELETE FROM waits WHERE id = :id
 
+-- name: signal_wait
+-- The live wait for a signal (at most one: registering a second one conflicts or replaces it).
+SELECT w.id, w.run_id, w.step_id
+FROM waits w JOIN runs r ON r.id = w.run_id
+WHERE w.event_name = :name AND w.kind = 'signal' AND w.expires_at > :now AND r.status IN ('queued', 'running')
+ORDER BY w.id
+LIMIT 1
+
 -- name: delete_run_waits
 DELETE FROM waits WHERE run_id = :run_id
 
@@ -117,31 +125,32 @@ RETURNING ckey1, ckey2
 SELECT status, lease_owner FROM runs WHERE id = :run_id
 
 -- name: select_steps_for_runs
-SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at
+SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at, race
 FROM steps WHERE run_id IN (SELECT value FROM json_each(:ids)) ORDER BY run_id, seq
 
 -- name: select_step
-SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at
+SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at, race
 FROM steps WHERE run_id = :run_id AND step_id = :step_id
 
 -- name: upsert_step
 INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
-                   ended_at, seq)
+                   ended_at, seq, race)
 VALUES (:run_id, :step_id, :display_id, :kind, :status, :attempts, :output, :error, :wake_at, :now,
-        :ended_at, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = :run_id))
+        :ended_at, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = :run_id), :race)
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
     error = coalesce(excluded.error, steps.error),  -- a step that succeeds on a retry keeps its last error
-    wake_at = excluded.wake_at, ended_at = excluded.ended_at
+    wake_at = excluded.wake_at, ended_at = excluded.ended_at, race = coalesce(excluded.race, steps.race)
 WHERE steps.status NOT IN ('completed', 'failed')
-RETURNING run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at
+RETURNING run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at, race
 
 -- name: complete_pending_step
 UPDATE steps SET status = :status, output = :output, error = :error, wake_at = NULL, ended_at = :now
 WHERE run_id = :run_id AND step_id = :step_id AND status NOT IN ('completed', 'failed')
 
 -- name: suspend_run
-UPDATE runs SET due_at = :due_at, idle_reason = :idle_reason, lease_owner = NULL, lease_expires_at = NULL
+UPDATE runs SET due_at = :due_at, idle_reason = :idle_reason, lease_owner = NULL, lease_expires_at = NULL,
+                attempt = coalesce(:attempt, attempt)
 WHERE id = :run_id
 RETURNING ckey1, ckey2
 
@@ -150,7 +159,8 @@ UPDATE runs SET due_at = :now, idle_reason = NULL
 WHERE id = :run_id AND status IN ('queued', 'running') AND (due_at IS NULL OR due_at > :now)
 
 -- name: retry_run
-UPDATE runs SET attempt = attempt + 1, due_at = :due_at, error = :error, idle_reason = :idle_reason,
+UPDATE runs SET attempt = coalesce(:attempt, attempt + 1), due_at = :due_at, error = :error,
+                idle_reason = :idle_reason,
                 lease_owner = NULL, lease_expires_at = NULL
 WHERE id = :run_id
 RETURNING ckey1, ckey2
@@ -184,7 +194,7 @@ ORDER BY id DESC
 LIMIT :limit
 
 -- name: list_steps
-SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at
+SELECT run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at, ended_at, race
 FROM steps WHERE run_id = :run_id ORDER BY seq
 
 -- name: next_due_at
