@@ -6,6 +6,9 @@ Two checks are off where the document says why:
 - ``positive_data_acceptance`` for ``POST /v1/cancellations``: an ``if`` that is not CEL within Stepline's limits,
   and a window whose start is after its end, are 400s that JSON Schema cannot express;
 - ``use_after_free``: ``DELETE /v1/runs/{id}`` cancels the run (Inngest's meaning), which stays readable.
+
+``?wait=`` is pinned to 50 ms: a valid wait holds the request up to 300 s (runs of the fuzz app sleep an hour),
+longer than a fuzzing request may take; its values are checked by tests/server/test_wait_api.py.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ CONFIG = """
 [checks]
 enabled = true
 use_after_free.enabled = false
+
+[parameters]
+"query.wait" = "0.05s"
 
 [[operations]]
 include-path = "/v1/cancellations"

@@ -84,7 +84,11 @@ API_BODY_LIMIT = 1024 * 1024  # JSON bodies of the REST API (cancellations, reru
 
 MAX_WAIT_SECONDS = 300
 _WAIT = re.compile(r"^([0-9]{1,9})(\.[0-9]{1,3})?(ms|s|m)?$")
-WAIT_PATTERN = _WAIT.pattern
+# The accepted values exactly (at most 300 s, 5 m or 300000 ms), so the document says what the code does.
+WAIT_PATTERN = (r"^(?:(?:300(?:\.0{1,3})?|[12]?[0-9]?[0-9](?:\.[0-9]{1,3})?)s?"
+                r"|(?:5(?:\.0{1,3})?|[0-4](?:\.[0-9]{1,3})?)m"
+                r"|(?:300000(?:\.0{1,3})?|[12]?[0-9]{0,4}[0-9](?:\.[0-9]{1,3})?)ms)$")  # fmt: skip
+_WAIT_EXACT = re.compile(WAIT_PATTERN)
 
 
 class HttpError(Exception):
@@ -335,9 +339,9 @@ async def all_runs(st: ServerState, flt: RunFilter, page_size: int = 500) -> lis
 def _wait_seconds(request: Request) -> float:
     """``?wait=``: ``30s``, ``2m``, ``500ms`` or bare seconds, at most ``MAX_WAIT_SECONDS``; 0 when absent."""
     raw = request.query_params.get("wait")
-    if raw is None or raw == "":
+    if raw is None:
         return 0.0
-    match = _WAIT.match(raw.strip())
+    match = _WAIT.match(raw.strip()) if _WAIT_EXACT.match(raw.strip()) else None
     if match is None:
         raise HttpError(400, f"invalid wait {raw[:40]!r}: expected a duration like 30s, 2m, 500ms or bare seconds")
     number = float(match.group(1) + (match.group(2) or ""))
