@@ -171,7 +171,7 @@ async def test_function_calls_go_through_the_policy(app: FakeApp) -> None:
 def test_excerpts_are_short_and_printable() -> None:
     body = b"<html>\x1b[31m" + b"A" * 5000 + b"\r\n\x00</html>"
     text = excerpt(body)
-    assert len(text) <= 120 and text.isprintable() and text.endswith("…")
+    assert len(text) <= 240 and text.isprintable() and text.endswith("…")
     assert excerpt("short  \n answer") == "short answer"
 
 
@@ -208,7 +208,7 @@ async def test_a_failing_app_is_retried_with_backoff_and_its_answer_quoted_short
     stored = await s.store.get_app(app.url)
     assert stored is not None and stored.error is not None
     assert stored.error.startswith("the app answered the sync with HTTP 500: <html>stack trace line")
-    assert len(stored.error) < 200
+    assert len(stored.error) < 320
     app.on_put = registers_on_put(s.url, register_body(app.url, [fn_config(app.url, "charge")]))
     await asyncio.sleep(2.0)
     assert (await s.store.get_app(app.url)).error is None  # type: ignore[union-attr]

@@ -33,6 +33,10 @@ def parse_data(text: str) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CliError(f"--data is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise CliError("--data is nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
+        raise CliError(f"--data cannot be read: {exc}") from None
     if not isinstance(data, dict):
         raise CliError(f"--data must be a JSON object, got a JSON {type(data).__name__}: {text!r}")
     return data

@@ -22,8 +22,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ASSUMED_LIST_SIZE", "MAX_CHARS", "MAX_COST", "MAX_DEPTH", "MAX_NESTED_LOOPS", "MAX_NODES",
-           "ExpressionShape", "LimitExceeded", "OverLimit", "measure"]  # fmt: skip
+__all__ = [
+    "ASSUMED_LIST_SIZE",
+    "CHEAP_CALLS",
+    "MAX_CHARS",
+    "MAX_COST",
+    "MAX_DEPTH",
+    "MAX_NESTED_LOOPS",
+    "MAX_NODES",
+    "ExpressionShape",
+    "LimitExceeded",
+    "OverLimit",
+    "measure",
+]  # fmt: skip
 
 MAX_CHARS = 16_384
 MAX_DEPTH = 64
@@ -56,6 +67,7 @@ class ExpressionShape:
     nodes: int
     loops: int  # how deep comprehensions nest (0: none)
     cost: int
+    heavy: int = 0  # operations whose cost grows with the data (+, in, ==, != and most calls): see data_cost
 
     @property
     def has_loops(self) -> bool:
@@ -353,4 +365,49 @@ def measure(source: str) -> ExpressionShape:
     node = parser.expr()
     if parser.peek() is not None:
         raise LimitExceeded(f"unexpected {parser.peek()[1]!r} after the end of the expression")  # type: ignore[index]
-    return ExpressionShape(depth=node.depth, nodes=node.nodes, loops=node.loops, cost=node.cost)
+    return ExpressionShape(depth=node.depth, nodes=node.nodes, loops=node.loops, cost=node.cost,
+                           heavy=_heavy_operations(tokens))  # fmt: skip
+
+
+# Calls whose cost does not grow with the size of their arguments (size reads a stored length).
+CHEAP_CALLS = frozenset(
+    {
+        "size",
+        "has",
+        "int",
+        "uint",
+        "double",
+        "bool",
+        "type",
+        "dyn",
+        "duration",
+        "timestamp",
+        "getFullYear",
+        "getMonth",
+        "getDate",
+        "getDayOfMonth",
+        "getDayOfWeek",
+        "getDayOfYear",
+        "getHours",
+        "getMinutes",
+        "getSeconds",
+        "getMilliseconds",
+        "orValue",
+        "hasValue",
+        "value",
+    }
+)
+
+
+def _heavy_operations(tokens: list[tuple[str, str]]) -> int:
+    """Operations whose cost grows with the data they touch: concatenation (``+`` of strings and lists), membership
+    and (in)equality of aggregates, and calls other than ``CHEAP_CALLS`` (``matches``, ``contains``, ``string``,
+    ...). An expression made only of a few of them costs a pass over its inputs each; many of them over large data
+    (``l + l + l + ...``) can take seconds and gigabytes, so ``data_cost`` weighs them by the data's size."""
+    heavy = 0
+    for i, (kind, text) in enumerate(tokens):
+        if kind == "op" and text in ("+", "in", "==", "!="):
+            heavy += 1
+        elif kind == "id" and i + 1 < len(tokens) and tokens[i + 1][1] == "(" and text not in CHEAP_CALLS:
+            heavy += 1
+    return heavy

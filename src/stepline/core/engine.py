@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,7 +28,7 @@ from stepline.core.events import (
     validate_event,
 )
 from stepline.core.expressions import Bindings, ExpressionError, compile_expression
-from stepline.core.flow import KeyExpressionFailed, evaluate_key
+from stepline.core.flow import KeyExpressionFailed, evaluate_key, short_key
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import new_ulid
 from stepline.core.json_checks import json_problem
@@ -63,11 +64,22 @@ def match_wait(expression: str | None, trigger: dict[str, Any], candidate: dict[
     if expression is None:
         return True
     try:
-        return compile_expression(expression).check({"event": trigger, "async": candidate})
+        compiled = compile_expression(expression)
+        last = getattr(_candidates, "last", None)
+        if last is not None and last[0] is candidate:
+            bindings = last[1]
+        else:  # the store matches one event against every wait for its name: it is converted for CEL once
+            bindings = Bindings({"async": candidate})
+            _candidates.last = (candidate, bindings)
+        bindings.set("event", trigger)
+        return compiled.check(bindings)
     except ExpressionError as exc:
         if exc.missing_key:
             return False
         raise
+
+
+_candidates = threading.local()  # (the candidate event, its bindings): the last one match_wait saw, per thread
 
 
 RUN_END_EVENTS = frozenset({FUNCTION_FINISHED, FUNCTION_FAILED, FUNCTION_CANCELLED})
@@ -95,6 +107,7 @@ def new_run(
     parent_step_id: str | None = None,
     event: dict[str, Any] | None = None,
     batched: bool | None = None,
+    bindings: Bindings | None = None,
 ) -> NewRun:
     """A run of ``spec`` for an event, with the function's start timeout and cancel_on waits, and (given the
     trigger ``event``) its flow-control keys. Raises KeyExpressionFailed when a key cannot be evaluated."""
@@ -109,7 +122,7 @@ def new_run(
         cancel_waits=tuple(WaitSpec(name, expr, now + timeout) for name, expr, timeout in spec.cancel),
         parent_run_id=parent_run_id,
         parent_step_id=parent_step_id,
-        flow=spec.flow.plan(spec.id, event, batched) if spec.flow is not None and event is not None else None,
+        flow=spec.flow.plan(spec.id, event, batched, bindings) if spec.flow is not None and event is not None else None,
     )
 
 
@@ -136,6 +149,21 @@ def run_end_names(status: str) -> list[str]:
     elif status == "cancelled":
         names.append(FUNCTION_CANCELLED)
     return names
+
+
+class _LazyBindings:
+    """One event bound as ``event`` for CEL when the first expression needs it, then shared by all."""
+
+    __slots__ = ("_bindings", "_event")
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self._event = event
+        self._bindings: Bindings | None = None
+
+    def get(self) -> Bindings:
+        if self._bindings is None:
+            self._bindings = Bindings({"event": self._event})
+        return self._bindings
 
 
 REPORT_EVERY_MS = 10_000  # an expression failure is stored at most this often per (function, place) and process
@@ -231,8 +259,14 @@ class Engine:
         allow_reserved: bool = False,
         internal_ids: Sequence[str] | None = None,
         traceparent: str | None = None,
+        checked: bool = False,
+        large: bool = False,
     ) -> IngestBatch:
         """Validate events and decide which runs they start. Raises EventValidationError, storing nothing.
+
+        ``checked``: the events are dicts the event API already validated and normalised (``events_api``): they are
+        not validated again. ``large``: the request was large, so the planning (binding events for CEL, matching)
+        runs in a thread instead of holding the event loop.
 
         ``internal_ids`` (the event API's seeded ids) makes a retried request idempotent: each event keeps the
         same internal id, an event without an ``id`` takes it as its ``id``, so its runs' idempotency keys are
@@ -249,6 +283,9 @@ class Engine:
         now = self.clock.now_ms()
         validated = []
         for i, raw in enumerate(items):
+            if checked and isinstance(raw, Mapping):
+                validated.append(Event.model_construct(**raw))
+                continue
             try:
                 validated.append(validate_event(raw, allow_reserved=allow_reserved))
             except EventValidationError as exc:
@@ -263,17 +300,17 @@ class Engine:
         else:
             stored = [self.stored_event(e, now, None, traceparent) for e in validated]
             user_ids = [e.id for e in validated]
-        runs, failures = await self._plan_runs(stored, user_ids, now)
+        runs, failures = await self._plan_runs(stored, user_ids, now, large)
         return IngestBatch(stored, runs, failures)
 
     async def _plan_runs(
-        self, events: list[StoredEvent], user_ids: list[str | None], now: int
+        self, events: list[StoredEvent], user_ids: list[str | None], now: int, large: bool = False
     ) -> tuple[list[NewRun], list[ExpressionFailure]]:
         """The runs the events start, and the expression failures met deciding them. When a function's expressions
-        have comprehensions (evaluated on a budget in the sandbox process), the planning runs in a thread so the
-        event loop keeps serving while it waits."""
+        have comprehensions (evaluated on a budget in the sandbox process), or the events are ``large``, the
+        planning runs in a thread so the event loop keeps serving meanwhile."""
         specs = await self.refresh_registry()
-        if any(spec.isolated for spec in specs.values()):
+        if large or any(spec.isolated for spec in specs.values()):
             return await asyncio.to_thread(self._plan_runs_now, specs, events, user_ids, now)
         return self._plan_runs_now(specs, events, user_ids, now)
 
@@ -286,33 +323,36 @@ class Engine:
             if _ends_a_run_started_by_a_run_end(ev):
                 continue  # bounded cascades: see _ends_a_run_started_by_a_run_end
             as_dict = ev.as_dict()
-            bindings: Bindings | None = None
+            bound = _LazyBindings(as_dict)  # the event converted for CEL once, for every expression over it
             system_source = ev.data.get("function_id") if ev.name.startswith("stepline/function.") else None
             for spec in specs.values():
                 if spec.id == system_source:
                     continue  # a run's own end never re-triggers its function (no self-feeding loops)
                 met: list[tuple[str, str, str]] = []
-                fired = spec.matching_trigger(as_dict, met)
+                try:
+                    fired = spec.matching_trigger(as_dict, met, bound.get() if spec.has_if else None)
+                except ExpressionError as exc:  # the event itself cannot be bound (nested past the recursion limit)
+                    met.append(("trigger", "", str(exc)))
+                    fired = False
                 failures += self._reportable(spec.id, met, now)
                 if not fired:
                     continue
                 key: str | None = None
                 try:
                     if spec.idempotency:
-                        bindings = bindings or Bindings({"event": as_dict})
-                        key = "expr:" + str(evaluate_key("idempotency", spec.idempotency, bindings))
+                        key = "expr:" + short_key(str(evaluate_key("idempotency", spec.idempotency, bound.get())))
                     elif user_id:
                         key = "event:" + user_id
                     batched = None
                     if spec.flow is not None:
                         try:
-                            batched = spec.flow.batched(as_dict)
+                            batched = spec.flow.batched(as_dict, bound.get())
                         except ExpressionError as exc:  # a failing batch `if`: the run goes alone, reported
                             batched = False
                             failures += self._reportable(spec.id, [("batch if", spec.flow.raw["batch"]["if"],
                                                                     str(exc))], now)  # fmt: skip
                     runs.append(new_run(spec, ev.internal_id, now, idempotency_key=key, event=as_dict,
-                                        batched=batched))  # fmt: skip
+                                        batched=batched, bindings=bound.get() if spec.flow else None))  # fmt: skip
                 except KeyExpressionFailed as exc:
                     failures += self._reportable(spec.id, [(exc.place, exc.expression, str(exc))], now)
                     runs.append(self._failed_run(specs, spec, ev, key, now, str(exc)))
@@ -367,10 +407,14 @@ class Engine:
         *,
         internal_ids: Sequence[str] | None = None,
         traceparent: str | None = None,
+        checked: bool = False,
+        large: bool = False,
     ) -> IngestResult:
-        """Store events and start the runs they trigger, atomically (``traceparent``: see ``plan_ingest``)."""
+        """Store events and start the runs they trigger, atomically (``traceparent``, ``checked`` and ``large``: see
+        ``plan_ingest``)."""
         try:
-            batch = await self.plan_ingest(events, internal_ids=internal_ids, traceparent=traceparent)
+            batch = await self.plan_ingest(events, internal_ids=internal_ids, traceparent=traceparent,
+                                           checked=checked, large=large)  # fmt: skip
         except EventValidationError:
             if (obs := hooks.current) is not None:
                 obs.events_received("invalid", 1 if isinstance(events, Event | Mapping) else len(events))

@@ -32,6 +32,7 @@ __all__ = [
     "match_to_expression",
 ]
 
+DATA_COST_BUDGET = 20_000_000  # heavy operations squared x data weight evaluated in-process (a few ms at most)
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _PARSE_PREFIX = re.compile(r"^Failed to parse expression '.*?': ", re.DOTALL)
@@ -54,28 +55,36 @@ class ExpressionError(SteplineError, ValueError):
         self.missing_key = missing_key
 
 
-def _normalize(value: Any) -> Any:
-    """Copy JSON-like data for binding, turning whole floats into ints.
+def _normalize(value: Any, weight: list[int]) -> Any:
+    """Copy JSON-like data for binding, turning whole floats into ints, and add its size to ``weight[0]`` (the
+    characters of its strings plus the items of its lists and maps: what ``data_cost`` weighs expressions by).
 
     CEL has no implicit int/double arithmetic (``1.0 + 1`` is an error), and JSON producers write ``1``
     or ``1.0`` for the same number, so ``1.0`` is bound as the int ``1``.
     """
     kind = type(value)
     # Exact-type checks first: this runs on every evaluation, and isinstance chains are 3x slower.
-    if kind is str or kind is int or kind is bool or value is None:
+    if kind is str:
+        weight[0] += len(value)
+        return value
+    if kind is int or kind is bool or value is None:
         return value
     if kind is dict:
-        return {key: _normalize(item) for key, item in value.items()}
+        weight[0] += len(value)
+        return {key: _normalize(item, weight) for key, item in value.items()}
     if kind is list:
-        return [_normalize(item) for item in value]
+        weight[0] += len(value)
+        return [_normalize(item, weight) for item in value]
     if isinstance(value, float):
         if value.is_integer() and _INT64_MIN <= value <= _INT64_MAX:
             return int(value)
         return value
     if isinstance(value, Mapping):
-        return {key: _normalize(item) for key, item in value.items()}
+        weight[0] += len(value)
+        return {key: _normalize(item, weight) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_normalize(item) for item in value]
+        weight[0] += len(value)
+        return [_normalize(item, weight) for item in value]
     return value
 
 
@@ -112,16 +121,44 @@ class Bindings:
     the mapping are not seen.
     """
 
-    __slots__ = ("_context", "values")
+    __slots__ = ("_context", "_weights", "values")
 
     def __init__(self, bindings: Mapping[str, Any]) -> None:
+        self._context: cel.Context | None = None
+        self._weights: dict[str, int] = {}
+        self.values: dict[str, Any] = {}
+        for name, value in bindings.items():
+            self.set(name, value)
+
+    @property
+    def weight(self) -> int:
+        """The size of the bound data (characters of strings plus items of lists and maps)."""
+        return sum(self._weights.values())
+
+    def set(self, name: str, value: Any) -> None:
+        """Bind (or re-bind) one name: the wait matcher binds each waiting run's trigger as ``event`` beside the
+        same candidate ``async``, converted once."""
+        weight = [0]
         try:
-            self.values = _normalize(bindings)
-            self._context = cel.Context(self.values)
+            self.values[name] = _normalize(value, weight)
+            if self._context is not None:
+                self._context.add_variable(name, self.values[name])
         except BaseException as exc:
             if not isinstance(exc, Exception) and not _is_panic(exc):
                 raise
             raise ExpressionError(f"cannot bind values for CEL: {_describe(exc)}") from None
+        self._weights[name] = weight[0]
+
+    def context(self) -> cel.Context:
+        """The values converted to CEL's, once (the sandbox path never needs them)."""
+        if self._context is None:
+            try:
+                self._context = cel.Context(self.values)
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and not _is_panic(exc):
+                    raise
+                raise ExpressionError(f"cannot bind values for CEL: {_describe(exc)}") from None
+        return self._context
 
 
 class Expression:
@@ -143,16 +180,24 @@ class Expression:
 
     @property
     def isolated(self) -> bool:
+        """Always evaluated in the sandbox (comprehensions: their cost depends on the data's lists)."""
         return self.shape.has_loops
+
+    def heavy_for(self, weight: int) -> bool:
+        """Whether evaluating over data of this weight could be expensive enough for the sandbox: the expression's
+        data-scaling operations, squared (a chain of concatenations allocates each partial result), times the data's
+        weight, over DATA_COST_BUDGET."""
+        heavy = self.shape.heavy
+        return heavy > 0 and heavy * heavy * weight > DATA_COST_BUDGET
 
     def _execute(self, bindings: Mapping[str, Any] | Bindings) -> Any:
         try:
-            if self.isolated:
-                values = bindings.values if isinstance(bindings, Bindings) else _normalize(bindings)
-                return evaluate_isolated(self.source, values)
-            if isinstance(bindings, Bindings):
-                return self._program.execute(bindings._context)
-            return self._program.execute(_normalize(bindings))
+            bound = bindings if isinstance(bindings, Bindings) else Bindings(bindings)
+            if self.isolated or self.heavy_for(bound.weight):
+                return evaluate_isolated(self.source, bound.values)
+            return self._program.execute(bound.context())
+        except ExpressionError:
+            raise
         except BaseException as exc:
             if not isinstance(exc, Exception) and not _is_panic(exc):
                 raise
@@ -178,10 +223,10 @@ class Expression:
 
 
 def _short(source: str, limit: int = 120) -> str:
-    """The expression as quoted in messages: whole when short, else its start and its length."""
+    """The expression as quoted in messages: whole when short, else its first 40 characters and its length."""
     if len(source) <= limit:
         return repr(source)
-    return f"{source[:limit]!r}... ({len(source):,} characters)"
+    return f"{source[:40]!r}... ({len(source):,} characters)"
 
 
 def _cel_compile(source: str) -> cel.Program:

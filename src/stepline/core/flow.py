@@ -16,6 +16,7 @@ run from its trigger event and returns the ``RunFlow`` the store enforces:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,6 +36,7 @@ __all__ = [
     "Singleton",
     "Throttle",
     "normalize_flow",
+    "short_key",
 ]
 
 DurationInput = str | int | float | dt.timedelta
@@ -303,10 +305,24 @@ def evaluate_key(place: str, expression: str, bindings: Bindings | dict[str, Any
         raise KeyExpressionFailed(place, expression, str(exc)) from None
 
 
+MAX_KEY_CHARS = 200
+
+
+def short_key(value: str) -> str:
+    """A key's value as stored and indexed: one longer than MAX_KEY_CHARS becomes ``sha256:<hex>`` of it (the same
+    value gives the same key; PostgreSQL refuses index entries past ~2.7 KB, and keys are indexed)."""
+    if len(value) <= MAX_KEY_CHARS:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _key_value(place: str, expression: str | None, bindings: Bindings | None) -> str:
     if expression is None or bindings is None:
         return ""
-    value = evaluate_key(place, expression, bindings)
+    return short_key(_key_text(evaluate_key(place, expression, bindings)))
+
+
+def _key_text(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -331,7 +347,7 @@ class FlowSpec:
         """Concurrency or priority: runs of this function are claimed one key at a time, in priority order."""
         return bool(self.raw.get("concurrency") or self.raw.get("priority"))
 
-    def batched(self, event: dict[str, Any]) -> bool:
+    def batched(self, event: dict[str, Any], bindings: Bindings | None = None) -> bool:
         """Whether ``event`` joins a batch (a batch ``if`` false: it runs alone). A batch ``if`` that fails for
         another reason than a missing field raises ExpressionError (the caller reports it; the run goes alone)."""
         batch = self.raw.get("batch")
@@ -340,7 +356,7 @@ class FlowSpec:
         if batch.get("if") is None:
             return True
         try:
-            return compile_expression(batch["if"]).check({"event": event})
+            return compile_expression(batch["if"]).check(bindings if bindings is not None else {"event": event})
         except ExpressionError as exc:
             if exc.missing_key:
                 return False
@@ -363,14 +379,16 @@ class FlowSpec:
             out.append(("priority run", self.raw["priority"]["run"]))
         return out
 
-    def plan(self, function_id: str, event: dict[str, Any], batched: bool | None = None) -> RunFlow:
+    def plan(self, function_id: str, event: dict[str, Any], batched: bool | None = None,
+             shared: Bindings | None = None) -> RunFlow:  # fmt: skip
         """Evaluate the keys of a run triggered by ``event``. Raises KeyExpressionFailed when a key cannot be
-        evaluated. ``batched``: the batch ``if`` already decided by the caller (else decided here)."""
+        evaluated. ``batched``: the batch ``if`` already decided by the caller (else decided here). ``shared``: the
+        event already bound as ``event`` (else bound here when a key needs it)."""
         raw = self.raw
         needs_bindings = any(
             (isinstance(v, dict) and (v.get("key") or v.get("run"))) or isinstance(v, list) for v in raw.values()
         )
-        bindings = Bindings({"event": event}) if needs_bindings else None
+        bindings = (shared or Bindings({"event": event})) if needs_bindings else None
         concurrency = []
         for c in raw.get("concurrency") or ():
             value = _key_value("concurrency key", c.get("key"), bindings)

@@ -18,7 +18,7 @@ from typing import Any
 from stepline.core.backoff import Backoff
 from stepline.core.durations import parse_duration
 from stepline.core.events import FUNCTION_FAILED, canonical_event_name
-from stepline.core.expressions import ExpressionError, compile_expression
+from stepline.core.expressions import Bindings, ExpressionError, compile_expression
 from stepline.core.flow import FlowSpec, normalize_flow
 from stepline.core.triggers import CronTrigger, EventTrigger, Trigger
 from stepline.storage.records import FunctionRecord
@@ -154,6 +154,11 @@ class FunctionSpec:
         )
 
     @property
+    def has_if(self) -> bool:
+        """Some event trigger has a CEL ``if`` (matching needs the event bound for CEL)."""
+        return any(isinstance(t, EventTrigger) and t.expression for t in self.triggers)
+
+    @property
     def gates_claims(self) -> bool:
         """Runs are claimed through flow control (concurrency or priority)."""
         return self.flow is not None and self.flow.gates_claims
@@ -163,14 +168,16 @@ class FunctionSpec:
         """Stepline keeps the run's log lines (in-process functions; an HTTP app logs in its own process)."""
         return self.config.get("runtime") != "http"
 
-    def matching_trigger(self, event: dict[str, Any], failures: list[tuple[str, str, str]] | None = None) -> bool:
+    def matching_trigger(self, event: dict[str, Any], failures: list[tuple[str, str, str]] | None = None,
+                         bindings: Bindings | None = None) -> bool:  # fmt: skip
         """Whether one of the event triggers fires for ``event``. A trigger whose ``if`` fails for another reason
-        than a missing field does not fire, and is added to ``failures`` as (place, expression, error)."""
+        than a missing field does not fire, and is added to ``failures`` as (place, expression, error).
+        ``bindings``: the event bound as ``event`` once for every expression over it."""
         for t in self.triggers:
             if not isinstance(t, EventTrigger):
                 continue
             try:
-                if t.check(event):
+                if t.check(event, bindings):
                     return True
             except ExpressionError as exc:
                 if failures is not None and t.expression is not None:

@@ -7,7 +7,9 @@ Refused, each with the path of the offending value (``data.items[3].id``):
 - integers outside the signed 64-bit range (CEL's ``int``; JavaScript clients lose precision past 2^53, which is
   their concern: Stepline keeps what it was sent);
 - floats that are not finite;
-- strings (keys included) with unpaired UTF-16 surrogates (``"\\ud800"``), which no UTF-8 store or answer can hold.
+- strings (keys included) with unpaired UTF-16 surrogates (``"\\ud800"``), which no UTF-8 store or answer can hold;
+- more than ``MAX_JSON_VALUES`` values (numbers, strings, lists, maps...): 3 MB of ``[[],[],...]`` is a million of
+  them, which cost seconds and gigabytes each time the event is parsed, matched or served.
 
 ``json_problem`` is on the hot path of every send, so it first looks at the serialised text (C-speed scans) and
 walks the value only when the text shows something that could be a problem.
@@ -18,9 +20,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["INT64_MAX", "INT64_MIN", "MAX_JSON_DEPTH", "json_problem", "text_problem"]
+__all__ = ["INT64_MAX", "INT64_MIN", "MAX_JSON_DEPTH", "MAX_JSON_VALUES", "json_problem", "text_problem"]
 
 MAX_JSON_DEPTH = 100
+MAX_JSON_VALUES = 250_000
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 _LONG_DIGITS = re.compile(r"\d{19,}")
@@ -41,8 +44,10 @@ def _maybe_problematic(text: str) -> bool:
     """Whether ``text`` (the value serialised, with or without ``ensure_ascii``, NaN allowed) could hold a
     problem: deep nesting needs more than MAX_JSON_DEPTH brackets, a big integer a long run of digits, a
     surrogate its code point or escape, a non-finite float the word Infinity or NaN."""
+    brackets = text.count("{") + text.count("[")
     return (
-        text.count("{") + text.count("[") > MAX_JSON_DEPTH
+        brackets > MAX_JSON_DEPTH
+        or brackets + text.count(",") >= MAX_JSON_VALUES  # an upper bound of the number of values
         or _LONG_DIGITS.search(text) is not None
         or _SURROGATE.search(text) is not None
         or _ESCAPED_SURROGATE.search(text) is not None
@@ -57,9 +62,12 @@ def json_problem(value: Any, where: str, text: str | None = None) -> str | None:
     if text is not None and not _maybe_problematic(text):
         return None
     stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    seen = 1
     while stack:
         item, path, depth = stack.pop()
         kind = type(item)
+        if (kind is dict or kind is list or kind is tuple) and (seen := seen + len(item)) > MAX_JSON_VALUES:
+            return f"{where}: holds more than {MAX_JSON_VALUES:,} values"
         if kind is dict:
             if depth >= MAX_JSON_DEPTH:
                 return f"{_short(path)}: nested more than {MAX_JSON_DEPTH} levels deep"

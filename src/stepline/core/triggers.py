@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 
 from stepline.core.cron import CronSchedule, parse_cron
 from stepline.core.durations import parse_duration
-from stepline.core.expressions import Expression, ExpressionError, compile_expression
+from stepline.core.expressions import Bindings, Expression, ExpressionError, compile_expression
 
 __all__ = ["CronTrigger", "EventTrigger", "Trigger", "event_name_matches"]
 
@@ -60,16 +60,17 @@ class EventTrigger:
         except ExpressionError:
             return False
 
-    def check(self, event: Mapping[str, Any]) -> bool:
+    def check(self, event: Mapping[str, Any], bindings: Bindings | None = None) -> bool:
         """As ``matches``, but an expression that fails for another reason than a field missing from the event
-        raises ExpressionError (so the caller can report it)."""
+        raises ExpressionError (so the caller can report it). ``bindings``: the event already bound as ``event``
+        (shared by every expression evaluated over it)."""
         name = event.get("name")
         if not isinstance(name, str) or not event_name_matches(self.event, name):
             return False
         if self._compiled is None:
             return True
         try:
-            return self._compiled.check({"event": event})
+            return self._compiled.check(bindings if bindings is not None else {"event": event})
         except ExpressionError as exc:
             if exc.missing_key:
                 return False

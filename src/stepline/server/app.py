@@ -31,6 +31,7 @@ from stepline.server import (
     traces_api,
 )
 from stepline.server.app_calls import AppCalls
+from stepline.server.bodies import RefuseNul
 from stepline.server.config import ServerConfig
 from stepline.server.dev_guard import DevGuard
 from stepline.server.http_worker import HttpWorker
@@ -105,7 +106,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
                 await stack.enter_async_context(dashboard.running(dash, st, app.state))
                 yield
 
-    middleware = [Middleware(ServerKindHeader, kind=cfg.kind), Middleware(metrics_api.EventRequestCounter)]
+    middleware = [Middleware(ServerKindHeader, kind=cfg.kind), Middleware(RefuseNul),
+                  Middleware(metrics_api.EventRequestCounter)]  # fmt: skip
     if cfg.kind == "dev":  # open on loopback: refuse rebound names and cross-site requests (server/dev_guard.py)
         middleware.append(Middleware(DevGuard, allowed_hosts=cfg.allowed_hosts))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

@@ -14,7 +14,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
     "BODY_TIMEOUT_SECONDS",
@@ -41,6 +42,13 @@ class BodyTimeout(Exception):
         self.seconds = seconds
 
 
+class ClientGone(BodyTimeout):
+    """The client went away before its body arrived (nobody reads the answer)."""
+
+    def __init__(self) -> None:
+        Exception.__init__(self, "the client went away before its request body arrived")
+
+
 class InvalidBody(ValueError):
     """The body is not acceptable JSON; the message is returned to the client."""
 
@@ -60,6 +68,8 @@ async def read_body(request: Request, limit: int, *, timeout: float = BODY_TIMEO
                     raise BodyTooLarge(limit)
     except TimeoutError:
         raise BodyTimeout(timeout) from None
+    except ClientDisconnect:
+        raise ClientGone() from None
     return bytes(buf)
 
 
@@ -67,10 +77,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_json(raw: bytes, what: str = "request body") -> Any:
-    """Strict JSON (no NaN/Infinity); raises InvalidBody with a readable reason."""
+def parse_json(raw: bytes, what: str = "request body", *, allow_nul: bool = False) -> Any:
+    """Strict JSON (no NaN/Infinity); raises InvalidBody with a readable reason. A NUL character (``\\u0000``) is
+    refused unless ``allow_nul`` (event data may hold one; names, ids, URLs and configs are stored where
+    PostgreSQL refuses it)."""
     if not raw.strip():
         raise InvalidBody(f"{what} is empty")
+    if not allow_nul and b"\\u0000" in raw:
+        raise InvalidBody(f"{what} contains a NUL character (\\u0000)")
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:
@@ -102,3 +116,26 @@ async def stream_body(request: Request, limit: int, *, idle_timeout: float = BOD
             raise BodyTooLarge(limit)
         if chunk:
             yield chunk
+
+
+class RefuseNul:
+    """ASGI middleware: a request whose path or query string holds a NUL character gets a 400 before any route
+    reads it (ids, names and filters go to columns where PostgreSQL refuses NUL)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]
+                                        or b"\x00" in scope["query_string"]):  # fmt: skip
+            body = b'{"error":"NUL characters are not allowed in paths and query strings","status":400}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)

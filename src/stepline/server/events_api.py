@@ -17,6 +17,7 @@ curl users often forget it).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -41,6 +42,7 @@ __all__ = ["normalize_events", "routes"]
 
 log = logging.getLogger("stepline.server.events")
 
+LARGE_REQUEST_BYTES = 256 * 1024  # parsed, checked and planned off the event loop
 MIN_TS_MS = 315_532_800_000  # 1980-01-01T00:00:00Z
 MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 EVENT_FIELDS = frozenset({"name", "data", "id", "ts", "user", "v"})
@@ -56,7 +58,7 @@ def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise InvalidRequest("request body is empty: expected a JSON event or an array of events")
     try:
-        return bodies.parse_json(raw)
+        return bodies.parse_json(raw, allow_nul=True)  # in event data (names and ids are checked one by one)
     except bodies.InvalidBody as exc:
         raise InvalidRequest(str(exc)) from None
 
@@ -151,7 +153,12 @@ async def receive_events(request: Request) -> Response:
         log.warning("event API: rejected a request with an unknown event key")
         return JSONResponse({"status": 401, "message": "", "error": "Event key not found"}, status_code=401)
     try:
-        events = normalize_events(parse_json(await read_body(request, st.config.max_body_bytes)))
+        raw = await read_body(request, st.config.max_body_bytes)
+        large = len(raw) > LARGE_REQUEST_BYTES
+        if large:  # parsing and checking a few MB takes a while: not on the event loop
+            events = await asyncio.to_thread(lambda: normalize_events(parse_json(raw)))
+        else:
+            events = normalize_events(parse_json(raw))
     except BodyTooLarge as exc:
         return _events_reply(413, [], str(exc))
     except BodyTimeout as exc:
@@ -162,8 +169,10 @@ async def receive_events(request: Request) -> Response:
         return _events_reply(200, [])
     ids = event_ids(request.headers.get(EVENT_ID_SEED_HEADER), len(events))
     try:
-        # The sender's trace context (an instrumented HTTP client sends one): the runs continue its trace.
-        result = await st.engine.ingest(events, internal_ids=ids, traceparent=request.headers.get("traceparent"))
+        # The sender's trace context (an instrumented HTTP client sends one): the runs continue its trace. The
+        # events were validated here (normalize_events): the engine does not check them again.
+        result = await st.engine.ingest(events, internal_ids=ids, traceparent=request.headers.get("traceparent"),
+                                        checked=True, large=large)  # fmt: skip
     except EventValidationError as exc:
         return _events_reply(400, [], str(exc))
     except Exception as exc:  # the store failed: a 5xx makes the SDKs retry (with the same seed, so no duplicates)

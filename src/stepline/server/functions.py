@@ -278,5 +278,11 @@ def function_records(app_id: str, functions: Any) -> list[FunctionRecord]:
     for r in records:
         if r.id in seen:
             raise FunctionConfigError(f"function {r.id!r} is registered twice")
+        if len(r.id) > MAX_ID_CHARS or len(r.name) > MAX_ID_CHARS:
+            raise FunctionConfigError(f"function {r.id[:80]!r}: its id and name may have at most {MAX_ID_CHARS} "
+                                      "characters")  # fmt: skip
         seen.add(r.id)
     return records
+
+
+MAX_ID_CHARS = 512  # function ids and names (ids are indexed)

@@ -18,15 +18,20 @@ messages save).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import resource
 from typing import Any
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from stepline.server.bodies import BODY_TIMEOUT_SECONDS
+
 __all__ = ["HEADER_TIMEOUT_SECONDS", "KEEP_ALIVE_SECONDS", "MAX_CONNECTIONS", "GuardedH11", "uvicorn_config"]
 
+log = logging.getLogger("stepline.server")
 HEADER_TIMEOUT_SECONDS = float(os.environ.get("STEPLINE_HEADER_TIMEOUT", "10") or 10)
 KEEP_ALIVE_SECONDS = 5.0
 MAX_CONNECTIONS = 1000
@@ -36,24 +41,42 @@ WS_PING_SECONDS = 20.0
 
 
 class GuardedH11(H11Protocol):
-    """uvicorn's h11 protocol, closing connections whose request head takes longer than ``header_timeout``."""
+    """uvicorn's h11 protocol, closing connections whose request head takes longer than ``header_timeout`` or whose
+    body takes longer than ``body_timeout``, and those answered before their body arrived."""
 
     header_timeout = HEADER_TIMEOUT_SECONDS
+    body_timeout = BODY_TIMEOUT_SECONDS
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is h11.IDLE and data:
+        state = self.conn.their_state
+        if state is h11.IDLE and data:
             self._arm()  # a request head has begun (or the connection is new): it must complete in time
         else:
             self._disarm()
+        if state is h11.SEND_BODY:
+            if self._body_timer is None:  # the body must arrive in time, even once the request was answered
+                self._body_timer = self.loop.call_later(self.body_timeout, self.transport.close)
+        elif self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
+            self.transport.close()  # answered (a refusal) before the body arrived: nothing more is read
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         super().connection_lost(exc)
 
     def _arm(self) -> None:
@@ -76,9 +99,35 @@ class GuardedH11(H11Protocol):
         self.transport.close()
 
 
+FD_RESERVE = 128  # descriptors kept for the database, app calls, logs and the sandbox
+
+
+def connections_within_fd_limit(max_connections: int) -> int:
+    """Raise this process's open-file limit to its hard limit (a systemd unit's default soft limit is 1,024) and
+    return how many connections fit under it: a server that runs out of descriptors cannot even answer 503, and
+    asyncio logs a traceback for every refused accept."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    except (ValueError, OSError):
+        return max_connections
+    room = soft - FD_RESERVE if soft != resource.RLIM_INFINITY else max_connections
+    if max_connections > room:
+        log.warning("--max-connections %d is above what the open-file limit (%d) leaves room for: serving at "
+                    "most %d connections; raise the limit (LimitNOFILE=, ulimit -n)",
+                    max_connections, soft, room)  # fmt: skip
+        return max(10, room)
+    return max_connections
+
+
 def uvicorn_config(app: Any, *, forwarded_allow_ips: tuple[str, ...] = (), max_connections: int = MAX_CONNECTIONS,
                    **options: Any) -> uvicorn.Config:  # fmt: skip
-    """The server's uvicorn settings (``options`` adds or overrides others, e.g. ``log_level``)."""
+    """The server's uvicorn settings (``options`` adds or overrides others, e.g. ``log_level``); the connection
+    cap fits the process's open-file limit (``connections_within_fd_limit``)."""
+    max_connections = connections_within_fd_limit(max_connections)
     settings: dict[str, Any] = {
         "http": GuardedH11,
         "ws": "websockets-sansio",

@@ -312,7 +312,9 @@ def openapi_document(endpoints: Sequence[Endpoint], *, title: str = "Stepline RE
             responses[str(ep.ok_status)] = {"description": "Done"}
         else:
             responses[str(ep.ok_status)] = _json("OK", keys[(ep.ok, "serialization")])
-        for status in sorted({*ep.errors, 401}):
+        # Every request can be refused as bad (a NUL in its path or query, say) and, with a body, as too large (413)
+        # or too slow to arrive (408).
+        for status in sorted({*ep.errors, 400, 401, *((408, 413) if ep.body is not None else ())}):
             responses[str(status)] = _json(_STATUS_TEXT[status], keys[(ErrorOut, "serialization")])
         op: dict[str, Any] = {
             "operationId": f"{ep.method.lower()}{ep.path.replace('/', '_').replace('{', '').replace('}', '')}",
@@ -348,6 +350,8 @@ def openapi_document(endpoints: Sequence[Endpoint], *, title: str = "Stepline RE
 
 _STATUS_TEXT = {
     400: "Bad request",
+    408: "The request body did not arrive in time",
+    413: "The request body is larger than the limit",
     401: "Missing or wrong signing key (cloud mode)",
     404: "Not found",
     409: "Conflict with the run's state",

@@ -57,6 +57,7 @@ ALWAYS_REFUSED: tuple[IPNetwork, ...] = tuple(
               "224.0.0.0/4", "ff00::/8", "255.255.255.255/32")
 )  # fmt: skip
 MAX_REDIRECTS = 5
+MAX_URL_CHARS = 2048  # URLs are stored and indexed (an app's URL is its key)
 
 
 class OutboundRefused(Exception):
@@ -89,13 +90,23 @@ def _parse_allow(entries: Iterable[str]) -> tuple[frozenset[str], tuple[IPNetwor
     return frozenset(hosts), tuple(nets)
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def _address(text: str) -> IPAddress | None:
+    """The address to judge: an IPv4 address carried in IPv6 (mapped, NAT64, 6to4, IPv4-compatible) is judged as
+    that IPv4 address, since that is where the packets end up."""
     try:
         ip = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone id
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+        if ip in _NAT64 or (int(ip) >> 32 == 0 and int(ip) > 1):  # NAT64 well-known prefix, IPv4-compatible
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip
 
 
@@ -137,6 +148,8 @@ class OutboundPolicy:
 
     def check_url(self, url: str) -> str:
         """The URL's host after checking its form and, for an IP literal, its address; raises OutboundRefused."""
+        if len(url) > MAX_URL_CHARS:
+            raise OutboundRefused(f"the URL is {len(url):,} characters long; the limit is {MAX_URL_CHARS:,}")
         try:
             parts = urlsplit(url.strip())
             host = parts.hostname
@@ -224,7 +237,7 @@ def unwrap_refusal(exc: BaseException) -> OutboundRefused | None:
     return None
 
 
-def excerpt(body: bytes | str, limit: int = 120) -> str:
+def excerpt(body: bytes | str, limit: int = 240) -> str:
     """A short, printable excerpt of an answer for errors shown to users: control characters and markup-breaking
     whitespace collapsed, cut at ``limit`` characters with an ellipsis."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body

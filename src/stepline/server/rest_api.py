@@ -69,6 +69,7 @@ from stepline.server.openapi import (
 )
 from stepline.server.signing import bearer_matches
 from stepline.server.state import ServerState, state_of
+from stepline.storage.base import Store
 from stepline.storage.records import CancellationRecord, RunFilter, RunRecord, StepRecord
 
 log = logging.getLogger("stepline.server.rest")
@@ -289,10 +290,20 @@ async def list_events(request: Request) -> Response:
     limit = _limit(request, EVENTS_LIMIT)
     cursor = request.query_params.get("cursor") or None  # an id bound: the events listed before it
     name = request.query_params.get("name") or None
-    found = await st.engine.store.list_events(name, limit + 1, before=cursor)
-    page = found[:limit]
-    next_cursor = page[-1].internal_id if len(found) > limit else None
+    page, more = await events_page(st.engine.store, name, limit, cursor)
+    next_cursor = page[-1].internal_id if more else None
     return _ok(EventPage(data=[event_out(e) for e in page], metadata=_meta(st), cursor=next_cursor))
+
+
+async def events_page(store: Store, name: str | None, limit: int, before: str | None) -> tuple[list[StoredEvent], bool]:
+    """A page of events (REST API and dashboard) and whether more come after it: the store ends a page early when
+    its events' data would pass a size budget, so a short page may still have more behind it."""
+    found = await store.list_events(name, limit + 1, before=before)
+    page = found[:limit]
+    if len(found) > limit:
+        return page, True
+    more = bool(page) and bool(await store.list_events(name, 1, before=page[-1].internal_id))
+    return page, more
 
 
 async def get_event(request: Request) -> Response:

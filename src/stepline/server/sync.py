@@ -63,6 +63,8 @@ async def register(request: Request) -> Response:
     url = body.get("url")
     if not isinstance(app_id, str) or not app_id:
         return error_response(400, "the register body needs appName (or appname)")
+    if len(app_id) > MAX_APP_ID_CHARS:
+        return error_response(400, f"the app's id is {len(app_id)} characters long; the limit is {MAX_APP_ID_CHARS}")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         return error_response(400, f"the register body needs the app's url, got {url!r:.200}")
     try:
@@ -180,10 +182,11 @@ def _put_error(status: int, content: bytes) -> str | None:
     if status >= 300:
         return f"the app answered the sync with HTTP {status}: {excerpt(message or content)}"
     if message:
-        return f"the app's sync failed: {excerpt(message, 300)}"
+        return f"the app's sync failed: {excerpt(message)}"
     return None
 
 
+MAX_APP_ID_CHARS = 256
 API_BODY_LIMIT = 64 * 1024  # POST /v1/apps/sync: a URL
 RETRY_BACKOFF_CAP = 300.0  # seconds: a failing app is retried after poll_interval, 2x, 4x, ... up to this
 
@@ -292,8 +295,8 @@ async def resync(request: Request) -> Response:
         return error_response(413, str(exc))
     except BodyTimeout as exc:
         return error_response(408, str(exc))
-    except InvalidBody:
-        return error_response(400, 'the body must be JSON: {"url": "http://host:port/api/inngest"}')
+    except InvalidBody as exc:
+        return error_response(400, f'{exc}; expected JSON: {{"url": "http://host:port/api/inngest"}}')
     url = body.get("url") if isinstance(body, dict) else None
     if not isinstance(url, str) or not url:
         return error_response(400, "the body needs the app's url")

@@ -251,9 +251,12 @@ class Store(abc.ABC):
         """Failed dashboard logins from ``address`` in the current minute (all nodes)."""
 
     @abc.abstractmethod
-    async def list_events(self, name: str | None, limit: int, before: str | None = None) -> list[StoredEvent]:
+    async def list_events(self, name: str | None, limit: int, before: str | None = None,
+                          max_bytes: int = 8 * 1024 * 1024) -> list[StoredEvent]:  # fmt: skip
         """Newest first (in the order they were stored). ``before``: paging, only events stored before the one
-        with this internal id (none if no event has it)."""
+        with this internal id (none if no event has it). At most ``limit`` events, and the page stops before the
+        event whose data would take it past ``max_bytes`` (it holds at least one): what a page costs to read and
+        serve stays bounded whatever the events hold."""
 
     # --- apps (synced over HTTP by the server) ---
     @abc.abstractmethod

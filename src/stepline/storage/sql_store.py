@@ -48,6 +48,7 @@ from stepline.storage.writer import GroupCommitWriter, MergeableOp
 
 T = TypeVar("T")
 _RUN_LIVE = ("queued", "running")
+EVENT_PAGE_BYTES = 8 * 1024 * 1024  # a page of events stops before its data would pass this (at least one event)
 # A signal wait's name in the waits table: a reserved event name no sent event can have, so events never match it.
 SIGNAL_WAIT_PREFIX = "stepline/signal:"
 
@@ -812,8 +813,9 @@ class SqlStore(
         row = self._read(lambda c: c.execute(self.Q["select_event"], {"internal_id": internal_id}).fetchone())
         return None if row is None else _event(row)
 
-    async def list_events(self, name: str | None, limit: int, before: str | None = None) -> list[StoredEvent]:
-        params = {"name": name, "limit": limit, "before": before}
+    async def list_events(self, name: str | None, limit: int, before: str | None = None,
+                          max_bytes: int = EVENT_PAGE_BYTES) -> list[StoredEvent]:  # fmt: skip
+        params = {"name": name, "limit": limit, "before": before, "max_bytes": max_bytes}
         query = "list_events" if name is None else "list_events_by_name"
         return [_event(r) for r in self._read(lambda c: c.execute(self.Q[query], params).fetchall())]
 

@@ -154,7 +154,10 @@ async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> dict[str, 
     if ctype and not ctype.startswith("application/x-www-form-urlencoded"):
         raise ActionError(415, "actions take application/x-www-form-urlencoded forms")
     parsed = urllib.parse.parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
-    return {k: v[0] for k, v in parsed.items()}
+    form = {k: v[0] for k, v in parsed.items()}
+    if any("\x00" in k or "\x00" in v for k, v in form.items()):
+        raise ActionError(400, "the form holds a NUL character")
+    return form
 
 
 def action(dash: Dashboard, handler: ActionHandler, describe: Callable[[Request, dict[str, str]], str]

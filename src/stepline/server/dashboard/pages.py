@@ -214,11 +214,10 @@ async def events_page(dash: Dashboard, request: Request, session: Session) -> Re
     name = request.query_params.get("name", "").strip() or None
     before = request.query_params.get("before") or None
     limit = _limit(request.query_params.get("limit"))
-    found = await dash.engine.store.list_events(name, limit + 1, before=before)
-    page_events = found[:limit]
+    page_events, more = await rest_api.events_page(dash.engine.store, name, limit, before)
     query = {k: v for k, v in (("name", name or ""),) if v}
     next_link = f"{PREFIX}/events?" + urllib.parse.urlencode({**query, "before": page_events[-1].internal_id}) \
-        if len(found) > limit else ""  # fmt: skip
+        if more else ""  # fmt: skip
     return dash.render(request, "events.html", session, events=page_events, name=name or "", next_link=next_link,
                        first_link=f"{PREFIX}/events?" + urllib.parse.urlencode(query) if before else "")  # fmt: skip
 

@@ -48,10 +48,16 @@ WHERE internal_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
 SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at, traceparent FROM events WHERE internal_id = %(internal_id)s
 
 -- name: list_events
-SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events
-WHERE (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(before)s::text IS NULL OR seq < (SELECT seq FROM events WHERE internal_id = %(before)s))
-ORDER BY seq DESC LIMIT %(limit)s
+-- A page stops before the event that would take its data past %(max_bytes)s (it holds at least one event).
+SELECT internal_id, id, name, data, "user", ts, v, received_at FROM (
+    SELECT internal_id, id, name, data::text AS data, "user"::text AS "user", ts, v, received_at, seq,
+           sum(octet_length(data::text)) OVER (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING)
+               - octet_length(data::text) AS bytes_before
+    FROM events
+    WHERE (%(name)s::text IS NULL OR name = %(name)s)
+      AND (%(before)s::text IS NULL OR seq < (SELECT seq FROM events WHERE internal_id = %(before)s))
+    ORDER BY seq DESC LIMIT %(limit)s
+) page WHERE bytes_before < %(max_bytes)s ORDER BY seq DESC
 
 -- name: events_after_cursor
 SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events
@@ -323,10 +329,15 @@ DELETE FROM waits WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jso
 -- ----- REST API and dashboard: run and event lists driven by the most selective index -----
 
 -- name: list_events_by_name
-SELECT internal_id, id, name, data::text, "user"::text, ts, v, received_at FROM events
-WHERE name = %(name)s
-  AND (%(before)s::text IS NULL OR seq < (SELECT seq FROM events WHERE internal_id = %(before)s))
-ORDER BY seq DESC LIMIT %(limit)s
+SELECT internal_id, id, name, data, "user", ts, v, received_at FROM (
+    SELECT internal_id, id, name, data::text AS data, "user"::text AS "user", ts, v, received_at, seq,
+           sum(octet_length(data::text)) OVER (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING)
+               - octet_length(data::text) AS bytes_before
+    FROM events
+    WHERE name = %(name)s
+      AND (%(before)s::text IS NULL OR seq < (SELECT seq FROM events WHERE internal_id = %(before)s))
+    ORDER BY seq DESC LIMIT %(limit)s
+) page WHERE bytes_before < %(max_bytes)s ORDER BY seq DESC
 
 -- name: list_runs_by_event
 SELECT id, function_id, event_id, status, attempt, idle_reason::text, output::text, error::text, created_at,

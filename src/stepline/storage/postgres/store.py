@@ -37,9 +37,16 @@ log = logging.getLogger("stepline.postgres")
 
 
 def _is_disconnect(exc: BaseException) -> bool:
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and not isinstance(
-        exc, pg_errors.QueryCanceled
-    )
+    """The connection is gone (or the server is going away): reconnect and retry. psycopg files every SQLSTATE
+    of classes 53, 54, 55 and 57 under OperationalError too; of those only connection failures (no SQLSTATE, class
+    08) and server shutdowns (57P01-57P03) are a lost connection: a statement over one of PostgreSQL's limits
+    (54000: an index entry too large, say) fails the same way every time, so it is the caller's error at once."""
+    if isinstance(exc, psycopg.InterfaceError):
+        return True
+    if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, pg_errors.QueryCanceled):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 def _is_transient(exc: BaseException) -> bool:

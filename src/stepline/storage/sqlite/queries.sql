@@ -16,11 +16,16 @@ WHERE internal_id IN (SELECT value FROM json_each(:ids))
 SELECT internal_id, id, name, data, user, ts, v, received_at, traceparent FROM events WHERE internal_id = :internal_id
 
 -- name: list_events
-SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
-WHERE (:name IS NULL OR name = :name)
-  AND seq < CASE WHEN :before IS NULL THEN 9223372036854775807
-                ELSE (SELECT seq FROM events WHERE internal_id = :before) END
-ORDER BY seq DESC LIMIT :limit
+-- A page stops before the event that would take its data past :max_bytes (it holds at least one event).
+SELECT internal_id, id, name, data, user, ts, v, received_at FROM (
+    SELECT internal_id, id, name, data, user, ts, v, received_at, seq,
+           sum(length(data)) OVER (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING) - length(data) AS bytes_before
+    FROM events
+    WHERE (:name IS NULL OR name = :name)
+      AND seq < CASE WHEN :before IS NULL THEN 9223372036854775807
+                    ELSE (SELECT seq FROM events WHERE internal_id = :before) END
+    ORDER BY seq DESC LIMIT :limit
+) WHERE bytes_before < :max_bytes ORDER BY seq DESC
 
 -- name: events_after_cursor
 SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
@@ -247,11 +252,15 @@ DELETE FROM waits WHERE run_id IN (SELECT value FROM json_each(:ids))
 -- ----- REST API and dashboard: run and event lists driven by the most selective index -----
 
 -- name: list_events_by_name
-SELECT internal_id, id, name, data, user, ts, v, received_at FROM events
-WHERE name = :name
-  AND seq < CASE WHEN :before IS NULL THEN 9223372036854775807
-                ELSE (SELECT seq FROM events WHERE internal_id = :before) END
-ORDER BY seq DESC LIMIT :limit
+SELECT internal_id, id, name, data, user, ts, v, received_at FROM (
+    SELECT internal_id, id, name, data, user, ts, v, received_at, seq,
+           sum(length(data)) OVER (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING) - length(data) AS bytes_before
+    FROM events
+    WHERE name = :name
+      AND seq < CASE WHEN :before IS NULL THEN 9223372036854775807
+                    ELSE (SELECT seq FROM events WHERE internal_id = :before) END
+    ORDER BY seq DESC LIMIT :limit
+) WHERE bytes_before < :max_bytes ORDER BY seq DESC
 
 -- name: list_runs_by_event
 SELECT id, function_id, event_id, status, attempt, idle_reason, output, error, created_at, started_at,
