@@ -209,3 +209,9 @@ async def test_a_body_that_never_finishes_holds_no_connection(tmp_path: Any) -> 
         sock.close()
     finally:
         server.stop()
+
+
+async def test_a_request_of_too_many_values_is_refused_before_it_is_parsed(api: httpx.AsyncClient) -> None:
+    events = [{"name": "t/many", "data": {"l": [0] * 200_000}} for _ in range(6)]  # 1.2 million values
+    resp = await api.post("/e/key", content=json.dumps(events).encode())
+    assert resp.status_code == 400 and "more than 1,000,000 JSON values" in resp.json()["error"]

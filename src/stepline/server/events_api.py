@@ -43,6 +43,7 @@ __all__ = ["normalize_events", "routes"]
 log = logging.getLogger("stepline.server.events")
 
 LARGE_REQUEST_BYTES = 256 * 1024  # parsed, checked and planned off the event loop
+MAX_REQUEST_VALUES = 1_000_000  # JSON values in one request (each event holds at most 250,000)
 MIN_TS_MS = 315_532_800_000  # 1980-01-01T00:00:00Z
 MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 EVENT_FIELDS = frozenset({"name", "data", "id", "ts", "user", "v"})
@@ -155,6 +156,10 @@ async def receive_events(request: Request) -> Response:
     try:
         raw = await read_body(request, st.config.max_body_bytes)
         large = len(raw) > LARGE_REQUEST_BYTES
+        if large and raw.count(b",") + raw.count(b"[") + raw.count(b"{") > MAX_REQUEST_VALUES:
+            # an upper bound of its values, counted before parsing (which holds the interpreter for its duration)
+            raise InvalidRequest(f"the request holds more than {MAX_REQUEST_VALUES:,} JSON values; send fewer events "
+                                 "per request")  # fmt: skip
         if large:  # parsing and checking a few MB takes a while: not on the event loop
             events = await asyncio.to_thread(lambda: normalize_events(parse_json(raw)))
         else:
