@@ -395,8 +395,9 @@ def current_version(conn: psycopg.Connection[Any]) -> int:
     return int(got[0]) if got else 0
 
 
-def migrate(conn: psycopg.Connection[Any]) -> int:
-    """Apply pending migrations, one transaction each, under an advisory lock (safe with many nodes)."""
+def migrate(conn: psycopg.Connection[Any], target: int | None = None) -> int:
+    """Apply pending migrations (up to ``target``, default all), one transaction each, under an advisory lock
+    (safe with many nodes: a second node waits, then finds them applied); returns the version."""
     conn.execute("SELECT pg_advisory_lock(%(key)s)", {"key": MIGRATION_LOCK})
     try:
         conn.execute(
@@ -405,7 +406,7 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
         )
         applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
         for version, name, sql in load_migrations("stepline.storage.postgres"):
-            if version in applied:
+            if version in applied or (target is not None and version > target):
                 continue
             with conn.transaction():
                 conn.execute(sql.encode())

@@ -64,24 +64,7 @@ class SQLiteStore(SqlStore):
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                "applied_at TEXT NOT NULL DEFAULT (datetime('now')))"
-            )
-            applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for version, name, sql in load_migrations("stepline.storage.sqlite"):
-                if version in applied:
-                    continue
-                for statement in _split_statements(sql):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self._schema_version = int(conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0])
+        self._schema_version = migrate(conn)
 
     # --- lifecycle ---
     async def open(self) -> None:
@@ -116,6 +99,31 @@ class SQLiteStore(SqlStore):
         if self._writer is None:
             raise RuntimeError("the store is not open: call await store.open() first")
         return self._writer
+
+
+def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
+    """Apply pending migrations (up to ``target``, default all) in one write transaction; returns the version.
+
+    ``BEGIN IMMEDIATE`` takes the write lock first, so a second process migrating at once waits (busy timeout)
+    and then finds the migrations applied; a failing migration rolls back every one this call applied."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at TEXT NOT NULL DEFAULT (datetime('now')))"
+        )
+        applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+        for version, name, sql in load_migrations("stepline.storage.sqlite"):
+            if version in applied or (target is not None and version > target):
+                continue
+            for statement in _split_statements(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return int(conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0])
 
 
 def _is_locked(exc: BaseException) -> bool:
