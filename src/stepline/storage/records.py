@@ -6,8 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from stepline.core.events import StoredEvent
-
 # "skipped": a run flow control dropped when its event arrived (rate limit, singleton skip); it never ran.
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "skipped"})
 StepStatus = Literal["completed", "failed", "retrying", "sleeping", "waiting", "invoking"]
@@ -18,6 +16,36 @@ RUN_LOG_MESSAGE_LIMIT = 8192  # characters kept of one log message (with its tra
 
 # (expression or None, the waiting run's trigger event, the candidate event) -> does it match?
 WaitMatcher = Callable[[str | None, dict[str, Any], dict[str, Any]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An accepted event as the engine stores and passes it around."""
+
+    internal_id: str
+    id: str
+    name: str
+    data: dict[str, Any]
+    user: dict[str, Any]
+    ts: int
+    v: str | None
+    received_at: int
+    # The W3C ``traceparent`` of the traced code that sent it (not part of the event users see): the runs it starts
+    # continue that trace (observability/tracing.py).
+    traceparent: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as user code and CEL expressions see it."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "data": self.data,
+            "id": self.id,
+            "ts": self.ts,
+            "user": self.user,
+        }
+        if self.v is not None:
+            out["v"] = self.v
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from stepline.core.events import StoredEvent
 from stepline.storage.base import Store
 from stepline.storage.records import (
     RUN_LOG_MESSAGE_LIMIT,
@@ -33,6 +32,7 @@ from stepline.storage.records import (
     StepRecord,
     StepResultConflict,
     StepUpdate,
+    StoredEvent,
     WaitMatcher,
     WriteOutcome,
 )

@@ -21,8 +21,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
-from stepline.core.events import StoredEvent
-from stepline.storage.records import NewRun, RealtimeRow, RunFinish, StepUpdate
+from stepline.storage.records import NewRun, RealtimeRow, RunFinish, StepUpdate, StoredEvent
 from stepline.storage.sql import backend_queries, load_migrations, load_queries
 from stepline.storage.sql_store import SqlStore, _j
 from stepline.storage.writer import GroupCommitWriter
