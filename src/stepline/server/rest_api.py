@@ -26,6 +26,7 @@ from stepline.core.expressions import Bindings, Expression, ExpressionError, com
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import new_ulid
 from stepline.core.rerun import RerunNotPossibleError, RunNotFoundError, StepNotFoundError, rerun
+from stepline.protocol.signing import bearer_matches
 from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body
 from stepline.server.errors import error_response
 from stepline.server.live import RETRY_AFTER_SECONDS, TooManyWaits
@@ -67,7 +68,6 @@ from stepline.server.openapi import (
     StepOut,
     openapi_document,
 )
-from stepline.server.signing import bearer_matches
 from stepline.server.state import ServerState, state_of
 from stepline.storage.base import Store
 from stepline.storage.records import CancellationRecord, RunFilter, RunRecord, StepRecord
