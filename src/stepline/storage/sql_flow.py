@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepline.observability import hooks
 from stepline.storage.records import IngestResult, NewRun, RunFinish
+from stepline.storage.sql import Conn
 
 
 def _j(value: Any) -> str | None:
@@ -70,20 +71,20 @@ class SqlFlowMixin:
 
     Q: dict[str, str]
 
-    def _lock_key(self, conn: Any, key: str, shared: bool = False) -> None:
+    def _lock_key(self, conn: Conn, key: str, shared: bool = False) -> None:
         """Serialise transactions that count or change this flow key (PostgreSQL: an advisory lock). ``shared``:
         for freeing slots, which conflicts with claims counting the key but not with other frees."""
 
     if TYPE_CHECKING:
 
-        def _notify_work(self, conn: Any, due_at: int) -> None: ...
+        def _notify_work(self, conn: Conn, due_at: int) -> None: ...
 
-        def _finish(self, conn: Any, run_id: str, finish: RunFinish, matcher: Any, now: int) -> bool: ...
+        def _finish(self, conn: Conn, run_id: str, finish: RunFinish, matcher: Any, now: int) -> bool: ...
 
     # --- rows ---
     def _insert_run_row(
         self,
-        conn: Any,
+        conn: Conn,
         run: NewRun,
         due_at: int | None,
         *,
@@ -108,14 +109,14 @@ class SqlFlowMixin:
         )  # fmt: skip
         return int(cur.rowcount)
 
-    def _insert_skipped(self, conn: Any, run: NewRun, now: int, reason: dict[str, Any], result: IngestResult) -> None:
+    def _insert_skipped(self, conn: Conn, run: NewRun, now: int, reason: dict[str, Any], result: IngestResult) -> None:
         if self._insert_run_row(conn, run, None, status="skipped", idle_reason=reason, ended_at=now):
             result.flow_skipped_run_ids.append(run.id)
             _count(run.function_id, "rate_limit" if reason["kind"] == "rate_limited" else "singleton", "skipped")
 
     # --- ingest ---
     def _admit(
-        self, conn: Any, run: NewRun, now: int, matcher: Any, result: IngestResult, replayed: bool = False
+        self, conn: Conn, run: NewRun, now: int, matcher: Any, result: IngestResult, replayed: bool = False
     ) -> bool:
         """Pass a new run through its ingest gates and store it (or what it became). Returns False if nothing of
         it remains to insert by the caller: skipped (stored as such) or merged into an open run.
@@ -242,7 +243,7 @@ class SqlFlowMixin:
 
     # --- claims ---
     def _claim_gated(
-        self, conn: Any, owner: str, function_ids: list[str], now: int, limit: int, lease_ms: int
+        self, conn: Conn, owner: str, function_ids: list[str], now: int, limit: int, lease_ms: int
     ) -> list[tuple[Any, ...]]:
         """Claim due runs of flow-controlled functions in priority order, each only if every concurrency key it
         has a slot free; the others wait (``blocked_on``). Returns the claimed runs' rows."""
@@ -301,7 +302,7 @@ class SqlFlowMixin:
             claimed.append(row)
         return claimed
 
-    def _free_slots(self, conn: Any, keys: tuple[Any, ...] | None, now: int) -> None:
+    def _free_slots(self, conn: Conn, keys: tuple[Any, ...] | None, now: int) -> None:
         """A run holding slots of these concurrency keys dropped its lease: the first run waiting on each is due."""
         if not keys:
             return
@@ -312,6 +313,6 @@ class SqlFlowMixin:
             if conn.execute(self.Q["flow_wake_blocked"], {"key": key, "now": now}).rowcount:
                 self._notify_work(conn, now)
 
-    def _prune_flow(self, conn: Any, now: int, limit: int) -> int:
+    def _prune_flow(self, conn: Conn, now: int, limit: int) -> int:
         n = conn.execute(self.Q["flow_prune_buckets"], {"now": now * _NS, "limit": limit}).rowcount
         return int(n) + int(conn.execute(self.Q["flow_prune_pending"], {"limit": limit}).rowcount)

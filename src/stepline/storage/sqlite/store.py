@@ -7,9 +7,9 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from stepline.storage.sql import load_migrations, load_queries
+from stepline.storage.sql import Conn, load_migrations, load_queries
 from stepline.storage.sql_store import SqlStore
 from stepline.storage.writer import GroupCommitWriter
 
@@ -50,7 +50,7 @@ class SQLiteStore(SqlStore):
                 self._all_readers.append(conn)
         return conn
 
-    def _read(self, fn: Callable[[Any], T]) -> T:
+    def _read(self, fn: Callable[[Conn], T]) -> T:
         return fn(self._reader())
 
     def data_version(self) -> int:
