@@ -218,7 +218,7 @@ class SqlStore(
                     self._match_waits(conn, ev, matcher, now, result)
         # Singleton keys locked in one order (sorted), before any is needed: two ingests would deadlock otherwise.
         singletons = {
-            r.flow.singleton[0] for b, _, _ in items for r in b.runs if r.flow is not None and r.flow.singleton
+            r.flow.singleton.key for b, _, _ in items for r in b.runs if r.flow is not None and r.flow.singleton
         }
         for key in sorted(singletons):
             self._lock_key(conn, key)

@@ -229,9 +229,9 @@ class PostgresStore(SqlStore):
              "created_at": [r.created_at for r in runs], "start_deadline": [r.start_deadline for r in runs],
              "due_at": [r.due_at for r in runs], "parent_run_id": [r.parent_run_id for r in runs],
              "parent_step_id": [r.parent_step_id for r in runs],
-             "flow": [json.dumps({"c": [list(c) for c in conc]}) if conc else None for conc in concs],
-             "ckey1": [conc[0][0] if conc else None for conc in concs],
-             "ckey2": [conc[1][0] if len(conc) > 1 else None for conc in concs],
+             "flow": [json.dumps({"c": [[c.key, c.limit, c.shown] for c in conc]}) if conc else None for conc in concs],
+             "ckey1": [conc[0].key if conc else None for conc in concs],
+             "ckey2": [conc[1].key if len(conc) > 1 else None for conc in concs],
              "priority_ms": [r.flow.priority_ms if r.flow is not None else 0 for r in runs]},
         )  # fmt: skip
 
