@@ -87,11 +87,12 @@ class PgCluster:
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{dbname}"
 
-    def create_database(self) -> str:
-        """A new, migrated, empty database; returns its URL."""
+    def create_database(self, *, migrated: bool = True) -> str:
+        """A new, empty database, migrated to the latest version unless ``migrated`` is False (then it holds no
+        table at all); returns its URL."""
         name = f"t_{new_ulid().lower()}"
         with self._lock, psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE if migrated else "template0"}')
         return self.url(name)
 
     def drop_database(self, url: str) -> None:

@@ -123,7 +123,7 @@ def _patch() -> None:
 
         http_worker.HttpWorker.__init__ = patched_init  # type: ignore[method-assign]
     if SPEC.get("plain_json") == "1":
-        from stepline.server import signing
+        from stepline.protocol import signing
 
         signing.canonical_json = lambda value: json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 

@@ -21,9 +21,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from starlette.applications import Starlette
 
 from stepline import Stepline
+from stepline.protocol.signing import hashed_signing_key
 from stepline.server import traces_api
 from stepline.server.config import ServerConfig
-from stepline.server.signing import hashed_signing_key
 from stepline.server.state import ServerState
 
 from ..integration.helpers import drain

@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 from stepline import FakeClock, Stepline
 from stepline.core.backoff import Backoff
 from stepline.core.ids import hash_step_id
-from stepline.server import signing
+from stepline.protocol import signing
 from stepline.server.app import create_app
 from stepline.server.config import ServerConfig
 from stepline.server.http_worker import HttpWorker

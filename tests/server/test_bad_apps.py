@@ -20,7 +20,7 @@ from typing import Any
 
 from stepline import FakeClock
 from stepline.core.ids import hash_step_id
-from stepline.server import signing
+from stepline.protocol import signing
 from stepline.server.http_worker import HttpWorker
 
 from .fake_app import (

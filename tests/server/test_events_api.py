@@ -18,10 +18,10 @@ from inngest._internal.errors import SendEventsError
 from starlette.applications import Starlette
 
 from stepline import FakeClock, Stepline
+from stepline.protocol.signing import hashed_signing_key
 from stepline.server import events_api
 from stepline.server.config import ServerConfig
 from stepline.server.event_ids import event_ids
-from stepline.server.signing import hashed_signing_key
 from stepline.server.state import ServerState
 from stepline.storage.records import RunFilter
 

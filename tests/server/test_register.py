@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from stepline.server.signing import hashed_signing_key
+from stepline.protocol.signing import hashed_signing_key
 
 from .fake_app import (
     APP_ID,

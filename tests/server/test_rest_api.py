@@ -16,9 +16,9 @@ from starlette.applications import Starlette
 
 from stepline import FakeClock, Stepline
 from stepline.core.ids import hash_step_id
+from stepline.protocol.signing import hashed_signing_key
 from stepline.server import rest_api
 from stepline.server.config import ServerConfig
-from stepline.server.signing import hashed_signing_key
 from stepline.server.state import ServerState
 from stepline.storage.records import AppRecord, FunctionRecord, RunFilter
 

@@ -26,7 +26,7 @@ from flask import Flask
 
 import stepline
 from stepline import FakeClock, NonRetriableError, RetryAfterError, Stepline
-from stepline.server import signing
+from stepline.protocol import signing
 
 from .harness import AsgiThread, Server, WsgiThread, free_port, wait_for
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from stepline.core.events import StoredEvent
-from stepline.server.protocol import CallState, call_body, memo_value, parse_response, retry_after_ms
+from stepline.protocol.calls import CallState, call_body, memo_value, parse_response, retry_after_ms
 from stepline.storage.records import StepRecord
 
 NOW = 1_800_000_000_000

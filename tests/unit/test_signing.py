@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from inngest._internal import net, server_lib, transforms
 
-from stepline.server.signing import (
+from stepline.protocol.signing import (
     SIGNATURE_HEADER,
     bearer_matches,
     canonical_json,

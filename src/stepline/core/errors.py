@@ -113,22 +113,26 @@ def run_end_error(error: dict[str, Any] | None, reason: str | None = None) -> di
 # --- internal control flow: BaseException so user code's `except Exception` cannot swallow it ---
 
 
-class _RunSignal(BaseException):
-    """Base of the signals that unwind user code when a run must stop executing in this process."""
+class RunSignal(BaseException):
+    """Base of the signals that unwind user code when a run must stop executing in this process (not errors:
+    whoever runs user code, the worker or ``stepline.serving``, lets them through)."""
 
 
-class Suspend(_RunSignal):
+_RunSignal = RunSignal  # the former name
+
+
+class Suspend(RunSignal):
     """The run has nothing more to do now (sleeping, waiting, retrying later)."""
 
 
-class RunCancelled(_RunSignal):
+class RunCancelled(RunSignal):
     """The run was cancelled (or timed out) while executing; stop without recording anything more."""
 
 
-class LeaseLost(_RunSignal):
+class LeaseLost(RunSignal):
     """Another worker owns this run now; stop executing it here."""
 
 
-class ReplayRun(_RunSignal):
+class ReplayRun(RunSignal):
     """A step's result, held back and used by the code already, lost to another one stored meanwhile (a worker
     that lost the lease wrote first): stop, and replay the run from the store at once."""

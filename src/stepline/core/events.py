@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from stepline.core.errors import EventValidationError, SerializationError
 from stepline.core.json_checks import json_problem, text_problem
+from stepline.storage.records import StoredEvent as StoredEvent  # defined with the other stored records
 
 RESERVED_PREFIXES = ("inngest/", "stepline/")
 MAX_EVENT_BYTES = 3 * 1024 * 1024
@@ -41,36 +41,6 @@ class Event(BaseModel):
     ts: int | None = None
     user: Any = Field(default_factory=dict)
     v: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An accepted event as the engine stores and passes it around."""
-
-    internal_id: str
-    id: str
-    name: str
-    data: dict[str, Any]
-    user: dict[str, Any]
-    ts: int
-    v: str | None
-    received_at: int
-    # The W3C ``traceparent`` of the traced code that sent it (not part of the event users see): the runs it starts
-    # continue that trace (observability/tracing.py).
-    traceparent: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The event as user code and CEL expressions see it."""
-        out: dict[str, Any] = {
-            "name": self.name,
-            "data": self.data,
-            "id": self.id,
-            "ts": self.ts,
-            "user": self.user,
-        }
-        if self.v is not None:
-            out["v"] = self.v
-        return out
 
 
 def to_json_value(value: Any, what: str) -> Any:

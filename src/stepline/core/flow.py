@@ -23,7 +23,15 @@ from typing import Any, Literal
 
 from stepline.core.durations import parse_duration
 from stepline.core.expressions import Bindings, ExpressionError, compile_expression
-from stepline.storage.records import RunFlow
+from stepline.storage.records import (
+    BatchKey,
+    ConcurrencySlot,
+    DebounceKey,
+    RateLimitKey,
+    RunFlow,
+    SingletonKey,
+    ThrottleKey,
+)
 
 __all__ = [
     "Batch",
@@ -396,7 +404,7 @@ class FlowSpec:
                 key = f"fn:{function_id}:{value}"
             else:  # env and account: shared by every function using the same key expression's value
                 key = f"{c['scope']}:{c.get('key') or ''}:{value}"
-            concurrency.append((key, int(c["limit"]), value or function_id))
+            concurrency.append(ConcurrencySlot(key, int(c["limit"]), value or function_id))
         priority_ms = 0
         if (pri := raw.get("priority")) and bindings is not None:
             seconds = evaluate_key("priority run", pri["run"], bindings)
@@ -414,12 +422,14 @@ class FlowSpec:
         return RunFlow(
             concurrency=tuple(concurrency),
             priority_ms=priority_ms,
-            throttle=None if not thr else (bucket("throttle", "throttle", thr), int(thr["limit"]),
-                                           int(thr["period_ms"]), int(thr.get("burst", 0))),
-            rate_limit=None if not rl else (bucket("rate", "rate_limit", rl), int(rl["limit"]), int(rl["period_ms"])),
-            debounce=None if not deb else (bucket("debounce", "debounce", deb), int(deb["period_ms"]),
-                                           deb.get("timeout_ms")),
-            batch=None if not bat else (bucket("batch", "batch", bat), int(bat["max_size"]), int(bat["timeout_ms"])),
-            singleton=None if not sin else (bucket("singleton", "singleton", sin), str(sin["mode"])),
+            throttle=None if not thr else ThrottleKey(bucket("throttle", "throttle", thr), int(thr["limit"]),
+                                                      int(thr["period_ms"]), int(thr.get("burst", 0))),
+            rate_limit=None if not rl else RateLimitKey(bucket("rate", "rate_limit", rl), int(rl["limit"]),
+                                                        int(rl["period_ms"])),
+            debounce=None if not deb else DebounceKey(bucket("debounce", "debounce", deb), int(deb["period_ms"]),
+                                                      deb.get("timeout_ms")),
+            batch=None if not bat else BatchKey(bucket("batch", "batch", bat), int(bat["max_size"]),
+                                                int(bat["timeout_ms"])),
+            singleton=None if not sin else SingletonKey(bucket("singleton", "singleton", sin), str(sin["mode"])),
             gates_claims=self.gates_claims,
         )  # fmt: skip

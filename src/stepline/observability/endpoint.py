@@ -50,7 +50,7 @@ class MetricsRuntime:
 
 def bearer_allowed(authorization: str | None, admin_token: str | None, signing_keys: tuple[str, ...]) -> bool:
     """``Authorization: Bearer`` with the admin token (compared in constant time) or a signing key."""
-    from stepline.server.signing import bearer_matches
+    from stepline.protocol.signing import bearer_matches
 
     if not authorization:
         return False

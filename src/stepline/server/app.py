@@ -21,7 +21,6 @@ from stepline.core.engine import Engine
 from stepline.observability.endpoint import MetricsRuntime
 from stepline.server import (
     checkpoint_api,
-    dashboard,
     events_api,
     metrics_api,
     realtime_api,
@@ -33,6 +32,7 @@ from stepline.server import (
 from stepline.server.app_calls import AppCalls
 from stepline.server.bodies import RefuseNul
 from stepline.server.config import ServerConfig
+from stepline.server.dashboard import app as dashboard
 from stepline.server.dev_guard import DevGuard
 from stepline.server.http_worker import HttpWorker
 from stepline.server.live import LiveRequests

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from stepline.server import protocol
+from stepline.protocol import calls
 from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body
 from stepline.server.defers import LAZY_OPS, defer_update
 from stepline.server.errors import error_response
@@ -49,7 +49,7 @@ class _Refused(Exception):
         self.message = message
 
 
-async def _store_ops(st: ServerState, run_id: str, owner: str, ops: list[protocol.Op]) -> int:
+async def _store_ops(st: ServerState, run_id: str, owner: str, ops: list[calls.Op]) -> int:
     """Apply the ops of one checkpoint in order; returns how many step results were stored."""
     stored = 0
     store = st.engine.store
@@ -67,7 +67,7 @@ async def _store_ops(st: ServerState, run_id: str, owner: str, ops: list[protoco
             continue  # a step about to run: nothing to store yet
         if op.op not in ("StepRun", "Step"):
             raise _Refused(400, f"cannot checkpoint a {op.op} op: only StepRun, StepPlanned, DeferAdd and DeferAbort")
-        protocol.check_storable(op.data)
+        calls.check_storable(op.data)
         update = StepUpdate(op.id, op.label, "run", "completed", 1, output=op.data)
         outcome = await store.record_step(run_id, owner, update, st.engine.matcher, st.engine.clock.now_ms())
         if outcome.status == "cancelled":
@@ -100,8 +100,8 @@ async def checkpoint_async(request: Request) -> Response:
     owner = dispatch_owner(qi_id) if isinstance(qi_id, str) else None
     if owner is None:
         return error_response(400, f"the checkpoint's qi_id {qi_id!r:.80} is not a dispatch of this server")
-    ops = [protocol.parse_op(raw) for raw in body["steps"]]
-    if any(op is None or (op.op in protocol.STEP_OPS and not op.id) for op in ops):
+    ops = [calls.parse_op(raw) for raw in body["steps"]]
+    if any(op is None or (op.op in calls.STEP_OPS and not op.id) for op in ops):
         return error_response(400, "every checkpointed op needs an 'op' and a step 'id'")
     run = await st.engine.store.get_run(run_id)
     if run is None:

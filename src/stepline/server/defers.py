@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stepline.core.events import Event
-from stepline.server.protocol import Op
+from stepline.protocol.calls import Op
 from stepline.storage.records import StepRecord, StepUpdate
 
 log = logging.getLogger("stepline.server.defers")

@@ -30,12 +30,12 @@ from starlette.routing import BaseRoute, Route
 from stepline.core.errors import EventValidationError, UnknownFunctionError
 from stepline.core.events import MAX_EVENT_BYTES, MAX_EVENTS_PER_SEND, MAX_NAME_CHARS, RESERVED_PREFIXES
 from stepline.core.json_checks import json_problem, text_problem
+from stepline.protocol.signing import bearer_matches
 from stepline.server import bodies
 from stepline.server.bodies import BodyTimeout, BodyTooLarge, read_body
 from stepline.server.config import ServerConfig
 from stepline.server.errors import error_response
 from stepline.server.event_ids import EVENT_ID_SEED_HEADER, event_ids
-from stepline.server.signing import bearer_matches
 from stepline.server.state import state_of
 
 __all__ = ["normalize_events", "routes"]

@@ -28,13 +28,14 @@ from stepline.core.function import DEFAULT_WAIT_TIMEOUT
 from stepline.core.steps import MAX_SLEEP_MS, check_signal, signal_reason, sleep_too_long, wait_too_long
 from stepline.observability import hooks, runlog
 from stepline.observability.tracing import new_span_id
-from stepline.server import defers, gateway, protocol, signing
+from stepline.protocol import calls, signing
+from stepline.protocol.calls import CallState, Op, Outcome
+from stepline.server import defers, gateway
 from stepline.server.app_calls import AppCallFailed, ResponseTooLarge, app_origin
 from stepline.server.checkpoint_api import dispatch_id
 from stepline.server.defers import DEFER_KINDS, LAZY_OPS, defer_update
 from stepline.server.functions import HttpFunction
 from stepline.server.gateway import GATEWAY_OPS, GatewayResult
-from stepline.server.protocol import CallState, Op, Outcome
 from stepline.server.state import ServerState
 from stepline.storage.records import ClaimedRun, RunFinish, SignalConflict, StepRecord, StepUpdate, WaitSpec
 
@@ -349,11 +350,11 @@ class _Execution:
         if self.deadline is not None and now >= self.deadline:
             await self.finish(RunFinish("cancelled", error={
                 "name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}))  # fmt: skip
-        memo = {sid: protocol.memo_value(self.memo[sid]) for sid in self.stack}
+        memo = {sid: calls.memo_value(self.memo[sid]) for sid in self.stack}
         state = CallState(self.run.id, self.claimed.event, self.claimed.events, memo, list(self.stack), attempt,
                           self.fn.max_attempts, disable_immediate, self.fn.id if qi_id else None, qi_id,
                           defers.defers_map(self.memo))  # fmt: skip
-        body, _ = protocol.call_body(state)
+        body, _ = calls.call_body(state)
         raw = signing.canonical_json(body)
         headers = {"Content-Type": "application/json", "User-Agent": "stepline", "X-Inngest-Step-ID": step_id,
                    "X-Run-ID": self.run.id}  # fmt: skip
@@ -392,7 +393,7 @@ class _Execution:
                 bad = Outcome("error", error={"name": "InvalidResponseSignature",
                                               "message": _signature_problem(header, checked_at)})  # fmt: skip
                 return self.called(step_id, started, span, "bad_signature", bad)
-        outcome = protocol.parse_response(answer.status, lower, body_bytes, self.now())
+        outcome = calls.parse_response(answer.status, lower, body_bytes, self.now())
         result = "function_error" if outcome.kind == "error" else "ok"
         return self.called(step_id, started, span, result, outcome)
 

@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stepline.core.ids import new_ulid
+from stepline.protocol.signing import bearer_matches
 from stepline.realtime import tokens
 from stepline.realtime.browser import browser_script
 from stepline.realtime.hub import RealtimeHub, Subscription, SubscriptionClosed
@@ -51,7 +52,6 @@ from stepline.realtime.messages import (
 )
 from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body, stream_body
 from stepline.server.errors import error_response
-from stepline.server.signing import bearer_matches
 from stepline.server.state import ServerState, state_of
 from stepline.storage.records import TERMINAL_STATUSES, NewRealtimeMessage
 

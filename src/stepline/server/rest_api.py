@@ -22,10 +22,10 @@ from starlette.routing import BaseRoute, Route
 
 from stepline.core.clock import parse_rfc3339_ms
 from stepline.core.events import StoredEvent
-from stepline.core.expressions import Bindings, Expression, ExpressionError, compile_expression
+from stepline.core.expressions import ExpressionError, compile_expression
 from stepline.core.function import FunctionSpec
-from stepline.core.ids import new_ulid
 from stepline.core.rerun import RerunNotPossibleError, RunNotFoundError, StepNotFoundError, rerun
+from stepline.protocol.signing import bearer_matches
 from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body
 from stepline.server.errors import error_response
 from stepline.server.live import RETRY_AFTER_SECONDS, TooManyWaits
@@ -67,16 +67,14 @@ from stepline.server.openapi import (
     StepOut,
     openapi_document,
 )
-from stepline.server.signing import bearer_matches
+from stepline.server.queries import LIVE, AppIndex, all_runs, bulk_cancel, events_page
 from stepline.server.state import ServerState, state_of
-from stepline.storage.base import Store
 from stepline.storage.records import CancellationRecord, RunFilter, RunRecord, StepRecord
 
 log = logging.getLogger("stepline.server.rest")
 
 STATUS_NAMES = {"queued": "Queued", "running": "Running", "completed": "Completed", "failed": "Failed",
                 "cancelled": "Cancelled", "skipped": "Skipped"}  # fmt: skip
-LIVE = ("queued", "running")
 EVENTS_LIMIT = (20, 100)  # (default, maximum) page sizes, as Inngest
 RUNS_LIMIT = (20, 400)
 CANCELLATIONS_LIMIT = (100, 1000)
@@ -226,25 +224,6 @@ def event_out(ev: StoredEvent) -> EventOut:
                     v=ev.v, received_at=_iso(ev.received_at), received_at_ms=ev.received_at)  # fmt: skip
 
 
-class AppIndex:
-    """Which app a function id belongs to: the registry first, else the longest known app id it starts with."""
-
-    def __init__(self, specs: dict[str, FunctionSpec], app_ids: set[str]) -> None:
-        self.specs = specs
-        self.app_ids = sorted(app_ids | {s.app_id for s in specs.values()}, key=len, reverse=True)
-
-    @classmethod
-    async def load(cls, st: ServerState) -> AppIndex:
-        specs = await st.engine.refresh_registry()
-        return cls(specs, {a.app_id for a in await st.engine.store.list_apps() if a.app_id})
-
-    def of(self, function_id: str) -> str | None:
-        spec = self.specs.get(function_id)
-        if spec is not None:
-            return spec.app_id
-        return next((a for a in self.app_ids if function_id.startswith(f"{a}-")), None)
-
-
 def _run_fields(run: RunRecord, apps: AppIndex, now: int) -> dict[str, Any]:
     live = run.status in LIVE
     executing = run.lease_owner is not None and (run.lease_expires_at or 0) > now
@@ -295,17 +274,6 @@ async def list_events(request: Request) -> Response:
     return _ok(EventPage(data=[event_out(e) for e in page], metadata=_meta(st), cursor=next_cursor))
 
 
-async def events_page(store: Store, name: str | None, limit: int, before: str | None) -> tuple[list[StoredEvent], bool]:
-    """A page of events (REST API and dashboard) and whether more come after it: the store ends a page early when
-    its events' data would pass a size budget, so a short page may still have more behind it."""
-    found = await store.list_events(name, limit + 1, before=before)
-    page = found[:limit]
-    if len(found) > limit:
-        return page, True
-    more = bool(page) and bool(await store.list_events(name, 1, before=page[-1].internal_id))
-    return page, more
-
-
 async def get_event(request: Request) -> Response:
     st = state_of(request)
     internal_id = request.path_params["internal_id"]
@@ -328,20 +296,6 @@ async def event_runs(request: Request) -> Response:
         found = await all_runs(st, RunFilter(event_id=internal_id))
     apps, now = await AppIndex.load(st), st.engine.clock.now_ms()
     return _ok(RunList(data=[RunOut(**_run_fields(r, apps, now)) for r in found], metadata=_meta(st)))
-
-
-async def all_runs(st: ServerState, flt: RunFilter, page_size: int = 500) -> list[RunRecord]:
-    out: list[RunRecord] = []
-    before = flt.before_id
-    while True:
-        page = await st.engine.store.list_runs(RunFilter(
-            status=flt.status, function_id=flt.function_id, event_id=flt.event_id, app_id=flt.app_id,
-            created_after=flt.created_after, created_before=flt.created_before, limit=page_size,
-            before_id=before))  # fmt: skip
-        out += page
-        if len(page) < page_size:
-            return out
-        before = page[-1].id
 
 
 # --- runs ---------------------------------------------------------------------------------------------------
@@ -514,49 +468,6 @@ async def create_cancellation(request: Request) -> Response:
             raise HttpError(400, f"invalid if expression: {exc}") from None
     record = await bulk_cancel(st, body.app_id, function_id, after, before, expression)
     return _ok(CancellationResponse(data=cancellation_out(record), metadata=_meta(st)))
-
-
-async def bulk_cancel(st: ServerState, app_id: str, function_id: str, after: int | None, before: int,
-                      expression: Expression | None, by: str = "bulk cancellation",
-                      statuses: Sequence[str] = LIVE) -> CancellationRecord:  # fmt: skip
-    """Cancel the live runs (``statuses``) of ``function_id`` created in ``[after, before]`` (whose trigger event
-    matches ``expression``) and record the cancellation (REST API and dashboard)."""
-    cancellation_id = new_ulid()
-    candidates: list[RunRecord] = []
-    for status in statuses:
-        candidates += await all_runs(st, RunFilter(status=status, function_id=function_id, created_after=after,
-                                                    created_before=before + 1))  # fmt: skip
-    cancelled = 0
-    failures: list[str] = []
-    for run in sorted(candidates, key=lambda r: r.id):
-        if expression is not None:
-            ev = await st.engine.store.get_event(run.event_id)
-            if ev is None or not await _if_matches(expression, ev.as_dict(), failures):
-                continue
-        if await st.engine.cancel_run(run.id, f"cancelled by {by} {cancellation_id}"):
-            cancelled += 1
-    if failures:
-        log.warning("%s %s: the if expression could not be evaluated for %d run(s), which were not cancelled; "
-                    "first error: %s", by, cancellation_id, len(failures), failures[0])  # fmt: skip
-    record = CancellationRecord(cancellation_id, app_id, function_id, after, before,
-                                expression.source if expression else None, cancelled,
-                                st.engine.clock.now_ms())  # fmt: skip
-    await st.engine.store.save_cancellation(record)
-    return record
-
-
-async def _if_matches(expression: Expression, event: dict[str, Any], failures: list[str]) -> bool:
-    """Whether a bulk cancellation's ``if`` holds for a run's event; a failure other than a missing field counts as
-    no match and is added to ``failures``. Expressions with comprehensions are evaluated off the event loop."""
-    try:
-        bindings = Bindings({"event": event})
-        if expression.isolated:
-            return await asyncio.to_thread(expression.check, bindings)
-        return expression.check(bindings)
-    except ExpressionError as exc:
-        if not exc.missing_key:
-            failures.append(str(exc))
-        return False
 
 
 async def list_cancellations(request: Request) -> Response:

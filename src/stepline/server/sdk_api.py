@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from stepline.server import protocol, signing
+from stepline.protocol import calls, signing
 from stepline.server.defers import DEFER_KINDS
 from stepline.server.errors import error_response
 from stepline.server.state import state_of
@@ -28,7 +28,7 @@ async def run_actions(request: Request) -> Response:
     if await st.engine.store.get_run(run_id) is None:
         return error_response(404, f"run {run_id!r} not found")
     steps = await st.engine.store.list_steps(run_id)
-    return JSONResponse({s.step_id: protocol.memo_value(s) for s in steps if s.is_memo and s.kind not in DEFER_KINDS})
+    return JSONResponse({s.step_id: calls.memo_value(s) for s in steps if s.is_memo and s.kind not in DEFER_KINDS})
 
 
 async def run_batch(request: Request) -> Response:
@@ -44,7 +44,7 @@ async def run_batch(request: Request) -> Response:
     for internal_id in run.batch or [run.event_id]:
         ev = await st.engine.store.get_event(internal_id)
         if ev is not None:
-            events.append(protocol.sdk_event(ev))
+            events.append(calls.sdk_event(ev))
     return JSONResponse(events)
 
 

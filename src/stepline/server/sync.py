@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from stepline.core.ids import new_ulid
-from stepline.server import signing
+from stepline.protocol import signing
 from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body
 from stepline.server.config import normalise_url
 from stepline.server.errors import error_response

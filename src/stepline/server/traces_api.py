@@ -21,8 +21,8 @@ from starlette.routing import BaseRoute, Route
 
 from stepline import observability
 from stepline.observability import otlp
+from stepline.protocol.signing import bearer_matches
 from stepline.server.bodies import BodyTimeout, BodyTooLarge, read_body
-from stepline.server.signing import bearer_matches
 from stepline.server.state import ServerState, state_of
 
 USERLAND_TRACE_LIMIT = 8 * 1024 * 1024

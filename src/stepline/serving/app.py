@@ -31,8 +31,8 @@ from starlette.routing import Route
 
 from stepline.core.errors import NonRetriableError, SteplineError
 from stepline.core.function import FunctionDef
+from stepline.protocol import signing
 from stepline.realtime.messages import PublishError
-from stepline.server import signing
 from stepline.serving.call import CallRequest, CallResult, parse_call
 from stepline.serving.config import (
     DEV_EVENT_KEY,

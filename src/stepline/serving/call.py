@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from stepline.core.errors import Suspend, _RunSignal
+from stepline.core.errors import RunSignal, Suspend
 from stepline.core.events import StoredEvent, canonical_event_name
 
 
@@ -91,7 +91,7 @@ def iso_ms(ms: int) -> str:
 def unwrap_signals(error: BaseException | None) -> BaseException | None:
     """A TaskGroup wraps its branches' Suspends in a BaseExceptionGroup: a group of only signals is a signal."""
     if isinstance(error, BaseExceptionGroup):
-        real = error.subgroup(lambda e: not isinstance(e, _RunSignal | BaseExceptionGroup))
+        real = error.subgroup(lambda e: not isinstance(e, RunSignal | BaseExceptionGroup))
         if real is None:
             return Suspend()
         leaves = _leaves(real)

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from stepline.core.durations import format_duration
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT, FunctionDef
-from stepline.server import signing
+from stepline.protocol import signing
 
 if TYPE_CHECKING:
     from stepline.client import Stepline

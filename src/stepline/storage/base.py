@@ -11,7 +11,6 @@ import abc
 from collections.abc import Callable
 from typing import Any
 
-from stepline.core.events import StoredEvent
 from stepline.storage.records import (
     RUN_LOG_LIMIT,
     RUN_SPAN_LIMIT,
@@ -37,6 +36,7 @@ from stepline.storage.records import (
     RunSpan,
     StepRecord,
     StepUpdate,
+    StoredEvent,
     WaitMatcher,
     WriteOutcome,
 )

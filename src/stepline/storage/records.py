@@ -6,8 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from stepline.core.events import StoredEvent
-
 # "skipped": a run flow control dropped when its event arrived (rate limit, singleton skip); it never ran.
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "skipped"})
 StepStatus = Literal["completed", "failed", "retrying", "sleeping", "waiting", "invoking"]
@@ -18,6 +16,36 @@ RUN_LOG_MESSAGE_LIMIT = 8192  # characters kept of one log message (with its tra
 
 # (expression or None, the waiting run's trigger event, the candidate event) -> does it match?
 WaitMatcher = Callable[[str | None, dict[str, Any], dict[str, Any]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An accepted event as the engine stores and passes it around."""
+
+    internal_id: str
+    id: str
+    name: str
+    data: dict[str, Any]
+    user: dict[str, Any]
+    ts: int
+    v: str | None
+    received_at: int
+    # The W3C ``traceparent`` of the traced code that sent it (not part of the event users see): the runs it starts
+    # continue that trace (observability/tracing.py).
+    traceparent: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as user code and CEL expressions see it."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "data": self.data,
+            "id": self.id,
+            "ts": self.ts,
+            "user": self.user,
+        }
+        if self.v is not None:
+            out["v"] = self.v
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +67,60 @@ class WaitSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ConcurrencySlot:
+    """One concurrency key of a run: it takes a slot of ``key`` while a worker leases it."""
+
+    key: str  # the slot key ("fn:<function>:<value>", "env:<expression>:<value>", ...)
+    limit: int
+    shown: str  # the key's value as users see it (the function id when the key has no expression)
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleKey:
+    key: str  # the GCRA bucket ("throttle:<function>:<value>")
+    limit: int
+    period_ms: int
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitKey:
+    key: str  # the GCRA bucket ("rate:<function>:<value>")
+    limit: int
+    period_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DebounceKey:
+    key: str  # the open run's key ("debounce:<function>:<value>")
+    period_ms: int
+    timeout_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchKey:
+    key: str  # the open batch's key ("batch:<function>:<value>")
+    max_size: int
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SingletonKey:
+    key: str  # "singleton:<function>:<value>"
+    mode: str  # "skip" | "cancel"
+
+
+@dataclass(frozen=True, slots=True)
 class RunFlow:
     """A run's flow-control keys, evaluated from its trigger event when it is planned (``core/flow.py``)."""
 
-    concurrency: tuple[tuple[str, int, str], ...] = ()  # (slot key, limit, key value shown to users)
+    concurrency: tuple[ConcurrencySlot, ...] = ()
     priority_ms: int = 0  # moves the run ahead (+) or behind (-) of others due at the same time
-    throttle: tuple[str, int, int, int] | None = None  # (bucket key, limit, period ms, burst)
-    rate_limit: tuple[str, int, int] | None = None  # (bucket key, limit, period ms)
-    debounce: tuple[str, int, int | None] | None = None  # (key, period ms, timeout ms)
-    batch: tuple[str, int, int] | None = None  # (key, max size, timeout ms)
-    singleton: tuple[str, str] | None = None  # (key, "skip" | "cancel")
+    throttle: ThrottleKey | None = None
+    rate_limit: RateLimitKey | None = None
+    debounce: DebounceKey | None = None
+    batch: BatchKey | None = None
+    singleton: SingletonKey | None = None
     gates_claims: bool = False  # concurrency or priority: claimed through the flow-controlled path
 
 

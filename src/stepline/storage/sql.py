@@ -5,6 +5,14 @@ from __future__ import annotations
 import functools
 import re
 from importlib import resources
+from typing import Any, Protocol
+
+
+class Conn(Protocol):
+    """What the shared code needs of a DB-API connection (sqlite3 and psycopg both fit)."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+
 
 _HEADER = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepline.storage.records import AppRecord, CancellationRecord, NewRun, StepRecord
+from stepline.storage.sql import Conn
 
 if TYPE_CHECKING:
     from stepline.storage.writer import GroupCommitWriter
@@ -34,14 +35,14 @@ class SqlAppsMixin:
 
     if TYPE_CHECKING:
 
-        def _read(self, fn: Callable[[Any], T]) -> T: ...
+        def _read(self, fn: Callable[[Conn], T]) -> T: ...
 
         @property
         def writer(self) -> GroupCommitWriter: ...
 
-        def _notify_work(self, conn: Any, due_at: int) -> None: ...
+        def _notify_work(self, conn: Conn, due_at: int) -> None: ...
 
-        def _insert_run_row(self, conn: Any, run: NewRun, due_at: int | None) -> int: ...
+        def _insert_run_row(self, conn: Conn, run: NewRun, due_at: int | None) -> int: ...
 
     # --- apps ---
     async def save_app(self, app: AppRecord) -> None:
@@ -60,7 +61,7 @@ class SqlAppsMixin:
         return [_app(r) for r in self._read(lambda c: c.execute(self.Q["list_apps"]).fetchall())]
 
     async def delete_app(self, url: str) -> None:
-        def op(conn: Any) -> None:
+        def op(conn: Conn) -> None:
             row = conn.execute(self.Q["delete_app"], {"url": url}).fetchone()
             if row is None or row[0] is None:
                 return  # unknown, or never registered: it has no functions
@@ -81,7 +82,7 @@ class SqlAppsMixin:
             # Claims load the memo only of runs that are resuming (an idle reason says so).
             idle_reason = {"kind": "queued", "memo_steps": len(steps)}
 
-        def op(conn: Any) -> None:
+        def op(conn: Conn) -> None:
             if not self._insert_run_row(conn, run, run.due_at):
                 return  # already created (this transaction retried after a lost commit)
             for w in run.cancel_waits:

@@ -8,9 +8,10 @@ several workers racing one scheduled time exactly one starts a run.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from stepline.storage.records import IngestBatch, IngestResult, WaitMatcher
+from stepline.storage.sql import Conn
 
 if TYPE_CHECKING:
     from stepline.storage.writer import GroupCommitWriter
@@ -26,10 +27,10 @@ class SqlCronMixin:
         @property
         def writer(self) -> GroupCommitWriter: ...
 
-        def _ingest(self, conn: Any, batch: IngestBatch, matcher: WaitMatcher, now: int) -> IngestResult: ...
+        def _ingest(self, conn: Conn, batch: IngestBatch, matcher: WaitMatcher, now: int) -> IngestResult: ...
 
     async def init_cron_schedules(self, function_id: str, initial: dict[str, int]) -> dict[str, int]:
-        def op(conn: Any) -> dict[str, int]:
+        def op(conn: Conn) -> dict[str, int]:
             conn.execute(
                 self.Q["delete_cron_state_except"],
                 {"function_id": function_id, "keep": json.dumps(sorted(initial))},
@@ -46,7 +47,7 @@ class SqlCronMixin:
     async def fire_cron(
         self, function_id: str, cron: str, scheduled_ms: int, batch: IngestBatch, matcher: WaitMatcher, now: int
     ) -> bool:
-        def op(conn: Any) -> bool:
+        def op(conn: Conn) -> bool:
             row = conn.execute(
                 self.Q["advance_cron_state"], {"function_id": function_id, "cron": cron, "scheduled": scheduled_ms}
             ).fetchone()

@@ -6,10 +6,10 @@ The queries live in each backend package's ``dashboard.sql`` (beside its ``queri
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from stepline.storage.records import RunCount
-from stepline.storage.sql import backend_queries
+from stepline.storage.sql import Conn, backend_queries
 
 T = TypeVar("T")
 
@@ -19,7 +19,7 @@ class SqlDashboardMixin:
 
     if TYPE_CHECKING:
 
-        def _read(self, fn: Callable[[Any], T]) -> T: ...
+        def _read(self, fn: Callable[[Conn], T]) -> T: ...
 
     @property
     def _dashboard_queries(self) -> dict[str, str]:

@@ -15,10 +15,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from stepline.observability import hooks
-from stepline.storage.records import IngestResult, NewRun, RunFinish
+from stepline.storage.records import (
+    BatchKey,
+    DebounceKey,
+    IngestResult,
+    NewRun,
+    RateLimitKey,
+    RunFinish,
+    SingletonKey,
+    ThrottleKey,
+)
+from stepline.storage.sql import Conn
 
 
 def _j(value: Any) -> str | None:
@@ -59,6 +70,15 @@ def _gcra(tat: int, now: int, period_ms: int, limit: int, allowance: int) -> tup
 _GATES = {"debounced": "debounce", "batch": "batch", "throttled": "throttle"}  # idle reason kind -> gate
 
 
+@dataclass(slots=True)
+class _Admission:
+    """What the ingest gates decided so far for a run they let through: when it is due, why it waits, its batch."""
+
+    due: int
+    idle: dict[str, Any] | None = None
+    batch: list[str] | None = None
+
+
 def _count(function_id: str, gate: str, action: str) -> None:
     """A flow-control decision, for the metrics (``stepline_flow_control_total``)."""
     if (obs := hooks.current) is not None:
@@ -70,20 +90,20 @@ class SqlFlowMixin:
 
     Q: dict[str, str]
 
-    def _lock_key(self, conn: Any, key: str, shared: bool = False) -> None:
+    def _lock_key(self, conn: Conn, key: str, shared: bool = False) -> None:
         """Serialise transactions that count or change this flow key (PostgreSQL: an advisory lock). ``shared``:
         for freeing slots, which conflicts with claims counting the key but not with other frees."""
 
     if TYPE_CHECKING:
 
-        def _notify_work(self, conn: Any, due_at: int) -> None: ...
+        def _notify_work(self, conn: Conn, due_at: int) -> None: ...
 
-        def _finish(self, conn: Any, run_id: str, finish: RunFinish, matcher: Any, now: int) -> bool: ...
+        def _finish(self, conn: Conn, run_id: str, finish: RunFinish, matcher: Any, now: int) -> bool: ...
 
     # --- rows ---
     def _insert_run_row(
         self,
-        conn: Any,
+        conn: Conn,
         run: NewRun,
         due_at: int | None,
         *,
@@ -100,22 +120,23 @@ class SqlFlowMixin:
             {"id": run.id, "function_id": run.function_id, "event_id": run.event_id, "batch": _j(batch),
              "status": status, "created_at": run.created_at, "start_deadline": run.start_deadline,
              "due_at": due_at, "parent_run_id": run.parent_run_id, "parent_step_id": run.parent_step_id,
-             "idle_reason": _j(idle_reason), "flow": _j({"c": [list(c) for c in conc]}) if conc else None,
-             "ckey1": conc[0][0] if conc else None, "ckey2": conc[1][0] if len(conc) > 1 else None,
+             "idle_reason": _j(idle_reason),
+             "flow": _j({"c": [[c.key, c.limit, c.shown] for c in conc]}) if conc else None,
+             "ckey1": conc[0].key if conc else None, "ckey2": conc[1].key if len(conc) > 1 else None,
              "priority_ms": flow.priority_ms if flow is not None else 0,
-             "singleton_key": flow.singleton[0] if flow is not None and flow.singleton else None,
+             "singleton_key": flow.singleton.key if flow is not None and flow.singleton else None,
              "ended_at": ended_at},
         )  # fmt: skip
         return int(cur.rowcount)
 
-    def _insert_skipped(self, conn: Any, run: NewRun, now: int, reason: dict[str, Any], result: IngestResult) -> None:
+    def _insert_skipped(self, conn: Conn, run: NewRun, now: int, reason: dict[str, Any], result: IngestResult) -> None:
         if self._insert_run_row(conn, run, None, status="skipped", idle_reason=reason, ended_at=now):
             result.flow_skipped_run_ids.append(run.id)
             _count(run.function_id, "rate_limit" if reason["kind"] == "rate_limited" else "singleton", "skipped")
 
     # --- ingest ---
     def _admit(
-        self, conn: Any, run: NewRun, now: int, matcher: Any, result: IngestResult, replayed: bool = False
+        self, conn: Conn, run: NewRun, now: int, matcher: Any, result: IngestResult, replayed: bool = False
     ) -> bool:
         """Pass a new run through its ingest gates and store it (or what it became). Returns False if nothing of
         it remains to insert by the caller: skipped (stored as such) or merged into an open run.
@@ -127,113 +148,152 @@ class SqlFlowMixin:
         flow = run.flow
         assert flow is not None
         if replayed:
-            row = conn.execute(self.Q["run_lease"], {"run_id": run.id}).fetchone()
-            if row is None:  # merged into an open debounce/batch run the first time
-                result.merged_run_ids.append(run.id)
-                return False
-            if row[0] == "skipped":
-                result.flow_skipped_run_ids.append(run.id)
-                return False
-            return True
-        due = run.due_at
-        idle: dict[str, Any] | None = None
-        batch: list[str] | None = None
-        if flow.rate_limit is not None:
-            key, limit, period = flow.rate_limit
-            tat = int(conn.execute(self.Q["flow_bucket"], {"key": key}).fetchone()[0])
-            start, new_tat = _gcra(tat, now, period, limit, limit)
-            if start > now:
-                shown = key.split(":", 2)[2]
-                self._insert_skipped(conn, run, now, {
-                    "kind": "rate_limited", "key": shown, "limit": limit, "period_ms": period,
-                    "message": f"rate limited (skipped): {limit} per {_period(period)}"
-                               + (f" for key {shown}" if shown else "")}, result)  # fmt: skip
-                return False
-            conn.execute(self.Q["flow_set_bucket"], {"key": key, "tat": new_tat})
-        if flow.singleton is not None:
-            key, mode = flow.singleton
-            self._lock_key(conn, key)
-            row = conn.execute(self.Q["flow_singleton_live"], {"key": key}).fetchone()
-            if row is not None:
-                shown = key.split(":", 2)[2]
-                if mode == "skip":
-                    self._insert_skipped(conn, run, now, {
-                        "kind": "singleton", "key": shown, "run_id": row[0],
-                        "message": f"skipped: run {row[0]} is live for singleton key {shown!r}"}, result)  # fmt: skip
-                    return False
-                reason = {"name": "Cancelled", "message": f"cancelled by run {run.id} (singleton, mode cancel)"}
-                if self._finish(conn, row[0], RunFinish("cancelled", error=reason), matcher, now):
-                    result.cancelled_run_ids.append(row[0])
-                    _count(run.function_id, "singleton", "cancelled")
-        if flow.debounce is not None:
-            key, period, timeout = flow.debounce
-            pending_id, first_at, _ = conn.execute(
-                self.Q["flow_pending"], {"key": key, "run_id": run.id, "now": now}
-            ).fetchone()
-            cap = None if timeout is None else first_at + timeout
-            due = now + period if cap is None else min(now + period, cap)
-            idle = {"kind": "debounced", "until": due, "message": f"debounced until {when(due)}"}
-            if pending_id != run.id:
-                moved = conn.execute(
-                    self.Q["flow_debounce_run"],
-                    {"id": pending_id, "event_id": run.event_id, "due_at": due, "idle_reason": _j(idle)},
-                ).rowcount
-                if moved:
-                    result.merged_run_ids.append(run.id)
-                    self._notify_work(conn, due)
-                    _count(run.function_id, "debounce", "merged")
-                    return False
-                # The open run has started: this event opens the next one.
-                due = now + period if timeout is None else min(now + period, now + timeout)
-                idle = {"kind": "debounced", "until": due, "message": f"debounced until {when(due)}"}
-                conn.execute(self.Q["flow_replace_pending"], {"key": key, "run_id": run.id, "now": now})
-        if flow.batch is not None:
-            key, max_size, timeout = flow.batch
-            pending_id, first_at, size = conn.execute(
-                self.Q["flow_pending"], {"key": key, "run_id": run.id, "now": now}
-            ).fetchone()
-            if pending_id != run.id:
-                row = conn.execute(self.Q["flow_open_run"], {"id": pending_id}).fetchone()
-                if row is not None and size < max_size:
-                    events = [*json.loads(row[0] or "[]"), run.event_id]
-                    full = len(events) >= max_size
-                    due = now if full else first_at + timeout
-                    idle = None if full else self._batch_reason(len(events), max_size, due)
-                    if row[1] is not None and int(row[1]) > first_at + timeout and int(row[1]) > due:
-                        # A throttle gave the open run a later start: filling it does not start it earlier.
-                        due, idle = int(row[1]), json.loads(row[2]) if row[2] else idle
-                    params = {"id": pending_id, "batch": _j(events), "due_at": due, "idle_reason": _j(idle)}
-                    # The update finds nothing if a worker claimed the open run since it was read (its timeout
-                    # came): then this event opens the next batch.
-                    if conn.execute(self.Q["flow_batch_run"], params).rowcount:
-                        conn.execute(self.Q["flow_close_pending" if full else "flow_grow_pending"], {"key": key})
-                        result.merged_run_ids.append(run.id)
-                        self._notify_work(conn, due)
-                        _count(run.function_id, "batch", "merged")
-                        return False
-                conn.execute(self.Q["flow_replace_pending"], {"key": key, "run_id": run.id, "now": now})
-            batch = [run.event_id]
-            if max_size <= 1:
-                conn.execute(self.Q["flow_close_pending"], {"key": key})
-            else:
-                due = now + timeout
-                idle = self._batch_reason(1, max_size, due)
+            return self._admitted_before(conn, run, result)
+        # Each gate returns False when the run is gone (skipped, merged into an open run); the later ones may move
+        # the run's start (``admission.due``) and say why it waits.
+        admission = _Admission(due=run.due_at)
+        if flow.rate_limit is not None and not self._gate_rate_limit(conn, run, flow.rate_limit, now, result):
+            return False
+        if flow.singleton is not None and not self._gate_singleton(conn, run, flow.singleton, now, matcher, result):
+            return False
+        if flow.debounce is not None and not self._gate_debounce(conn, run, flow.debounce, now, result, admission):
+            return False
+        if flow.batch is not None and not self._gate_batch(conn, run, flow.batch, now, result, admission):
+            return False
         if flow.throttle is not None:
-            key, limit, period, burst = flow.throttle
-            tat = int(conn.execute(self.Q["flow_bucket"], {"key": key}).fetchone()[0])
-            start, new_tat = _gcra(tat, due, period, limit, limit + burst)
-            conn.execute(self.Q["flow_set_bucket"], {"key": key, "tat": new_tat})
-            if start > due:
-                due = start
-                shown = key.split(":", 2)[2]
-                idle = {"kind": "throttled", "until": due, "key": shown,
-                        "message": f"throttled until {when(due)}" + (f" (key {shown})" if shown else "")}  # fmt: skip
-        if not self._insert_run_row(conn, run, due, idle_reason=idle, batch=batch):
+            self._gate_throttle(conn, flow.throttle, admission)
+        due, idle = admission.due, admission.idle
+        if not self._insert_run_row(conn, run, due, idle_reason=idle, batch=admission.batch):
             return False  # already stored (this transaction retried after a lost commit)
         self._notify_work(conn, due)
         if due > now and idle is not None:  # the run starts later than it arrived: debounced, batching, throttled
             _count(run.function_id, _GATES.get(idle["kind"], str(idle["kind"])), "delayed")
         return True
+
+    def _admitted_before(self, conn: Conn, run: NewRun, result: IngestResult) -> bool:
+        """What the first application of a replayed write did with the run (see ``_admit``)."""
+        row = conn.execute(self.Q["run_lease"], {"run_id": run.id}).fetchone()
+        if row is None:  # merged into an open debounce/batch run the first time
+            result.merged_run_ids.append(run.id)
+            return False
+        if row[0] == "skipped":
+            result.flow_skipped_run_ids.append(run.id)
+            return False
+        return True
+
+    def _gate_rate_limit(self, conn: Conn, run: NewRun, rate: RateLimitKey, now: int, result: IngestResult) -> bool:
+        """Rate limit: a run past the bucket's limit is stored as skipped."""
+        key, limit, period = rate.key, rate.limit, rate.period_ms
+        tat = int(conn.execute(self.Q["flow_bucket"], {"key": key}).fetchone()[0])
+        start, new_tat = _gcra(tat, now, period, limit, limit)
+        if start > now:
+            shown = key.split(":", 2)[2]
+            self._insert_skipped(conn, run, now, {
+                "kind": "rate_limited", "key": shown, "limit": limit, "period_ms": period,
+                "message": f"rate limited (skipped): {limit} per {_period(period)}"
+                           + (f" for key {shown}" if shown else "")}, result)  # fmt: skip
+            return False
+        conn.execute(self.Q["flow_set_bucket"], {"key": key, "tat": new_tat})
+        return True
+
+    def _gate_singleton(
+        self, conn: Conn, run: NewRun, singleton: SingletonKey, now: int, matcher: Any, result: IngestResult
+    ) -> bool:
+        """Singleton: with a live run of the key, ``skip`` stores this run as skipped, ``cancel`` cancels that one."""
+        key = singleton.key
+        self._lock_key(conn, key)
+        row = conn.execute(self.Q["flow_singleton_live"], {"key": key}).fetchone()
+        if row is None:
+            return True
+        shown = key.split(":", 2)[2]
+        if singleton.mode == "skip":
+            self._insert_skipped(conn, run, now, {
+                "kind": "singleton", "key": shown, "run_id": row[0],
+                "message": f"skipped: run {row[0]} is live for singleton key {shown!r}"}, result)  # fmt: skip
+            return False
+        reason = {"name": "Cancelled", "message": f"cancelled by run {run.id} (singleton, mode cancel)"}
+        if self._finish(conn, row[0], RunFinish("cancelled", error=reason), matcher, now):
+            result.cancelled_run_ids.append(row[0])
+            _count(run.function_id, "singleton", "cancelled")
+        return True
+
+    def _gate_debounce(
+        self, conn: Conn, run: NewRun, debounce: DebounceKey, now: int, result: IngestResult, admission: _Admission
+    ) -> bool:
+        """Debounce: the key's open run takes this event and starts a period later (at most ``timeout`` after its
+        first event); without an open run this run opens one."""
+        key, period, timeout = debounce.key, debounce.period_ms, debounce.timeout_ms
+        pending_id, first_at, _ = conn.execute(
+            self.Q["flow_pending"], {"key": key, "run_id": run.id, "now": now}
+        ).fetchone()
+        cap = None if timeout is None else first_at + timeout
+        due = now + period if cap is None else min(now + period, cap)
+        idle: dict[str, Any] = {"kind": "debounced", "until": due, "message": f"debounced until {when(due)}"}
+        if pending_id != run.id:
+            moved = conn.execute(
+                self.Q["flow_debounce_run"],
+                {"id": pending_id, "event_id": run.event_id, "due_at": due, "idle_reason": _j(idle)},
+            ).rowcount
+            if moved:
+                result.merged_run_ids.append(run.id)
+                self._notify_work(conn, due)
+                _count(run.function_id, "debounce", "merged")
+                return False
+            # The open run has started: this event opens the next one.
+            due = now + period if timeout is None else min(now + period, now + timeout)
+            idle = {"kind": "debounced", "until": due, "message": f"debounced until {when(due)}"}
+            conn.execute(self.Q["flow_replace_pending"], {"key": key, "run_id": run.id, "now": now})
+        admission.due, admission.idle = due, idle
+        return True
+
+    def _gate_batch(
+        self, conn: Conn, run: NewRun, batching: BatchKey, now: int, result: IngestResult, admission: _Admission
+    ) -> bool:
+        """Batching: the key's open batch takes this event (starting once full, or ``timeout`` after its first
+        event); without one, or once it has started, this run opens the next batch."""
+        key, max_size, timeout = batching.key, batching.max_size, batching.timeout_ms
+        pending_id, first_at, size = conn.execute(
+            self.Q["flow_pending"], {"key": key, "run_id": run.id, "now": now}
+        ).fetchone()
+        if pending_id != run.id:
+            row = conn.execute(self.Q["flow_open_run"], {"id": pending_id}).fetchone()
+            if row is not None and size < max_size:
+                events = [*json.loads(row[0] or "[]"), run.event_id]
+                full = len(events) >= max_size
+                due = now if full else first_at + timeout
+                idle = None if full else self._batch_reason(len(events), max_size, due)
+                if row[1] is not None and int(row[1]) > first_at + timeout and int(row[1]) > due:
+                    # A throttle gave the open run a later start: filling it does not start it earlier.
+                    due, idle = int(row[1]), json.loads(row[2]) if row[2] else idle
+                params = {"id": pending_id, "batch": _j(events), "due_at": due, "idle_reason": _j(idle)}
+                # The update finds nothing if a worker claimed the open run since it was read (its timeout
+                # came): then this event opens the next batch.
+                if conn.execute(self.Q["flow_batch_run"], params).rowcount:
+                    conn.execute(self.Q["flow_close_pending" if full else "flow_grow_pending"], {"key": key})
+                    result.merged_run_ids.append(run.id)
+                    self._notify_work(conn, due)
+                    _count(run.function_id, "batch", "merged")
+                    return False
+            conn.execute(self.Q["flow_replace_pending"], {"key": key, "run_id": run.id, "now": now})
+        admission.batch = [run.event_id]
+        if max_size <= 1:
+            conn.execute(self.Q["flow_close_pending"], {"key": key})
+        else:
+            admission.due = now + timeout
+            admission.idle = self._batch_reason(1, max_size, admission.due)
+        return True
+
+    def _gate_throttle(self, conn: Conn, throttle: ThrottleKey, admission: _Admission) -> None:
+        """Throttle (GCRA): the run starts when the bucket admits it, at or after the start the gates before gave."""
+        key = throttle.key
+        tat = int(conn.execute(self.Q["flow_bucket"], {"key": key}).fetchone()[0])
+        start, new_tat = _gcra(tat, admission.due, throttle.period_ms, throttle.limit, throttle.limit + throttle.burst)
+        conn.execute(self.Q["flow_set_bucket"], {"key": key, "tat": new_tat})
+        if start > admission.due:
+            admission.due = start
+            shown = key.split(":", 2)[2]
+            message = f"throttled until {when(start)}" + (f" (key {shown})" if shown else "")
+            admission.idle = {"kind": "throttled", "until": start, "key": shown, "message": message}
 
     @staticmethod
     def _batch_reason(size: int, max_size: int, due: int) -> dict[str, Any]:
@@ -242,7 +302,7 @@ class SqlFlowMixin:
 
     # --- claims ---
     def _claim_gated(
-        self, conn: Any, owner: str, function_ids: list[str], now: int, limit: int, lease_ms: int
+        self, conn: Conn, owner: str, function_ids: list[str], now: int, limit: int, lease_ms: int
     ) -> list[tuple[Any, ...]]:
         """Claim due runs of flow-controlled functions in priority order, each only if every concurrency key it
         has a slot free; the others wait (``blocked_on``). Returns the claimed runs' rows."""
@@ -301,7 +361,7 @@ class SqlFlowMixin:
             claimed.append(row)
         return claimed
 
-    def _free_slots(self, conn: Any, keys: tuple[Any, ...] | None, now: int) -> None:
+    def _free_slots(self, conn: Conn, keys: tuple[Any, ...] | None, now: int) -> None:
         """A run holding slots of these concurrency keys dropped its lease: the first run waiting on each is due."""
         if not keys:
             return
@@ -312,6 +372,6 @@ class SqlFlowMixin:
             if conn.execute(self.Q["flow_wake_blocked"], {"key": key, "now": now}).rowcount:
                 self._notify_work(conn, now)
 
-    def _prune_flow(self, conn: Any, now: int, limit: int) -> int:
+    def _prune_flow(self, conn: Conn, now: int, limit: int) -> int:
         n = conn.execute(self.Q["flow_prune_buckets"], {"now": now * _NS, "limit": limit}).rowcount
         return int(n) + int(conn.execute(self.Q["flow_prune_pending"], {"limit": limit}).rowcount)

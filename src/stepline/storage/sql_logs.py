@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from stepline.storage.records import RUN_LOG_LIMIT, RunLogLine, RunLogs
+from stepline.storage.sql import Conn
 
 T = TypeVar("T")
 DROPPED_LOGGER = "stepline"
@@ -33,11 +34,11 @@ class SqlLogsMixin:
     if TYPE_CHECKING:
         Q: dict[str, str]
 
-        def _read(self, fn: Callable[[Any], T]) -> T: ...
+        def _read(self, fn: Callable[[Conn], T]) -> T: ...
 
-        def _lock_key(self, conn: Any, key: str, shared: bool = False) -> None: ...
+        def _lock_key(self, conn: Conn, key: str, shared: bool = False) -> None: ...
 
-    def _insert_run_logs(self, conn: Any, run_id: str, logs: RunLogs | None, now: int) -> None:
+    def _insert_run_logs(self, conn: Conn, run_id: str, logs: RunLogs | None, now: int) -> None:
         """Append the lines to the run's log (in the caller's transaction), up to the per-run limit."""
         if logs is None or (not logs.lines and not logs.dropped):
             return

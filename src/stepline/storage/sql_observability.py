@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepline.storage.records import RUN_SPAN_LIMIT, ClusterGauges, ClusterLease, RunSpan
-from stepline.storage.sql import backend_queries
+from stepline.storage.sql import Conn, backend_queries
 
 if TYPE_CHECKING:
     from stepline.storage.writer import GroupCommitWriter
@@ -27,9 +27,9 @@ class SqlObservabilityMixin:
 
     if TYPE_CHECKING:
 
-        def _read(self, fn: Callable[[Any], T]) -> T: ...
+        def _read(self, fn: Callable[[Conn], T]) -> T: ...
 
-        def _lock_key(self, conn: Any, key: str, shared: bool = False) -> None: ...
+        def _lock_key(self, conn: Conn, key: str, shared: bool = False) -> None: ...
 
         @property
         def writer(self) -> GroupCommitWriter: ...
@@ -42,7 +42,7 @@ class SqlObservabilityMixin:
     async def take_cluster_lease(self, name: str, owner: str, now: int, ttl_ms: int) -> ClusterLease | None:
         query = self._obs_queries["take_cluster_lease"]
 
-        def op(conn: Any) -> ClusterLease | None:
+        def op(conn: Conn) -> ClusterLease | None:
             row = conn.execute(query, {"name": name, "owner": owner, "now": now, "expires_at": now + ttl_ms}).fetchone()
             if row is None:
                 return None
@@ -66,7 +66,7 @@ class SqlObservabilityMixin:
     async def cluster_gauges(self, now: int) -> ClusterGauges:
         q = self._obs_queries
 
-        def read(conn: Any) -> ClusterGauges:
+        def read(conn: Conn) -> ClusterGauges:
             params = {"now": now}
             backlog = [(str(f), int(n), int(t)) for f, n, t in conn.execute(q["backlog_by_function"], params)]
             idle = [(str(f), str(k or "other"), int(n)) for f, k, n in conn.execute(q["idle_by_reason"], params)]
@@ -82,7 +82,7 @@ class SqlObservabilityMixin:
         were stored (0 for a run that does not exist, or is full)."""
         q = self._obs_queries
 
-        def op(conn: Any) -> dict[str, int]:
+        def op(conn: Conn) -> dict[str, int]:
             stored: dict[str, int] = {}
             for run_id, items in spans.items():
                 if conn.execute(q["run_exists"], {"run_id": run_id}).fetchone() is None:
@@ -104,6 +104,6 @@ class SqlObservabilityMixin:
         rows = self._read(lambda c: c.execute(query, {"run_id": run_id, "limit": limit}).fetchall())
         return [RunSpan(run_id, int(seq), int(at), json.loads(span)) for seq, at, span in rows]
 
-    def _delete_run_spans(self, conn: Any, encoded_ids: str) -> None:
+    def _delete_run_spans(self, conn: Conn, encoded_ids: str) -> None:
         """Inside the prune transaction: the spans of the runs being deleted."""
         conn.execute(self._obs_queries["delete_run_spans_of_runs"], {"ids": encoded_ids})

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepline.storage.records import NewRealtimeMessage, RealtimeRow
-from stepline.storage.sql import backend_queries
+from stepline.storage.sql import Conn, backend_queries
 from stepline.storage.writer import GroupCommitWriter
 
 T = TypeVar("T")
@@ -33,7 +33,7 @@ class SqlRealtimeMixin:
 
     if TYPE_CHECKING:
 
-        def _read(self, fn: Callable[[Any], T]) -> T: ...
+        def _read(self, fn: Callable[[Conn], T]) -> T: ...
 
         @property
         def writer(self) -> GroupCommitWriter: ...
@@ -42,14 +42,14 @@ class SqlRealtimeMixin:
     def _realtime_queries(self) -> dict[str, str]:
         return backend_queries(self, "realtime.sql")
 
-    def _notify_realtime(self, conn: Any, origin: str, rows: list[RealtimeRow]) -> None:
+    def _notify_realtime(self, conn: Conn, origin: str, rows: list[RealtimeRow]) -> None:
         """Tell the other processes' subscribers about ``rows`` before the transaction commits (PostgreSQL: NOTIFY;
         SQLite readers notice the commit itself)."""
 
     async def publish_realtime(self, origin: str, messages: list[NewRealtimeMessage]) -> list[RealtimeRow]:
         query = self._realtime_queries["insert_realtime_message"]
 
-        def op(conn: Any) -> list[RealtimeRow]:
+        def op(conn: Conn) -> list[RealtimeRow]:
             rows = []
             for m in messages:
                 (new_id,) = conn.execute(query, {"origin": origin, "channel": m.channel, "topic": m.topic,
@@ -75,7 +75,7 @@ class SqlRealtimeMixin:
                               limit: int) -> list[RealtimeRow]:  # fmt: skip
         query = self._realtime_queries["realtime_replay"]
 
-        def read(conn: Any) -> list[RealtimeRow]:
+        def read(conn: Conn) -> list[RealtimeRow]:
             found: list[RealtimeRow] = []
             for channel, topic in keys:
                 params = {"channel": channel, "topic": topic, "after": after_id, "since": since, "limit": limit}
@@ -106,7 +106,7 @@ class SqlRealtimeMixin:
         if found is not None:
             return str(found[0])
 
-        def op(conn: Any) -> str:
+        def op(conn: Conn) -> str:
             conn.execute(q["insert_realtime_key"], {"name": name, "secret": secrets.token_hex(32), "now": now})
             return str(conn.execute(q["realtime_key"], {"name": name}).fetchone()[0])
 
@@ -115,7 +115,7 @@ class SqlRealtimeMixin:
     async def run_statuses(self, run_ids: list[str]) -> dict[str, str]:
         query = self._realtime_queries["run_statuses"]
 
-        def read(conn: Any) -> list[tuple[Any, ...]]:
+        def read(conn: Conn) -> list[tuple[Any, ...]]:
             rows: list[tuple[Any, ...]] = []
             for start in range(0, len(run_ids), STATUS_BATCH):
                 ids = json.dumps(run_ids[start : start + STATUS_BATCH])

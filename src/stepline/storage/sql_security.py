@@ -12,10 +12,10 @@ The queries live in each backend package's ``security.sql`` (beside its ``querie
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from stepline.storage.records import ExpressionErrorRecord, ExpressionFailure
-from stepline.storage.sql import backend_queries
+from stepline.storage.sql import Conn, backend_queries
 from stepline.storage.writer import GroupCommitWriter
 
 T = TypeVar("T")
@@ -26,7 +26,7 @@ class SqlSecurityMixin:
 
     if TYPE_CHECKING:
 
-        def _read(self, fn: Callable[[Any], T]) -> T: ...
+        def _read(self, fn: Callable[[Conn], T]) -> T: ...
 
         @property
         def writer(self) -> GroupCommitWriter: ...
@@ -36,7 +36,7 @@ class SqlSecurityMixin:
         return backend_queries(self, "security.sql")
 
     # --- expression errors ---
-    def _record_expression_failures(self, conn: Any, failures: list[ExpressionFailure], now: int) -> None:
+    def _record_expression_failures(self, conn: Conn, failures: list[ExpressionFailure], now: int) -> None:
         query = self._security_queries["upsert_expression_error"]
         for f in failures:
             conn.execute(query, {"function_id": f.function_id, "place": f.place, "expression": f.expression[:2000],
@@ -52,7 +52,7 @@ class SqlSecurityMixin:
     async def create_dashboard_session(self, sid: str, expires_at: int, now: int) -> None:
         q = self._security_queries
 
-        def op(conn: Any) -> None:
+        def op(conn: Conn) -> None:
             conn.execute(q["delete_expired_dashboard_sessions"], {"now": now})
             conn.execute(q["insert_dashboard_session"], {"sid": sid, "now": now, "expires_at": expires_at})
 
@@ -72,7 +72,7 @@ class SqlSecurityMixin:
         q = self._security_queries
         minute = now // 60_000
 
-        def op(conn: Any) -> int:
+        def op(conn: Conn) -> int:
             conn.execute(q["delete_old_login_failures"], {"minute": minute - 1})
             return int(conn.execute(q["add_login_failure"], {"address": address, "minute": minute}).fetchone()[0])
 

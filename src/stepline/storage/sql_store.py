@@ -12,9 +12,8 @@ import abc
 import functools
 import json
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from stepline.core.events import StoredEvent
 from stepline.storage.base import Store
 from stepline.storage.records import (
     RUN_LOG_MESSAGE_LIMIT,
@@ -33,9 +32,11 @@ from stepline.storage.records import (
     StepRecord,
     StepResultConflict,
     StepUpdate,
+    StoredEvent,
     WaitMatcher,
     WriteOutcome,
 )
+from stepline.storage.sql import Conn
 from stepline.storage.sql_apps import SqlAppsMixin
 from stepline.storage.sql_cron import SqlCronMixin
 from stepline.storage.sql_dashboard import SqlDashboardMixin
@@ -85,12 +86,6 @@ def _step(row: tuple[Any, ...]) -> StepRecord:
     )  # fmt: skip
 
 
-class Conn(Protocol):
-    """What the shared code needs of a DB-API connection (sqlite3 and psycopg both fit)."""
-
-    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
-
-
 class SqlStore(
     SqlFlowMixin,
     SqlAppsMixin,
@@ -107,7 +102,7 @@ class SqlStore(
     Q: dict[str, str]
 
     @abc.abstractmethod
-    def _read(self, fn: Callable[[Any], T]) -> T:
+    def _read(self, fn: Callable[[Conn], T]) -> T:
         """Run a read-only function on a connection outside any write transaction."""
 
     @property
@@ -116,19 +111,19 @@ class SqlStore(
         """Where write transactions go."""
 
     # --- dialect hooks (no-ops for SQLite, whose single writer already serialises everything) ---
-    def _lock_for_ingest(self, conn: Any, names: list[str]) -> None:
+    def _lock_for_ingest(self, conn: Conn, names: list[str]) -> None:
         """Taken before matching events with these names against waits (PostgreSQL: shared per-name locks)."""
 
-    def _lock_for_wait(self, conn: Any, name: str) -> None:
+    def _lock_for_wait(self, conn: Conn, name: str) -> None:
         """Taken before registering a wait for events named ``name`` (PostgreSQL: exclusive per-name lock)."""
 
-    def _notify_work(self, conn: Any, due_at: int) -> None:
+    def _notify_work(self, conn: Conn, due_at: int) -> None:
         """This transaction makes work due at ``due_at`` (now or later): tell the workers of other processes, so
         that they claim it when it is due without polling for it (PostgreSQL: NOTIFY with the earliest due time)."""
 
     # --- functions ---
     async def register_functions(self, app_id: str, functions: list[FunctionRecord], now: int) -> int:
-        def op(conn: Any) -> int:
+        def op(conn: Conn) -> int:
             changed = 0
             for fn in functions:
                 cur = conn.execute(
@@ -164,11 +159,11 @@ class SqlStore(
         result: IngestResult = await self.writer.run(_IngestOp(self, batch, matcher, now))
         return result
 
-    def _ingest(self, conn: Any, batch: IngestBatch, matcher: WaitMatcher, now: int) -> IngestResult:
+    def _ingest(self, conn: Conn, batch: IngestBatch, matcher: WaitMatcher, now: int) -> IngestResult:
         return self._ingest_many(conn, [(batch, matcher, now)])[0]
 
     # Dialect hooks for the multi-row statements of an ingest (PostgreSQL overrides them with one statement each).
-    def _insert_events(self, conn: Any, events: list[StoredEvent]) -> set[str]:
+    def _insert_events(self, conn: Conn, events: list[StoredEvent]) -> set[str]:
         """Store the events not stored yet; return the internal ids this call stored."""
         stored: set[str] = set()
         for ev in events:
@@ -182,15 +177,15 @@ class SqlStore(
                 stored.add(ev.internal_id)
         return stored
 
-    def _names_with_waits(self, conn: Any, names: list[str]) -> set[str]:
+    def _names_with_waits(self, conn: Conn, names: list[str]) -> set[str]:
         """Which of these event names some wait may be waiting for (a superset is fine: each is looked up)."""
         return set(names)
 
-    def _insert_plain_runs(self, conn: Any, runs: list[NewRun]) -> None:
+    def _insert_plain_runs(self, conn: Conn, runs: list[NewRun]) -> None:
         for run in runs:
             self._insert_run_row(conn, run, run.due_at)
 
-    def _ingest_many(self, conn: Any, items: list[tuple[IngestBatch, WaitMatcher, int]]) -> list[IngestResult]:
+    def _ingest_many(self, conn: Conn, items: list[tuple[IngestBatch, WaitMatcher, int]]) -> list[IngestResult]:
         """Apply several ingests in this transaction, with multi-row statements where the dialect has them.
 
         As if they were applied one after the other, except that the events of every ingest are matched against
@@ -223,7 +218,7 @@ class SqlStore(
                     self._match_waits(conn, ev, matcher, now, result)
         # Singleton keys locked in one order (sorted), before any is needed: two ingests would deadlock otherwise.
         singletons = {
-            r.flow.singleton[0] for b, _, _ in items for r in b.runs if r.flow is not None and r.flow.singleton
+            r.flow.singleton.key for b, _, _ in items for r in b.runs if r.flow is not None and r.flow.singleton
         }
         for key in sorted(singletons):
             self._lock_key(conn, key)
@@ -278,7 +273,7 @@ class SqlStore(
             self._notify_work(conn, min(due))
         return results
 
-    def _insert_failed(self, conn: Any, run: NewRun, now: int, result: IngestResult, matcher: WaitMatcher) -> None:
+    def _insert_failed(self, conn: Conn, run: NewRun, now: int, result: IngestResult, matcher: WaitMatcher) -> None:
         """A run that failed before it started: stored as ``failed`` with its error, its end events with it."""
         if not self._insert_run_row(conn, run, None, status="failed", ended_at=now):
             return  # the same write applied again (a lost COMMIT acknowledgement)
@@ -288,7 +283,7 @@ class SqlStore(
                            follow_up=run.follow_up or IngestBatch([], []))  # fmt: skip
         self._after_end(conn, run.id, (run.parent_run_id, run.parent_step_id, None), finish, matcher, now, None)
 
-    def _match_waits(self, conn: Any, ev: StoredEvent, matcher: WaitMatcher, now: int, result: IngestResult) -> None:
+    def _match_waits(self, conn: Conn, ev: StoredEvent, matcher: WaitMatcher, now: int, result: IngestResult) -> None:
         rows = conn.execute(self.Q["waits_for_event"], {"event_name": ev.name, "now": now}).fetchall()
         if not rows:
             return
@@ -332,11 +327,11 @@ class SqlStore(
         gated = [f for f in function_ids if f in gated_ids]
         ids = json.dumps(plain)
 
-        def claim_plain(conn: Any, n: int) -> list[Any]:
+        def claim_plain(conn: Conn, n: int) -> list[Any]:
             params = {"owner": owner, "now": now, "lease_until": now + lease_ms, "limit": n, "function_ids": ids}
             return list(conn.execute(self.Q["claim_runs"], params).fetchall())
 
-        def op(conn: Any) -> list[ClaimedRun]:
+        def op(conn: Conn) -> list[ClaimedRun]:
             rows: list[Any] = []
             if gated and plain:
                 # Both kinds: the kind whose earliest due run waited longer is served first, so neither starves.
@@ -384,7 +379,7 @@ class SqlStore(
         return None if row is None or row[0] is None else int(row[0])
 
     async def renew_leases(self, owner: str, run_ids: list[str], now: int, lease_ms: int) -> list[str]:
-        def op(conn: Any) -> list[str]:
+        def op(conn: Conn) -> list[str]:
             ids = json.dumps(run_ids)
             conn.execute(self.Q["renew_leases"], {"owner": owner, "ids": ids, "lease_until": now + lease_ms})
             return [r[0] for r in conn.execute(self.Q["leases_not_held"], {"owner": owner, "ids": ids}).fetchall()]
@@ -392,7 +387,7 @@ class SqlStore(
         return await self.writer.run(op)
 
     async def release_run(self, run_id: str, owner: str, due_at: int) -> None:
-        def op(conn: Any) -> None:
+        def op(conn: Conn) -> None:
             row = conn.execute(self.Q["release_run"], {"run_id": run_id, "owner": owner, "due_at": due_at}).fetchone()
             if row is not None:
                 self._notify_work(conn, due_at)
@@ -400,7 +395,7 @@ class SqlStore(
 
         await self.writer.run(op)
 
-    def _check_lease(self, conn: Any, run_id: str, owner: str) -> WriteOutcome | None:
+    def _check_lease(self, conn: Conn, run_id: str, owner: str) -> WriteOutcome | None:
         row = conn.execute(self.Q["run_lease"], {"run_id": run_id}).fetchone()
         if row is None or row[0] not in _RUN_LIVE:
             return WriteOutcome("cancelled")
@@ -408,7 +403,7 @@ class SqlStore(
             return WriteOutcome("lost")
         return None
 
-    def _write_step(self, conn: Any, run_id: str, u: StepUpdate, now: int) -> tuple[StepRecord, bool]:
+    def _write_step(self, conn: Conn, run_id: str, u: StepUpdate, now: int) -> tuple[StepRecord, bool]:
         """Upsert a step; memo states are never overwritten. Returns the stored step and whether this wrote it."""
         memo = u.status in ("completed", "failed")
         row = conn.execute(
@@ -429,7 +424,7 @@ class SqlStore(
     async def record_step(
         self, run_id: str, owner: str, update: StepUpdate, matcher: WaitMatcher, now: int
     ) -> WriteOutcome:
-        def op(conn: Any) -> WriteOutcome:
+        def op(conn: Conn) -> WriteOutcome:
             bad = self._check_lease(conn, run_id, owner)
             if bad is not None and bad.status == "cancelled":
                 return bad
@@ -458,7 +453,7 @@ class SqlStore(
         max_due_at: int | None = None,
         attempt: int | None = None,
     ) -> WriteOutcome:
-        def op(conn: Any) -> WriteOutcome:
+        def op(conn: Conn) -> WriteOutcome:
             bad = self._check_lease(conn, run_id, owner)
             if bad is not None:
                 return bad
@@ -513,7 +508,7 @@ class SqlStore(
         return await self.writer.run(op)
 
     def _first_match_since(
-        self, conn: Any, run_id: str, u: StepUpdate, trigger: dict[str, Any], matcher: WaitMatcher, now: int
+        self, conn: Conn, run_id: str, u: StepUpdate, trigger: dict[str, Any], matcher: WaitMatcher, now: int
     ) -> dict[str, Any] | None:
         assert u.wait is not None
         rows = conn.execute(self.Q["events_after_cursor"], {"name": u.wait.event_name, "since": u.since}).fetchall()
@@ -523,7 +518,7 @@ class SqlStore(
                 return candidate
         return None
 
-    def _wait_matches(self, conn: Any, run_id: str, kind: str, matcher: WaitMatcher, expression: str | None,
+    def _wait_matches(self, conn: Conn, run_id: str, kind: str, matcher: WaitMatcher, expression: str | None,
                       trigger: dict[str, Any], candidate: dict[str, Any], now: int) -> bool:  # fmt: skip
         """The matcher's answer; an expression that cannot be evaluated (the matcher raises ValueError) does not
         match, and the run's log says so (its page and ``GET /v1/runs/{id}/logs`` show it)."""
@@ -542,7 +537,7 @@ class SqlStore(
     ) -> WriteOutcome:
         name = SIGNAL_WAIT_PREFIX + signal
 
-        def op(conn: Any) -> WriteOutcome:
+        def op(conn: Conn) -> WriteOutcome:
             bad = self._check_lease(conn, run_id, owner)
             if bad is not None:
                 return bad
@@ -567,7 +562,7 @@ class SqlStore(
     async def send_signal(self, signal: str, data: Any, now: int) -> str | None:
         name = SIGNAL_WAIT_PREFIX + signal
 
-        def op(conn: Any) -> str | None:
+        def op(conn: Conn) -> str | None:
             self._lock_for_wait(conn, name)
             row = conn.execute(self.Q["signal_wait"], {"name": name, "now": now}).fetchone()
             if row is None:
@@ -598,7 +593,7 @@ class SqlStore(
         logs: RunLogs | None = None,
         attempt: int | None = None,
     ) -> WriteOutcome:
-        def op(conn: Any) -> WriteOutcome:
+        def op(conn: Conn) -> WriteOutcome:
             bad = self._check_lease(conn, run_id, owner)
             if bad is not None:
                 return bad
@@ -620,7 +615,7 @@ class SqlStore(
         outcome: WriteOutcome = await self.writer.run(_FinishOp(self, run_id, owner, finish, matcher, now))
         return outcome
 
-    def _finish_many(self, conn: Any, ops: list[_FinishOp]) -> list[WriteOutcome]:
+    def _finish_many(self, conn: Conn, ops: list[_FinishOp]) -> list[WriteOutcome]:
         """End several runs: their rows and held-back step results with one statement each where the dialect
         can, and the events their ends emit ingested together, after the last one."""
         rows = self._end_run_rows(conn, [(op.run_id, op.finish, op.now, op.owner) for op in ops])
@@ -647,7 +642,7 @@ class SqlStore(
 
     def _finish(
         self,
-        conn: Any,
+        conn: Conn,
         run_id: str,
         finish: RunFinish,
         matcher: WaitMatcher,
@@ -664,7 +659,7 @@ class SqlStore(
 
     # Dialect hooks for the multi-row statements of run ends (PostgreSQL overrides them with one statement each).
     def _end_run_rows(
-        self, conn: Any, items: list[tuple[str, RunFinish, int, str | None]]
+        self, conn: Conn, items: list[tuple[str, RunFinish, int, str | None]]
     ) -> list[tuple[Any, ...] | None]:
         """End each run if it is live (and leased by the owner, when given): its row, or None if not ended."""
         return [
@@ -676,7 +671,7 @@ class SqlStore(
             for run_id, finish, now, owner in items
         ]  # fmt: skip
 
-    def _write_end_steps(self, conn: Any, items: list[tuple[str, StepUpdate, int]]) -> None:
+    def _write_end_steps(self, conn: Conn, items: list[tuple[str, StepUpdate, int]]) -> None:
         """Store results that ended runs held back; one already recorded with another result is a conflict."""
         for run_id, u, now in items:
             step, wrote = self._write_step(conn, run_id, u, now)
@@ -687,7 +682,7 @@ class SqlStore(
 
     def _after_end(
         self,
-        conn: Any,
+        conn: Conn,
         run_id: str,
         row: tuple[Any, ...],
         finish: RunFinish,
@@ -770,10 +765,10 @@ class SqlStore(
             pass  # stale throttle/rate-limit buckets and closed debounce/batch entries
         return result
 
-    def _delete_count(self, query: str, params: dict[str, Any], conn: Any) -> int:
+    def _delete_count(self, query: str, params: dict[str, Any], conn: Conn) -> int:
         return int(conn.execute(self.Q[query], params).rowcount)
 
-    def _prune_runs(self, query: str, params: dict[str, Any], limit: int, conn: Any) -> tuple[int, int]:
+    def _prune_runs(self, query: str, params: dict[str, Any], limit: int, conn: Conn) -> tuple[int, int]:
         ids = [r[0] for r in conn.execute(self.Q[query], {**params, "limit": limit}).fetchall()]
         if not ids:
             return 0, 0
@@ -828,7 +823,7 @@ class _IngestOp(MergeableOp):
     def __init__(self, store: SqlStore, batch: IngestBatch, matcher: WaitMatcher, now: int) -> None:
         self.store, self.batch, self.matcher, self.now = store, batch, matcher, now
 
-    def merge(self, conn: Any, ops: list[Any]) -> list[Any]:
+    def merge(self, conn: Conn, ops: list[Any]) -> list[Any]:
         return list(self.store._ingest_many(conn, [(op.batch, op.matcher, op.now) for op in ops]))
 
 
@@ -843,5 +838,5 @@ class _FinishOp(MergeableOp):
         self.store, self.run_id, self.owner, self.finish, self.matcher, self.now = (
             store, run_id, owner, finish, matcher, now)  # fmt: skip
 
-    def merge(self, conn: Any, ops: list[Any]) -> list[Any]:
+    def merge(self, conn: Conn, ops: list[Any]) -> list[Any]:
         return list(self.store._finish_many(conn, ops))

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from stepline.observability import hooks
+from stepline.storage.sql import Conn
 
 T = TypeVar("T")
-WriteOp = Callable[[Any], T]
+WriteOp = Callable[[Conn], T]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class GroupCommitWriter:
         is_disconnect: Callable[[BaseException], bool] = lambda exc: False,
         retry_for: float = 120.0,
         name: str = "stepline-writer",
-        before_commit: Callable[[Any], None] | None = None,
+        before_commit: Callable[[Conn], None] | None = None,
     ) -> None:
         self._connect = connect
         self._max_batch = max_batch
@@ -233,7 +234,7 @@ class GroupCommitWriter:
             self._close_conn()
 
     def _apply(
-        self, conn: Any, batch: list[tuple[WriteOp[Any], _Waiter]]
+        self, conn: Conn, batch: list[tuple[WriteOp[Any], _Waiter]]
     ) -> list[tuple[_Waiter, Any, BaseException | None]]:
         """One transaction for the whole batch. Raises on a transient error (the caller retries the batch).
 
@@ -296,10 +297,10 @@ class MergeableOp(abc.ABC):
     __slots__ = ()
 
     @abc.abstractmethod
-    def merge(self, conn: Any, ops: list[Any]) -> list[Any]:
+    def merge(self, conn: Conn, ops: list[Any]) -> list[Any]:
         """Apply ``ops`` (all of this op's type, this one first) in order; their results in the same order."""
 
-    def __call__(self, conn: Any) -> Any:
+    def __call__(self, conn: Conn) -> Any:
         return self.merge(conn, [self])[0]
 
 

@@ -1,7 +1,7 @@
 """The dashboard's actions (POST, each confirmed, CSRF-checked and recorded as a ``stepline/dashboard.action``
 event): cancel, rerun (from a step), bulk cancel and bulk rerun by the runs list's filter, invoke a function,
 send an event, sync and remove apps. They call what the REST API calls: ``Engine.cancel_run``, ``rerun``,
-``rest_api.bulk_cancel``, ``Engine.invoke_now``, ``Engine.ingest``, ``sync.sync_app``, ``Store.delete_app``."""
+``queries.bulk_cancel``, ``Engine.invoke_now``, ``Engine.ingest``, ``sync.sync_app``, ``Store.delete_app``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from stepline.core.errors import EventValidationError, UnknownFunctionError
 from stepline.core.rerun import RerunNotPossibleError, RunNotFoundError, StepNotFoundError, rerun
-from stepline.server import rest_api, sync
+from stepline.server import queries, sync
 from stepline.server.bodies import InvalidBody, parse_json
 from stepline.server.dashboard.auth import Session
 from stepline.server.dashboard.core import PREFIX, ActionError, Dashboard, redirect, server_state
@@ -82,7 +82,7 @@ def describe_run_action(request: Request, form: dict[str, str]) -> str:
 
 async def _matching(dash: Dashboard, request: Request, query: RunsQuery, status: str) -> list[RunRecord]:
     flt = query.run_filter(dash.engine.clock.now_ms(), status=status, limit=500)
-    return await rest_api.all_runs(server_state(request), flt)
+    return await queries.all_runs(server_state(request), flt)
 
 
 async def bulk_cancel(dash: Dashboard, request: Request, session: Session, form: dict[str, str]) -> Response:
@@ -95,10 +95,10 @@ async def bulk_cancel(dash: Dashboard, request: Request, session: Session, form:
     for status in (query.status,) if query.status else ("queued", "running"):
         functions |= {r.function_id for r in await _matching(dash, request, query, status)}
     st = server_state(request)
-    apps = await rest_api.AppIndex.load(st)
+    apps = await queries.AppIndex.load(st)
     cancelled, records = 0, []
     for function_id in sorted(functions):
-        record = await rest_api.bulk_cancel(
+        record = await queries.bulk_cancel(
             st,
             apps.of(function_id) or "",
             function_id,
@@ -106,7 +106,7 @@ async def bulk_cancel(dash: Dashboard, request: Request, session: Session, form:
             (until - 1) if until is not None else now,
             None,
             by="a dashboard bulk cancellation",
-            statuses=(query.status,) if query.status else rest_api.LIVE,
+            statuses=(query.status,) if query.status else queries.LIVE,
         )
         cancelled += record.cancelled
         records.append(record.id)

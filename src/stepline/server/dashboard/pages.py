@@ -1,5 +1,5 @@
 """The dashboard's pages (GET): runs, a run, functions, a function, events, an event, apps; login and the live
-stream. Reads go through the same store and engine calls as the REST API (``server/rest_api.py``)."""
+stream. Reads go through the same store and engine calls as the REST API (``server/queries.py``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from stepline.core.clock import SystemClock, to_ms
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import ulid_from
-from stepline.server import rest_api
+from stepline.server import queries
 from stepline.server.dashboard import views
 from stepline.server.dashboard.auth import COOKIE, SESSION_SECONDS, Session, client_address, is_https
 from stepline.server.dashboard.core import MAX_LOGIN_FORM_BYTES, PREFIX, ActionError, Dashboard, read_form
@@ -114,7 +114,7 @@ class RunRow:
 
 
 async def run_rows(dash: Dashboard, request: Request, runs: list[RunRecord]) -> list[RunRow]:
-    apps = await rest_api.AppIndex.load(state_of(request))
+    apps = await queries.AppIndex.load(state_of(request))
     now = dash.engine.clock.now_ms()
     return [RunRow(r, apps.of(r.function_id), views.idle_text(views.idle_reason_shown(r, now), now)) for r in runs]
 
@@ -214,7 +214,7 @@ async def events_page(dash: Dashboard, request: Request, session: Session) -> Re
     name = request.query_params.get("name", "").strip() or None
     before = request.query_params.get("before") or None
     limit = _limit(request.query_params.get("limit"))
-    page_events, more = await rest_api.events_page(dash.engine.store, name, limit, before)
+    page_events, more = await queries.events_page(dash.engine.store, name, limit, before)
     query = {k: v for k, v in (("name", name or ""),) if v}
     next_link = f"{PREFIX}/events?" + urllib.parse.urlencode({**query, "before": page_events[-1].internal_id}) \
         if more else ""  # fmt: skip
@@ -227,7 +227,7 @@ async def event_page(dash: Dashboard, request: Request, session: Session) -> Res
     event = await dash.engine.store.get_event(internal_id)
     if event is None:
         raise ActionError(404, f"Event {internal_id!r} not found.")
-    runs = await rest_api.all_runs(state_of(request), RunFilter(event_id=internal_id))
+    runs = await queries.all_runs(state_of(request), RunFilter(event_id=internal_id))
     return dash.render(request, "event.html", session, event=event, rows=await run_rows(dash, request, runs))
 
 

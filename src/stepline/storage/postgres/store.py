@@ -21,9 +21,8 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
-from stepline.core.events import StoredEvent
-from stepline.storage.records import NewRun, RealtimeRow, RunFinish, StepUpdate
-from stepline.storage.sql import backend_queries, load_migrations, load_queries
+from stepline.storage.records import NewRun, RealtimeRow, RunFinish, StepUpdate, StoredEvent
+from stepline.storage.sql import Conn, backend_queries, load_migrations, load_queries
 from stepline.storage.sql_store import SqlStore, _j
 from stepline.storage.writer import GroupCommitWriter
 
@@ -62,7 +61,7 @@ class _WriterGroup:
         self.writers = writers
         self._next = itertools.cycle(writers)
 
-    async def run(self, op: Callable[[Any], T]) -> T:
+    async def run(self, op: Callable[[Conn], T]) -> T:
         return await next(self._next).run(op)
 
     @property
@@ -110,7 +109,7 @@ class PostgresStore(SqlStore):
     def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
 
-    def _read(self, fn: Callable[[Any], T]) -> T:
+    def _read(self, fn: Callable[[Conn], T]) -> T:
         if self._pool is None:
             raise RuntimeError("the store is not open: call await store.open() first")
         pool = self._pool
@@ -191,7 +190,7 @@ class PostgresStore(SqlStore):
         return self._schema_version
 
     # --- dialect hooks ---
-    def _lock_for_ingest(self, conn: Any, names: list[str]) -> None:
+    def _lock_for_ingest(self, conn: Conn, names: list[str]) -> None:
         # A statement of its own: the wait lookups that follow take their snapshots after the lock is granted
         # (a lock taken inside the lookup would come after that statement's snapshot, and miss a wait
         # committed while it blocked).
@@ -200,7 +199,7 @@ class PostgresStore(SqlStore):
             {"names": names},
         )
 
-    def _insert_events(self, conn: Any, events: list[StoredEvent]) -> set[str]:
+    def _insert_events(self, conn: Conn, events: list[StoredEvent]) -> set[str]:
         if len(events) < 2:
             return super()._insert_events(conn, events)
         rows = conn.execute(
@@ -212,12 +211,12 @@ class PostgresStore(SqlStore):
         ).fetchall()  # fmt: skip
         return {r[0] for r in rows}
 
-    def _names_with_waits(self, conn: Any, names: list[str]) -> set[str]:
+    def _names_with_waits(self, conn: Conn, names: list[str]) -> set[str]:
         if not names:
             return set()
         return {r[0] for r in conn.execute(self.Q["names_with_waits"], {"names": names})}
 
-    def _insert_plain_runs(self, conn: Any, runs: list[NewRun]) -> None:
+    def _insert_plain_runs(self, conn: Conn, runs: list[NewRun]) -> None:
         if len(runs) < 2:
             super()._insert_plain_runs(conn, runs)
             return
@@ -230,14 +229,14 @@ class PostgresStore(SqlStore):
              "created_at": [r.created_at for r in runs], "start_deadline": [r.start_deadline for r in runs],
              "due_at": [r.due_at for r in runs], "parent_run_id": [r.parent_run_id for r in runs],
              "parent_step_id": [r.parent_step_id for r in runs],
-             "flow": [json.dumps({"c": [list(c) for c in conc]}) if conc else None for conc in concs],
-             "ckey1": [conc[0][0] if conc else None for conc in concs],
-             "ckey2": [conc[1][0] if len(conc) > 1 else None for conc in concs],
+             "flow": [json.dumps({"c": [[c.key, c.limit, c.shown] for c in conc]}) if conc else None for conc in concs],
+             "ckey1": [conc[0].key if conc else None for conc in concs],
+             "ckey2": [conc[1].key if len(conc) > 1 else None for conc in concs],
              "priority_ms": [r.flow.priority_ms if r.flow is not None else 0 for r in runs]},
         )  # fmt: skip
 
     def _end_run_rows(
-        self, conn: Any, items: list[tuple[str, RunFinish, int, str | None]]
+        self, conn: Conn, items: list[tuple[str, RunFinish, int, str | None]]
     ) -> list[tuple[Any, ...] | None]:
         if len(items) < 2 or len({run_id for run_id, *_ in items}) < len(items):
             return super()._end_run_rows(conn, items)
@@ -250,7 +249,7 @@ class PostgresStore(SqlStore):
         ended = {r[0]: tuple(r[1:]) for r in rows}
         return [ended.get(run_id) for run_id, *_ in items]
 
-    def _write_end_steps(self, conn: Any, items: list[tuple[str, StepUpdate, int]]) -> None:
+    def _write_end_steps(self, conn: Conn, items: list[tuple[str, StepUpdate, int]]) -> None:
         plain = all(u.status in ("completed", "failed") and u.kind == "run" for _, u, _ in items)
         if len(items) < 2 or not plain or len({run_id for run_id, *_ in items}) < len(items):
             super()._write_end_steps(conn, items)
@@ -270,15 +269,15 @@ class PostgresStore(SqlStore):
             else:  # recorded before: the same result is fine, another one is a conflict
                 super()._write_end_steps(conn, [(run_id, u, now)])
 
-    def _lock_for_wait(self, conn: Any, name: str) -> None:
+    def _lock_for_wait(self, conn: Conn, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(name)s, 0))", {"name": name})
 
-    def _lock_key(self, conn: Any, key: str, shared: bool = False) -> None:
+    def _lock_key(self, conn: Conn, key: str, shared: bool = False) -> None:
         # Flow-control keys (concurrency slots, singleton): another hash seed than the event-name locks above.
         fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
         conn.execute(f"SELECT {fn}(hashtextextended(%(key)s, 1))", {"key": key})
 
-    def _notify_work(self, conn: Any, due_at: int) -> None:
+    def _notify_work(self, conn: Conn, due_at: int) -> None:
         # At most two NOTIFYs per transaction, sent just before it commits: the earliest due time it created and
         # the next later one (flow control makes one ingest create runs due at several times: throttled starts,
         # debounce and batch deadlines). A worker claims what is due, sets a timer for the later time, and reads
@@ -297,7 +296,7 @@ class PostgresStore(SqlStore):
         elif then is None or due_at < then:
             self._notify_pending[key] = (first, due_at)
 
-    def _notify_before_commit(self, conn: Any) -> None:
+    def _notify_before_commit(self, conn: Conn) -> None:
         pending = self._notify_pending.pop(id(conn), None)
         if pending is None:
             return
@@ -347,7 +346,7 @@ class PostgresStore(SqlStore):
                 delay = min(delay * 2, 5.0)
 
     # --- realtime ---
-    def _notify_realtime(self, conn: Any, origin: str, rows: list[RealtimeRow]) -> None:
+    def _notify_realtime(self, conn: Conn, origin: str, rows: list[RealtimeRow]) -> None:
         # One NOTIFY per message, in order, delivered at commit. A message too large for a payload goes by its id:
         # the listeners read its row.
         query = backend_queries(self, "realtime.sql")["notify_realtime"]
@@ -395,8 +394,9 @@ def current_version(conn: psycopg.Connection[Any]) -> int:
     return int(got[0]) if got else 0
 
 
-def migrate(conn: psycopg.Connection[Any]) -> int:
-    """Apply pending migrations, one transaction each, under an advisory lock (safe with many nodes)."""
+def migrate(conn: psycopg.Connection[Any], target: int | None = None) -> int:
+    """Apply pending migrations (up to ``target``, default all), one transaction each, under an advisory lock
+    (safe with many nodes: a second node waits, then finds them applied); returns the version."""
     conn.execute("SELECT pg_advisory_lock(%(key)s)", {"key": MIGRATION_LOCK})
     try:
         conn.execute(
@@ -405,7 +405,7 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
         )
         applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
         for version, name, sql in load_migrations("stepline.storage.postgres"):
-            if version in applied:
+            if version in applied or (target is not None and version > target):
                 continue
             with conn.transaction():
                 conn.execute(sql.encode())

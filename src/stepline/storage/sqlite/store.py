@@ -7,9 +7,9 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from stepline.storage.sql import load_migrations, load_queries
+from stepline.storage.sql import Conn, load_migrations, load_queries
 from stepline.storage.sql_store import SqlStore
 from stepline.storage.writer import GroupCommitWriter
 
@@ -50,7 +50,7 @@ class SQLiteStore(SqlStore):
                 self._all_readers.append(conn)
         return conn
 
-    def _read(self, fn: Callable[[Any], T]) -> T:
+    def _read(self, fn: Callable[[Conn], T]) -> T:
         return fn(self._reader())
 
     def data_version(self) -> int:
@@ -64,24 +64,7 @@ class SQLiteStore(SqlStore):
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                "applied_at TEXT NOT NULL DEFAULT (datetime('now')))"
-            )
-            applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for version, name, sql in load_migrations("stepline.storage.sqlite"):
-                if version in applied:
-                    continue
-                for statement in _split_statements(sql):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self._schema_version = int(conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0])
+        self._schema_version = migrate(conn)
 
     # --- lifecycle ---
     async def open(self) -> None:
@@ -116,6 +99,31 @@ class SQLiteStore(SqlStore):
         if self._writer is None:
             raise RuntimeError("the store is not open: call await store.open() first")
         return self._writer
+
+
+def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
+    """Apply pending migrations (up to ``target``, default all) in one write transaction; returns the version.
+
+    ``BEGIN IMMEDIATE`` takes the write lock first, so a second process migrating at once waits (busy timeout)
+    and then finds the migrations applied; a failing migration rolls back every one this call applied."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at TEXT NOT NULL DEFAULT (datetime('now')))"
+        )
+        applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+        for version, name, sql in load_migrations("stepline.storage.sqlite"):
+            if version in applied or (target is not None and version > target):
+                continue
+            for statement in _split_statements(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return int(conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0])
 
 
 def _is_locked(exc: BaseException) -> bool:

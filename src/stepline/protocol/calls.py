@@ -13,8 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from stepline.core.events import StoredEvent
-from stepline.storage.records import StepRecord
+from stepline.storage.records import StepRecord, StoredEvent
 
 MAX_RETRY_AFTER_MS = 24 * 3600 * 1000
 INLINE_STATE_LIMIT = 4 * 1024 * 1024  # above this, the SDK fetches events and memos through the API (use_api)
