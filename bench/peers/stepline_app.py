@@ -49,9 +49,10 @@ async def lat(ctx):  # type: ignore[no-untyped-def]
 
 
 async def _setup(url: str) -> None:
-    store = store_from_url(url, migrate=True)
-    await store.open()
-    await store.close()
+    """The schema and this app's functions (so that events sent before any worker starts already start runs)."""
+    client.use_store(store_from_url(url, migrate=True))
+    await client.ready()
+    await client.close()
 
 
 async def _produce(args) -> None:  # type: ignore[no-untyped-def]
