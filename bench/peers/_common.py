@@ -1,11 +1,13 @@
-"""Shared by the benchmark's app scripts (Stepline, DBOS, Procrastinate). Standard library only: it is imported
-by the project's interpreter (Stepline) and by the peers' venv (DBOS, Procrastinate) alike.
+"""Shared by the benchmark's app scripts (Stepline, DBOS, Procrastinate, huey, pgqueuer). Standard library only:
+it is imported by the project's interpreter (Stepline) and by the peers' venv alike.
 
 Every app script has the same command line, driven by ``bench/run_postgres.py``:
 
     APP.py setup   --url URL                       create the schema in a fresh database
     APP.py worker  --url URL --index I [...]       run one worker process until SIGTERM; prints READY
     APP.py produce --url URL --kind KIND --n N     enqueue N jobs/events (one per call), then print a JSON line
+
+(driven by ``bench/run_postgres.py`` and ``bench/run_queue.py``; URL is a file path for the SQLite systems).
 
 ``KIND`` is ``one`` (a one-step function), ``ten`` (ten sequential steps) or ``lat`` (event-to-start latency:
 the job carries ``time.time()`` taken just before the send, the function body prints ``LAT <seconds>`` as its
@@ -59,15 +61,19 @@ def ready() -> None:
 async def produce(send: Callable[[int, float | None], Awaitable[Any]], kind: str, n: int, inflight: int,
                   gap: float) -> None:  # fmt: skip
     """Call ``send(i, sent_at)`` n times: ``inflight`` concurrent callers (one job per call), or for ``lat``
-    one at a time with ``gap`` (+-30 % jitter) between sends. Prints {"t0", "t_sent", "n", "errors", "cpu_s"}
-    as JSON: t0 is time.time() just before the first send, t_sent after the last one returned."""
+    one at a time with ``gap`` (+-30 % jitter) between sends. Prints {"t0", "t_sent", "n", "errors", "cpu_s",
+    "call_p50_ms", "call_p99_ms"} as JSON: t0 is time.time() just before the first send, t_sent after the last
+    one returned; the percentiles are of each call's duration (perf_counter around the awaited call)."""
+    calls: list[float] = []
     errors = 0
     first_error = ""
     t0 = time.time()
     if kind == "lat":
         for i in range(n):
             try:
+                start = time.perf_counter()
                 await send(i, time.time())
+                calls.append(time.perf_counter() - start)
             except Exception as exc:
                 errors += 1
                 first_error = first_error or f"{type(exc).__name__}: {exc}"
@@ -81,7 +87,9 @@ async def produce(send: Callable[[int, float | None], Awaitable[Any]], kind: str
                 i = next_i
                 next_i += 1
                 try:
+                    start = time.perf_counter()
                     await send(i, None)
+                    calls.append(time.perf_counter() - start)
                 except Exception as exc:
                     errors += 1
                     first_error = first_error or f"{type(exc).__name__}: {exc}"
@@ -95,7 +103,16 @@ async def produce(send: Callable[[int, float | None], Awaitable[Any]], kind: str
         "errors": errors,
         "first_error": first_error,
         "cpu_s": time.process_time(),
+        "call_p50_ms": _pct(calls, 0.50) * 1000,
+        "call_p99_ms": _pct(calls, 0.99) * 1000,
     }  # the producer's own CPU, imports and setup included
     print(json.dumps(result), flush=True)
     if errors:
         print(f"{errors} send(s) failed, first: {first_error}", file=sys.stderr, flush=True)
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]

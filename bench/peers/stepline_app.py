@@ -1,10 +1,11 @@
-"""The Stepline side of the PostgreSQL benchmark (run by the project's interpreter).
+"""The Stepline side of the peer benchmarks (run by the project's interpreter), on PostgreSQL or SQLite.
 
 Workers are the real CLI: ``python -m stepline.cli.main worker stepline_app:client --app-dir bench/peers
 --db URL`` (see ``bench/run_postgres.py``). This script only creates the schema and produces events:
 
     python bench/peers/stepline_app.py setup --url postgresql://...
     python bench/peers/stepline_app.py produce --url postgresql://... --kind one --n 5000 --inflight 50
+    python bench/peers/stepline_app.py produce --url /tmp/bench.db --kind one --n 5000 --inflight 1   # SQLite
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import parser, produce, report_latency
 
 from stepline import Stepline
-from stepline.storage.postgres.store import PostgresStore
+from stepline.storage import store_from_url
 
 # The CLI's --db replaces this store before the client is used.
 client = Stepline("bench", os.environ.get("STEPLINE_DB") or "postgresql://127.0.0.1/stepline_bench")
@@ -48,9 +49,10 @@ async def lat(ctx):  # type: ignore[no-untyped-def]
 
 
 async def _setup(url: str) -> None:
-    store = PostgresStore(url)
-    await store.open()
-    await store.close()
+    """The schema and this app's functions (so that events sent before any worker starts already start runs)."""
+    client.use_store(store_from_url(url, migrate=True))
+    await client.ready()
+    await client.close()
 
 
 async def _produce(args) -> None:  # type: ignore[no-untyped-def]

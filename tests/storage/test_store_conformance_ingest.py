@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
+import pytest
+
 from stepline.core.ids import new_ulid
 from stepline.storage.base import Store
-from stepline.storage.records import RunFilter, RunFinish, WaitSpec
+from stepline.storage.records import IngestBatch, RunFilter, RunFinish, StaleRegistryError, WaitSpec
 
 from .builders import (
     APP,
@@ -126,6 +128,21 @@ async def test_list_events_newest_first_filtered_by_name_and_limited(store: Stor
     assert [e.internal_id for e in await store.list_events("a", 10)] == [a2.internal_id, a1.internal_id]
     assert [e.internal_id for e in await store.list_events(None, 1)] == [a2.internal_id]
     assert await store.list_events("missing", 10) == []
+
+
+async def test_an_ingest_planned_with_a_stale_registry_stores_nothing(store: Store) -> None:
+    await store.register_functions(APP, [function("fn")], NOW)
+    planned = await store.registry_version()
+    await store.register_functions(APP, [function("fn"), function("other")], NOW)  # changed meanwhile
+    ev = event()
+    with pytest.raises(StaleRegistryError):
+        await store.ingest(IngestBatch([ev], [new_run(ev)], registry_version=planned), MATCH, NOW)
+    assert await store.get_event(ev.internal_id) is None
+    assert await store.list_runs(RunFilter()) == []
+    # planned with the current version (or unchecked), the same event goes in
+    current = await store.registry_version()
+    result = await store.ingest(IngestBatch([ev], [new_run(ev)], registry_version=current), MATCH, NOW)
+    assert result.event_ids == [ev.internal_id] and len(result.created_run_ids) == 1
 
 
 # --- ingest: runs -------------------------------------------------------------------------------------------

@@ -22,6 +22,20 @@ def test_new_ulid_is_valid_and_unique() -> None:
         assert str(ulid.ULID.from_str(value)) == value
 
 
+def test_new_ulid_carries_the_current_time_and_sorts_by_it() -> None:
+    import time
+
+    before = int(time.time() * 1000)
+    value = new_ulid()
+    after = int(time.time() * 1000)
+    assert before - 1 <= ulid.ULID.from_str(value).milliseconds <= after + 1
+    assert value[:10] > ulid_from(before - 1, bytes(10))[:10]  # the timestamp part orders ids by creation time
+    # every character position takes every value it can (the encoding uses all 128 bits)
+    many = [new_ulid() for _ in range(3000)]
+    assert {v[-1] for v in many} == CROCKFORD
+    assert {v[11] for v in many} == CROCKFORD
+
+
 def test_ulid_from_encodes_timestamp_and_entropy() -> None:
     entropy = bytes(range(1, 11))
     value = ulid_from(1_700_000_000_000, entropy)

@@ -47,6 +47,7 @@ from stepline.storage.records import (
     PruneResult,
     RunFinish,
     RunRecord,
+    StaleRegistryError,
     WaitSpec,
 )
 
@@ -261,8 +262,12 @@ class Engine:
         traceparent: str | None = None,
         checked: bool = False,
         large: bool = False,
+        cached_registry: bool = False,
     ) -> IngestBatch:
         """Validate events and decide which runs they start. Raises EventValidationError, storing nothing.
+
+        ``cached_registry``: plan with the cached function registry without reading its version, and record the
+        version it had in the batch for the store to check (``Store.registry_checked_in_ingest``).
 
         ``checked``: the events are dicts the event API already validated and normalised (``events_api``): they are
         not validated again. ``large``: the request was large, so the planning (binding events for CEL, matching)
@@ -300,16 +305,23 @@ class Engine:
         else:
             stored = [self.stored_event(e, now, None, traceparent) for e in validated]
             user_ids = [e.id for e in validated]
-        runs, failures = await self._plan_runs(stored, user_ids, now, large)
-        return IngestBatch(stored, runs, failures)
+        if not cached_registry or self._version < 0:
+            await self.refresh_registry()
+        specs, version = self._specs, self._version  # together: a refresh may come while planning in a thread
+        runs, failures = await self._plan_runs(specs, stored, user_ids, now, large)
+        return IngestBatch(stored, runs, failures, registry_version=version if cached_registry else None)
 
     async def _plan_runs(
-        self, events: list[StoredEvent], user_ids: list[str | None], now: int, large: bool = False
+        self,
+        specs: dict[str, FunctionSpec],
+        events: list[StoredEvent],
+        user_ids: list[str | None],
+        now: int,
+        large: bool = False,
     ) -> tuple[list[NewRun], list[ExpressionFailure]]:
         """The runs the events start, and the expression failures met deciding them. When a function's expressions
         have comprehensions (evaluated on a budget in the sandbox process), or the events are ``large``, the
         planning runs in a thread so the event loop keeps serving meanwhile."""
-        specs = await self.refresh_registry()
         if large or any(spec.isolated for spec in specs.values()):
             return await asyncio.to_thread(self._plan_runs_now, specs, events, user_ids, now)
         return self._plan_runs_now(specs, events, user_ids, now)
@@ -411,15 +423,26 @@ class Engine:
         large: bool = False,
     ) -> IngestResult:
         """Store events and start the runs they trigger, atomically (``traceparent``, ``checked`` and ``large``: see
-        ``plan_ingest``)."""
-        try:
-            batch = await self.plan_ingest(events, internal_ids=internal_ids, traceparent=traceparent,
-                                           checked=checked, large=large)  # fmt: skip
-        except EventValidationError:
-            if (obs := hooks.current) is not None:
-                obs.events_received("invalid", 1 if isinstance(events, Event | Mapping) else len(events))
-            raise
-        result = await self.store.ingest(batch, self.matcher, self.clock.now_ms())
+        ``plan_ingest``).
+
+        Where the store checks the registry version in the ingest transaction, the send is planned with the cached
+        registry (no read first) and planned again, with the registry read afresh, in the rare case that it changed.
+        """
+        cached = self.store.registry_checked_in_ingest
+        while True:
+            try:
+                batch = await self.plan_ingest(events, internal_ids=internal_ids, traceparent=traceparent,
+                                               checked=checked, large=large, cached_registry=cached)  # fmt: skip
+            except EventValidationError:
+                if (obs := hooks.current) is not None:
+                    obs.events_received("invalid", 1 if isinstance(events, Event | Mapping) else len(events))
+                raise
+            try:
+                result = await self.store.ingest(batch, self.matcher, self.clock.now_ms())
+                break
+            except StaleRegistryError:
+                await self.refresh_registry(force=True)
+                cached = False  # planned again with the version just read (checked again in the transaction)
         if (obs := hooks.current) is not None:
             obs.events_received("accepted", len(batch.events))
             if result.flow_skipped_run_ids:
@@ -489,7 +512,9 @@ class Engine:
         events = [self.stored_event(Event(name=n, data=dict(data)), now, None, traced)
                   for n in run_end_names(finish.status)]  # fmt: skip
         extra = [self.stored_event(e, now) for e in finish.emit]
-        runs, failures = await self._plan_runs([*events, *extra], [None] * len(events) + [e.id for e in extra], now)
+        specs = await self.refresh_registry()
+        runs, failures = await self._plan_runs(specs, [*events, *extra], [None] * len(events) + [e.id for e in extra],
+                                               now)  # fmt: skip
         finish.follow_up = IngestBatch([*events, *extra], runs, failures)
 
     def plan_invoke(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import threading
+import time
 
 import ulid
 
@@ -19,11 +21,25 @@ __all__ = [
 
 _ENTROPY_BYTES = 10
 _MAX_ULID_MS = 2**48 - 1
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> two characters
 
 
 def new_ulid() -> str:
-    """Return a new, randomly generated ULID string (26 Crockford base32 characters)."""
-    return str(ulid.ULID())
+    """Return a new, randomly generated ULID string (26 Crockford base32 characters).
+
+    The current unix milliseconds and 80 random bits, encoded here rather than through ``ulid.ULID()``: every
+    send makes two or three of them, and this is several times cheaper (same format; tests/core/test_ids.py)."""
+    n = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    pairs = _PAIRS
+    # 128 bits = one 3-bit character then 25 characters of 5 bits (in pairs of 10 bits, the last one alone)
+    return (
+        _CROCKFORD[n >> 125]
+        + pairs[(n >> 115) & 1023] + pairs[(n >> 105) & 1023] + pairs[(n >> 95) & 1023] + pairs[(n >> 85) & 1023]
+        + pairs[(n >> 75) & 1023] + pairs[(n >> 65) & 1023] + pairs[(n >> 55) & 1023] + pairs[(n >> 45) & 1023]
+        + pairs[(n >> 35) & 1023] + pairs[(n >> 25) & 1023] + pairs[(n >> 15) & 1023] + pairs[(n >> 5) & 1023]
+        + _CROCKFORD[n & 31]
+    )  # fmt: skip
 
 
 def ulid_from(ms: int, entropy: bytes) -> str:

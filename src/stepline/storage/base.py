@@ -46,6 +46,9 @@ class Store(abc.ABC):
     """Durable state of events, functions, runs, steps and waits."""
 
     registry_check_seconds: float = 0.0  # how long an engine may use its cached function registry unchecked
+    # True: the engine plans sends with its cached registry without reading the version first, and lets the ingest
+    # transaction check it (``IngestBatch.registry_version``): one read fewer per send where that check is cheap.
+    registry_checked_in_ingest: bool = False
     marker_poll_seconds: float = 0.01  # how often waiters read ``change_marker`` (core/waiting.py)
 
     # --- lifecycle ---
@@ -77,7 +80,9 @@ class Store(abc.ABC):
     # --- events and runs ---
     @abc.abstractmethod
     async def ingest(self, batch: IngestBatch, matcher: WaitMatcher, now: int) -> IngestResult:
-        """Store events, create their runs (skipping held idempotency keys), resolve matching waits."""
+        """Store events, create their runs (skipping held idempotency keys), resolve matching waits. Raises
+        StaleRegistryError, storing nothing, if ``batch.registry_version`` is set and is not the registry's
+        current version."""
 
     @abc.abstractmethod
     async def event_cursor(self) -> int | str:

@@ -163,6 +163,13 @@ class IngestBatch:
     events: list[StoredEvent]
     runs: list[NewRun]
     expression_failures: list[ExpressionFailure] = field(default_factory=list)
+    # The function registry version the runs were planned with: the ingest transaction checks it is still the
+    # current one and raises StaleRegistryError (storing nothing) if not. None: not checked.
+    registry_version: int | None = None
+
+
+class StaleRegistryError(RuntimeError):
+    """An ingest was planned with a function registry that changed since (``IngestBatch.registry_version``)."""
 
 
 @dataclass(frozen=True, slots=True)

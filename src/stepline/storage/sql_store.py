@@ -29,6 +29,7 @@ from stepline.storage.records import (
     RunLogs,
     RunRecord,
     SignalConflict,
+    StaleRegistryError,
     StepRecord,
     StepResultConflict,
     StepUpdate,
@@ -194,6 +195,11 @@ class SqlStore(
         redelivered event (stored already, or earlier in this call) matches no wait, and every run passes its
         flow-control gates in order.
         """
+        planned = {batch.registry_version for batch, _, _ in items if batch.registry_version is not None}
+        if planned:  # before any write: a stale plan stores nothing (merged ingests are then applied one by one)
+            current = int(conn.execute(self.Q["registry_version"]).fetchone()[0])
+            if planned != {current}:
+                raise StaleRegistryError(f"the function registry changed (now version {current}) since planning")
         results = [IngestResult([], [], [], [], []) for _ in items]
         names = sorted({ev.name for batch, _, _ in items for ev in batch.events})
         if names:
