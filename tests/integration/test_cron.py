@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from stepline import FakeClock, Stepline
+from stepline import Context, FakeClock, Stepline
 from stepline.core.scheduler import SCHEDULED_TIMER
 from stepline.storage.base import Store
 
@@ -23,7 +23,7 @@ MINUTE = 60
 
 def cron_function(client: Stepline, seen: list[dict[str, Any]], cron: str = "*/5 * * * *") -> None:
     @client.function(id="tick", trigger={"cron": cron})
-    async def tick(ctx: Any) -> Any:
+    async def tick(ctx: Context) -> Any:
         seen.append(ctx.event.as_dict() if hasattr(ctx.event, "as_dict") else dict(ctx.event))
         return "ok"
 
@@ -33,7 +33,7 @@ async def test_a_cron_function_runs_once_per_scheduled_time(client: Stepline, cl
     cron_function(client, seen)
 
     @client.function(id="listener", trigger=SCHEDULED_TIMER)
-    async def listener(ctx: Any) -> None:  # the timer event starts only the cron function's run
+    async def listener(ctx: Context) -> None:  # the timer event starts only the cron function's run
         return None
 
     await drain(client)  # 00:00 exactly: a new schedule does not fire for the time it is first seen at
@@ -167,7 +167,7 @@ async def test_a_worker_fires_crons_after_run_until_idle_and_after_a_restart(
 
 async def test_a_worker_without_cron_functions_starts_no_scheduler(client: Stepline) -> None:
     @client.function(id="plain", trigger="t/plain")
-    async def plain(ctx: Any) -> None:
+    async def plain(ctx: Context) -> None:
         return None
 
     await client.ready()
@@ -187,11 +187,11 @@ async def test_a_schedule_that_fails_to_fire_does_not_hold_the_others(
     fired: list[str] = []
 
     @client.function(id="broken", trigger={"cron": "0 * * * *"})
-    async def broken(ctx: Any) -> None:
+    async def broken(ctx: Context) -> None:
         fired.append("broken")
 
     @client.function(id="fine", trigger={"cron": "0 * * * *"})
-    async def fine(ctx: Any) -> None:
+    async def fine(ctx: Context) -> None:
         fired.append("fine")
 
     await client.ready()

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from stepline.core.clock import from_ms
-from stepline.core.context import AsyncStep, Context, Group, SyncStep
+from stepline.core.context import AsyncStep, SyncStep, new_context
 from stepline.core.engine import Engine
 from stepline.core.errors import (
     LeaseLost,
@@ -111,14 +111,13 @@ class Executor:
             driver.trace = obs.tracing.run_trace(claimed)
         self.drivers[run.id] = driver
         loop = asyncio.get_running_loop()
-        ctx = Context(
+        ctx = new_context(
+            AsyncStep(driver) if fn.is_async else SyncStep(driver, loop),
             event=claimed.event,
             events=claimed.events,
             run_id=run.id,
             attempt=run.attempt,
             function_id=fn.id,
-            step=AsyncStep(driver) if fn.is_async else SyncStep(driver, loop),
-            group=Group(),
             logger=RunLogger(logging.getLogger(f"stepline.fn.{fn.slug}"), {"run_id": run.id}),
         )
 
