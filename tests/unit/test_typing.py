@@ -85,6 +85,11 @@ def typed_sync(ctx: SyncContext) -> int:
 
 async def not_awaited(ctx: Context) -> int:
     return ctx.step.run("count", count, 2)  # error
+
+
+@app.function(id="sync-with-async-context", trigger="sample/wrong")  # error
+def sync_with_async_context(ctx: Context) -> int:
+    return 1
 """
 
 

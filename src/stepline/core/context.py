@@ -294,6 +294,10 @@ class SyncContext(BaseContext):
         return self.step._publish_now(channel, topic, data)
 
 
+Handler = Callable[[Context], Awaitable[Any]] | Callable[[SyncContext], Any]
+"""A function's handler: ``async def f(ctx: Context)`` or ``def f(ctx: SyncContext)``."""
+
+
 def new_context(
     step: AsyncStep | SyncStep,
     *,
