@@ -179,7 +179,7 @@ def test_cancel_a_sleeping_run(worker: WorkerProc) -> None:
     sleeping = wait_for("the run to sleep", lambda: run_with(cwd, run_id, lambda r: bool(r["idle_reason"])))
     assert sleeping["status"] == "running"
     assert sleeping["idle_reason"]["kind"] == "sleeping"
-    assert "sleeping in step 'nap' until" in ok(cwd, "runs", "show", run_id, "--db", "tmp.db")
+    assert "Sleeping in step 'nap' until" in ok(cwd, "runs", "show", run_id, "--db", "tmp.db")
 
     cancelled = cli(cwd, "runs", "cancel", run_id, "--db", "tmp.db")
     assert cancelled.returncode == 0

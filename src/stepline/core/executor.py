@@ -34,6 +34,7 @@ from stepline.core.run_logs import RunLogger, activate, deactivate
 from stepline.core.steps import StepDriver
 from stepline.observability import hooks, runlog
 from stepline.storage.records import ClaimedRun, RunFinish, StepResultConflict
+from stepline.storage.states import idle_of
 
 log = logging.getLogger("stepline.executor")
 _FINAL_ERRORS = (StepError, NonRetriableError, StepIdConflictError, SerializationError)
@@ -195,8 +196,7 @@ class Executor:
                 return
         if isinstance(error, Suspend):
             now = self.engine.clock.now_ms()
-            reasons = sorted(driver.reasons, key=lambda r: r.get("until") or 0)
-            idle = reasons[0] if len(reasons) == 1 else {"kind": "multiple", "reasons": reasons}
+            idle = idle_of(driver.reasons)
             cap = deadline if driver.pending else now
             await driver.flush()
             outcome = await self.engine.store.suspend_run(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from stepline.core.events import StoredEvent
+from stepline.storage.states import IdleReason, RunStatus
 
 # "skipped": a run flow control dropped when its event arrived (rate limit, singleton skip); it never ran.
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "skipped"})
@@ -110,9 +111,9 @@ class RunRecord:
     id: str
     function_id: str
     event_id: str
-    status: str
+    status: RunStatus
     attempt: int
-    idle_reason: dict[str, Any] | None
+    idle_reason: IdleReason | None
     output: Any
     error: dict[str, Any] | None
     created_at: int
