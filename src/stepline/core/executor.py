@@ -34,7 +34,7 @@ from stepline.core.run_logs import RunLogger, activate, deactivate
 from stepline.core.steps import StepDriver
 from stepline.observability import hooks, runlog
 from stepline.storage.records import ClaimedRun, RunFinish, StepResultConflict
-from stepline.storage.states import idle_of
+from stepline.storage.states import idle_of, start_expired
 
 log = logging.getLogger("stepline.executor")
 _FINAL_ERRORS = (StepError, NonRetriableError, StepIdConflictError, SerializationError)
@@ -96,7 +96,7 @@ class Executor:
     async def execute(self, fn: FunctionDef, claimed: ClaimedRun) -> None:
         run = claimed.run
         now = self.engine.clock.now_ms()
-        if run.start_deadline is not None and run.started_at is not None and run.started_at > run.start_deadline:
+        if start_expired(run):
             await self._finish(claimed, RunFinish("cancelled", error={
                 "name": "StartTimeout", "message": "the run did not start within timeouts.start"}))  # fmt: skip
             return

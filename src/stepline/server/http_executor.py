@@ -37,7 +37,7 @@ from stepline.server.gateway import GATEWAY_OPS, GatewayResult
 from stepline.server.protocol import CallState, Op, Outcome
 from stepline.server.state import ServerState
 from stepline.storage.records import ClaimedRun, RunFinish, SignalConflict, StepRecord, StepUpdate, WaitSpec
-from stepline.storage.states import IdleReason, idle_of
+from stepline.storage.states import IdleReason, idle_of, start_expired
 
 log = logging.getLogger("stepline.server.calls")
 MAX_CALLS_PER_CLAIM = 10_000
@@ -181,7 +181,7 @@ class _Execution:
     # --- the loop ---
     async def drive(self) -> None:
         run = self.run
-        if run.start_deadline is not None and run.started_at is not None and run.started_at > run.start_deadline:
+        if start_expired(run):
             await self.finish(RunFinish("cancelled", error={
                 "name": "StartTimeout", "message": "the run did not start within timeouts.start"}))  # fmt: skip
         targets = await self.settle_due_steps()

@@ -10,27 +10,42 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
-from typing import Any, Literal, Required, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, Required, TypedDict
+
+if TYPE_CHECKING:
+    from stepline.storage.records import RunRecord
 
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", "skipped"]
 RUN_STATUSES: tuple[RunStatus, ...] = ("queued", "running", "completed", "failed", "cancelled", "skipped")
 LIVE: tuple[RunStatus, ...] = ("queued", "running")
 ENDED: tuple[RunStatus, ...] = ("completed", "failed", "cancelled", "skipped")
 
+# Runs a transaction that stores events starts or ends: new runs (queued; skipped when a rate limit or singleton
+# refuses them; failed when a key expression fails), and live runs cancelled (cancel_on, singleton "cancel").
+_EVENTS: frozenset[tuple[RunStatus | None, RunStatus | None]] = frozenset(
+    {(None, "queued"), (None, "skipped"), (None, "failed"), ("queued", "cancelled"), ("running", "cancelled")}
+)
+
 # (from, to) by the store method that makes the change; None is "no run" (created, or deleted by prune). A run
-# that stays in its status (a claim of an idle running run, a suspend) is no transition and is not listed.
+# that stays in its status (a claim of an idle running run, a suspend) makes no transition and is not listed.
 TRANSITIONS: Mapping[str, frozenset[tuple[RunStatus | None, RunStatus | None]]] = {
-    # new runs (skipped: refused by a rate limit or singleton), and singleton "cancel" replacing a live run
-    "ingest": frozenset({(None, "queued"), (None, "skipped"), ("queued", "cancelled"), ("running", "cancelled")}),
-    "fire_cron": frozenset({(None, "queued")}),
+    "ingest": _EVENTS,
+    "fire_cron": frozenset({(None, "queued"), (None, "skipped")}),
     "create_run": frozenset({(None, "queued")}),  # a rerun
-    # a queued run starts; one past its timeouts.start stays queued (leased) and is then cancelled (finish_run)
+    # a queued run starts; one past its timeouts.start stays queued (leased), and finish_run cancels it
     "claim_runs": frozenset({("queued", "running")}),
-    "finish_run": frozenset(
-        {("running", "completed"), ("running", "failed"), ("running", "cancelled"), ("queued", "cancelled")}
-    ),
+    "record_step": _EVENTS,  # step.send_event's events
+    "suspend_run": _EVENTS,  # step.invoke's child run
+    "finish_run": _EVENTS
+    | {("running", "completed"), ("running", "failed"), ("running", "cancelled"), ("queued", "cancelled")},
     "prune": frozenset({(s, None) for s in ENDED}),
 }
+
+
+def start_expired(claimed: RunRecord) -> bool:
+    """A claimed run the claim did not start: it was queued past its ``timeouts.start`` (``claim_runs`` leaves it
+    queued, with its lease), and its worker cancels it (queued -> cancelled)."""
+    return claimed.status == "queued" and claimed.start_deadline is not None
 
 
 def allowed(method: str, before: RunStatus | None, after: RunStatus | None) -> bool:
