@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from stepline import Backoff, Concurrency, NonRetriableError, Stepline, Throttle
+from stepline import Backoff, Concurrency, Context, NonRetriableError, Stepline, Throttle
 
 client = Stepline(app_id="shop")
 
@@ -32,7 +32,7 @@ def charge_card(order: dict[str, Any]) -> dict[str, Any]:
 
 
 @client.function(id="process-order", trigger="shop/order.paid", retries=5, backoff=QUICK_RETRIES)
-async def process_order(ctx: Any) -> Any:
+async def process_order(ctx: Context) -> Any:
     order = await ctx.step.run("load-order", load_order, ctx.event.data["order_id"])
     payment = await ctx.step.run("charge-card", charge_card, order)
     await ctx.step.sleep("cool-off", "3s")
@@ -50,12 +50,12 @@ async def process_order(ctx: Any) -> Any:
     concurrency=Concurrency(limit=1, key="event.data.customer"),  # one sync per customer at a time
     throttle=Throttle(limit=2, period="1s"),  # the CRM accepts two calls per second
 )
-async def sync_crm(ctx: Any) -> Any:
+async def sync_crm(ctx: Context) -> Any:
     return await ctx.step.run("push-to-crm", lambda: {"customer": ctx.event.data["customer"], "synced": True})
 
 
 @client.function(id="fraud-check", trigger={"event": "shop/order.paid", "if": "event.data.order_id % 5 == 0"})
-async def fraud_check(ctx: Any) -> Any:
+async def fraud_check(ctx: Context) -> Any:
     def score() -> float:
         raise NonRetriableError("fraud service rejected the request: card country mismatch")
 
@@ -63,5 +63,5 @@ async def fraud_check(ctx: Any) -> Any:
 
 
 @client.function(id="hourly-report", trigger={"cron": "0 * * * *"})
-async def hourly_report(ctx: Any) -> Any:
+async def hourly_report(ctx: Context) -> Any:
     return await ctx.step.run("summarise", lambda: {"scheduled_at": ctx.event.id})

@@ -3,7 +3,7 @@
 from stepline.client import Stepline
 from stepline.core.backoff import Backoff
 from stepline.core.clock import Clock, FakeClock, SystemClock
-from stepline.core.context import AsyncStep, Context, Group, SyncStep
+from stepline.core.context import AsyncStep, BaseContext, Context, Group, SyncContext, SyncStep
 from stepline.core.durations import DurationError
 from stepline.core.errors import (
     EventValidationError,
@@ -29,6 +29,7 @@ from stepline.storage.records import RunRecord, StepRecord
 __all__ = [
     "AsyncStep",
     "Backoff",
+    "BaseContext",
     "Batch",
     "CancelOn",
     "Clock",
@@ -60,6 +61,7 @@ __all__ = [
     "SteplineError",
     "Subscription",
     "SubscriptionClosed",
+    "SyncContext",
     "SyncStep",
     "SystemClock",
     "Throttle",

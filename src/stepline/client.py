@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from stepline.core.backoff import Backoff
 from stepline.core.clock import Clock
+from stepline.core.context import Handler
 from stepline.core.engine import Engine, EventInput
 from stepline.core.errors import UnknownRunError
 from stepline.core.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
@@ -78,7 +79,7 @@ class Stepline:
         name: str | None = None,
         retries: int = 4,
         backoff: Backoff | None = None,
-        on_failure: Callable[..., Any] | None = None,
+        on_failure: Handler | None = None,
         cancel_on: Sequence[CancelOn | Mapping[str, Any]] = (),
         timeouts: Timeouts | Mapping[str, Any] | None = None,
         idempotency: str | None = None,
@@ -90,8 +91,9 @@ class Stepline:
         priority: Priority | Mapping[str, Any] | None = None,
         batch: Batch | Mapping[str, Any] | None = None,
         singleton: Singleton | Mapping[str, Any] | None = None,
-    ) -> Callable[[Callable[..., Any]], FunctionDef]:
-        """Declare a durable function. The handler takes ``ctx`` and may be ``async def`` or ``def``.
+    ) -> Callable[[Handler], FunctionDef]:
+        """Declare a durable function. The handler takes ``ctx`` and may be ``async def`` (``ctx: Context``) or
+        ``def`` (``ctx: SyncContext``).
 
         ``trigger``: an event name (``*`` wildcards), ``{"event": ..., "if": CEL}``, or ``{"cron": "[TZ=Zone ]m h
         dom mon dow"}``: a cron function runs once per scheduled time across all workers, with an
@@ -103,7 +105,7 @@ class Stepline:
         flow = {"concurrency": concurrency, "throttle": throttle, "rate_limit": rate_limit, "debounce": debounce,
                 "priority": priority, "batch": batch, "singleton": singleton}  # fmt: skip
 
-        def decorate(handler: Callable[..., Any]) -> FunctionDef:
+        def decorate(handler: Handler) -> FunctionDef:
             fn = build_function(
                 app_id=self.app_id, slug=id, handler=handler, trigger=trigger, name=name, retries=retries,
                 backoff=backoff, idempotency=idempotency, cancel_on=cancel_on, timeouts=timeouts,

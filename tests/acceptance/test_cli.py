@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from ..eventually import eventually_sync
+
 _SCRIPT = Path(sys.executable).with_name("stepline")
 STEPLINE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "stepline.cli.main"]
 APP_SOURCE = Path(__file__).with_name("fixtures_cli_app.py")
@@ -42,14 +44,7 @@ def ok(cwd: Path, *args: str) -> str:
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+    return eventually_sync(what, probe, timeout, interval=0.1)
 
 
 @dataclass
@@ -179,7 +174,7 @@ def test_cancel_a_sleeping_run(worker: WorkerProc) -> None:
     sleeping = wait_for("the run to sleep", lambda: run_with(cwd, run_id, lambda r: bool(r["idle_reason"])))
     assert sleeping["status"] == "running"
     assert sleeping["idle_reason"]["kind"] == "sleeping"
-    assert "sleeping in step 'nap' until" in ok(cwd, "runs", "show", run_id, "--db", "tmp.db")
+    assert "Sleeping in step 'nap' until" in ok(cwd, "runs", "show", run_id, "--db", "tmp.db")
 
     cancelled = cli(cwd, "runs", "cancel", run_id, "--db", "tmp.db")
     assert cancelled.returncode == 0

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from stepline import FakeClock, NonRetriableError, Stepline
+from stepline import Context, FakeClock, NonRetriableError, Stepline
 
 from ..pg_cluster import free_port
 from .servers import wait_for_health
@@ -74,11 +74,11 @@ def db_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     client = Stepline("look", str(path / "tmp.db"), clock=clock)
 
     @client.function(id="ship", trigger="look/ship")
-    async def ship(ctx: Any) -> Any:
+    async def ship(ctx: Context) -> Any:
         return await ctx.step.run("label", lambda: {"label": "L-1"})
 
     @client.function(id="charge", trigger="look/charge", retries=0)
-    async def charge(ctx: Any) -> Any:
+    async def charge(ctx: Context) -> Any:
         def fail() -> None:
             raise NonRetriableError(LONG_ERROR)
 
@@ -145,7 +145,7 @@ def test_bulk_cancel_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     client = Stepline("bulk", str(tmp_path / "tmp.db"))
 
     @client.function(id="nap", trigger="bulk/nap")
-    async def nap(ctx: Any) -> Any:
+    async def nap(ctx: Context) -> Any:
         await ctx.step.sleep("zz", "1h")
 
     async def fill() -> None:

@@ -14,7 +14,6 @@ for sequential steps that is at most one step per run.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import random
 import signal
@@ -43,6 +42,7 @@ from tests.acceptance.crash_app.app import (
     step_id,
     step_value,
 )
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -200,17 +200,9 @@ def step_view(s: StepRecord) -> tuple[Any, ...]:
 
 async def wait_for(what: str, predicate: Callable[[], Any], timeout: float, *workers: WorkerProcess) -> None:
     """Poll ``predicate`` (sync or async) every 20 ms until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            logs = "\n".join(w.output() for w in workers)
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
-        await asyncio.sleep(0.02)
+    await eventually(
+        what, predicate, timeout, interval=0.02, diagnostics=lambda: "\n".join(w.output() for w in workers)
+    )
 
 
 def db_write_locked(db: Path) -> bool:

@@ -28,6 +28,8 @@ from typing import Any, Literal, TypeVar
 import httpx
 import pytest
 
+from ..eventually import eventually_sync
+
 COMPAT_DIR = Path(__file__).resolve().parent
 REPO_ROOT = COMPAT_DIR.parents[1]
 NODE_APP_DIR = COMPAT_DIR / "node_app"
@@ -412,15 +414,8 @@ def wait_for(
     stack: Stack | None = None,
     interval: float = 0.05,
 ) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = f"\n{stack.diagnostics()}" if stack is not None else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
-        time.sleep(interval)
+    diagnostics = stack.diagnostics if stack is not None else ""
+    return eventually_sync(what, probe, timeout, interval=interval, diagnostics=diagnostics)
 
 
 def hold_for(what: str, check: Callable[[], Any], until: float, stack: Stack | None = None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from stepline import Context
 from stepline.storage.records import FunctionRecord, RunFilter
 
 from .conftest import Dash
@@ -13,7 +14,7 @@ from .conftest import Dash
 
 async def test_run_page_shows_the_log_lines_of_the_run(dash: Dash) -> None:
     @dash.client.function(id="chatty", trigger="dash/chatty")
-    async def chatty(ctx: Any) -> Any:
+    async def chatty(ctx: Context) -> Any:
         ctx.logger.info("loading <cart> %s", ctx.event.data["key"])
         await ctx.step.run("charge", lambda: ctx.logger.warning("card needs 3-D Secure"))
 

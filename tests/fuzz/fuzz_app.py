@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from stepline import Stepline
+from stepline import Context, Stepline
 
 client = Stepline(app_id="fuzz")  # `stepline dev --app` gives it the server's store
 
 
 @client.function(id="work", trigger="fuzz/*")
-async def work(ctx: Any) -> Any:
+async def work(ctx: Context) -> Any:
     logging.getLogger("fuzz").info("working on %s", ctx.event.name)
     value = await ctx.step.run("double", lambda: 2 * int(ctx.event.data.get("n", 1)))
     if ctx.event.data.get("nap"):

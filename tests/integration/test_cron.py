@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import time
 from typing import Any
 
 import pytest
 
-from stepline import FakeClock, Stepline
+from stepline import Context, FakeClock, Stepline
 from stepline.core.scheduler import SCHEDULED_TIMER
 from stepline.storage.base import Store
 
 from ..backends import Backend
+from ..eventually import eventually
 from .helpers import drain, runs
 
 MINUTE = 60
@@ -23,7 +23,7 @@ MINUTE = 60
 
 def cron_function(client: Stepline, seen: list[dict[str, Any]], cron: str = "*/5 * * * *") -> None:
     @client.function(id="tick", trigger={"cron": cron})
-    async def tick(ctx: Any) -> Any:
+    async def tick(ctx: Context) -> Any:
         seen.append(ctx.event.as_dict() if hasattr(ctx.event, "as_dict") else dict(ctx.event))
         return "ok"
 
@@ -33,7 +33,7 @@ async def test_a_cron_function_runs_once_per_scheduled_time(client: Stepline, cl
     cron_function(client, seen)
 
     @client.function(id="listener", trigger=SCHEDULED_TIMER)
-    async def listener(ctx: Any) -> None:  # the timer event starts only the cron function's run
+    async def listener(ctx: Context) -> None:  # the timer event starts only the cron function's run
         return None
 
     await drain(client)  # 00:00 exactly: a new schedule does not fire for the time it is first seen at
@@ -123,18 +123,14 @@ async def test_the_worker_loop_sleeps_on_the_clock_until_the_next_scheduled_time
     seen: list[dict[str, Any]] = []
     cron_function(client, seen, "0 9 * * *")
     await client.ready()
-    worker = client.worker(poll_interval=0.05)
+    worker = client.worker(poll_interval=3600)  # its poll would fire 09:00 an hour late: only the clock can wake it
     task = asyncio.create_task(worker.run())
     try:
-        await asyncio.sleep(0.2)
-        assert worker._scheduler_task is not None and worker.scheduler.next_fire_at() == 1767258000000  # 09:00
+        await eventually("the scheduler", lambda: worker.scheduler.next_fire_at() == 1767258000000)  # 09:00
         clock.advance(dt.timedelta(hours=8, minutes=59))
-        await asyncio.sleep(0.2)
-        assert seen == []
+        assert await worker.scheduler.fire_due() == 0  # nothing is due a minute early
         clock.advance(dt.timedelta(minutes=1))  # wakes the scheduler's sleep at once
-        deadline = time.monotonic() + 10
-        while not seen and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await eventually("the 09:00 run", lambda: seen, timeout=5)
         assert [e["id"] for e in seen] == ["2026-01-01T09:00:00Z"]
         assert worker.scheduler.next_fire_at() == 1767258000000 + 86_400_000
     finally:
@@ -148,16 +144,14 @@ async def test_a_worker_fires_crons_after_run_until_idle_and_after_a_restart(
     seen: list[dict[str, Any]] = []
     cron_function(client, seen, "0 9 * * *")
     await client.ready()
-    worker = client.worker(poll_interval=0.05)
+    worker = client.worker(poll_interval=3600)
     await worker.run_until_idle()  # the same worker, later run() for real (it must still start its scheduler)
-    for hours in (9, 24):  # 09:00 on the first day; then, after a restart of the same worker, on the next day
+    for hours, fired in ((9, 1), (24, 2)):  # 09:00 on the first day; then, after a restart, on the next day
         task = asyncio.create_task(worker.run())
         try:
-            await asyncio.sleep(0.2)
+            await eventually("the scheduler", lambda: worker.scheduler.next_fire_at() is not None)
             clock.advance(dt.timedelta(hours=hours))
-            deadline = time.monotonic() + 10
-            while len(seen) < (1 if hours == 9 else 2) and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            await eventually(f"{fired} cron run(s)", lambda: len(seen) >= fired)
         finally:
             worker.stop()
             await task
@@ -165,17 +159,33 @@ async def test_a_worker_fires_crons_after_run_until_idle_and_after_a_restart(
     assert [e["id"] for e in seen] == ["2026-01-01T09:00:00Z", "2026-01-02T09:00:00Z"]
 
 
-async def test_a_worker_without_cron_functions_starts_no_scheduler(client: Stepline) -> None:
-    @client.function(id="plain", trigger="t/plain")
-    async def plain(ctx: Any) -> None:
-        return None
+async def test_a_worker_without_cron_functions_runs_no_scheduler(client: Stepline, clock: FakeClock) -> None:
+    done: list[str] = []
 
+    @client.function(id="plain", trigger="t/plain")
+    async def plain(ctx: Context) -> None:
+        done.append(ctx.event.id)
+
+    cron_calls: list[str] = []
+    for name in ("init_cron_schedules", "fire_cron"):
+        real = getattr(client.store, name)
+
+        async def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            cron_calls.append(_name)
+            return await _real(*args)
+
+        setattr(client.store, name, counted)
     await client.ready()
-    worker = client.worker(poll_interval=0.05)
+    worker = client.worker(poll_interval=3600)
     task = asyncio.create_task(worker.run())
     try:
-        await asyncio.sleep(0.1)
-        assert worker._scheduler_task is None and not worker.scheduler.has_schedules
+        await client.send({"name": "t/plain", "id": "first"})
+        await eventually("the first run", lambda: done)
+        clock.advance(dt.timedelta(days=2))  # midnight twice: any schedule would have been looked at
+        await client.send({"name": "t/plain", "id": "second"})
+        await eventually("the second run", lambda: len(done) == 2)
+        assert [t.get_name() for t in asyncio.all_tasks() if t.get_name() == "stepline-cron"] == []
+        assert cron_calls == []
     finally:
         worker.stop()
         await task
@@ -187,11 +197,11 @@ async def test_a_schedule_that_fails_to_fire_does_not_hold_the_others(
     fired: list[str] = []
 
     @client.function(id="broken", trigger={"cron": "0 * * * *"})
-    async def broken(ctx: Any) -> None:
+    async def broken(ctx: Context) -> None:
         fired.append("broken")
 
     @client.function(id="fine", trigger={"cron": "0 * * * *"})
-    async def fine(ctx: Any) -> None:
+    async def fine(ctx: Context) -> None:
         fired.append("fine")
 
     await client.ready()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from stepline import Concurrency, Stepline
+from stepline import Concurrency, Context, Stepline, SyncContext
 from stepline.core import cel_sandbox
 from stepline.core.function import FunctionSpec
 from stepline.storage.records import FunctionRecord, RunFilter
@@ -27,11 +27,11 @@ CRASHING_SUM = " + ".join(["1"] * 15_000) + " > 0"
 
 async def test_a_failing_trigger_starts_nothing_and_is_shown_on_the_function(client: Stepline) -> None:
     @client.function(id="big", trigger={"event": "shop/order", "if": "event.data.amount > 100"})
-    async def big(ctx: Any) -> str:
+    async def big(ctx: Context) -> str:
         return "big"
 
     @client.function(id="all", trigger="shop/order")
-    async def every(ctx: Any) -> str:
+    async def every(ctx: Context) -> str:
         return "all"
 
     await client.ready()
@@ -50,12 +50,12 @@ async def test_a_failing_trigger_starts_nothing_and_is_shown_on_the_function(cli
 async def test_a_failing_key_fails_the_run_with_a_clear_error(client: Stepline) -> None:
     failures: list[dict[str, Any]] = []
 
-    def on_failure(ctx: Any) -> None:
+    def on_failure(ctx: SyncContext) -> None:
         failures.append(ctx.event.data)
 
     @client.function(id="keyed", trigger="t/keyed", on_failure=on_failure,
                      concurrency=Concurrency(limit=1, key="event.data.user + 1"))  # fmt: skip
-    async def keyed(ctx: Any) -> str:
+    async def keyed(ctx: Context) -> str:
         return "ran"
 
     await client.send({"name": "t/keyed", "data": {"user": "u1"}})  # "u1" + 1: no such overload
@@ -75,7 +75,7 @@ async def test_a_failing_key_fails_the_run_with_a_clear_error(client: Stepline) 
 
 async def test_a_failing_idempotency_key_fails_the_run(client: Stepline) -> None:
     @client.function(id="once", trigger="t/once", idempotency="event.data.id * 2")
-    async def once(ctx: Any) -> str:
+    async def once(ctx: Context) -> str:
         return "ran"
 
     await client.send({"name": "t/once", "data": {"id": "x"}})
@@ -87,7 +87,7 @@ async def test_a_failing_idempotency_key_fails_the_run(client: Stepline) -> None
 
 async def test_a_failing_wait_condition_does_not_match_and_is_logged_on_the_run(client: Stepline) -> None:
     @client.function(id="waiter", trigger="t/start")
-    async def waiter(ctx: Any) -> Any:
+    async def waiter(ctx: Context) -> Any:
         got = await ctx.step.wait_for_event("approval", event="t/approve", timeout="1h",
                                             if_exp="async.data.n + 1 > event.data.n")  # fmt: skip
         return None if got is None else got["data"]["n"]
@@ -112,7 +112,7 @@ async def test_a_stored_expression_over_the_limits_is_reported_and_never_evaluat
     that routes events: it never fires, the function and app report it, every other function keeps working."""
 
     @client.function(id="fine", trigger="t/go")
-    async def fine(ctx: Any) -> str:
+    async def fine(ctx: Context) -> str:
         return "fine"
 
     await client.ready()
@@ -136,7 +136,7 @@ async def test_comprehension_triggers_are_planned_off_the_event_loop(client: Ste
         id="loops",
         trigger={"event": "t/loops", "if": "event.data.l.map(x, event.data.l.filter(y, y > x).size()).size() > 0"},
     )
-    async def loops(ctx: Any) -> str:
+    async def loops(ctx: Context) -> str:
         return "ran"
 
     await client.ready()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from stepline import Backoff, FakeClock, NonRetriableError, RetryAfterError, StepError, Stepline
+from stepline import Backoff, Context, FakeClock, NonRetriableError, RetryAfterError, StepError, Stepline, SyncContext
 
 from .helpers import advance, drain, only_run, runs, steps
 
@@ -16,7 +16,7 @@ async def test_step_retries_with_backoff_then_succeeds(client: Stepline, clock: 
     attempts: list[int] = []
 
     @client.function(id="flaky", trigger="t/flaky", retries=3, backoff=FAST)
-    async def flaky(ctx: Any) -> Any:
+    async def flaky(ctx: Context) -> Any:
         def call() -> str:
             attempts.append(len(attempts))
             if len(attempts) < 3:
@@ -43,7 +43,7 @@ async def test_step_retries_with_backoff_then_succeeds(client: Stepline, clock: 
 
 async def test_default_backoff_is_inngest_schedule_with_jitter(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="slow-retry", trigger="t/sr")
-    async def slow_retry(ctx: Any) -> Any:
+    async def slow_retry(ctx: Context) -> Any:
         await ctx.step.run("x", lambda: 1 / 0)
 
     await client.send({"name": "t/sr"})
@@ -55,7 +55,7 @@ async def test_default_backoff_is_inngest_schedule_with_jitter(client: Stepline,
 
 async def test_exhausted_step_raises_catchable_step_error(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="catch", trigger="t/catch", retries=2, backoff=FAST)
-    async def catch(ctx: Any) -> Any:
+    async def catch(ctx: Context) -> Any:
         try:
             await ctx.step.run("boom", lambda: (_ for _ in ()).throw(ValueError("bad value")))
         except StepError as exc:
@@ -74,7 +74,7 @@ async def test_exhausted_step_raises_catchable_step_error(client: Stepline, cloc
 
 async def test_uncaught_step_error_fails_run_without_more_retries(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="uncaught", trigger="t/uncaught", retries=1, backoff=FAST)
-    async def uncaught(ctx: Any) -> Any:
+    async def uncaught(ctx: Context) -> Any:
         await ctx.step.run("boom", lambda: 1 / 0)
 
     await client.send({"name": "t/uncaught"})
@@ -89,7 +89,7 @@ async def test_non_retriable_error_fails_at_once(client: Stepline) -> None:
     calls: list[int] = []
 
     @client.function(id="nr", trigger="t/nr", retries=4)
-    async def nr(ctx: Any) -> Any:
+    async def nr(ctx: Context) -> Any:
         def step() -> None:
             calls.append(1)
             raise NonRetriableError("invalid account")
@@ -108,7 +108,7 @@ async def test_retry_after_error_delays_retry(client: Stepline, clock: FakeClock
     calls: list[int] = []
 
     @client.function(id="ra", trigger="t/ra", backoff=FAST)
-    async def ra(ctx: Any) -> Any:
+    async def ra(ctx: Context) -> Any:
         def step() -> str:
             calls.append(1)
             if len(calls) == 1:
@@ -130,7 +130,7 @@ async def test_retry_after_datetime_at_function_level(client: Stepline, clock: F
     calls: list[int] = []
 
     @client.function(id="ra-fn", trigger="t/rafn", backoff=FAST)
-    async def ra_fn(ctx: Any) -> Any:
+    async def ra_fn(ctx: Context) -> Any:
         calls.append(1)
         if len(calls) == 1:
             raise RetryAfterError("later", at)
@@ -148,11 +148,11 @@ async def test_retry_after_datetime_at_function_level(client: Stepline, clock: F
 async def test_function_level_errors_retry_then_fail_and_on_failure_runs(client: Stepline, clock: FakeClock) -> None:
     failures: list[dict[str, Any]] = []
 
-    def on_failure(ctx: Any) -> None:
+    def on_failure(ctx: SyncContext) -> None:
         failures.append(ctx.event.data)
 
     @client.function(id="doomed", trigger="t/doomed", retries=2, backoff=FAST, on_failure=on_failure)
-    async def doomed(ctx: Any) -> Any:
+    async def doomed(ctx: Context) -> Any:
         raise RuntimeError(f"attempt {ctx.attempt}")
 
     await client.send({"name": "t/doomed", "data": {"job": 7}})
@@ -171,16 +171,16 @@ async def test_function_level_errors_retry_then_fail_and_on_failure_runs(client:
 
 async def test_system_events_trigger_other_functions(client: Stepline) -> None:
     @client.function(id="work", trigger="t/work")
-    async def work(ctx: Any) -> Any:
+    async def work(ctx: Context) -> Any:
         return {"answer": 42}
 
     @client.function(id="audit", trigger=["stepline/function.finished"])
-    async def audit(ctx: Any) -> Any:
+    async def audit(ctx: Context) -> Any:
         return ctx.event.data.get("result")
 
     @client.function(id="compat", trigger={"event": "inngest/function.finished",
                                            "if": "event.data.function_id == 'test-app-work'"})  # fmt: skip
-    async def compat(ctx: Any) -> Any:
+    async def compat(ctx: Context) -> Any:
         return "inngest alias"
 
     await client.send({"name": "t/work"})
@@ -196,7 +196,7 @@ async def test_each_stretch_between_steps_gets_the_full_retries(client: Stepline
     seen: list[tuple[str, int]] = []
 
     @client.function(id="stretches", trigger="t/stretches", retries=1, backoff=FAST)
-    async def stretches(ctx: Any) -> Any:
+    async def stretches(ctx: Context) -> Any:
         seen.append(("before", ctx.attempt))
         if len(seen) == 1:
             raise RuntimeError("fails once before the first step")
@@ -225,7 +225,7 @@ async def test_a_stretch_fails_after_its_retries_even_after_earlier_stretches_re
     client: Stepline, clock: FakeClock
 ) -> None:
     @client.function(id="doomed-stretch", trigger="t/doomed-stretch", retries=1, backoff=FAST)
-    async def doomed_stretch(ctx: Any) -> Any:
+    async def doomed_stretch(ctx: Context) -> Any:
         await ctx.step.run("first", lambda: 1)
         raise RuntimeError(f"after the step, attempt {ctx.attempt}")
 
@@ -240,7 +240,7 @@ async def test_a_sleep_starts_a_new_stretch(client: Stepline, clock: FakeClock) 
     attempts: list[int] = []
 
     @client.function(id="sleepy-stretch", trigger="t/sleepy-stretch", retries=1, backoff=FAST)
-    async def sleepy_stretch(ctx: Any) -> Any:
+    async def sleepy_stretch(ctx: Context) -> Any:
         if not attempts:
             attempts.append(ctx.attempt)
             raise RuntimeError("before the sleep")
@@ -266,7 +266,7 @@ async def test_on_failure_gets_the_error_in_inngests_shape(client: Stepline, clo
     failures: list[dict[str, Any]] = []
 
     @client.function(id="shaped", trigger="t/shaped", retries=0, on_failure=lambda ctx: failures.append(ctx.event.data))
-    async def shaped(ctx: Any) -> Any:
+    async def shaped(ctx: Context) -> Any:
         raise KeyError("missing")
 
     await client.send({"name": "t/shaped"})
@@ -284,7 +284,7 @@ async def test_on_failure_gets_the_error_in_inngests_shape(client: Stepline, clo
 
 async def test_a_sleep_or_wait_longer_than_a_year_fails_the_run_at_once(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="too-long", trigger="t/too-long", retries=3, backoff=FAST)
-    async def too_long(ctx: Any) -> Any:
+    async def too_long(ctx: Context) -> Any:
         if ctx.event.data["kind"] == "sleep":
             await ctx.step.sleep("nap", "400d")
         await ctx.step.wait_for_event("w", event="t/never", timeout="367d")

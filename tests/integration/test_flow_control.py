@@ -9,7 +9,18 @@ from typing import Any
 
 import pytest
 
-from stepline import Batch, Concurrency, Debounce, FakeClock, Priority, RateLimit, Singleton, Stepline, Throttle
+from stepline import (
+    Batch,
+    Concurrency,
+    Context,
+    Debounce,
+    FakeClock,
+    Priority,
+    RateLimit,
+    Singleton,
+    Stepline,
+    Throttle,
+)
 from stepline.storage.records import StepUpdate
 
 from ..backends import Backend
@@ -47,7 +58,7 @@ async def test_keyed_concurrency_never_exceeds_the_limit_per_key(client: Steplin
     seen = Overlap()
 
     @client.function(id="per-user", trigger="job/run", concurrency=Concurrency(limit=2, key="event.data.user"))
-    async def per_user(ctx: Any) -> Any:
+    async def per_user(ctx: Context) -> Any:
         await ctx.step.run("work", seen.hold, ctx.event.data["user"])
         return "ok"
 
@@ -63,7 +74,7 @@ async def test_a_full_key_says_why_and_the_next_run_starts_when_a_slot_frees(
     client: Stepline, clock: FakeClock
 ) -> None:
     @client.function(id="one-at-a-time", trigger="job/run", concurrency=[{"limit": 1, "key": "event.data.user"}])
-    async def one(ctx: Any) -> Any:
+    async def one(ctx: Context) -> Any:
         return ctx.event.data["n"]
 
     await client.ready()
@@ -88,7 +99,7 @@ async def test_a_full_key_says_why_and_the_next_run_starts_when_a_slot_frees(
 
 async def test_a_dead_holder_frees_its_slot_when_its_lease_expires(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="solo", trigger="job/run", concurrency=1)
-    async def solo(ctx: Any) -> Any:
+    async def solo(ctx: Context) -> Any:
         return "done"
 
     await client.ready()
@@ -107,11 +118,11 @@ async def test_account_scoped_concurrency_is_shared_across_functions(client: Ste
     limit = Concurrency(limit=1, key="event.data.account", scope="account")
 
     @client.function(id="export", trigger="acct/export", concurrency=limit)
-    async def export(ctx: Any) -> Any:
+    async def export(ctx: Context) -> Any:
         await ctx.step.run("work", seen.hold, ctx.event.data["account"])
 
     @client.function(id="import", trigger="acct/import", concurrency=limit)
-    async def import_(ctx: Any) -> Any:
+    async def import_(ctx: Context) -> Any:
         await ctx.step.run("work", seen.hold, ctx.event.data["account"])
 
     await client.send([{"name": f"acct/{kind}", "data": {"account": "acme"}} for kind in ["export", "import"] * 3])
@@ -129,7 +140,7 @@ async def test_concurrency_holds_across_two_workers_on_one_database(
     for c in (client, other):
 
         @c.function(id="limited", trigger="job/run", concurrency=Concurrency(limit=3, key="event.data.k"))
-        async def limited(ctx: Any) -> Any:
+        async def limited(ctx: Context) -> Any:
             await ctx.step.run("a", seen.hold, ctx.event.data["k"])
             await ctx.step.run("b", seen.hold, ctx.event.data["k"])
             return "ok"
@@ -154,7 +165,7 @@ async def test_concurrency_holds_across_two_workers_on_one_database(
 
 async def test_priority_moves_a_run_ahead_under_contention(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="prio", trigger="job/run", concurrency=1, priority=Priority(run="event.data.boost"))
-    async def prio(ctx: Any) -> Any:
+    async def prio(ctx: Context) -> Any:
         return ctx.event.data["name"]
 
     await client.ready()
@@ -180,7 +191,7 @@ async def test_throttle_delays_starts_to_the_rate_and_drops_nothing(client: Step
     started: list[int] = []
 
     @client.function(id="paced", trigger="api/call", throttle=Throttle(limit=2, period="6s", burst=1))
-    async def paced(ctx: Any) -> Any:
+    async def paced(ctx: Context) -> Any:
         started.append(ms(clock))
 
     t0 = ms(clock)
@@ -205,7 +216,7 @@ async def test_throttled_starts_stay_within_the_rate_across_two_workers(
     for c in (client, other):
 
         @c.function(id="paced", trigger="api/call", throttle=Throttle(limit=2, period="10s"))
-        async def paced(ctx: Any) -> Any:
+        async def paced(ctx: Context) -> Any:
             started.append(ms(clock))
 
     await client.ready()
@@ -234,7 +245,7 @@ async def test_throttled_starts_stay_within_the_rate_across_two_workers(
 
 async def test_throttle_keys_are_independent(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="per-key", trigger="api/call", throttle={"limit": 1, "period": "1m", "key": "event.data.k"})
-    async def per_key(ctx: Any) -> Any:
+    async def per_key(ctx: Context) -> Any:
         return ctx.event.data["k"]
 
     await client.send([{"name": "api/call", "data": {"k": k}} for k in ["a", "a", "b"]])
@@ -249,7 +260,7 @@ async def test_throttle_keys_are_independent(client: Stepline, clock: FakeClock)
 
 async def test_rate_limit_skips_excess_runs_and_records_why(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="sync", trigger="co/updated", rate_limit=RateLimit(limit=2, period="1m", key="event.data.co"))
-    async def sync(ctx: Any) -> Any:
+    async def sync(ctx: Context) -> Any:
         return ctx.event.data["co"]
 
     await client.ready()
@@ -275,7 +286,7 @@ async def test_debounce_starts_once_with_the_last_event_after_a_quiet_period(
     client: Stepline, clock: FakeClock
 ) -> None:
     @client.function(id="deb", trigger="doc/edited", debounce=Debounce(period="5s", key="event.data.doc"))
-    async def deb(ctx: Any) -> Any:
+    async def deb(ctx: Context) -> Any:
         return ctx.event.data["rev"]
 
     for rev in range(3):
@@ -296,7 +307,7 @@ async def test_debounce_starts_once_with_the_last_event_after_a_quiet_period(
 
 async def test_debounce_timeout_caps_the_delay(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="capped", trigger="doc/edited", debounce=Debounce(period="5s", timeout="8s"))
-    async def capped(ctx: Any) -> Any:
+    async def capped(ctx: Context) -> Any:
         return ctx.event.data["rev"]
 
     for rev in range(5):  # an event every 3 s would postpone forever without the timeout
@@ -312,7 +323,7 @@ async def test_debounce_timeout_caps_the_delay(client: Stepline, clock: FakeCloc
 
 async def test_batch_runs_once_full_or_at_the_timeout(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="bulk", trigger="log/line", batch=Batch(max_size=3, timeout="10s"))
-    async def bulk(ctx: Any) -> Any:
+    async def bulk(ctx: Context) -> Any:
         assert ctx.event.data == ctx.events[0].data
         return [e.data["n"] for e in ctx.events]
 
@@ -332,7 +343,7 @@ async def test_batch_key_and_if(client: Stepline, clock: FakeClock) -> None:
     options = {"max_size": 2, "timeout": "5s", "key": "event.data.user", "if": "event.data.batch"}
 
     @client.function(id="keyed", trigger="log/line", batch=options)
-    async def keyed(ctx: Any) -> Any:
+    async def keyed(ctx: Context) -> Any:
         return sorted(e.data["n"] for e in ctx.events)
 
     await client.send([{"name": "log/line", "data": {"user": u, "n": n, "batch": b}}
@@ -349,7 +360,7 @@ async def test_batch_key_and_if(client: Stepline, clock: FakeClock) -> None:
 
 async def test_singleton_skip_drops_new_runs_while_one_is_live(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="single", trigger="sync/start", singleton=Singleton(mode="skip", key="event.data.repo"))
-    async def single(ctx: Any) -> Any:
+    async def single(ctx: Context) -> Any:
         await ctx.step.sleep("pause", "1m")
         return ctx.event.data["n"]
 
@@ -370,7 +381,7 @@ async def test_singleton_skip_drops_new_runs_while_one_is_live(client: Stepline,
 
 async def test_singleton_cancel_replaces_the_live_run(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="latest", trigger="sync/start", singleton=Singleton(mode="cancel"))
-    async def latest(ctx: Any) -> Any:
+    async def latest(ctx: Context) -> Any:
         await ctx.step.sleep("pause", "1m")
         return ctx.event.data["n"]
 
@@ -415,7 +426,7 @@ def test_invalid_options_fail_at_registration_naming_function_and_field(
     with pytest.raises(ValueError) as err:
 
         @client.function(id="bad", trigger="x/y", **options)
-        async def bad(ctx: Any) -> Any:
+        async def bad(ctx: Context) -> Any:
             return None
 
     assert "function 'bad'" in str(err.value) and message in str(err.value)

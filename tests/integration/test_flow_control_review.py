@@ -16,7 +16,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from stepline import Batch, Concurrency, Debounce, FakeClock, Priority, RateLimit, Singleton, Stepline, Throttle
+from stepline import (
+    Batch,
+    Concurrency,
+    Context,
+    Debounce,
+    FakeClock,
+    Priority,
+    RateLimit,
+    Singleton,
+    Stepline,
+    Throttle,
+)
 from stepline.storage.postgres.store import PostgresStore
 from stepline.storage.records import IngestBatch, RunFilter, RunFinish
 from stepline.storage.sql_store import SqlStore
@@ -62,7 +73,7 @@ async def test_a_batch_event_is_not_lost_when_the_open_run_is_claimed_meanwhile(
     between (its timeout is reached) made the update change nothing, yet the event was reported merged."""
 
     @client.function(id="bulk", trigger="log/line", batch=Batch(max_size=3, timeout="10s"))
-    async def bulk(ctx: Any) -> Any:
+    async def bulk(ctx: Context) -> Any:
         return [e.data["n"] for e in ctx.events]
 
     await client.send({"name": "log/line", "data": {"n": 0}})
@@ -102,7 +113,7 @@ async def test_a_batch_event_is_not_lost_when_the_open_run_is_claimed_meanwhile(
 
 async def test_a_replayed_ingest_does_not_add_an_event_to_a_batch_twice(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="bulk", trigger="log/line", batch=Batch(max_size=3, timeout="10s"))
-    async def bulk(ctx: Any) -> Any:
+    async def bulk(ctx: Context) -> Any:
         return [e.data["n"] for e in ctx.events]
 
     await client.send({"name": "log/line", "data": {"n": 0}})
@@ -115,7 +126,7 @@ async def test_a_replayed_ingest_does_not_add_an_event_to_a_batch_twice(client: 
 
 async def test_a_replayed_ingest_does_not_charge_a_rate_limit_twice(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="limited", trigger="co/updated", rate_limit=RateLimit(limit=2, period="1m"))
-    async def limited(ctx: Any) -> Any:
+    async def limited(ctx: Context) -> Any:
         return ctx.event.data["n"]
 
     await client.ready()
@@ -127,7 +138,7 @@ async def test_a_replayed_ingest_does_not_charge_a_rate_limit_twice(client: Step
 
 async def test_a_replayed_ingest_does_not_cancel_its_own_singleton_run(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="latest", trigger="sync/start", singleton=Singleton(mode="cancel"))
-    async def latest(ctx: Any) -> Any:
+    async def latest(ctx: Context) -> Any:
         return ctx.event.data["n"]
 
     await client.ready()
@@ -144,7 +155,7 @@ async def test_a_full_batch_does_not_bypass_the_throttle(client: Stepline, clock
 
     @client.function(id="bulk", trigger="log/line", batch=Batch(max_size=2, timeout="10s"),
                      throttle=Throttle(limit=1, period="1m"))  # fmt: skip
-    async def bulk(ctx: Any) -> Any:
+    async def bulk(ctx: Context) -> Any:
         started.append(ms(clock))
         return [e.data["n"] for e in ctx.events]
 
@@ -161,7 +172,7 @@ async def test_a_debounced_event_does_not_move_a_throttled_run_earlier(client: S
 
     @client.function(id="deb", trigger="doc/edited", debounce=Debounce(period="5s"),
                      throttle=Throttle(limit=1, period="1m"))  # fmt: skip
-    async def deb(ctx: Any) -> Any:
+    async def deb(ctx: Context) -> Any:
         started.append(ms(clock))
 
     await client.send({"name": "doc/edited", "data": {"rev": 0}})
@@ -181,7 +192,7 @@ async def test_a_rate_limit_above_one_per_millisecond_still_limits(client: Stepl
     """period / limit under 1 ms: the theoretical arrival time, truncated to whole ms, never advanced."""
 
     @client.function(id="fast", trigger="api/hit", rate_limit=RateLimit(limit=1200, period="1s"))
-    async def fast(ctx: Any) -> Any:
+    async def fast(ctx: Context) -> Any:
         return None
 
     await client.ready()
@@ -191,7 +202,7 @@ async def test_a_rate_limit_above_one_per_millisecond_still_limits(client: Stepl
 
 async def test_a_throttle_above_one_per_millisecond_still_spreads_starts(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="fast", trigger="api/hit", throttle=Throttle(limit=2000, period="1s"))
-    async def fast(ctx: Any) -> Any:
+    async def fast(ctx: Context) -> Any:
         return None
 
     await client.ready()
@@ -207,7 +218,7 @@ async def test_a_rate_limit_admits_no_run_before_its_interval(client: Stepline, 
     """3 per 10 s: 3 at once, then one every 3333.3 ms; truncating each step let the 4th in at 3332 ms."""
 
     @client.function(id="thirds", trigger="api/hit", rate_limit=RateLimit(limit=3, period="10s"))
-    async def thirds(ctx: Any) -> Any:
+    async def thirds(ctx: Context) -> Any:
         return None
 
     await client.ready()
@@ -229,7 +240,7 @@ async def test_a_freed_slot_is_not_lost_to_a_woken_run_blocked_on_its_other_key(
 
     @client.function(id="two", trigger="job/run", concurrency=[Concurrency(limit=1, key="event.data.a"),
                                                              Concurrency(limit=1, key="event.data.b")])  # fmt: skip
-    async def two(ctx: Any) -> Any:
+    async def two(ctx: Context) -> Any:
         return None
 
     await client.ready()
@@ -258,7 +269,7 @@ async def test_claims_lock_concurrency_keys_in_one_order(
         pytest.skip("advisory locks: PostgreSQL only")
 
     @client.function(id="keyed", trigger="job/run", concurrency=Concurrency(limit=5, key="event.data.k"))
-    async def keyed(ctx: Any) -> Any:
+    async def keyed(ctx: Context) -> Any:
         return None
 
     await client.ready()
@@ -303,11 +314,11 @@ async def test_claims_lock_concurrency_keys_in_one_order(
 
 async def test_a_plain_function_is_not_starved_by_a_flow_controlled_backlog(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="plain", trigger="job/plain")
-    async def plain(ctx: Any) -> Any:
+    async def plain(ctx: Context) -> Any:
         return None
 
     @client.function(id="prio", trigger="job/prio", priority=Priority(run="0"))
-    async def prio(ctx: Any) -> Any:
+    async def prio(ctx: Context) -> Any:
         return None
 
     await client.ready()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from stepline import FakeClock, Stepline
+from stepline import Context, FakeClock, Stepline
 from stepline.core.ids import hash_step_id
 from stepline.storage.records import StepUpdate
 
@@ -16,7 +16,7 @@ async def test_a_step_result_is_durable_before_the_next_step_starts(client: Step
     seen: list[list[tuple[str, Any]]] = []
 
     @client.function(id="two", trigger="t/two")
-    async def two(ctx: Any) -> Any:
+    async def two(ctx: Context) -> Any:
         a = await ctx.step.run("a", lambda: 1)
 
         async def look() -> int:
@@ -38,7 +38,7 @@ async def test_the_last_result_is_stored_with_the_run_end(client: Stepline) -> N
     stored_at_return: list[list[str]] = []
 
     @client.function(id="one", trigger="t/one")
-    async def one(ctx: Any) -> Any:
+    async def one(ctx: Context) -> Any:
         value = await ctx.step.run("only", lambda: {"x": 1})
         stored_at_return.append([s.display_id for s in await client.store.list_steps(ctx.run_id)])
         return value
@@ -55,7 +55,7 @@ async def test_the_last_result_is_stored_with_the_run_end(client: Stepline) -> N
 
 async def test_a_failing_run_stores_the_results_it_held_back(client: Stepline) -> None:
     @client.function(id="fails", trigger="t/fails", retries=0)
-    async def fails(ctx: Any) -> Any:
+    async def fails(ctx: Context) -> Any:
         await ctx.step.run("ok", lambda: "done")
         raise ValueError("after the step")
 
@@ -72,7 +72,7 @@ async def test_a_retried_run_keeps_the_result_and_does_not_run_the_step_again(
     calls: list[str] = []
 
     @client.function(id="retry", trigger="t/retry", retries=1)
-    async def retry(ctx: Any) -> Any:
+    async def retry(ctx: Context) -> Any:
         got = await ctx.step.run("once", lambda: calls.append("once") or len(calls))
         if ctx.attempt == 0:
             raise ValueError("outside any step")
@@ -90,7 +90,7 @@ async def test_a_result_recorded_meanwhile_by_a_worker_that_lost_the_lease_wins(
     calls: list[str] = []
 
     @client.function(id="race", trigger="t/race")
-    async def race(ctx: Any) -> Any:
+    async def race(ctx: Context) -> Any:
         mine = await ctx.step.run("s", lambda: calls.append("s") or "mine")
         if len(calls) == 1:  # a stale worker records its own result for "s" before this run ends
             await client.store.record_step(ctx.run_id, "stale-worker", StepUpdate(
@@ -113,7 +113,7 @@ async def test_a_stopping_worker_writes_the_result_it_held_back(client: Stepline
     in_slow_part = asyncio.Event()
 
     @client.function(id="slow", trigger="t/slow")
-    async def slow(ctx: Any) -> Any:
+    async def slow(ctx: Context) -> Any:
         value = await ctx.step.run("a", lambda: calls.append("a") or "A")
         if len(calls) == 1 and not in_slow_part.is_set():
             in_slow_part.set()
@@ -141,7 +141,7 @@ async def test_a_held_back_result_that_lost_to_another_is_replayed_before_later_
     calls: list[str] = []
 
     @client.function(id="race2", trigger="t/race2")
-    async def race2(ctx: Any) -> Any:
+    async def race2(ctx: Context) -> Any:
         mine = await ctx.step.run("s", lambda: calls.append("s") or "mine")
         if len(calls) == 1:
             await client.store.record_step(ctx.run_id, "stale-worker", StepUpdate(
@@ -161,7 +161,7 @@ async def test_the_live_execution_and_a_replay_see_the_same_step_value(client: S
     seen: list[Any] = []
 
     @client.function(id="keys", trigger="t/keys", retries=1)
-    async def keys(ctx: Any) -> Any:
+    async def keys(ctx: Context) -> Any:
         d = await ctx.step.run("d", lambda: {"bb": 1, "a": 2, "big": 1e20, "small": 1.5e-7})
         seen.append((list(d), repr(d["big"]), repr(d["small"])))
         if ctx.attempt == 0:
@@ -177,7 +177,7 @@ async def test_the_live_execution_and_a_replay_see_the_same_step_value(client: S
 
 async def test_results_and_errors_with_nul_characters_are_stored(client: Stepline) -> None:
     @client.function(id="nul", trigger="t/nul", retries=0)
-    async def nul(ctx: Any) -> Any:
+    async def nul(ctx: Context) -> Any:
         part = await ctx.step.run("a", lambda: "a\x00b")
         if ctx.event.data.get("fail"):
             raise ValueError("bad \x00 byte")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from stepline import DurationError, EventValidationError, FakeClock, Stepline, Worker
+from stepline import Context, DurationError, EventValidationError, FakeClock, Stepline, Worker
 from stepline.storage.records import RunFilter
 
 from ..backends import Backend
@@ -16,19 +16,19 @@ from .helpers import advance, drain, only_run, runs, steps
 
 async def test_fan_out_wildcard_and_if_filter(client: Stepline) -> None:
     @client.function(id="exact", trigger="shop/order.paid")
-    async def exact(ctx: Any) -> Any:
+    async def exact(ctx: Context) -> Any:
         return "exact"
 
     @client.function(id="wild", trigger="shop/*")
-    async def wild(ctx: Any) -> Any:
+    async def wild(ctx: Context) -> Any:
         return "wild"
 
     @client.function(id="big", trigger={"event": "shop/order.paid", "if": "event.data.amount > 100"})
-    async def big(ctx: Any) -> Any:
+    async def big(ctx: Context) -> Any:
         return "big"
 
     @client.function(id="multi", trigger=["other/x", "shop/order.paid"])
-    async def multi(ctx: Any) -> Any:
+    async def multi(ctx: Context) -> Any:
         return ctx.event.name
 
     await client.send([{"name": "shop/order.paid", "data": {"amount": 50}},
@@ -44,7 +44,7 @@ async def test_fan_out_wildcard_and_if_filter(client: Stepline) -> None:
 
 async def test_event_id_is_idempotent_for_24_hours(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="charge", trigger="pay/charge")
-    async def charge(ctx: Any) -> Any:
+    async def charge(ctx: Context) -> Any:
         return "charged"
 
     first = await client.send({"name": "pay/charge", "id": "charge-1"})
@@ -61,7 +61,7 @@ async def test_event_id_is_idempotent_for_24_hours(client: Stepline, clock: Fake
 
 async def test_idempotency_expression(client: Stepline) -> None:
     @client.function(id="welcome", trigger="user/signup", idempotency="event.data.user_id")
-    async def welcome(ctx: Any) -> Any:
+    async def welcome(ctx: Context) -> Any:
         return ctx.event.data["user_id"]
 
     await client.send([{"name": "user/signup", "data": {"user_id": u}} for u in ("a", "b", "a")])
@@ -74,7 +74,7 @@ async def test_cancel_on_event(client: Stepline, clock: FakeClock) -> None:
 
     @client.function(id="reminder", trigger="task/created",
                      cancel_on=[{"event": "task/deleted", "if_exp": "async.data.id == event.data.id"}])  # fmt: skip
-    async def reminder(ctx: Any) -> Any:
+    async def reminder(ctx: Context) -> Any:
         await ctx.step.sleep("wait", "1d")
         await ctx.step.run("remind", lambda: calls.append(ctx.event.data["id"]))
 
@@ -94,7 +94,7 @@ async def test_cancel_by_api_stops_further_steps(client: Stepline, clock: FakeCl
     calls: list[str] = []
 
     @client.function(id="long", trigger="t/long")
-    async def long(ctx: Any) -> Any:
+    async def long(ctx: Context) -> Any:
         await ctx.step.run("one", lambda: calls.append("one"))
         await ctx.step.sleep("nap", "1h")
         await ctx.step.run("two", lambda: calls.append("two"))
@@ -115,7 +115,7 @@ async def test_cancel_while_executing_stops_at_next_step(client: Stepline) -> No
     calls: list[str] = []
 
     @client.function(id="self-cancel", trigger="t/sc")
-    async def self_cancel(ctx: Any) -> Any:
+    async def self_cancel(ctx: Context) -> Any:
         await ctx.step.run("one", lambda: calls.append("one"))
         await client.cancel(ctx.run_id)  # as if cancelled from another process mid-run
         await ctx.step.run("two", lambda: calls.append("two"))
@@ -132,7 +132,7 @@ async def test_cancel_while_executing_stops_at_next_step(client: Stepline) -> No
 
 async def test_finish_timeout_cancels_a_sleeping_run(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="bounded", trigger="t/bounded", timeouts={"finish": "10m"})
-    async def bounded(ctx: Any) -> Any:
+    async def bounded(ctx: Context) -> Any:
         await ctx.step.sleep("long-nap", "1h")
         return "finished"
 
@@ -145,7 +145,7 @@ async def test_finish_timeout_cancels_a_sleeping_run(client: Stepline, clock: Fa
 
 async def test_start_timeout_cancels_a_run_queued_too_long(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="fresh", trigger="t/fresh", timeouts={"start": "30s"})
-    async def fresh(ctx: Any) -> Any:
+    async def fresh(ctx: Context) -> Any:
         return "ran"
 
     await client.send({"name": "t/fresh"})
@@ -185,7 +185,7 @@ def test_bad_function_options_fail_at_definition(client: Stepline) -> None:
 
 async def test_bad_duration_in_a_step_fails_with_a_precise_error(client: Stepline) -> None:
     @client.function(id="bad-sleep", trigger="t/bad-sleep", retries=0)
-    async def bad_sleep(ctx: Any) -> Any:
+    async def bad_sleep(ctx: Context) -> Any:
         await ctx.step.sleep("nap", "5 minutes")
 
     await client.send({"name": "t/bad-sleep"})
@@ -200,7 +200,7 @@ async def test_step_id_reused_with_different_meaning_fails_the_run(client: Stepl
     version = {"v": 1}
 
     @client.function(id="evolving", trigger="t/evolve", retries=3)
-    async def evolving(ctx: Any) -> Any:
+    async def evolving(ctx: Context) -> Any:
         if version["v"] == 1:
             await ctx.step.run("a", lambda: 1)
         else:
@@ -224,7 +224,7 @@ async def test_runs_are_visible_to_a_second_client_on_the_same_database(
     client: Stepline, backend: Backend, clock: FakeClock
 ) -> None:
     @client.function(id="visible", trigger="t/visible")
-    async def visible(ctx: Any) -> Any:
+    async def visible(ctx: Context) -> Any:
         return 1
 
     await client.ready()
@@ -241,15 +241,15 @@ async def test_runs_are_visible_to_a_second_client_on_the_same_database(
 
 async def test_a_cancel_event_sent_from_a_step_announces_the_cancellation(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="target", trigger="x/start", cancel_on=[{"event": "x/stop"}])
-    async def target(ctx: Any) -> Any:
+    async def target(ctx: Context) -> Any:
         await ctx.step.sleep("nap", "1h")
 
     @client.function(id="stopper", trigger="x/go")
-    async def stopper(ctx: Any) -> Any:
+    async def stopper(ctx: Context) -> Any:
         await ctx.step.send_event("stop", {"name": "x/stop"})
 
     @client.function(id="watch", trigger="stepline/function.cancelled")
-    async def watch(ctx: Any) -> Any:
+    async def watch(ctx: Context) -> Any:
         return ctx.event.data["function_id"]
 
     await client.send({"name": "x/start"})

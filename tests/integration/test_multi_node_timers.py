@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from stepline import Debounce, FakeClock, Stepline
+from stepline import Context, Debounce, FakeClock, Stepline
 from stepline.core.worker import Worker
 
 from ..backends import Backend
@@ -53,7 +53,7 @@ async def test_each_sleep_resumes_once_across_three_workers(nodes: list[Stepline
     for node in nodes:
 
         @node.function(id="napper", trigger="job/nap")
-        async def napper(ctx: Any) -> Any:
+        async def napper(ctx: Context) -> Any:
             def mark(step: str) -> str:
                 executed[(ctx.event.data["n"], step)] += 1
                 return step
@@ -78,7 +78,7 @@ async def test_each_wait_timeout_fires_once_across_three_workers(nodes: list[Ste
     for node in nodes:
 
         @node.function(id="waiter", trigger="job/wait")
-        async def waiter(ctx: Any) -> Any:
+        async def waiter(ctx: Context) -> Any:
             got = await ctx.step.wait_for_event("reply", event="job/reply", match="data.n", timeout="30s")
 
             def note() -> bool:
@@ -103,7 +103,7 @@ async def test_debounce_sent_from_two_nodes_starts_once_per_key(nodes: list[Step
     for node in nodes:
 
         @node.function(id="deb", trigger="doc/edited", debounce=Debounce(period="5s", key="event.data.doc"))
-        async def deb(ctx: Any) -> Any:
+        async def deb(ctx: Context) -> Any:
             started[ctx.event.data["doc"]] += 1
             return ctx.event.data["rev"]
 

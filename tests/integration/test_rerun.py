@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from stepline import FakeClock, Stepline
+from stepline import Context, FakeClock, Stepline
 from stepline.core.ids import hash_step_id
 from stepline.core.rerun import RerunNotPossibleError, RunNotFoundError, StepNotFoundError, rerun
 
@@ -16,7 +16,7 @@ from .helpers import drain, runs, steps
 
 def three_steps(client: Stepline, calls: list[str], broken: set[str]) -> None:
     @client.function(id="three", trigger="t/three", retries=0)
-    async def three(ctx: Any) -> Any:
+    async def three(ctx: Context) -> Any:
         def step(name: str, value: Any) -> Any:
             calls.append(name)
             if name in broken:
@@ -82,7 +82,7 @@ async def test_rerun_from_a_step_after_a_sleep_does_not_sleep_again(client: Step
     calls: list[str] = []
 
     @client.function(id="napper", trigger="t/nap", retries=0)
-    async def napper(ctx: Any) -> Any:
+    async def napper(ctx: Context) -> Any:
         await ctx.step.run("before", lambda: calls.append("before"))
         await ctx.step.sleep("nap", "1h")
         return await ctx.step.run("after", lambda: calls.append("after") or len(calls))

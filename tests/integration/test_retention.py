@@ -7,22 +7,22 @@ from typing import Any
 
 import pytest
 
-from stepline import FakeClock, Stepline
+from stepline import Context, FakeClock, Stepline
 
 from .helpers import advance, drain, runs
 
 
 async def test_prune_deletes_old_ended_runs_and_keeps_the_rest(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="quick", trigger="t/quick")
-    async def quick(ctx: Any) -> Any:
+    async def quick(ctx: Context) -> Any:
         return await ctx.step.run("one", lambda: 1)
 
     @client.function(id="short-lived", trigger="t/short", retention="2d")
-    async def short_lived(ctx: Any) -> Any:
+    async def short_lived(ctx: Context) -> Any:
         return await ctx.step.run("one", lambda: 1)
 
     @client.function(id="sleeper", trigger="t/sleep")
-    async def sleeper(ctx: Any) -> Any:
+    async def sleeper(ctx: Context) -> Any:
         await ctx.step.sleep("long", "90d")
 
     await client.send([{"name": "t/quick"}, {"name": "t/short"}, {"name": "t/sleep"}])

@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from stepline import Backoff, FakeClock, Stepline
+from stepline import Backoff, Context, FakeClock, Stepline, SyncContext
 from stepline.core.ids import hash_step_id
 from stepline.storage.records import RUN_LOG_LIMIT, RUN_LOG_MESSAGE_LIMIT, RunLogLine
 
@@ -24,7 +24,7 @@ def shown(found: list[RunLogLine]) -> list[tuple[str, str | None, str, str]]:
 
 async def test_async_function_logs_once_across_a_sleep_replay(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="chatty", trigger="t/chatty")
-    async def chatty(ctx: Any) -> Any:
+    async def chatty(ctx: Context) -> Any:
         ctx.logger.info("start %s", ctx.event.data["n"])  # INFO: ctx.logger is captured below the root's level
         await ctx.step.run("a", lambda: user_log.warning("sync callable in a") or 1)
 
@@ -65,7 +65,7 @@ async def test_sync_function_logs_from_the_thread_pool_and_parallel_branches(
     client: Stepline, clock: FakeClock
 ) -> None:
     @client.function(id="sync-fn", trigger="t/sync")
-    def sync_fn(ctx: Any) -> Any:
+    def sync_fn(ctx: SyncContext) -> Any:
         ctx.logger.info("sync body")
         ctx.step.run("s1", lambda: user_log.warning("in s1"))
         ctx.group.parallel((
@@ -101,7 +101,7 @@ async def test_step_and_function_retries_log_each_attempt_but_not_the_replayed_b
         return "ok"
 
     @client.function(id="retrying", trigger="t/retry", retries=1, backoff=FAST)
-    async def retrying(ctx: Any) -> Any:
+    async def retrying(ctx: Context) -> Any:
         ctx.logger.info("body, attempt %d", ctx.attempt)
         await ctx.step.run("flaky", flaky)
         ctx.logger.info("after flaky, attempt %d", ctx.attempt)
@@ -133,13 +133,13 @@ async def test_step_and_function_retries_log_each_attempt_but_not_the_replayed_b
 
 async def test_a_chatty_function_is_capped(client: Stepline) -> None:
     @client.function(id="chatty", trigger="t/chatty")
-    async def chatty(ctx: Any) -> Any:
+    async def chatty(ctx: Context) -> Any:
         for i in range(RUN_LOG_LIMIT + 200):
             ctx.logger.info("line %d", i)
         ctx.logger.info("x" * (RUN_LOG_MESSAGE_LIMIT + 5))
 
     @client.function(id="long", trigger="t/long")
-    async def long(ctx: Any) -> Any:
+    async def long(ctx: Context) -> Any:
         ctx.logger.warning("%s", "y" * (RUN_LOG_MESSAGE_LIMIT + 5))
 
     await client.send([{"name": "t/chatty"}, {"name": "t/long"}])
@@ -154,7 +154,7 @@ async def test_a_chatty_function_is_capped(client: Stepline) -> None:
 
 async def test_logs_are_pruned_with_their_runs(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="quick", trigger="t/quick")
-    async def quick(ctx: Any) -> Any:
+    async def quick(ctx: Context) -> Any:
         ctx.logger.info("hello")
 
     await client.send({"name": "t/quick"})

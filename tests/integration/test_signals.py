@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from stepline import FakeClock, Stepline
+from stepline import Context, FakeClock, Stepline, SyncContext
 
 from .helpers import advance, drain, only_run, runs, steps
 
 
 async def test_a_signal_resumes_the_waiting_run_with_its_data(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="approver", trigger="t/approve")
-    async def approver(ctx: Any) -> Any:
+    async def approver(ctx: Context) -> Any:
         got = await ctx.step.wait_for_signal("approval", signal=f"approve-{ctx.event.data['order']}", timeout="1h")
         return {"got": got}
 
@@ -34,7 +34,7 @@ async def test_a_signal_resumes_the_waiting_run_with_its_data(client: Stepline, 
 
 async def test_a_signal_wait_times_out_with_none(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="impatient", trigger="t/impatient")
-    def impatient(ctx: Any) -> Any:  # the sync flavour
+    def impatient(ctx: SyncContext) -> Any:  # the sync flavour
         return {"got": ctx.step.wait_for_signal("ping", signal="never", timeout="10m")}
 
     await client.send({"name": "t/impatient"})
@@ -47,11 +47,11 @@ async def test_a_signal_wait_times_out_with_none(client: Stepline, clock: FakeCl
 
 async def test_one_run_waits_for_a_signal_a_second_fails_or_replaces(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="strict", trigger="t/strict")
-    async def strict(ctx: Any) -> Any:
+    async def strict(ctx: Context) -> Any:
         return await ctx.step.wait_for_signal("s", signal="shared", timeout="1h")
 
     @client.function(id="taker", trigger="t/taker")
-    async def taker(ctx: Any) -> Any:
+    async def taker(ctx: Context) -> Any:
         return await ctx.step.wait_for_signal("s", signal="shared", timeout="1h", on_conflict="replace")
 
     await client.send({"name": "t/strict", "data": {"n": 1}})

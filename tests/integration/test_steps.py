@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from stepline import FakeClock, Stepline
+from stepline import Context, FakeClock, Stepline, SyncContext
 from stepline.core.ids import hash_step_id
 
 from .helpers import advance, drain, only_run, runs, steps
@@ -19,7 +19,7 @@ async def test_sequential_steps_memoised_across_a_sleep(client: Stepline, clock:
     calls: list[str] = []
 
     @client.function(id="seq", trigger="t/seq")
-    async def seq(ctx: Any) -> Any:
+    async def seq(ctx: Context) -> Any:
         a = await ctx.step.run("a", lambda: calls.append("a") or 1)
         await ctx.step.sleep("nap", "10m")
         b = await ctx.step.run("b", lambda: calls.append("b") or a + 1)
@@ -45,7 +45,7 @@ async def test_sequential_steps_memoised_across_a_sleep(client: Stepline, clock:
 
 async def test_repeated_step_ids_get_counters(client: Stepline) -> None:
     @client.function(id="loop", trigger="t/loop")
-    async def loop(ctx: Any) -> Any:
+    async def loop(ctx: Context) -> Any:
         return [await ctx.step.run("item", lambda i=i: i * 10) for i in range(3)]
 
     await client.send({"name": "t/loop"})
@@ -58,7 +58,7 @@ async def test_repeated_step_ids_get_counters(client: Stepline) -> None:
 
 async def test_sync_function_with_parallel_group(client: Stepline) -> None:
     @client.function(id="sync-par", trigger="t/sync")
-    def sync_par(ctx: Any) -> Any:
+    def sync_par(ctx: SyncContext) -> Any:
         first = ctx.step.run("first", lambda: 5)
         a, b = ctx.group.parallel([lambda: ctx.step.run("a", lambda: first + 1),
                                    lambda: ctx.step.run("b", lambda: first + 2)])  # fmt: skip
@@ -75,7 +75,7 @@ async def test_async_parallel_steps_with_a_sleep_in_the_gather(client: Stepline,
     calls: list[str] = []
 
     @client.function(id="par", trigger="t/par")
-    async def par(ctx: Any) -> Any:
+    async def par(ctx: Context) -> Any:
         async def slow() -> int:
             await asyncio.sleep(0.01)
             calls.append("slow")
@@ -102,7 +102,7 @@ async def test_sleep_until(client: Stepline, clock: FakeClock) -> None:
     wake = clock.now() + dt.timedelta(hours=2)
 
     @client.function(id="until", trigger="t/until")
-    async def until(ctx: Any) -> Any:
+    async def until(ctx: Context) -> Any:
         await ctx.step.sleep_until("later", wake)
         return "woke"
 
@@ -116,7 +116,7 @@ async def test_sleep_until(client: Stepline, clock: FakeClock) -> None:
 
 async def test_wait_for_event_matches_later_event(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="approve", trigger="order/created")
-    async def approve(ctx: Any) -> Any:
+    async def approve(ctx: Context) -> Any:
         got = await ctx.step.wait_for_event("approval", event="order/approved", timeout="1h",
                                             if_exp="async.data.order == event.data.order")  # fmt: skip
         return None if got is None else got["data"]["by"]
@@ -134,7 +134,7 @@ async def test_wait_for_event_matches_later_event(client: Stepline, clock: FakeC
 
 async def test_wait_for_event_times_out(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="timeout", trigger="t/start")
-    async def timeout(ctx: Any) -> Any:
+    async def timeout(ctx: Context) -> Any:
         got = await ctx.step.wait_for_event("w", event="t/never", timeout="30m", match="data.k")
         return {"got": got}
 
@@ -150,7 +150,7 @@ async def test_wait_does_not_miss_event_sent_while_step_executes(client: Steplin
     """The event arrives after the wait step started but before the wait was stored."""
 
     @client.function(id="racy", trigger="t/racy")
-    async def racy(ctx: Any) -> Any:
+    async def racy(ctx: Context) -> Any:
         async def send_then_wait() -> Any:
             return await ctx.step.wait_for_event("w", event="t/signal", timeout="1h")
 
@@ -171,11 +171,11 @@ async def test_wait_does_not_miss_event_sent_while_step_executes(client: Steplin
 
 async def test_invoke_returns_other_functions_result(client: Stepline) -> None:
     @client.function(id="child", trigger="t/child-never")
-    async def child(ctx: Any) -> Any:
+    async def child(ctx: Context) -> Any:
         return await ctx.step.run("square", lambda: ctx.event.data["n"] ** 2)
 
     @client.function(id="parent", trigger="t/parent")
-    async def parent(ctx: Any) -> Any:
+    async def parent(ctx: Context) -> Any:
         return await ctx.step.invoke("call-child", function=child, data={"n": 7})
 
     await client.send({"name": "t/parent"})
@@ -189,7 +189,7 @@ async def test_invoke_returns_other_functions_result(client: Stepline) -> None:
 
 async def test_invoke_unknown_function_is_a_step_error(client: Stepline) -> None:
     @client.function(id="caller", trigger="t/caller")
-    async def caller(ctx: Any) -> Any:
+    async def caller(ctx: Context) -> Any:
         try:
             await ctx.step.invoke("x", function="no-such-fn")
         except Exception as exc:
@@ -203,11 +203,11 @@ async def test_invoke_unknown_function_is_a_step_error(client: Stepline) -> None
 
 async def test_invoke_timeout(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="stuck", trigger="t/stuck-never")
-    async def stuck(ctx: Any) -> Any:
+    async def stuck(ctx: Context) -> Any:
         await ctx.step.sleep("forever", "7d")
 
     @client.function(id="waiter", trigger="t/waiter")
-    async def waiter(ctx: Any) -> Any:
+    async def waiter(ctx: Context) -> Any:
         from stepline import StepError
 
         try:
@@ -223,13 +223,13 @@ async def test_invoke_timeout(client: Stepline, clock: FakeClock) -> None:
 
 async def test_send_event_from_step_fans_out_once(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="producer", trigger="t/produce")
-    async def producer(ctx: Any) -> Any:
+    async def producer(ctx: Context) -> Any:
         ids = await ctx.step.send_event("fan", [{"name": "t/item", "data": {"i": i}} for i in range(3)])
         await ctx.step.sleep("after", "1s")  # forces a replay: the send must not happen again
         return len(ids)
 
     @client.function(id="consumer", trigger="t/item")
-    async def consumer(ctx: Any) -> Any:
+    async def consumer(ctx: Context) -> Any:
         return ctx.event.data["i"]
 
     await client.send({"name": "t/produce"})
@@ -248,7 +248,7 @@ async def test_pydantic_event_data_and_step_output_round_trip(client: Stepline, 
     seen: list[Any] = []
 
     @client.function(id="models", trigger="t/models")
-    async def models(ctx: Any) -> Any:
+    async def models(ctx: Context) -> Any:
         def make() -> Point:
             return Point(x=ctx.event.data["x"], y=2)
 
@@ -267,7 +267,7 @@ async def test_pydantic_event_data_and_step_output_round_trip(client: Stepline, 
 @pytest.mark.parametrize("bad", [{1, 2}, object()])
 async def test_non_serialisable_step_result_fails_the_step(client: Stepline, bad: Any) -> None:
     @client.function(id="bad", trigger="t/bad", retries=3)
-    async def bad_fn(ctx: Any) -> Any:
+    async def bad_fn(ctx: Context) -> Any:
         return await ctx.step.run("oops", lambda: bad)
 
     await client.send({"name": "t/bad"})

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-from stepline import Backoff, FakeClock, Stepline
+from stepline import Backoff, Context, FakeClock, Stepline
 
 from .helpers import advance, drain, only_run, runs, steps
 
@@ -15,7 +15,7 @@ FAST = Backoff(schedule=(dt.timedelta(seconds=10),), jitter=dt.timedelta(0))
 
 async def test_task_group_with_a_sleeping_step_suspends_and_resumes(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="tg", trigger="x/tg")
-    async def tg(ctx: Any) -> Any:
+    async def tg(ctx: Context) -> Any:
         async with asyncio.TaskGroup() as group:
             a = group.create_task(ctx.step.run("a", lambda: "a"))
             group.create_task(ctx.step.sleep("nap", "10s"))
@@ -34,7 +34,7 @@ async def test_gather_with_return_exceptions_keeps_a_step_retry(client: Stepline
     calls: list[int] = []
 
     @client.function(id="g", trigger="x/g", retries=3, backoff=FAST)
-    async def g(ctx: Any) -> Any:
+    async def g(ctx: Context) -> Any:
         def flaky() -> str:
             calls.append(1)
             if len(calls) == 1:
@@ -55,7 +55,7 @@ async def test_gather_with_return_exceptions_keeps_a_step_retry(client: Stepline
 
 async def test_a_step_cancelled_by_wait_for_does_not_hang_the_run(client: Stepline) -> None:
     @client.function(id="w", trigger="x/w")
-    async def w(ctx: Any) -> Any:
+    async def w(ctx: Context) -> Any:
         try:
             await asyncio.wait_for(ctx.step.run("slow", asyncio.sleep, 10), 0.05)
         except TimeoutError:
@@ -71,11 +71,11 @@ async def test_a_step_cancelled_by_wait_for_does_not_hang_the_run(client: Stepli
 
 async def test_wildcard_and_run_end_triggers_do_not_feed_each_other(client: Stepline) -> None:
     @client.function(id="everything", trigger="*")
-    async def everything(ctx: Any) -> Any:
+    async def everything(ctx: Context) -> Any:
         return ctx.event.name
 
     @client.function(id="on-finish", trigger="stepline/function.finished")
-    async def on_finish(ctx: Any) -> Any:
+    async def on_finish(ctx: Context) -> Any:
         return ctx.event.data["function_id"]
 
     await client.send({"name": "app/start"})
@@ -88,12 +88,12 @@ async def test_wildcard_and_run_end_triggers_do_not_feed_each_other(client: Step
 
 async def test_an_invoked_child_honours_its_cancel_on(client: Stepline, clock: FakeClock) -> None:
     @client.function(id="child", trigger="x/never", cancel_on=[{"event": "x/stop"}])
-    async def child(ctx: Any) -> Any:
+    async def child(ctx: Context) -> Any:
         await ctx.step.sleep("long", "1h")
         return "finished"
 
     @client.function(id="parent", trigger="x/parent", retries=0)
-    async def parent(ctx: Any) -> Any:
+    async def parent(ctx: Context) -> Any:
         return await ctx.step.invoke("call", function=child)
 
     await client.send({"name": "x/parent"})

@@ -6,7 +6,7 @@ import asyncio
 import random
 from typing import Any
 
-from stepline import FakeClock, Stepline
+from stepline import Context, FakeClock, Stepline
 
 from ..backends import Backend
 from .helpers import runs
@@ -23,7 +23,7 @@ async def test_signals_sent_by_another_store_while_waits_register_are_never_miss
     pending: list[asyncio.Task[Any]] = []
 
     @client.function(id="waiter", trigger="race/start")
-    async def waiter(ctx: Any) -> Any:
+    async def waiter(ctx: Context) -> Any:
         k = ctx.event.data["k"]
 
         async def signal_soon() -> None:

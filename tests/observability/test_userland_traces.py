@@ -20,7 +20,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 from starlette.applications import Starlette
 
-from stepline import Stepline
+from stepline import Context, Stepline
 from stepline.protocol.signing import hashed_signing_key
 from stepline.server import traces_api
 from stepline.server.config import ServerConfig
@@ -53,7 +53,7 @@ async def make_api(client: Stepline) -> AsyncIterator[Api]:
 @pytest.fixture
 async def run_id(client: Stepline) -> str:
     @client.function(id="traced", trigger="t/traced")
-    async def traced(ctx: Any) -> int:
+    async def traced(ctx: Context) -> int:
         return 1
 
     [event_id] = await client.send({"name": "t/traced"})

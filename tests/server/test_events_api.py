@@ -17,7 +17,7 @@ import uvicorn
 from inngest._internal.errors import SendEventsError
 from starlette.applications import Starlette
 
-from stepline import FakeClock, Stepline
+from stepline import Context, FakeClock, Stepline
 from stepline.protocol.signing import hashed_signing_key
 from stepline.server import events_api
 from stepline.server.config import ServerConfig
@@ -45,13 +45,13 @@ async def orders(client: Stepline) -> Stepline:
     """Two functions triggered by ``shop/order`` and one by ``shop/refund``."""
 
     @client.function(id="charge", trigger="shop/order")
-    async def charge(ctx: Any) -> None: ...
+    async def charge(ctx: Context) -> None: ...
 
     @client.function(id="email", trigger="shop/order")
-    async def email(ctx: Any) -> None: ...
+    async def email(ctx: Context) -> None: ...
 
     @client.function(id="refund", trigger="shop/refund")
-    async def refund(ctx: Any) -> None: ...
+    async def refund(ctx: Context) -> None: ...
 
     await client.ready()
     return client
@@ -182,7 +182,7 @@ async def test_two_events_sharing_an_id_start_one_run_per_function(api: httpx.As
 
 async def test_a_retried_request_cancels_nothing(api: httpx.AsyncClient, orders: Stepline) -> None:
     @orders.function(id="latest", trigger="doc/edited", cancel_on=[{"event": "doc/edited", "match": "data.doc"}])
-    async def latest(ctx: Any) -> None: ...
+    async def latest(ctx: Context) -> None: ...
 
     await orders.ready()
     body = [{"name": "doc/edited", "data": {"doc": 1}}]

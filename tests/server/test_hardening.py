@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stepline import Stepline
+from stepline import Context, Stepline
 from stepline.server.app import create_app
 from stepline.server.config import ServerConfig
 
@@ -26,7 +26,7 @@ HEADERS = {"content-type": "application/json"}
 @pytest.fixture
 async def api(client: Stepline) -> AsyncIterator[httpx.AsyncClient]:
     @client.function(id="echo", trigger="t/*")
-    async def echo(ctx: Any) -> Any:
+    async def echo(ctx: Context) -> Any:
         return ctx.event.data
 
     await client.ready()

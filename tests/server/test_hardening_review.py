@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stepline import Stepline, Throttle
+from stepline import Context, Stepline, Throttle
 from stepline.core import cel_sandbox
 from stepline.core.expressions import Bindings, ExpressionError, compile_expression
 from stepline.server.app import create_app
@@ -92,7 +92,7 @@ async def test_keys_too_long_for_an_index_are_hashed(client: Stepline) -> None:
 
     @client.function(id="keyed", trigger="t/keyed", throttle=Throttle(limit=10, period="1s", key="event.data.k"),
                      idempotency="event.data.k")  # fmt: skip
-    async def keyed(ctx: Any) -> str:
+    async def keyed(ctx: Context) -> str:
         return "ran"
 
     await client.ready()

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from stepline import FakeClock, Stepline
+from stepline import Context, FakeClock, Stepline
 from stepline.core.ids import hash_step_id
 from stepline.protocol.signing import hashed_signing_key
 from stepline.server import rest_api
@@ -83,7 +83,7 @@ async def api(make_api: MakeApi) -> httpx.AsyncClient:
 
 def three_steps(client: Stepline, calls: list[str], broken: set[str]) -> None:
     @client.function(id="three", trigger="t/three", retries=0, name="Three steps")
-    async def three(ctx: Any) -> Any:
+    async def three(ctx: Context) -> Any:
         def step(name: str, value: Any) -> Any:
             calls.append(name)
             if name in broken:
@@ -171,7 +171,7 @@ async def test_event_and_the_runs_it_started(client: Stepline, api: httpx.AsyncC
     three_steps(client, [], set())
 
     @client.function(id="audit", trigger="t/three")
-    async def audit(ctx: Any) -> None: ...
+    async def audit(ctx: Context) -> None: ...
 
     (event_id,) = await client.send({"name": "t/three", "id": "order-7", "data": {"n": 1}})
     got = data(await api.get(f"/v1/events/{event_id}"))
@@ -212,7 +212,7 @@ async def test_run_detail_and_steps(client: Stepline, clock: FakeClock, api: htt
 
 async def test_a_waiting_run_says_why(client: Stepline, clock: FakeClock, api: httpx.AsyncClient) -> None:
     @client.function(id="napper", trigger="t/nap")
-    async def napper(ctx: Any) -> Any:
+    async def napper(ctx: Context) -> Any:
         await ctx.step.sleep("nap", "1h")
 
     await client.send({"name": "t/nap"})
@@ -227,7 +227,7 @@ async def test_a_waiting_run_says_why(client: Stepline, clock: FakeClock, api: h
 
 async def test_run_logs(client: Stepline, clock: FakeClock, api: httpx.AsyncClient) -> None:
     @client.function(id="logger", trigger="t/log")
-    async def logger(ctx: Any) -> Any:
+    async def logger(ctx: Context) -> Any:
         ctx.logger.info("hello %s", ctx.event.data["who"])
         await ctx.step.run("greet", lambda: ctx.logger.warning("in the step"))
 
@@ -253,7 +253,7 @@ async def test_runs_list_filters_and_pages(client: Stepline, clock: FakeClock, a
     three_steps(client, [], set())
 
     @client.function(id="other", trigger="t/other")
-    async def other(ctx: Any) -> None: ...
+    async def other(ctx: Context) -> None: ...
 
     for i in range(5):
         await client.send({"name": "t/three" if i < 4 else "t/other", "data": {"n": i}})
@@ -321,7 +321,7 @@ async def test_bulk_cancellation_by_time_window_and_expression(
     three_steps(client, [], set())
 
     @client.function(id="other", trigger="t/three")
-    async def other(ctx: Any) -> None: ...
+    async def other(ctx: Context) -> None: ...
 
     for n in range(4):  # created at +0 s, +10 s, +20 s, +30 s
         await client.send({"name": "t/three", "data": {"n": n}})

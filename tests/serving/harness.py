@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any, TypeVar
 
 import httpx
 import uvicorn
+
+from ..eventually import eventually_sync
 
 _SCRIPT = Path(sys.executable).with_name("stepline")
 STEPLINE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "stepline.cli.main"]
@@ -36,14 +37,7 @@ def free_port() -> int:
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = DEADLINE_S, diagnostics: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{diagnostics}")
-        time.sleep(0.03)
+    return eventually_sync(what, probe, timeout, interval=0.03, diagnostics=diagnostics)
 
 
 class AsgiThread:

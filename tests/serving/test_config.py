@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from stepline import CancelOn, CronTrigger, Stepline, Timeouts
+from stepline import CancelOn, Context, CronTrigger, Stepline, Timeouts
 from stepline.server.functions import function_record
 from stepline.serving.config import function_config, register_body, resolve_config
 
@@ -17,7 +17,7 @@ CLIENT = Stepline("cfg")
 @CLIENT.function(id="f", trigger=["cfg/a", CronTrigger("*/5 * * * *")], retries=2, idempotency="event.data.id",
                  cancel_on=[CancelOn("cfg/stop", match="data.id", timeout="1h")],
                  timeouts=Timeouts(start="10s", finish="5m"), on_failure=lambda ctx: None)  # fmt: skip
-async def f(ctx: Any) -> None:
+async def f(ctx: Context) -> None:
     pass
 
 

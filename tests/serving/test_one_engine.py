@@ -12,7 +12,7 @@ import pytest
 from starlette.applications import Starlette
 
 import stepline
-from stepline import Stepline
+from stepline import Context, Stepline
 
 from .harness import AsgiThread, Server, free_port, wait_for
 
@@ -20,7 +20,7 @@ served = Stepline("served")
 
 
 @served.function(id="ship", trigger="shop/order.paid")
-async def ship(ctx: Any) -> dict[str, Any]:
+async def ship(ctx: Context) -> dict[str, Any]:
     label = await ctx.step.run("label", lambda: f"label-{ctx.event.data['order']}")
     return {"by": "http", "label": label}
 

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from flask import Flask
 
 import stepline
-from stepline import FakeClock, NonRetriableError, RetryAfterError, Stepline
+from stepline import Context, FakeClock, NonRetriableError, RetryAfterError, Stepline, SyncContext
 from stepline.protocol import signing
 
 from .harness import AsgiThread, Server, WsgiThread, free_port, wait_for
@@ -49,19 +49,19 @@ def flaky_once(run_id: str, value: Any) -> Any:
 
 
 @CLIENT.function(id="seq", trigger="serve/seq")
-async def seq(ctx: Any) -> Any:
+async def seq(ctx: Context) -> Any:
     a = await ctx.step.run("a", lambda: ctx.event.data["n"] + 1)
     b = await ctx.step.run("b", lambda: a * 2)
     return {"a": a, "b": b, "event": ctx.event.name}
 
 
 @CLIENT.function(id="loop", trigger="serve/loop")
-async def loop(ctx: Any) -> Any:
+async def loop(ctx: Context) -> Any:
     return [await ctx.step.run("item", lambda i=i: i * 10) for i in range(3)]
 
 
 @CLIENT.function(id="sleeper", trigger="serve/sleep")
-async def sleeper(ctx: Any) -> Any:
+async def sleeper(ctx: Context) -> Any:
     before = await ctx.step.run("before", time.time)
     await ctx.step.sleep("nap", "1s")
     after = await ctx.step.run("after", time.time)
@@ -69,40 +69,40 @@ async def sleeper(ctx: Any) -> Any:
 
 
 @CLIENT.function(id="waiter", trigger="serve/wait")
-async def waiter(ctx: Any) -> Any:
+async def waiter(ctx: Context) -> Any:
     got = await ctx.step.wait_for_event("approval", event="serve/approve", timeout="30s",
                                         if_exp="async.data.token == event.data.token")  # fmt: skip
     return got["data"]["verdict"] if got else None
 
 
 @CLIENT.function(id="signal-waiter", trigger="serve/signal")
-async def signal_waiter(ctx: Any) -> Any:
+async def signal_waiter(ctx: Context) -> Any:
     got = await ctx.step.wait_for_signal("approval", signal=f"serve-{ctx.event.data['token']}", timeout="30s")
     return got
 
 
 @CLIENT.function(id="child", trigger="serve/child")
-def child(ctx: Any) -> Any:
+def child(ctx: SyncContext) -> Any:
     return ctx.step.run("double", lambda: ctx.event.data["x"] * 2)
 
 
 @CLIENT.function(id="parent", trigger="serve/parent")
-async def parent(ctx: Any) -> Any:
+async def parent(ctx: Context) -> Any:
     result = await ctx.step.invoke("call-child", function=child, data={"x": ctx.event.data["x"]}, timeout="30s")
     return {"child": result}
 
 
 @CLIENT.function(id="flaky", trigger="serve/flaky")
-async def flaky(ctx: Any) -> Any:
+async def flaky(ctx: Context) -> Any:
     return await ctx.step.run("flaky-step", flaky_once, ctx.run_id, "ok")
 
 
-def on_doomed_failure(ctx: Any) -> None:
+def on_doomed_failure(ctx: SyncContext) -> None:
     FAILURES[ctx.event.data["run_id"]] = {"name": ctx.event.name, **ctx.event.data}
 
 
 @CLIENT.function(id="doomed", trigger="serve/doomed", on_failure=on_doomed_failure)
-async def doomed(ctx: Any) -> Any:
+async def doomed(ctx: Context) -> Any:
     def give_up() -> None:
         raise NonRetriableError("no point retrying")
 
@@ -111,18 +111,18 @@ async def doomed(ctx: Any) -> Any:
 
 
 @CLIENT.function(id="sender", trigger="serve/send")
-async def sender(ctx: Any) -> Any:
+async def sender(ctx: Context) -> Any:
     return await ctx.step.send_event("emit", {"name": "serve/emitted", "data": {"token": ctx.event.data["token"]}})
 
 
 @CLIENT.function(id="receiver", trigger="serve/emitted")
-async def receiver(ctx: Any) -> Any:
+async def receiver(ctx: Context) -> Any:
     SEEN[ctx.event.data["token"]] = ctx.event.name
     return ctx.event.data["token"]
 
 
 @CLIENT.function(id="sync-fn", trigger="serve/sync")
-def sync_fn(ctx: Any) -> Any:
+def sync_fn(ctx: SyncContext) -> Any:
     a = ctx.step.run("a", lambda: 1)
     x, y = ctx.group.parallel((lambda: ctx.step.run("x", lambda: a + 1), lambda: ctx.step.run("y", lambda: a + 2)))
     ctx.step.sleep("pause", "0s")
@@ -130,14 +130,14 @@ def sync_fn(ctx: Any) -> Any:
 
 
 @CLIENT.function(id="gather", trigger="serve/gather")
-async def gather(ctx: Any) -> Any:
+async def gather(ctx: Context) -> Any:
     x, y = await asyncio.gather(ctx.step.run("x", lambda: "X"), ctx.step.run("y", lambda: "Y"))
     z = await ctx.step.run("z", lambda: x + y)
     return z
 
 
 @CLIENT.function(id="same", trigger="serve/same")
-async def same(ctx: Any) -> Any:
+async def same(ctx: Context) -> Any:
     """Run in-process and over HTTP by the same FunctionDef."""
     a = await ctx.step.run("a", lambda: {"n": ctx.event.data["n"]})
     items = [await ctx.step.run("item", lambda i=i: i + a["n"]) for i in range(2)]
@@ -147,7 +147,7 @@ async def same(ctx: Any) -> Any:
 
 
 @CLIENT.function(id="patient", trigger="serve/patient", retries=2)
-async def patient(ctx: Any) -> Any:
+async def patient(ctx: Context) -> Any:
     """Only called directly by test_call_protocol."""
     where = ctx.event.data.get("where")
     if where == "step":
@@ -168,13 +168,13 @@ FLASK_CLIENT = Stepline("serve-flask")
 
 
 @FASTAPI_CLIENT.function(id="hello", trigger="serve/fastapi")
-async def fastapi_hello(ctx: Any) -> Any:
+async def fastapi_hello(ctx: Context) -> Any:
     name = await ctx.step.run("name", lambda: ctx.event.data["name"].upper())
     return f"hello {name}"
 
 
 @FLASK_CLIENT.function(id="hello", trigger="serve/flask")
-def flask_hello(ctx: Any) -> Any:
+def flask_hello(ctx: SyncContext) -> Any:
     name = ctx.step.run("name", lambda: ctx.event.data["name"].upper())
     ctx.step.sleep("pause", "10ms")
     return f"hello {name}"
@@ -184,14 +184,14 @@ SIGNED_CLIENT = Stepline("serve-signed")
 
 
 @SIGNED_CLIENT.function(id="signed-sender", trigger="serve/signed")
-async def signed_sender(ctx: Any) -> Any:
+async def signed_sender(ctx: Context) -> Any:
     n = await ctx.step.run("n", lambda: ctx.event.data["n"] + 1)
     ids = await ctx.step.send_event("emit", {"name": "serve/signed-emitted", "data": {"n": n}})
     return {"n": n, "ids": ids}
 
 
 @SIGNED_CLIENT.function(id="signed-receiver", trigger="serve/signed-emitted")
-async def signed_receiver(ctx: Any) -> Any:
+async def signed_receiver(ctx: Context) -> Any:
     return ctx.event.data["n"]
 
 

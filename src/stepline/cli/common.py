@@ -140,34 +140,3 @@ def format_error(error: dict[str, Any] | None) -> str:
         return ""
     name, message = error.get("name", "Error"), error.get("message", "")
     return f"{name}: {message}" if message else str(name)
-
-
-def describe_idle(reason: dict[str, Any] | None) -> str:
-    """Why a live run is not executing, in words."""
-    if not reason:
-        return ""
-    kind = reason.get("kind")
-    step = reason.get("step")
-    until = iso(reason["until"]) if isinstance(reason.get("until"), int) else None
-    if kind == "multiple":
-        return "; ".join(describe_idle(r) for r in reason.get("reasons", []) if isinstance(r, dict))
-    if kind == "sleeping":
-        return f"sleeping in step {step!r} until {until}"
-    if kind == "waiting" and reason.get("signal"):
-        return f"waiting in step {step!r} for signal {reason['signal']!r} until {until}"
-    if kind == "waiting":
-        return f"waiting in step {step!r} for event {reason.get('event')!r} until {until}"
-    if kind == "retrying":
-        return f"step {step!r} failed; retrying at {until}"
-    if kind == "invoking":
-        target = f" {reason['function']!r}" if reason.get("function") else " a function"
-        child = f" (run {reason['run_id']})" if reason.get("run_id") else ""
-        return f"step {step!r} invoked{target}{child}; waiting for its result until {until}"
-    if kind == "rerun":
-        origin = f" from step {reason['from_step']!r}" if reason.get("from_step") else ""
-        return f"rerun of run {reason.get('run_id')}{origin}: waiting for a worker"
-    if kind == "queued":
-        return "waiting for a worker"
-    if isinstance(reason.get("message"), str):  # flow control writes its reason in words
-        return str(reason["message"])
-    return compact(reason)

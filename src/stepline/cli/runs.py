@@ -15,7 +15,6 @@ from stepline.cli.common import (
     NotFoundError,
     compact,
     db_option,
-    describe_idle,
     format_error,
     iso,
     opened_store,
@@ -28,9 +27,9 @@ from stepline.core.events import StoredEvent
 from stepline.core.rerun import RerunError, StepNotFoundError, rerun
 from stepline.storage import Store
 from stepline.storage.records import RunFilter, RunLogLine, RunRecord, StepRecord
+from stepline.storage.states import LIVE, describe_idle
 
 STATUSES = ["queued", "running", "completed", "failed", "cancelled", "skipped"]
-LIVE = ("queued", "running")
 ENDED = ("completed", "failed", "cancelled")
 BULK_PAGE = 500
 BULK_RERUN_MAX = 1000  # as the dashboard's bulk rerun

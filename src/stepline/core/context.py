@@ -11,9 +11,9 @@ import inspect
 import logging
 import typing
 import weakref
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 from pydantic import BaseModel, TypeAdapter
 
@@ -24,6 +24,7 @@ from stepline.core.steps import Execute, Memo, StepDriver, sleep_until_ms
 from stepline.realtime.messages import PublishError, check_channel, check_topic
 
 T = TypeVar("T")
+P = ParamSpec("P")
 Duration = str | int | float | dt.timedelta
 
 
@@ -76,8 +77,18 @@ class AsyncStep:
     def __init__(self, driver: StepDriver) -> None:
         self._d = driver
 
+    @overload
+    async def run(self, id: str, fn: Callable[..., Any], *args: Any, output_type: type[T], **kwargs: Any) -> T: ...
+    @overload
+    async def run(self, id: str, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    async def run(self, id: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+
     async def run(self, id: str, fn: Callable[..., Any], *args: Any, output_type: Any = None, **kwargs: Any) -> Any:
-        """Run ``fn(*args, **kwargs)`` once per run (retried on error); its JSON result is memoised."""
+        """Run ``fn(*args, **kwargs)`` once per run (retried on error); its JSON result is memoised.
+
+        Typed as ``fn`` returns (awaited when it is async); a replay returns the recorded JSON, converted back to
+        ``output_type`` (or to ``fn``'s pydantic return annotation) when given."""
         plan = await self._d.plan_run(id)
         out_type = output_type or _annotated_model(fn)
         if isinstance(plan, Memo):
@@ -156,7 +167,13 @@ class SyncStep:
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
+    @overload
+    def run(self, id: str, fn: Callable[..., Any], *args: Any, output_type: type[T], **kwargs: Any) -> T: ...
+    @overload
+    def run(self, id: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+
     def run(self, id: str, fn: Callable[..., Any], *args: Any, output_type: Any = None, **kwargs: Any) -> Any:
+        """``AsyncStep.run`` for sync functions: ``fn`` is a plain callable, run in this thread."""
         plan: Memo | Execute = self._call(self._d.plan_run(id))
         out_type = output_type or _annotated_model(fn)
         if isinstance(plan, Memo):
@@ -238,23 +255,60 @@ class Group:
 
 
 @dataclass
-class Context:
-    """The argument every function receives."""
+class BaseContext:
+    """What every function's ``ctx`` has, whatever its flavour."""
 
     event: StoredEvent
     events: list[StoredEvent]
     run_id: str
     attempt: int
     function_id: str
-    step: Any  # AsyncStep for async functions, SyncStep for sync ones
     group: Group
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
 
-    def publish(self, channel: str, topic: str, data: Any) -> Any:
-        """Publish a realtime message to the subscribers of ``channel``/``topic`` (``await`` it in async functions).
+
+@dataclass
+class Context(BaseContext):
+    """The argument an ``async def`` function receives: its steps are awaited."""
+
+    step: AsyncStep
+
+    async def publish(self, channel: str, topic: str, data: Any) -> int | None:
+        """Publish a realtime message to the subscribers of ``channel``/``topic``.
 
         At least once: code that runs again (a retried step, a retried function) publishes again, but code that a
         replay passes through on its way to the next new step (before a step recorded by an earlier execution)
         publishes nothing, since the first execution did. Returns the message's id (None when skipped). Raises
         ``PublishError`` for a bad channel or topic, data over the size limit, or once the run has ended."""
+        return await self.step._publish_now(channel, topic, data)
+
+
+@dataclass
+class SyncContext(BaseContext):
+    """The argument a plain ``def`` function receives (it runs in a worker thread): its steps block."""
+
+    step: SyncStep
+
+    def publish(self, channel: str, topic: str, data: Any) -> int | None:
+        """``Context.publish`` for sync functions."""
         return self.step._publish_now(channel, topic, data)
+
+
+Handler = Callable[[Context], Awaitable[Any]] | Callable[[SyncContext], Any]
+"""A function's handler: ``async def f(ctx: Context)`` or ``def f(ctx: SyncContext)``."""
+
+
+def new_context(
+    step: AsyncStep | SyncStep,
+    *,
+    event: StoredEvent,
+    events: list[StoredEvent],
+    run_id: str,
+    attempt: int,
+    function_id: str,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> Context | SyncContext:
+    """The context of the flavour ``step`` has (async or sync)."""
+    if isinstance(step, AsyncStep):
+        return Context(event, events, run_id, attempt, function_id, Group(), logger, step)
+    return SyncContext(event, events, run_id, attempt, function_id, Group(), logger, step)

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from stepline.core.clock import from_ms
-from stepline.core.context import AsyncStep, Context, Group, SyncStep
+from stepline.core.context import AsyncStep, SyncStep, new_context
 from stepline.core.engine import Engine
 from stepline.core.errors import (
     LeaseLost,
@@ -34,6 +34,7 @@ from stepline.core.run_logs import RunLogger, activate, deactivate
 from stepline.core.steps import StepDriver
 from stepline.observability import hooks, runlog
 from stepline.storage.records import ClaimedRun, RunFinish, StepResultConflict
+from stepline.storage.states import idle_of, start_expired
 
 log = logging.getLogger("stepline.executor")
 _FINAL_ERRORS = (StepError, NonRetriableError, StepIdConflictError, SerializationError)
@@ -95,7 +96,7 @@ class Executor:
     async def execute(self, fn: FunctionDef, claimed: ClaimedRun) -> None:
         run = claimed.run
         now = self.engine.clock.now_ms()
-        if run.start_deadline is not None and run.started_at is not None and run.started_at > run.start_deadline:
+        if start_expired(run):
             await self._finish(claimed, RunFinish("cancelled", error={
                 "name": "StartTimeout", "message": "the run did not start within timeouts.start"}))  # fmt: skip
             return
@@ -111,14 +112,13 @@ class Executor:
             driver.trace = obs.tracing.run_trace(claimed)
         self.drivers[run.id] = driver
         loop = asyncio.get_running_loop()
-        ctx = Context(
+        ctx = new_context(
+            AsyncStep(driver) if fn.is_async else SyncStep(driver, loop),
             event=claimed.event,
             events=claimed.events,
             run_id=run.id,
             attempt=run.attempt,
             function_id=fn.id,
-            step=AsyncStep(driver) if fn.is_async else SyncStep(driver, loop),
-            group=Group(),
             logger=RunLogger(logging.getLogger(f"stepline.fn.{fn.slug}"), {"run_id": run.id}),
         )
 
@@ -196,8 +196,7 @@ class Executor:
                 return
         if isinstance(error, Suspend):
             now = self.engine.clock.now_ms()
-            reasons = sorted(driver.reasons, key=lambda r: r.get("until") or 0)
-            idle = reasons[0] if len(reasons) == 1 else {"kind": "multiple", "reasons": reasons}
+            idle = idle_of(driver.reasons)
             cap = deadline if driver.pending else now
             await driver.flush()
             outcome = await self.engine.store.suspend_run(

@@ -9,11 +9,11 @@ invoked run does not answer the parent's invoke again.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from stepline.core.engine import Engine, new_run
 from stepline.core.errors import SteplineError
 from stepline.storage.records import IngestBatch, RunFlow, StepRecord
+from stepline.storage.states import IdleReason
 
 __all__ = ["RerunError", "RerunNotPossibleError", "RunNotFoundError", "StepNotFoundError", "rerun"]
 
@@ -55,7 +55,7 @@ async def rerun(engine: Engine, run_id: str, from_step_id: str | None = None) ->
         if await store.get_event(event_id) is None:
             raise RerunNotPossibleError(f"cannot rerun run {run_id!r}: its event {event_id!r} is no longer stored")
     memo: list[StepRecord] = []
-    reason: dict[str, Any] = {"kind": "rerun", "run_id": run_id}
+    reason: IdleReason = {"kind": "rerun", "run_id": run_id}
     if from_step_id is not None:
         recorded = await store.list_steps(run_id)
         index = next((i for i, s in enumerate(recorded) if s.step_id == from_step_id), None)

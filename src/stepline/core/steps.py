@@ -45,6 +45,7 @@ from stepline.core.run_logs import RunLogCapture, enter_step, leave_step
 from stepline.observability import hooks, runlog
 from stepline.realtime.messages import PublishError, new_message
 from stepline.storage.records import SignalConflict, StepRecord, StepUpdate, WaitSpec, WriteOutcome
+from stepline.storage.states import IdleReason
 
 if TYPE_CHECKING:
     from stepline.core.engine import Engine
@@ -87,7 +88,7 @@ def check_signal(signal: Any) -> str:
     return signal
 
 
-def signal_reason(step: str, signal: str, until: int) -> dict[str, Any]:
+def signal_reason(step: str, signal: str, until: int) -> IdleReason:
     """A signal wait's idle reason (in-process and HTTP runs alike), with its words."""
     at = dt.datetime.fromtimestamp(until / 1000, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     return {"kind": "waiting", "step": step, "signal": signal, "until": until,
@@ -123,7 +124,7 @@ class StepDriver:
         self.trigger = trigger
         self.ids = StepIdCounter()
         self.pending: list[StepUpdate] = []
-        self.reasons: list[dict[str, Any]] = []
+        self.reasons: list[IdleReason] = []
         self.fatal: BaseException | None = None  # a non-determinism error: fails the run whatever user code does
         self.stop: BaseException | None = None  # set once the run was cancelled or its lease lost
         self.closed = False
@@ -197,7 +198,7 @@ class StepDriver:
             return self.pending
         return [*self.pending[:-1], dataclasses.replace(self.pending[-1], logs=logs)]
 
-    def _suspend(self, update: StepUpdate, reason: dict[str, Any], new_step: bool = False) -> Suspend:
+    def _suspend(self, update: StepUpdate, reason: IdleReason, new_step: bool = False) -> Suspend:
         if new_step:  # a sleep, wait or invoke reached for the first time: its end starts a new stretch
             self._end_stretch()
         with self._lock:
@@ -418,7 +419,7 @@ class StepDriver:
             new_step=rec is None,
         )
 
-    async def _wait_again(self, rec: StepRecord, reason: dict[str, Any]) -> dict[str, Any] | None:
+    async def _wait_again(self, rec: StepRecord, reason: IdleReason) -> dict[str, Any] | None:
         """A wait step (for an event or a signal) reached again: its result, ``None`` if it timed out (recorded
         now), or still waiting (suspends the run again)."""
         if not rec.is_memo and rec.wake_at is not None and rec.wake_at <= self._now():

@@ -38,6 +38,7 @@ from stepline.server.functions import HttpFunction
 from stepline.server.gateway import GATEWAY_OPS, GatewayResult
 from stepline.server.state import ServerState
 from stepline.storage.records import ClaimedRun, RunFinish, SignalConflict, StepRecord, StepUpdate, WaitSpec
+from stepline.storage.states import IdleReason, idle_of, start_expired
 
 log = logging.getLogger("stepline.server.calls")
 MAX_CALLS_PER_CLAIM = 10_000
@@ -153,7 +154,7 @@ class _Execution:
         self.stack = [r.step_id for r in sorted((r for r in self.memo.values() if r.is_memo and r.kind not in
                                                  DEFER_KINDS), key=_done_order)]  # fmt: skip
         self.pending: dict[str, StepUpdate] = {}  # steps that must wait: written by the suspension
-        self.reasons: dict[str, dict[str, Any]] = {}
+        self.reasons: dict[str, IdleReason] = {}
         self.labels: dict[str, str] = {}
         self.settled = False  # some step's time came when the run was claimed
         # Inngest's retry rule: the function-level attempt of the current stretch of code (between two steps),
@@ -181,7 +182,7 @@ class _Execution:
     # --- the loop ---
     async def drive(self) -> None:
         run = self.run
-        if run.start_deadline is not None and run.started_at is not None and run.started_at > run.start_deadline:
+        if start_expired(run):
             await self.finish(RunFinish("cancelled", error={
                 "name": "StartTimeout", "message": "the run did not start within timeouts.start"}))  # fmt: skip
         targets = await self.settle_due_steps()
@@ -520,7 +521,7 @@ class _Execution:
             planned.append(op.id)
             return True
         if op.id in self.pending:
-            if kind == "WaitForSignal" and self.reasons.get(op.id, {}).get("kind") == "waiting":
+            if kind == "WaitForSignal" and op.id in self.reasons and self.reasons[op.id]["kind"] == "waiting":
                 self.reasons[op.id] = signal_reason(self.labels[op.id], self.signal_of(op), self.pending[op.id].wake_at
                                                     or self.now())  # fmt: skip
             return False  # a sleep, wait or invoke already registered: keep its original deadline
@@ -707,8 +708,7 @@ class _Execution:
 
     async def suspend(self) -> None:
         now = self.now()
-        reasons = sorted(self.reasons.values(), key=lambda r: r.get("until") or 0)
-        idle = reasons[0] if len(reasons) == 1 else {"kind": "multiple", "reasons": reasons}
+        idle = idle_of(list(self.reasons.values()))
         outcome = await self.engine.store.suspend_run(
             self.run.id, self.ex.owner, [self._raced(u) for u in self.pending.values()], idle, self.engine.matcher, now,
             max_due_at=self.deadline, attempt=0 if self.stretch_ended else None)  # fmt: skip

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from stepline.core.context import AsyncStep, Context, Group, SyncStep
+from stepline.core.context import AsyncStep, SyncStep, new_context
 from stepline.core.durations import format_duration, parse_duration
 from stepline.core.errors import (
     NonRetriableError,
@@ -419,14 +419,13 @@ async def run_call(
     loop = asyncio.get_running_loop()
     shim = cast("StepDriver", driver)  # CallDriver provides every StepDriver method the step facades call
     event = stored_event(call.event)
-    ctx = Context(
+    ctx = new_context(
+        AsyncStep(shim) if fn.is_async else SyncStep(shim, loop),
         event=event,
         events=[stored_event(e) for e in call.events] or [event],
         run_id=call.run_id,
         attempt=call.attempt,
         function_id=fn.id,
-        step=AsyncStep(shim) if fn.is_async else SyncStep(shim, loop),
-        group=Group(),
         logger=logging.LoggerAdapter(logging.getLogger(f"stepline.fn.{fn.slug}"), {"run_id": call.run_id}),
     )
     output: Any = None

@@ -40,6 +40,7 @@ from stepline.storage.records import (
     WaitMatcher,
     WriteOutcome,
 )
+from stepline.storage.states import IdleReason
 
 
 class Store(abc.ABC):
@@ -147,7 +148,7 @@ class Store(abc.ABC):
         run_id: str,
         owner: str,
         pending: list[StepUpdate],
-        idle_reason: dict[str, Any],
+        idle_reason: IdleReason,
         matcher: WaitMatcher,
         now: int,
         max_due_at: int | None = None,
@@ -299,7 +300,7 @@ class Store(abc.ABC):
     # --- runs created directly (rerun) ---
     @abc.abstractmethod
     async def create_run(
-        self, run: NewRun, steps: list[StepRecord], now: int, idle_reason: dict[str, Any] | None = None
+        self, run: NewRun, steps: list[StepRecord], now: int, idle_reason: IdleReason | None = None
     ) -> None:
         """Insert one queued run without any idempotency check, with its cancel waits, and a copy of ``steps``
         (their ``run_id`` is replaced, their order kept) as its memo: claiming the run returns them.

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from stepline.storage.states import IdleReason, RunStatus
+
 # "skipped": a run flow control dropped when its event arrived (rate limit, singleton skip); it never ran.
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "skipped"})
 StepStatus = Literal["completed", "failed", "retrying", "sleeping", "waiting", "invoking"]
@@ -189,9 +191,9 @@ class RunRecord:
     id: str
     function_id: str
     event_id: str
-    status: str
+    status: RunStatus
     attempt: int
-    idle_reason: dict[str, Any] | None
+    idle_reason: IdleReason | None
     output: Any
     error: dict[str, Any] | None
     created_at: int

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepline.storage.records import AppRecord, CancellationRecord, NewRun, StepRecord
 from stepline.storage.sql import Conn
+from stepline.storage.states import IdleReason
 
 if TYPE_CHECKING:
     from stepline.storage.writer import GroupCommitWriter
@@ -76,7 +77,7 @@ class SqlAppsMixin:
 
     # --- runs created directly ---
     async def create_run(
-        self, run: NewRun, steps: list[StepRecord], now: int, idle_reason: dict[str, Any] | None = None
+        self, run: NewRun, steps: list[StepRecord], now: int, idle_reason: IdleReason | None = None
     ) -> None:
         if idle_reason is None and steps:
             # Claims load the memo only of runs that are resuming (an idle reason says so).

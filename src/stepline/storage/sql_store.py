@@ -46,6 +46,7 @@ from stepline.storage.sql_logs import SqlLogsMixin
 from stepline.storage.sql_observability import SqlObservabilityMixin
 from stepline.storage.sql_realtime import SqlRealtimeMixin
 from stepline.storage.sql_security import SqlSecurityMixin
+from stepline.storage.states import IdleReason
 from stepline.storage.writer import GroupCommitWriter, MergeableOp
 
 T = TypeVar("T")
@@ -453,7 +454,7 @@ class SqlStore(
         run_id: str,
         owner: str,
         pending: list[StepUpdate],
-        idle_reason: dict[str, Any],
+        idle_reason: IdleReason,
         matcher: WaitMatcher,
         now: int,
         max_due_at: int | None = None,

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stepline import Stepline
+from stepline import Context, Stepline, SyncContext
 
 APP_ID = "crash-app"
 EVENT = "crash/start"
@@ -82,7 +82,7 @@ def make_client(store: Any) -> Stepline:
     client = Stepline(APP_ID, store)
 
     @client.function(id=SYNC_SLUG, trigger=EVENT, retries=0)
-    def eight_steps_sync(ctx: Any) -> dict[str, Any]:
+    def eight_steps_sync(ctx: SyncContext) -> dict[str, Any]:
         n = ctx.event.data["n"]
         results = []
         for i in range(STEPS):
@@ -94,7 +94,7 @@ def make_client(store: Any) -> Stepline:
         return _output(n, results)
 
     @client.function(id=ASYNC_SLUG, trigger=EVENT, retries=0)
-    async def eight_steps_async(ctx: Any) -> dict[str, Any]:
+    async def eight_steps_async(ctx: Context) -> dict[str, Any]:
         n = ctx.event.data["n"]
         results = []
         for i in range(STEPS):

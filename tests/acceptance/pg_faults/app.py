@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from stepline import Stepline
+from stepline import Context, Stepline, SyncContext
 
 APP_ID = "pg-faults"
 EVENT = "pgf/start"
@@ -78,7 +78,7 @@ def make_client(store: Any) -> Stepline:
     client = Stepline(APP_ID, store)
 
     @client.function(id=SYNC_SLUG, trigger=EVENT, retries=0)
-    def five_steps_sync(ctx: Any) -> dict[str, Any]:
+    def five_steps_sync(ctx: SyncContext) -> dict[str, Any]:
         n = ctx.event.data["n"]
         results = []
         for i in range(STEPS):
@@ -90,7 +90,7 @@ def make_client(store: Any) -> Stepline:
         return _output(n, results)
 
     @client.function(id=ASYNC_SLUG, trigger=EVENT, retries=0)
-    async def five_steps_async(ctx: Any) -> dict[str, Any]:
+    async def five_steps_async(ctx: Context) -> dict[str, Any]:
         n = ctx.event.data["n"]
         results = []
         for i in range(STEPS):

@@ -13,7 +13,7 @@ import asyncio
 import time
 from typing import Any
 
-from stepline import Stepline
+from stepline import Context, Stepline
 from stepline.core.worker import Worker
 from stepline.storage.postgres.store import PostgresStore
 from tests.acceptance.pg_faults.test_worker_bugs import db_url, stores
@@ -33,7 +33,7 @@ async def test_a_sleep_registered_by_one_node_wakes_on_another_through_the_notif
         client = Stepline("timers", store)
 
         @client.function(id="sleeper", trigger=EVENT, retries=0)
-        async def sleeper(ctx: Any) -> str:
+        async def sleeper(ctx: Context) -> str:
             await ctx.step.run("before", lambda: parts.append((name, "before", time.time())))
             await ctx.step.sleep("nap", f"{int(SLEEP_S * 1000)}ms")
             await ctx.step.run("after", lambda: parts.append((name, "after", time.time())))

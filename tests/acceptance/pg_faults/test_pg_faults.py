@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import shutil
@@ -46,6 +45,7 @@ import pytest
 from stepline import Stepline
 from stepline.storage.postgres.store import PostgresStore
 from tests.acceptance.pg_faults.app import APP_ID, EVENT, SLUGS, STEP_SECONDS, STEPS, expected_output, step_id
+from tests.eventually import eventually
 from tests.pg_cluster import PgCluster, get_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -372,17 +372,9 @@ class Load:
 
 async def wait_for(what: str, predicate: Callable[[], Any], timeout: float, *workers: WorkerProcess) -> None:
     """Poll ``predicate`` (sync or async) every 50 ms until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            logs = "\n".join(w.output() for w in workers)
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
-        await asyncio.sleep(0.05)
+    await eventually(
+        what, predicate, timeout, interval=0.05, diagnostics=lambda: "\n".join(w.output() for w in workers)
+    )
 
 
 async def wait_all_completed(url: str, load: Load, workers: list[WorkerProcess]) -> Snapshot:

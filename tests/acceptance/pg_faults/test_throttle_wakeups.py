@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
-from stepline import Stepline, Throttle
+from stepline import Context, Stepline, Throttle
 from stepline.core.worker import Worker
 from stepline.storage.postgres.store import PostgresStore
 from tests.acceptance.pg_faults.test_worker_bugs import db_url, stores
@@ -28,7 +27,7 @@ async def test_throttled_runs_scheduled_by_one_ingest_start_on_time_on_another_n
         client = Stepline("paced", store)
 
         @client.function(id="paced", trigger="paced/go", throttle=Throttle(limit=1, period="1s"))
-        async def paced(ctx: Any) -> None:
+        async def paced(ctx: Context) -> None:
             started.append(time.time())
 
         return client
@@ -61,7 +60,7 @@ async def test_a_throttled_backlog_from_several_sends_drains_at_the_rate(stores:
     client = Stepline("paced", stores[0])
 
     @client.function(id="paced", trigger="paced/go", throttle=Throttle(limit=50, period="1s"))
-    async def paced(ctx: Any) -> None:
+    async def paced(ctx: Context) -> None:
         started.append(time.time())
 
     await client.ready()

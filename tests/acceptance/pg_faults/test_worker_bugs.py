@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from stepline import Stepline
+from stepline import Context, Stepline
 from stepline.core.worker import Worker
 from stepline.storage.postgres.store import PostgresStore
 from tests.pg_cluster import PgCluster, get_cluster
@@ -85,7 +85,7 @@ async def test_worker_survives_a_read_connection_killed_mid_query(db_url: str, s
     client = Stepline("bugs", stores[0])
 
     @client.function(id="noop", trigger=EVENT, retries=0)
-    async def noop(ctx: Any) -> str:
+    async def noop(ctx: Context) -> str:
         return "done"
 
     await client.ready()
@@ -125,7 +125,7 @@ async def test_graceful_stop_keeps_leases_of_runs_it_waits_for(stores: list[Post
         client = Stepline("bugs", store)
 
         @client.function(id="slow", trigger=EVENT, retries=0)
-        async def slow(ctx: Any) -> str:
+        async def slow(ctx: Context) -> str:
             async def long_step() -> str:
                 executions.append(name)
                 await asyncio.sleep(2.5)  # longer than the 1 s lease; shorter than the 10 s shutdown grace

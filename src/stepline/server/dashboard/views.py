@@ -3,7 +3,6 @@ errors and the reasons a run is waiting. Pure functions, no I/O."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,38 +11,12 @@ from typing import Any
 import jinja2
 
 from stepline.storage.records import RunRecord, StepRecord
+from stepline.storage.states import LIVE as LIVE
+from stepline.storage.states import RUN_STATUSES, IdleReason, describe_idle, duration, utc
 
-LIVE = ("queued", "running")
-STATUSES = ("queued", "running", "completed", "failed", "cancelled", "skipped")
+STATUSES = RUN_STATUSES
 MACROS = ("status", "when", "run_table", "action_form", "error_box")
 MAX_JSON_CHARS = 20_000  # longer outputs are cut on the page (the REST API has them whole)
-
-
-def utc(ms: int | None) -> str:
-    """``2026-01-01 12:00:03.250Z`` (the page's script shows it in the browser's time zone)."""
-    if ms is None:
-        return ""
-    ms = max(-62_135_596_800_000, min(ms, 253_402_300_799_999))  # what datetime (and RFC 3339) can write
-    stamp = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
-    return stamp.strftime("%Y-%m-%d %H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
-def duration(ms: int | float | None) -> str:
-    if ms is None:
-        return ""
-    ms = max(0, int(ms))
-    if ms < 1000:
-        return f"{ms} ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.2f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} m {secs} s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} m"
-    return f"{hours // 24} d {hours % 24} h"
 
 
 def pretty_json(value: Any) -> str:
@@ -58,53 +31,12 @@ def compact_json(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _until(reason: Mapping[str, Any], now: int) -> str:
-    until = reason.get("until")
-    if not isinstance(until, int):
-        return ""
-    left = until - now
-    return f" until {utc(until)}" + (f" (in {duration(left)})" if left > 0 else "")
-
-
 def idle_text(reason: Mapping[str, Any] | None, now: int) -> str:
-    """Why a live run has no work running: the reason's ``message`` when it has one, else a sentence for the
-    kinds the engine writes, else the fields as ``key: value``."""
-    if not reason:
-        return ""
-    message = reason.get("message")
-    if isinstance(message, str) and message:
-        return message
-    kind = reason.get("kind")
-    step = f" in step {reason['step']!r}" if reason.get("step") else ""
-    if kind == "sleeping":
-        return f"Sleeping{step}{_until(reason, now)}"
-    if kind == "waiting":
-        return f"Waiting for event {reason.get('event', '?')!r}{step}{_until(reason, now)} (then it times out)"
-    if kind == "invoking":
-        target = f" {reason['function']!r}" if reason.get("function") else ""
-        child = f" (run {reason['run_id']})" if reason.get("run_id") else ""
-        return f"Waiting for the invoked function{target}{child} to finish{step}{_until(reason, now)}"
-    if kind == "retrying":
-        return f"Retrying{step} after an error{_until(reason, now).replace(' until', ' at', 1)}"
-    if kind == "rerun":
-        origin = f" from step {reason['from_step']!r}" if reason.get("from_step") else ""
-        return f"Rerun of run {reason.get('run_id', '?')}{origin}: queued to start"
-    if kind == "queued":
-        return "Queued to start"
-    if kind == "multiple" and isinstance(reason.get("reasons"), list):
-        return "; ".join(idle_text(r, now) for r in reason["reasons"] if isinstance(r, Mapping))
-    fields = ", ".join(f"{k}: {_field(k, v)}" for k, v in reason.items() if k != "kind")
-    label = str(kind).replace("_", " ").capitalize() if kind else "Waiting"
-    return f"{label} ({fields})" if fields else label
+    """Why a live run has no work running (the words the CLI prints too), with how far off its times are."""
+    return describe_idle(reason, now)
 
 
-def _field(key: str, value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and (key.endswith("_at") or key == "until"):
-        return utc(value) if value > 10**11 else str(value)
-    return compact_json(value, 80) if not isinstance(value, str) else value
-
-
-def idle_reason_shown(run: RunRecord, now: int) -> dict[str, Any] | None:
+def idle_reason_shown(run: RunRecord, now: int) -> IdleReason | None:
     """The run's idle reason when it is live and no worker is executing it (as the REST API shows it)."""
     executing = run.lease_owner is not None and (run.lease_expires_at or 0) > now
     return run.idle_reason if run.status in LIVE and not executing else None

@@ -129,9 +129,10 @@ DELETE FROM waits WHERE run_id = %(run_id)s
 DELETE FROM waits WHERE run_id = %(run_id)s AND step_id = %(step_id)s
 
 -- name: claim_runs
+-- A queued run past its timeouts.start is leased but not started: it stays queued (its worker cancels it).
 UPDATE runs
-SET status = CASE WHEN status = 'queued' THEN 'running' ELSE status END,
-    started_at = coalesce(started_at, %(now)s),
+SET status = CASE WHEN status = 'queued' AND (start_deadline IS NULL OR start_deadline >= %(now)s) THEN 'running' ELSE status END,
+    started_at = CASE WHEN status = 'queued' AND start_deadline < %(now)s THEN NULL ELSE coalesce(started_at, %(now)s) END,
     lease_owner = %(owner)s,
     lease_expires_at = %(lease_until)s
 WHERE id IN (
@@ -461,9 +462,10 @@ SELECT count(*), min(lease_expires_at) FROM runs
 WHERE (ckey1 = %(key)s OR ckey2 = %(key)s) AND lease_owner IS NOT NULL AND lease_expires_at > %(now)s
 
 -- name: flow_claim_one
+-- A queued run past its timeouts.start is leased but not started: it stays queued (its worker cancels it).
 UPDATE runs
-SET status = CASE WHEN status = 'queued' THEN 'running' ELSE status END,
-    started_at = coalesce(started_at, %(now)s),
+SET status = CASE WHEN status = 'queued' AND (start_deadline IS NULL OR start_deadline >= %(now)s) THEN 'running' ELSE status END,
+    started_at = CASE WHEN status = 'queued' AND start_deadline < %(now)s THEN NULL ELSE coalesce(started_at, %(now)s) END,
     lease_owner = %(owner)s,
     lease_expires_at = %(lease_until)s,
     blocked_on = NULL

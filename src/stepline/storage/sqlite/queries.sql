@@ -97,9 +97,10 @@ DELETE FROM waits WHERE run_id = :run_id
 DELETE FROM waits WHERE run_id = :run_id AND step_id = :step_id
 
 -- name: claim_runs
+-- A queued run past its timeouts.start is leased but not started: it stays queued (its worker cancels it).
 UPDATE runs
-SET status = CASE WHEN status = 'queued' THEN 'running' ELSE status END,
-    started_at = coalesce(started_at, :now),
+SET status = CASE WHEN status = 'queued' AND (start_deadline IS NULL OR start_deadline >= :now) THEN 'running' ELSE status END,
+    started_at = CASE WHEN status = 'queued' AND start_deadline < :now THEN NULL ELSE coalesce(started_at, :now) END,
     lease_owner = :owner,
     lease_expires_at = :lease_until
 WHERE id IN (
@@ -378,9 +379,10 @@ SELECT count(*), min(lease_expires_at) FROM runs
 WHERE (ckey1 = :key OR ckey2 = :key) AND lease_owner IS NOT NULL AND lease_expires_at > :now
 
 -- name: flow_claim_one
+-- A queued run past its timeouts.start is leased but not started: it stays queued (its worker cancels it).
 UPDATE runs
-SET status = CASE WHEN status = 'queued' THEN 'running' ELSE status END,
-    started_at = coalesce(started_at, :now),
+SET status = CASE WHEN status = 'queued' AND (start_deadline IS NULL OR start_deadline >= :now) THEN 'running' ELSE status END,
+    started_at = CASE WHEN status = 'queued' AND start_deadline < :now THEN NULL ELSE coalesce(started_at, :now) END,
     lease_owner = :owner,
     lease_expires_at = :lease_until,
     blocked_on = NULL
