@@ -105,6 +105,14 @@ def run_trace_id(run_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=16).digest(), "big") or 1
 
 
+def untraced_traceparent(run_id: str, trigger_traceparent: str | None, *, sampled: bool) -> str:
+    """The ``traceparent`` of a call to an app for a run this process does not trace: the run's trace (the sender's,
+    else its own) and a fresh span id."""
+    parsed = parse_traceparent(trigger_traceparent) if trigger_traceparent is not None else None
+    trace_id = parsed[0] if parsed is not None else run_trace_id(run_id)
+    return format_traceparent(trace_id, new_span_id(), sampled)
+
+
 def run_span_id(run_id: str) -> int:
     return int.from_bytes(hashlib.sha256(b"run:" + run_id.encode()).digest()[:8], "big") or 1
 
