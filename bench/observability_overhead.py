@@ -5,7 +5,7 @@ Run from the project root:
 
     .venv/bin/python bench/observability_overhead.py                    # in-process, 5 alternated repeats
     .venv/bin/python bench/observability_overhead.py --baseline-rev main # also the code before observability
-    .venv/bin/python bench/observability_overhead.py --http              # the HTTP path: tracing off vs 100 %
+    .venv/bin/python bench/observability_overhead.py --http              # the HTTP path: tracing off, 10 %, 100 %
     .venv/bin/python bench/observability_overhead.py --runs 2000 --repeat 7 --json out.json
 
 In-process (bench/run_sqlite.py's ``one-batch``: a one-step async function, N events sent in batches of 100, a
@@ -18,9 +18,11 @@ in one leaks into the next, the modes alternated within every repeat (so a chang
   trace10    metrics and OpenTelemetry traces, parent-based ratio sampler at 10 %, exported over OTLP/HTTP to a
              receiver subprocess on loopback (it reads and discards the bodies)
   trace100   the same at 100 %: every run and step span written and exported
+  trace0     (diagnosis, with --modes) tracing configured with a 0 % sampler: the decisions alone, no span
 
 --http: bench/run_http.py's stack (the official PyPI ``inngest`` SDK app under uvicorn, ``stepline dev`` as
-subprocesses), one-step runs, the server started with and without the OTEL_* variables (100 %), alternated.
+subprocesses), one-step runs, the server started without the OTEL_* variables and with them at 10 % and 100 %,
+alternated.
 (The server always has metrics on: /metrics is part of it.)
 
 Each row reports the median runs/s of the repeats, its min..max, and the ratio to ``off`` (and to ``baseline``)
@@ -44,6 +46,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 IN_PROCESS = ["baseline", "off", "metrics", "trace10", "trace100"]
+TRACED = {"trace0": "0.0", "trace10": "0.1", "trace100": "1.0"}  # sampler ratio of each tracing mode
 
 
 # --------------------------------------------------------------------------------------------- receiver
@@ -77,14 +80,14 @@ async def child_main(mode: str, runs: int, batch: int, endpoint: str | None) -> 
     sys.path.insert(0, str(BENCH))
     import run_sqlite  # the one-batch scenario, unchanged
 
-    if mode in ("metrics", "trace10", "trace100"):
+    if mode == "metrics" or mode in TRACED:
         from stepline.observability import enable_metrics
 
         enable_metrics()
-    if mode in ("trace10", "trace100"):
+    if mode in TRACED:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint or ""
         os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
-        os.environ["OTEL_TRACES_SAMPLER_ARG"] = "0.1" if mode == "trace10" else "1.0"
+        os.environ["OTEL_TRACES_SAMPLER_ARG"] = TRACED[mode]
         from stepline.observability.tracing import configure_from_env
 
         tracing = configure_from_env()
@@ -93,7 +96,7 @@ async def child_main(mode: str, runs: int, batch: int, endpoint: str | None) -> 
     args.runs = runs
     result = await run_sqlite.scenario_one_step(args, "batch")
     out = {"mode": mode, "runs_per_s": result["runs_per_s"], "cpu_us_per_run": result["cpu_s"] / runs * 1e6}
-    if mode in ("trace10", "trace100"):
+    if mode in TRACED:
         from stepline.observability import current_metrics, current_tracing
 
         t = current_tracing()
@@ -138,14 +141,14 @@ async def http_main(
 
     hargs = run_http.parse_args(["--targets", "python", "--runs", str(args.runs), "--batch", str(args.batch)])
     hargs.runs = args.runs
-    out: dict[str, list[float]] = {"http-off": [], "http-trace100": []}
+    out: dict[str, list[float]] = {"http-off": [], "http-trace10": [], "http-trace100": []}
     for repeat in range(args.repeat):
         for mode in out:
-            if mode == "http-trace100":
-                os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_TRACES_SAMPLER="parentbased_always_on")
-            else:
-                for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER"):
-                    os.environ.pop(k, None)
+            for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"):
+                os.environ.pop(k, None)
+            if mode != "http-off":
+                os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                                  OTEL_TRACES_SAMPLER_ARG=TRACED[mode.removeprefix("http-")])  # fmt: skip
             stack = run_http.HttpStack(hargs, "python")
             try:
                 await stack.start()
@@ -195,7 +198,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=5, help="alternated repeats of every mode (5)")
     p.add_argument("--baseline-rev", default=None, help="also measure the code of this git revision (e.g. main)")
     p.add_argument("--modes", default=None, help=f"comma-separated subset of {IN_PROCESS}")
-    p.add_argument("--http", action="store_true", help="measure the HTTP path instead (tracing off vs 100 %%)")
+    p.add_argument("--http", action="store_true", help="measure the HTTP path instead (tracing off, 10 %%, 100 %%)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--timeout", type=float, default=300.0, help="per measurement, seconds (300)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)

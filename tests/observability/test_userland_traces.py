@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 
 from stepline import Context, Stepline
 from stepline.protocol.signing import hashed_signing_key
-from stepline.server import traces_api
+from stepline.server import rest_api, traces_api
 from stepline.server.config import ServerConfig
 from stepline.server.state import ServerState
 
@@ -38,7 +38,7 @@ async def make_api(client: Stepline) -> AsyncIterator[Api]:
     opened: list[httpx.AsyncClient] = []
 
     async def make(config: ServerConfig | None = None) -> httpx.AsyncClient:
-        app = Starlette(routes=traces_api.routes())
+        app = Starlette(routes=traces_api.routes() + rest_api.routes())
         http = httpx.AsyncClient()
         app.state.stepline = ServerState(engine=client.engine, config=config or ServerConfig(), http=http)
         api = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://stepline")

@@ -249,6 +249,34 @@ async def test_run_logs(client: Stepline, clock: FakeClock, api: httpx.AsyncClie
     assert error(await api.get("/v1/runs/01NOPE/logs"), 404) == "run '01NOPE' not found"
 
 
+async def test_run_traces_are_documented_and_served_as_the_app_sent_them(
+    client: Stepline, api: httpx.AsyncClient
+) -> None:
+    """GET /v1/runs/{id}/traces: in the document, and its answers (200 with spans, 404) fit it (check_response)."""
+    op = DOC["paths"]["/v1/runs/{run_id}/traces"]["get"]
+    assert {"200", "404", "401"} <= set(op["responses"])
+
+    @client.function(id="traced", trigger="t/traced")
+    async def traced(ctx: Any) -> int:
+        return 1
+
+    await client.send({"name": "t/traced"})
+    await drain(client)
+    [run] = await client.store.list_runs(RunFilter(limit=10))
+    assert data(await api.get(f"/v1/runs/{run.id}/traces")) == []
+    span = {
+        "traceId": "5b8efff798038103d269b633813fc60c",
+        "spanId": "eee19b7ec3c1b174",
+        "name": "fetch",
+        "kind": "SPAN_KIND_CLIENT",
+        "attributes": [{"key": "sdk.run.id", "value": {"stringValue": run.id}}],
+    }
+    assert await client.store.save_run_spans({run.id: [span]}, 1_000) == {run.id: 1}
+    [stored] = data(await api.get(f"/v1/runs/{run.id}/traces"))
+    assert stored == {"seq": 1, "received_at": 1_000, **span}
+    assert "not found" in error(await api.get("/v1/runs/nope/traces"), 404)
+
+
 async def test_runs_list_filters_and_pages(client: Stepline, clock: FakeClock, api: httpx.AsyncClient) -> None:
     three_steps(client, [], set())
 

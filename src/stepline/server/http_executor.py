@@ -27,7 +27,7 @@ from stepline.core.expressions import compile_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT
 from stepline.core.steps import MAX_SLEEP_MS, check_signal, signal_reason, sleep_too_long, wait_too_long
 from stepline.observability import hooks, runlog
-from stepline.observability.tracing import new_span_id
+from stepline.observability.tracing import new_span_id, untraced_traceparent
 from stepline.protocol import calls, signing
 from stepline.protocol.calls import CallState, Op, Outcome
 from stepline.server import defers, gateway
@@ -172,6 +172,10 @@ class _Execution:
         self.call_seconds: dict[str, float] = {}  # the last call's duration per targeted step id ("step": discovery)
         obs = hooks.current
         self.trace = obs.tracing.run_trace(claimed) if obs is not None and obs.tracing is not None else None
+        # Not traced here: calls still carry the run's trace context, as Inngest's always do (the npm SDK's extended
+        # traces record an app's spans only under one), sampled unless this process's sampler dropped the run.
+        self.app_traceparent = None if self.trace is not None else untraced_traceparent(
+            self.run.id, claimed.event.traceparent, sampled=obs is None or obs.tracing is None)  # fmt: skip
         started = self.run.started_at
         finish_ms = fn.spec.finish_timeout_ms
         self.deadline = None if started is None or finish_ms is None else started + finish_ms
@@ -369,6 +373,8 @@ class _Execution:
         if self.trace is not None:  # the app's spans nest under this call's (W3C trace context)
             span = new_span_id()
             headers["traceparent"] = self.trace.traceparent(span)
+        elif self.app_traceparent is not None:
+            headers["traceparent"] = self.app_traceparent
         started = time.perf_counter()
         try:
             async with self.ex.slots(self.fn.url), asyncio.timeout(self.st.config.call_timeout):  # the whole call

@@ -173,6 +173,18 @@ class CancellationOut(Out):
     model_config = ConfigDict(populate_by_name=True)
 
 
+class RunSpanOut(BaseModel):
+    """A span an SDK app sent for the run (``POST /v1/traces/userland``), as OTLP JSON writes it, with its ids in
+    hex: ``traceId``, ``spanId``, ``parentSpanId``, ``name``, ``kind``, ``startTimeUnixNano``,
+    ``endTimeUnixNano``, ``attributes``, ``events``, ``links``, ``status``, and the ``resource`` and ``scope`` it
+    came with (fields the span did not set are absent)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_serialization_defaults_required=True)
+
+    seq: int = Field(description="Its place among the run's spans, in the order they were received")
+    received_at: int = Field(description="When the server received it (unix ms)")
+
+
 class RerunOut(Out):
     run_id: str = Field(description="The new run's id")
 
@@ -247,6 +259,9 @@ class StepList(Envelope[list[StepOut]]): ...
 
 
 class RunLogsResponse(Envelope[RunLogsOut]): ...
+
+
+class RunSpanList(Envelope[list[RunSpanOut]]): ...
 
 
 class FunctionList(Envelope[list[FunctionOut]]): ...

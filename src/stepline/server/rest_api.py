@@ -60,6 +60,8 @@ from stepline.server.openapi import (
     RunOut,
     RunPage,
     RunResponse,
+    RunSpanList,
+    RunSpanOut,
     SignalIn,
     SignalOut,
     SignalResponse,
@@ -375,6 +377,15 @@ async def run_logs(request: Request) -> Response:
     return _ok(RunLogsResponse(data=data, metadata=_meta(st)))
 
 
+async def run_traces(request: Request) -> Response:
+    """The spans SDK apps sent for the run (``POST /v1/traces/userland``, server/traces_api.py)."""
+    st = state_of(request)
+    run = await _run_or_404(st, request.path_params["run_id"])
+    spans = await st.engine.store.list_run_spans(run.id)
+    data = [RunSpanOut(seq=s.seq, received_at=s.received_at, **s.span) for s in spans]
+    return _ok(RunSpanList(data=data, metadata=_meta(st)))
+
+
 async def list_runs(request: Request) -> Response:
     st = state_of(request)
     q = request.query_params
@@ -569,6 +580,8 @@ ENDPOINTS: Sequence[Endpoint] = (
              StepList, (404,), (_RUN_ID,)),
     Endpoint("GET", "/v1/runs/{run_id}/logs", run_logs, "The log lines of a run's in-process function code",
              RunLogsResponse, (404,), (_RUN_ID,)),
+    Endpoint("GET", "/v1/runs/{run_id}/traces", run_traces, "The OpenTelemetry spans SDK apps sent for the run "
+             "(POST /v1/traces/userland), in OTLP JSON", RunSpanList, (404,), (_RUN_ID,)),
     Endpoint("DELETE", "/v1/runs/{run_id}", cancel_run, "Cancel a run (409 if it already ended)", None,
              (404, 409), (_RUN_ID,), ok_status=204),
     Endpoint("DELETE", "/v0/runs/{run_id}", cancel_run, "Cancel a run (409 if it already ended)", None,

@@ -1,4 +1,5 @@
-"""Userland traces: ``POST /v1/traces/userland`` (the npm SDK's extended traces) and ``GET /v1/runs/{id}/traces``.
+"""Userland traces: ``POST /v1/traces/userland`` (the npm SDK's extended traces; the REST API serves them back at
+``GET /v1/runs/{id}/traces``).
 
 An SDK app that records OpenTelemetry spans inside its functions sends them here over OTLP/HTTP, JSON or protobuf
 (``Content-Type``), optionally gzip-compressed, with ``Authorization: Bearer`` the hashed signing key (required in
@@ -81,21 +82,7 @@ async def userland_traces(request: Request) -> Response:
     return Response(payload, headers={"Content-Type": response_type})
 
 
-async def run_traces(request: Request) -> Response:
-    st = state_of(request)
-    refused = _refused(st, request)
-    if refused is not None:
-        return refused
-    run_id = request.path_params["run_id"]
-    if await st.engine.store.get_run(run_id) is None:
-        return JSONResponse({"error": f"no run has id {run_id!r}"}, status_code=404)
-    spans = await st.engine.store.list_run_spans(run_id)
-    data = [{"seq": s.seq, "received_at": s.received_at, **s.span} for s in spans]
-    return JSONResponse({"data": data, "metadata": {"run_id": run_id, "count": len(data)}})
-
-
 def routes() -> list[BaseRoute]:
     return [
         Route("/v1/traces/userland", userland_traces, methods=["POST"]),
-        Route("/v1/runs/{run_id}/traces", run_traces, methods=["GET"]),
     ]

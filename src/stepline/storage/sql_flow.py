@@ -30,6 +30,7 @@ from stepline.storage.records import (
     ThrottleKey,
 )
 from stepline.storage.sql import Conn
+from stepline.storage.writer import after_commit
 
 
 def _j(value: Any) -> str | None:
@@ -80,9 +81,10 @@ class _Admission:
 
 
 def _count(function_id: str, gate: str, action: str) -> None:
-    """A flow-control decision, for the metrics (``stepline_flow_control_total``)."""
+    """A flow-control decision, for the metrics (``stepline_flow_control_total``): counted when its transaction
+    commits, so that a batch the writer runs again (an operation of it failed, a transient error) counts it once."""
     if (obs := hooks.current) is not None:
-        obs.flow(function_id, gate, action)
+        after_commit(lambda: obs.flow(function_id, gate, action))
 
 
 class SqlFlowMixin:
@@ -312,8 +314,9 @@ class SqlFlowMixin:
         held: dict[str, tuple[int, int | None]] = {}  # key -> (slots held, earliest holder lease expiry)
         fallback_given: set[str] = set()
         claimed: list[tuple[Any, ...]] = []
-        parsed = [(run_id, json.loads(flow_text)["c"] if flow_text else []) for run_id, flow_text, _ in candidates]
-        function_of = {run_id: function_id for run_id, _, function_id in candidates}
+        parsed = [(run_id, json.loads(flow_text)["c"] if flow_text else []) for run_id, flow_text, _, _ in candidates]
+        function_of = {run_id: function_id for run_id, _, function_id, _ in candidates}
+        waiting = {run_id for run_id, _, _, blocked_on in candidates if blocked_on is not None}
         # Every key these runs need, locked in one order (sorted): two claims (or a claim and a release) taking
         # them in the order their runs come would deadlock.
         for key in sorted({k[0] for _, keys in parsed for k in keys}):
@@ -345,7 +348,8 @@ class SqlFlowMixin:
                           "message": f"concurrency key {shown} at {count} of {key_limit}"}  # fmt: skip
                 conn.execute(self.Q["flow_block"],
                              {"id": run_id, "key": key, "due_at": recheck, "idle_reason": _j(reason)})  # fmt: skip
-                _count(function_of[run_id], "concurrency", "blocked")
+                if run_id not in waiting:  # counted when it starts waiting, not each time it is checked again
+                    _count(function_of[run_id], "concurrency", "blocked")
                 # This run may have been the one woken for a slot of an earlier key, which it cannot use now:
                 # hand that wake on, or the next run waiting for that key sleeps until its fallback.
                 for free_key in passed:

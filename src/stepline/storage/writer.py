@@ -32,6 +32,20 @@ class WriterClosedError(RuntimeError):
     pass
 
 
+_tx = threading.local()  # the writer thread's transaction: what to do once it commits
+
+
+def after_commit(action: Callable[[], None]) -> None:
+    """Run ``action`` once the writer transaction this is called in commits, and never if it is rolled back (its
+    operations then run again, and call this again); at once outside a writer transaction. For what must happen
+    once per committed change, such as counting a flow-control decision in the metrics."""
+    pending: list[Callable[[], None]] | None = getattr(_tx, "pending", None)
+    if pending is None:
+        action()
+    else:
+        pending.append(action)
+
+
 class _Waiter:
     """Who waits for one write: a thread (a concurrent future) or a coroutine (an asyncio future).
 
@@ -252,8 +266,17 @@ class GroupCommitWriter:
         batch = [(op, w) for op, w in batch if w.start()]
         merging = True
         started = time.perf_counter()
+        try:
+            return self._transact(conn, batch, failed, merging, started)
+        finally:
+            _tx.pending = None  # a rolled-back attempt's actions are dropped
+
+    def _transact(self, conn: Any, batch: list[tuple[WriteOp[Any], _Waiter]],
+                  failed: list[tuple[_Waiter, Any, BaseException | None]], merging: bool,
+                  started: float) -> list[tuple[_Waiter, Any, BaseException | None]]:  # fmt: skip
         while batch:
             conn.execute(self._begin)
+            _tx.pending = []
             results: list[tuple[_Waiter, Any, BaseException | None]] = []
             units = _units(batch) if merging else [[i] for i in range(len(batch))]
             for unit in units:
@@ -279,6 +302,12 @@ class GroupCommitWriter:
                 if self._before_commit is not None:
                     self._before_commit(conn)
                 conn.execute("COMMIT")
+                committed, _tx.pending = _tx.pending, None
+                for action in committed:
+                    try:
+                        action()
+                    except Exception:  # the writes are committed: their callers get their results regardless
+                        log.exception("an after-commit action failed")
                 self.commits += 1
                 self.ops += len(batch)
                 if (obs := hooks.current) is not None:

@@ -365,8 +365,9 @@ FROM cancellations ORDER BY created_at DESC, id DESC LIMIT :limit
 -- ----- flow control (storage/sql_flow.py) -----
 
 -- name: flow_claim_candidates
--- Due runs of flow-controlled functions, highest priority first (priority_ms moves a run's place in the queue).
-SELECT id, flow, function_id FROM runs
+-- Due runs of flow-controlled functions, highest priority first (priority_ms moves a run's place in the queue), and
+-- the key each was already waiting on (a run checked again while it waits is not blocked anew).
+SELECT id, flow, function_id, blocked_on FROM runs
 WHERE due_at IS NOT NULL AND due_at <= :now
   AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
   AND function_id IN (SELECT value FROM json_each(:function_ids))
