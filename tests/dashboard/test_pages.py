@@ -6,6 +6,7 @@ import datetime as dt
 import html
 import re
 
+from stepline.core.flow import normalize_flow
 from stepline.storage.records import FunctionRecord
 
 from .conftest import Dash
@@ -120,8 +121,10 @@ async def test_functions_pages_show_triggers_flow_control_counts_and_failure_rat
         await dash.send("dash/greet", {"n": i})
     await dash.send("dash/checkout", {"key": "d"})
     await dash.send("dash/nap")
-    flow = {"concurrency": [{"limit": 2, "key": "event.data.user"}], "throttle": {"limit": 5, "period": "1m"}}
-    config = {"triggers": [{"event": "x/y"}], "flow": flow}
+    flow = normalize_flow(
+        "limited", {"concurrency": {"limit": 2, "key": "event.data.user"}, "throttle": {"limit": 5, "period": "1m"}}
+    )
+    config = {"triggers": [{"event": "x/y"}, {"cron": "0 * * * *"}], "flow": flow}
     await dash.client.engine.register("flowy", [FunctionRecord("flowy-limited", "flowy", "limited", "Limited", config)])
     page = await dash.page("/dashboard/functions")
     greet = re.search(r'<tr data-function="test-app-greet">.*?</tr>', page, re.S)
@@ -132,8 +135,9 @@ async def test_functions_pages_show_triggers_flow_control_counts_and_failure_rat
     nap = re.search(r'<tr data-function="test-app-nap">.*?</tr>', page, re.S)
     assert nap and "1 running" in nap.group(0)
     limited = re.search(r'<tr data-function="flowy-limited">.*?</tr>', page, re.S)
-    assert limited and "concurrency" in limited.group(0) and "event.data.user" in limited.group(0)
-    assert "throttle" in limited.group(0)
+    assert limited and "2 at a time per event.data.user" in limited.group(0)  # settings in words, not JSON
+    assert "5 runs per minute" in limited.group(0) and "period_ms" not in limited.group(0)
+    assert "every hour at :00 UTC, next 01:00, 02:00, 03:00" in limited.group(0)  # the fake clock: 00:00 UTC
 
     only_flowy = await dash.page("/dashboard/functions?app_id=flowy")
     assert "flowy-limited" in only_flowy and "test-app-greet" not in only_flowy

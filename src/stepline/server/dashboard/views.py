@@ -11,6 +11,7 @@ from typing import Any
 
 import jinja2
 
+from stepline.core.describe import cron_text, flow_words
 from stepline.storage.records import RunRecord, StepRecord
 
 LIVE = ("queued", "running")
@@ -140,31 +141,20 @@ def timeline(run: RunRecord, steps: list[StepRecord], now: int) -> list[Timeline
     return rows
 
 
-def triggers_text(config: Mapping[str, Any]) -> list[str]:
+def triggers_text(config: Mapping[str, Any], now: int) -> list[str]:
+    """Each trigger as a line: the event (with its condition), or the cron schedule in words with its next times."""
     out = []
     for t in config.get("triggers") or []:
         if not isinstance(t, Mapping):
             continue
         if "cron" in t:
-            out.append(f"cron {t['cron']}")
+            jitter = f" (each run up to {t['jitter']} later)" if t.get("jitter") else ""
+            out.append(cron_text(str(t["cron"]), now) + jitter)
         elif t.get("expression"):
             out.append(f"{t.get('event')} if {t['expression']}")
         else:
             out.append(str(t.get("event")))
     return out
-
-
-def flow_text(config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Flow-control settings (``flow`` in the function's config), one ``(name, value)`` per setting."""
-    flow = config.get("flow")
-    if not isinstance(flow, Mapping):
-        return []
-    rows = []
-    for key, value in flow.items():
-        if value in (None, [], {}):
-            continue
-        rows.append((str(key), value if isinstance(value, str) else compact_json(value, 200)))
-    return rows
 
 
 def environment() -> jinja2.Environment:
@@ -176,7 +166,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(utc=utc, duration=duration, pretty_json=pretty_json, compact_json=compact_json)
-    env.globals.update(idle_text=idle_text, triggers_text=triggers_text, flow_text=flow_text)
+    env.globals.update(idle_text=idle_text, triggers_text=triggers_text, flow_words=flow_words)
     macros = env.get_template("_macros.html").module  # globals, so a page's live block renders on its own too
     env.globals.update({name: getattr(macros, name) for name in MACROS})
     return env
