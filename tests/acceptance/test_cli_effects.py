@@ -129,6 +129,24 @@ def test_events_list_and_show(worker: WorkerProc) -> None:
     assert missing.returncode == 1 and "no event with id '01NOSUCHEVENT'" in missing.stderr
 
 
+def test_events_replay_sends_a_copy_that_starts_a_new_run(worker: WorkerProc) -> None:
+    cwd = worker.cwd
+    run_id = send(cwd, "test/hello", "--data", '{"n": 42}')
+    event_id = json.loads(ok(cwd, "runs", "show", run_id, "--json", "--db", "tmp.db"))["event_id"]
+    proc = cli(cwd, "events", "replay", event_id, "--db", "tmp.db")
+    assert proc.returncode == 0, proc.stderr
+    copy_id = proc.stdout.strip()
+    assert copy_id != event_id and f"replayed {event_id}: the copy started 1 run(s)" in proc.stderr
+    shown = json.loads(ok(cwd, "events", "show", copy_id, "--json", "--db", "tmp.db"))
+    assert shown["name"] == "test/hello" and shown["data"] == {"n": 42}
+    [new_run] = shown["runs"]
+    assert new_run["id"] != run_id and new_run["id"] in proc.stderr
+    done = wait_for("the replayed run", lambda: run_with(cwd, new_run["id"], lambda r: r["status"] == "completed"))
+    assert done["function_id"] == "cli-test-hello"
+    missing = cli(cwd, "events", "replay", "01NOSUCHEVENT", "--db", "tmp.db")
+    assert missing.returncode == 1 and "event '01NOSUCHEVENT' not found" in missing.stderr
+
+
 def test_send_to_a_missing_database_creates_nothing(tmp_path: Path) -> None:
     proc = cli(tmp_path, "send", "test/hello", "--db", "nothing-here.db")
     assert proc.returncode == 1

@@ -290,20 +290,33 @@ async def list_events(request: Request) -> Response:
     limit = _limit(request, EVENTS_LIMIT)
     cursor = request.query_params.get("cursor") or None  # an id bound: the events listed before it
     name = request.query_params.get("name") or None
-    page, more = await events_page(st.engine.store, name, limit, cursor)
+    internal = _flag(request, "include_internal")
+    page, more = await events_page(st.engine.store, name, limit, cursor, include_internal=internal)
     next_cursor = page[-1].internal_id if more else None
     return _ok(EventPage(data=[event_out(e) for e in page], metadata=_meta(st), cursor=next_cursor))
 
 
-async def events_page(store: Store, name: str | None, limit: int, before: str | None) -> tuple[list[StoredEvent], bool]:
+async def events_page(store: Store, name: str | None, limit: int, before: str | None, *,
+                      include_internal: bool = False) -> tuple[list[StoredEvent], bool]:  # fmt: skip
     """A page of events (REST API and dashboard) and whether more come after it: the store ends a page early when
-    its events' data would pass a size budget, so a short page may still have more behind it."""
-    found = await store.list_events(name, limit + 1, before=before)
+    its events' data would pass a size budget, so a short page may still have more behind it. ``name``: an exact
+    name, or a pattern with ``*`` (``app/*``); the engine's own events only when asked for (or named)."""
+    found = await store.find_events(name, limit + 1, before, include_internal=include_internal)
     page = found[:limit]
     if len(found) > limit:
         return page, True
-    more = bool(page) and bool(await store.list_events(name, 1, before=page[-1].internal_id))
+    more = bool(page) and bool(await store.find_events(name, 1, page[-1].internal_id,
+                                                       include_internal=include_internal))  # fmt: skip
     return page, more
+
+
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise HttpError(400, f"{name} must be true or false, got {raw[:40]!r}")
 
 
 async def get_event(request: Request) -> Response:
@@ -639,7 +652,11 @@ _WAIT_PARAM = Param(
 
 ENDPOINTS: Sequence[Endpoint] = (
     Endpoint("GET", "/v1/events", list_events, "Events, newest first", EventPage, (400,),
-             (Param("name", "query", "Only events with this name"), _limit_param(EVENTS_LIMIT), _CURSOR),
+             (Param("name", "query", "Only events with this name, or matching this pattern: * matches any characters "
+                    "(app/*, */user.created)"),
+              Param("include_internal", "query", "Also list the engine's own stepline/* and inngest/* events (listed "
+                    "anyway when name names them)", {"type": "boolean"}),
+              _limit_param(EVENTS_LIMIT), _CURSOR),
              tag="events"),
     Endpoint("GET", "/v1/events/{internal_id}", get_event, "One event", EventResponse, (404,), (_EVENT_ID,),
              tag="events"),
@@ -679,16 +696,24 @@ ENDPOINTS: Sequence[Endpoint] = (
 
 
 @functools.cache
+def all_endpoints() -> tuple[Endpoint, ...]:
+    """``ENDPOINTS`` and the actions of ``rest_actions`` (which uses this module's helpers, so is imported late)."""
+    from stepline.server import rest_actions
+
+    return (*ENDPOINTS, *rest_actions.ENDPOINTS)
+
+
+@functools.cache
 def document() -> dict[str, Any]:
-    """The OpenAPI document of ``ENDPOINTS`` (built once)."""
-    return openapi_document(ENDPOINTS)
+    """The OpenAPI document of every endpoint (built once)."""
+    return openapi_document(all_endpoints())
 
 
 def routes() -> list[BaseRoute]:
     """One route per path, whatever its methods: a request with another method gets 405 with an ``Allow`` that
     lists them all (one route per method would list only the first route's)."""
     by_path: dict[str, dict[str, Handler]] = {}
-    for ep in ENDPOINTS:
+    for ep in all_endpoints():
         by_path.setdefault(ep.path, {})[ep.method] = endpoint(ep.handler)
     return [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()]
 

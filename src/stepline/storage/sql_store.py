@@ -39,6 +39,7 @@ from stepline.storage.records import (
 from stepline.storage.sql_apps import SqlAppsMixin
 from stepline.storage.sql_cron import SqlCronMixin
 from stepline.storage.sql_dashboard import SqlDashboardMixin
+from stepline.storage.sql_events import SqlEventsMixin
 from stepline.storage.sql_flow import SqlFlowMixin
 from stepline.storage.sql_logs import SqlLogsMixin
 from stepline.storage.sql_observability import SqlObservabilityMixin
@@ -95,6 +96,7 @@ class SqlStore(
     SqlFlowMixin,
     SqlAppsMixin,
     SqlDashboardMixin,
+    SqlEventsMixin,
     SqlCronMixin,
     SqlLogsMixin,
     SqlSecurityMixin,

@@ -58,6 +58,7 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         Route("/events", page(dash, pages.events_page), methods=["GET"]),
         Route("/events/send", action(dash, actions.send_event, other), methods=["POST"]),
         Route("/events/{internal_id}", page(dash, pages.event_page), methods=["GET"]),
+        Route("/events/{internal_id}/replay", action(dash, actions.replay_event, other), methods=["POST"]),
         Route("/apps", page(dash, pages.apps_page), methods=["GET"]),
         Route("/apps/sync", action(dash, actions.sync_app, other), methods=["POST"]),
         Route("/apps/remove", action(dash, actions.remove_app, other), methods=["POST"]),

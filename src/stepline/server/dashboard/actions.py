@@ -11,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from stepline.core import replay
 from stepline.core.errors import EventValidationError, UnknownFunctionError
 from stepline.core.rerun import RerunNotPossibleError, RunNotFoundError, StepNotFoundError, rerun
 from stepline.server import rest_api, sync
@@ -180,6 +181,21 @@ async def send_event(dash: Dashboard, request: Request, session: Session, form: 
     return redirect(f"{PREFIX}/events/{event_id}", f"Event sent; it started {runs} run{'s' if runs != 1 else ''}.")
 
 
+async def replay_event(dash: Dashboard, request: Request, session: Session, form: dict[str, str]) -> Response:
+    internal_id = request.path_params["internal_id"]
+    try:
+        out = await replay.replay_event(dash.engine, internal_id)
+    except replay.ReplayError as exc:
+        raise ActionError(exc.status, f"{exc}.") from None
+    await dash.record(request, session, "replay_event", event_id=internal_id, new_event_id=out.internal_id,
+                      runs=out.run_ids)  # fmt: skip
+    runs = len(out.run_ids)
+    return redirect(
+        f"{PREFIX}/events/{out.internal_id}",
+        f"Replayed event {internal_id}; the copy started {runs} run{'s' if runs != 1 else ''}.",
+    )
+
+
 async def sync_app(dash: Dashboard, request: Request, session: Session, form: dict[str, str]) -> Response:
     url = form.get("url", "").strip()
     if not url:
@@ -208,6 +224,8 @@ def describe_other(request: Request, form: dict[str, str]) -> str:
     path = request.url.path
     if path.endswith("/invoke"):
         return f"Invoke {request.path_params['function_id']} with this payload?"
+    if path.endswith("/replay"):
+        return f"Send a copy of event {request.path_params['internal_id']} as a new event?"
     if path.endswith("/events/send"):
         return f"Send event {form.get('name', '')!r}?"
     if path.endswith("/apps/remove"):

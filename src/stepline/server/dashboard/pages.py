@@ -21,7 +21,7 @@ from stepline.server.dashboard.core import MAX_LOGIN_FORM_BYTES, PREFIX, ActionE
 from stepline.server.dashboard.sse import sse_message
 from stepline.server.openapi import MAX_TIME_MS
 from stepline.server.state import state_of
-from stepline.storage.records import RunFilter, RunRecord
+from stepline.storage.records import RunFilter, RunRecord, is_internal_event
 
 PAGE_SIZE = (50, 200)  # (default, maximum) runs per page
 ID_TIME_MARGIN_MS = 60_000
@@ -211,14 +211,21 @@ async def function_page(dash: Dashboard, request: Request, session: Session) -> 
 
 
 async def events_page(dash: Dashboard, request: Request, session: Session) -> Response:
-    name = request.query_params.get("name", "").strip() or None
+    """Newest first, without the engine's own events unless asked for; ``name`` searches by prefix (``app/user``)
+    or by pattern (``*/user.created``): without a ``*`` it is taken as a prefix."""
+    name = request.query_params.get("name", "").strip()
+    internal = request.query_params.get("internal", "") in ("1", "on", "true")
     before = request.query_params.get("before") or None
     limit = _limit(request.query_params.get("limit"))
-    page_events, more = await rest_api.events_page(dash.engine.store, name, limit, before)
-    query = {k: v for k, v in (("name", name or ""),) if v}
+    pattern = (name if "*" in name else name + "*") if name else None
+    page_events, more = await rest_api.events_page(dash.engine.store, pattern, limit, before,
+                                                   include_internal=internal)  # fmt: skip
+    runs = await dash.engine.store.runs_of_events([e.internal_id for e in page_events])
+    query = {k: v for k, v in (("name", name), ("internal", "1" if internal else "")) if v}
     next_link = f"{PREFIX}/events?" + urllib.parse.urlencode({**query, "before": page_events[-1].internal_id}) \
         if more else ""  # fmt: skip
-    return dash.render(request, "events.html", session, events=page_events, name=name or "", next_link=next_link,
+    return dash.render(request, "events.html", session, events=page_events, name=name, internal=internal,
+                       runs=runs, next_link=next_link,
                        first_link=f"{PREFIX}/events?" + urllib.parse.urlencode(query) if before else "")  # fmt: skip
 
 
@@ -228,7 +235,8 @@ async def event_page(dash: Dashboard, request: Request, session: Session) -> Res
     if event is None:
         raise ActionError(404, f"Event {internal_id!r} not found.")
     runs = await rest_api.all_runs(state_of(request), RunFilter(event_id=internal_id))
-    return dash.render(request, "event.html", session, event=event, rows=await run_rows(dash, request, runs))
+    return dash.render(request, "event.html", session, event=event, rows=await run_rows(dash, request, runs),
+                       replayable=not is_internal_event(event.name))  # fmt: skip
 
 
 async def apps_page(dash: Dashboard, request: Request, session: Session) -> Response:
