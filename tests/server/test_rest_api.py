@@ -206,6 +206,41 @@ async def test_replay_an_event_sends_a_copy_that_starts_new_runs(client: Steplin
     assert "not replayed" in error(await api.post(f"/v1/events/{finished['internal_id']}/replay"), 400)
 
 
+async def test_pause_and_resume_a_function(client: Stepline, api: httpx.AsyncClient) -> None:
+    three_steps(client, [], set())
+    await client.ready()
+    paused = data(await api.post("/v1/functions/test-app-three/pause"))
+    assert paused == {"function_id": "test-app-three", "paused": True, "changed": True}
+    assert data(await api.post("/v1/functions/test-app-three/pause"))["changed"] is False
+    (event_id,) = await client.send({"name": "t/three", "data": {"n": 1}})
+    await drain(client)
+    [held] = data(await api.get(f"/v1/events/{event_id}/runs"))
+    assert held["status"] == "Queued" and held["idle_reason"]["message"].startswith("Function paused")
+    resumed = data(await api.post("/v1/functions/test-app-three/resume"))
+    assert resumed == {"function_id": "test-app-three", "paused": False, "changed": True}
+    await drain(client)
+    assert data(await api.get(f"/v1/runs/{held['run_id']}"))["status"] == "Completed"
+    assert error(await api.post("/v1/functions/nope/pause"), 404) == "no registered function has the id 'nope'"
+    assert error(await api.post("/v1/functions/nope/resume"), 404) == "no registered function has the id 'nope'"
+
+
+async def test_run_a_cron_function_now(client: Stepline, api: httpx.AsyncClient) -> None:
+    @client.function(id="tick", trigger={"cron": "0 * * * *"})
+    async def tick(ctx: Any) -> str:
+        return str(ctx.event.name)
+
+    three_steps(client, [], set())
+    await client.ready()
+    started = data(await api.post("/v1/functions/test-app-tick/run-cron"), 201)
+    assert started["function_id"] == "test-app-tick"
+    event = data(await api.get(f"/v1/events/{started['event_id']}"))
+    assert event["name"] == "inngest/scheduled.timer" and event["data"]["cron"] == "0 * * * *"
+    await drain(client)
+    assert data(await api.get(f"/v1/runs/{started['run_id']}"))["output"] == "inngest/scheduled.timer"
+    assert "has no cron trigger" in error(await api.post("/v1/functions/test-app-three/run-cron"), 400)
+    assert error(await api.post("/v1/functions/nope/run-cron"), 404) == "no registered function has the id 'nope'"
+
+
 # --- runs ---------------------------------------------------------------------------------------------------
 
 

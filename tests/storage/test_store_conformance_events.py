@@ -3,10 +3,16 @@ event started, as the Events page and ``GET /v1/events`` read them."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import pytest
+
 from stepline.storage.base import Store
 from stepline.storage.records import EventRun
 
-from .builders import FN, LEASE, OTHER_FN, event, ingest, new_run, start
+from .builders import FN, LEASE, OTHER_FN, event, function, ingest, new_run, start
 
 
 async def _names(store: Store, pattern: str | None, **kw: object) -> list[str]:
@@ -66,3 +72,38 @@ async def test_runs_of_events_in_one_read(store: Store) -> None:
         EventRun(runs[0].id, FN, "running"), EventRun(runs[1].id, OTHER_FN, "queued")]  # fmt: skip
     assert lone.internal_id not in found
     assert await store.runs_of_events([]) == {}
+
+
+# --- paused functions ---------------------------------------------------------------------------------------
+
+
+async def test_pauses_are_kept_per_function_across_connections_and_re_registration(
+    store: Store, reopen: Callable[[Store], AbstractAsyncContextManager[Store]]
+) -> None:
+    assert await store.paused_functions() == {}
+    assert await store.pause_function(FN, 1000) is True
+    assert await store.pause_function(FN, 2000) is False  # already paused: its pause time is kept
+    async with reopen(store) as other:  # another process or node sees it
+        assert await other.paused_functions() == {FN: 1000}
+    await store.register_functions("app", [function("fn")], 3000)  # an app re-sync does not un-pause
+    assert await store.paused_functions() == {FN: 1000}
+    assert await store.resume_function(OTHER_FN, 4000) is False
+    assert await store.resume_function(FN, 4000) is True
+    assert await store.paused_functions() == {}
+    assert await store.resume_function(FN, 5000) is False
+
+
+async def test_resume_notifies_workers_of_the_held_runs(store: Store) -> None:
+    seen: list[int | None] = []
+    if not store.subscribe(seen.append):
+        pytest.skip("this backend does not push notifications (its workers poll data_version)")
+    try:
+        await store.pause_function(FN, 1000)
+        await store.resume_function(FN, 2000)
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.02)
+        assert seen and (seen[-1] is None or seen[-1] <= 2000)
+    finally:
+        store.unsubscribe(seen.append)

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from stepline.core.clock import parse_rfc3339_ms
+from stepline.core.engine import PAUSED_REASON
 from stepline.core.events import StoredEvent
 from stepline.core.expressions import Bindings, Expression, ExpressionError, compile_expression
 from stepline.core.function import FunctionSpec
@@ -229,14 +230,25 @@ def event_out(ev: StoredEvent) -> EventOut:
 class AppIndex:
     """Which app a function id belongs to: the registry first, else the longest known app id it starts with."""
 
-    def __init__(self, specs: dict[str, FunctionSpec], app_ids: set[str]) -> None:
+    def __init__(self, specs: dict[str, FunctionSpec], app_ids: set[str], paused: frozenset[str] = frozenset()) -> None:
         self.specs = specs
         self.app_ids = sorted(app_ids | {s.app_id for s in specs.values()}, key=len, reverse=True)
+        self.paused = paused  # paused functions: their live runs wait with the reason "function paused"
 
     @classmethod
     async def load(cls, st: ServerState) -> AppIndex:
         specs = await st.engine.refresh_registry()
-        return cls(specs, {a.app_id for a in await st.engine.store.list_apps() if a.app_id})
+        return cls(specs, {a.app_id for a in await st.engine.store.list_apps() if a.app_id},
+                   await st.engine.refresh_paused())  # fmt: skip
+
+    def idle_reason(self, run: RunRecord, now: int) -> dict[str, Any] | None:
+        """Why a run has no work running (None while it executes, or once it ended, unless it was skipped)."""
+        live = run.status in LIVE
+        if live and run.lease_owner is not None and (run.lease_expires_at or 0) > now:
+            return None
+        if live and run.function_id in self.paused:
+            return PAUSED_REASON
+        return run.idle_reason if live or run.status == "skipped" else None
 
     def of(self, function_id: str) -> str | None:
         spec = self.specs.get(function_id)
@@ -246,13 +258,11 @@ class AppIndex:
 
 
 def _run_fields(run: RunRecord, apps: AppIndex, now: int) -> dict[str, Any]:
-    live = run.status in LIVE
-    executing = run.lease_owner is not None and (run.lease_expires_at or 0) > now
     return {
         "run_id": run.id, "function_id": run.function_id, "app_id": apps.of(run.function_id),
         "event_id": run.event_id, "batch": run.batch, "status": STATUS_NAMES.get(run.status, run.status),
         "output": run.output, "error": run.error, "attempt": run.attempt,
-        "idle_reason": run.idle_reason if (live and not executing) or run.status == "skipped" else None,
+        "idle_reason": apps.idle_reason(run, now),
         "parent_run_id": run.parent_run_id,
         "created_at": _iso(run.created_at), "created_at_ms": run.created_at,
         "started_at": iso(run.started_at), "started_at_ms": run.started_at,

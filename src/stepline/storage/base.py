@@ -273,6 +273,22 @@ class Store(abc.ABC):
     async def runs_of_events(self, event_ids: list[str]) -> dict[str, list[EventRun]]:
         """The runs each of these events started (by the event's internal id), oldest first, in one read."""
 
+    # --- paused functions (docs/state_machine.md) ---
+    @abc.abstractmethod
+    async def pause_function(self, function_id: str, now: int) -> bool:
+        """Pause a function for every node: its runs are still created but workers stop claiming them (and cron
+        stops firing it) until ``resume_function``. Kept apart from the registry, so re-registering the function
+        (an app re-sync) does not un-pause it. Returns False if it was paused already (its pause time is kept)."""
+
+    @abc.abstractmethod
+    async def resume_function(self, function_id: str, now: int) -> bool:
+        """Un-pause a function; its held runs are due and workers of every process are told (as for new work).
+        Returns False if it was not paused."""
+
+    @abc.abstractmethod
+    async def paused_functions(self) -> dict[str, int]:
+        """The paused functions with the time each was paused (unix ms)."""
+
     # --- apps (synced over HTTP by the server) ---
     @abc.abstractmethod
     async def save_app(self, app: AppRecord) -> None:

@@ -1,5 +1,5 @@
-"""``Store`` event searches (REST ``GET /v1/events``, the dashboard's Events page), written once for every SQL
-backend. Mixed into ``SqlStore``; the queries live in each backend package's ``events.sql``."""
+"""``Store`` event searches (REST ``GET /v1/events``, the dashboard's Events page) and paused functions, written
+once for every SQL backend. Mixed into ``SqlStore``; the queries live in each backend package's ``events.sql``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from stepline.core.events import StoredEvent
 from stepline.storage.records import EventRun, is_internal_event
 from stepline.storage.sql import backend_queries
+
+if TYPE_CHECKING:
+    from stepline.storage.writer import GroupCommitWriter
 
 T = TypeVar("T")
 EVENT_PAGE_BYTES = 8 * 1024 * 1024
@@ -31,6 +34,11 @@ class SqlEventsMixin:
     if TYPE_CHECKING:
 
         def _read(self, fn: Callable[[Any], T]) -> T: ...
+
+        @property
+        def writer(self) -> GroupCommitWriter: ...
+
+        def _notify_work(self, conn: Any, due_at: int) -> None: ...
 
         async def list_events(self, name: str | None, limit: int, before: str | None = None,
                               max_bytes: int = EVENT_PAGE_BYTES) -> list[StoredEvent]: ...  # fmt: skip
@@ -62,3 +70,24 @@ class SqlEventsMixin:
         for event_id, run_id, function_id, status in self._read(lambda c: c.execute(query, params).fetchall()):
             out.setdefault(str(event_id), []).append(EventRun(str(run_id), str(function_id), str(status)))
         return out
+
+    # --- paused functions ---
+    async def pause_function(self, function_id: str, now: int) -> bool:
+        query = self._event_queries["pause_function"]
+        params = {"function_id": function_id, "now": now}
+        return bool(await self.writer.run(lambda c: c.execute(query, params).rowcount))
+
+    async def resume_function(self, function_id: str, now: int) -> bool:
+        query = self._event_queries["resume_function"]
+
+        def op(conn: Any) -> bool:
+            resumed = bool(conn.execute(query, {"function_id": function_id}).rowcount)
+            if resumed:
+                self._notify_work(conn, now)  # its held runs are due: every node's workers look now
+            return resumed
+
+        return await self.writer.run(op)
+
+    async def paused_functions(self) -> dict[str, int]:
+        query = self._event_queries["paused_functions"]
+        return {str(f): int(at) for f, at in self._read(lambda c: c.execute(query).fetchall())}

@@ -116,7 +116,8 @@ class RunRow:
 async def run_rows(dash: Dashboard, request: Request, runs: list[RunRecord]) -> list[RunRow]:
     apps = await rest_api.AppIndex.load(state_of(request))
     now = dash.engine.clock.now_ms()
-    return [RunRow(r, apps.of(r.function_id), views.idle_text(views.idle_reason_shown(r, now), now)) for r in runs]
+    reasons = [apps.idle_reason(r, now) if r.status in views.LIVE else None for r in runs]
+    return [RunRow(r, apps.of(r.function_id), views.idle_text(why, now)) for r, why in zip(runs, reasons, strict=True)]
 
 
 def _limit(raw: str | None) -> int:

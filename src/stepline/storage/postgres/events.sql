@@ -1,4 +1,4 @@
--- Event searches of the REST API and the dashboard (PostgreSQL). Loaded by ``SqlEventsMixin``.
+-- Event searches of the REST API and the dashboard, and paused functions (PostgreSQL). Loaded by ``SqlEventsMixin``.
 -- %(like)s is the name pattern as a LIKE (NULL: any name); a page stops as list_events' does.
 
 -- name: find_events
@@ -27,3 +27,13 @@ SELECT internal_id, id, name, data, "user", ts, v, received_at FROM (
 
 -- name: runs_of_events
 SELECT event_id, id, function_id, status FROM runs WHERE event_id = ANY(%(ids)s::text[]) ORDER BY id
+
+-- name: pause_function
+INSERT INTO function_pauses (function_id, paused_at) VALUES (%(function_id)s, %(now)s)
+ON CONFLICT (function_id) DO NOTHING
+
+-- name: resume_function
+DELETE FROM function_pauses WHERE function_id = %(function_id)s
+
+-- name: paused_functions
+SELECT function_id, paused_at FROM function_pauses

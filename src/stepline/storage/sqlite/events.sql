@@ -1,4 +1,4 @@
--- Event searches of the REST API and the dashboard (SQLite). Loaded by ``SqlEventsMixin``.
+-- Event searches of the REST API and the dashboard, and paused functions (SQLite). Loaded by ``SqlEventsMixin``.
 -- :glob is the name pattern as a GLOB (NULL: any name); a page stops as list_events' does.
 
 -- name: find_events
@@ -28,3 +28,12 @@ SELECT internal_id, id, name, data, user, ts, v, received_at FROM (
 -- name: runs_of_events
 -- The runs each event started (runs_event index), oldest first.
 SELECT event_id, id, function_id, status FROM runs WHERE event_id IN (SELECT value FROM json_each(:ids_json)) ORDER BY id
+
+-- name: pause_function
+INSERT INTO function_pauses (function_id, paused_at) VALUES (:function_id, :now) ON CONFLICT (function_id) DO NOTHING
+
+-- name: resume_function
+DELETE FROM function_pauses WHERE function_id = :function_id
+
+-- name: paused_functions
+SELECT function_id, paused_at FROM function_pauses
