@@ -195,7 +195,7 @@ async def functions_page(dash: Dashboard, request: Request, session: Session) ->
     if app_filter:
         functions = [f for f in functions if f.app_id == app_filter]
     return dash.render(request, "functions.html", session, functions=functions, counts=await dash.function_counts(),
-                       app_filter=app_filter)  # fmt: skip
+                       app_filter=app_filter, paused=await dash.engine.refresh_paused())  # fmt: skip
 
 
 async def function_page(dash: Dashboard, request: Request, session: Session) -> Response:
@@ -208,7 +208,9 @@ async def function_page(dash: Dashboard, request: Request, session: Session) -> 
     errors = [e for e in await dash.engine.store.list_expression_errors() if e.function_id == function_id]
     return dash.render(request, "function.html", session, fn=record, counts=counts,
                        rows=await run_rows(dash, request, runs),
-                       problems=FunctionSpec.from_record(record).problems, expression_errors=errors)  # fmt: skip
+                       problems=FunctionSpec.from_record(record).problems, expression_errors=errors,
+                       paused=record.id in await dash.engine.refresh_paused(),
+                       has_cron=any("cron" in t for t in record.config.get("triggers") or []))  # fmt: skip
 
 
 async def events_page(dash: Dashboard, request: Request, session: Session) -> Response:
