@@ -66,18 +66,13 @@ async def _function_id(request: Request) -> str:
 
 
 async def pause(request: Request) -> Response:
+    """``POST .../pause`` and ``.../resume``."""
     st = state_of(request)
     function_id = await _function_id(request)
-    changed = await st.engine.pause_function(function_id)
-    return _ok(PauseResponse(data=PauseOut(function_id=function_id, paused=True, changed=changed),
-                             metadata=_meta(st)))  # fmt: skip
-
-
-async def resume(request: Request) -> Response:
-    st = state_of(request)
-    function_id = await _function_id(request)
-    changed = await st.engine.resume_function(function_id)
-    return _ok(PauseResponse(data=PauseOut(function_id=function_id, paused=False, changed=changed),
+    pausing = request.url.path.endswith("/pause")
+    engine = st.engine
+    changed = await (engine.pause_function if pausing else engine.resume_function)(function_id)
+    return _ok(PauseResponse(data=PauseOut(function_id=function_id, paused=pausing, changed=changed),
                              metadata=_meta(st)))  # fmt: skip
 
 
@@ -102,7 +97,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/v1/functions/{function_id}/pause", pause, "Pause a function on every node: its runs are "
              "created but wait (reason: function paused), running ones stop before their next step, crons do not "
              "fire", PauseResponse, (404,), (_FUNCTION_ID,), tag="functions"),
-    Endpoint("POST", "/v1/functions/{function_id}/resume", resume, "Resume a paused function: its held runs start in "
+    Endpoint("POST", "/v1/functions/{function_id}/resume", pause, "Resume a paused function: its held runs start in "
              "the order they fell due (missed cron times are not fired)", PauseResponse, (404,), (_FUNCTION_ID,),
              tag="functions"),
     Endpoint("POST", "/v1/functions/{function_id}/run-cron", run_cron, "Run a cron function now: a fresh "
