@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,6 +128,44 @@ def test_events_list_and_show(worker: WorkerProc) -> None:
     assert [r["id"] for r in as_json["runs"]] == [run_id]
     missing = cli(cwd, "events", "show", "01NOSUCHEVENT", "--db", "tmp.db")
     assert missing.returncode == 1 and "no event with id '01NOSUCHEVENT'" in missing.stderr
+
+
+def test_events_replay_sends_a_copy_that_starts_a_new_run(worker: WorkerProc) -> None:
+    cwd = worker.cwd
+    run_id = send(cwd, "test/hello", "--data", '{"n": 42}')
+    event_id = json.loads(ok(cwd, "runs", "show", run_id, "--json", "--db", "tmp.db"))["event_id"]
+    proc = cli(cwd, "events", "replay", event_id, "--db", "tmp.db")
+    assert proc.returncode == 0, proc.stderr
+    copy_id = proc.stdout.strip()
+    assert copy_id != event_id and f"replayed {event_id}: the copy started 1 run(s)" in proc.stderr
+    shown = json.loads(ok(cwd, "events", "show", copy_id, "--json", "--db", "tmp.db"))
+    assert shown["name"] == "test/hello" and shown["data"] == {"n": 42}
+    [new_run] = shown["runs"]
+    assert new_run["id"] != run_id and new_run["id"] in proc.stderr
+    done = wait_for("the replayed run", lambda: run_with(cwd, new_run["id"], lambda r: r["status"] == "completed"))
+    assert done["function_id"] == "cli-test-hello"
+    missing = cli(cwd, "events", "replay", "01NOSUCHEVENT", "--db", "tmp.db")
+    assert missing.returncode == 1 and "event '01NOSUCHEVENT' not found" in missing.stderr
+
+
+def test_functions_pause_holds_the_workers_runs_and_resume_releases_them(worker: WorkerProc) -> None:
+    cwd = worker.cwd
+    paused = cli(cwd, "functions", "pause", "cli-test-hello", "--db", "tmp.db")
+    assert paused.returncode == 0 and "cli-test-hello paused" in paused.stderr
+    time.sleep(1.5)  # the worker (another process) reads the paused functions every second
+    held = [send(cwd, "test/hello", "--data", f'{{"n": {i}}}') for i in range(2)]
+    time.sleep(1.5)
+    assert [status_of(cwd, r) for r in held] == ["queued", "queued"]
+    resumed = cli(cwd, "functions", "resume", "cli-test-hello", "--db", "tmp.db")
+    assert resumed.returncode == 0 and "cli-test-hello resumed" in resumed.stderr
+    for run_id in held:
+        wait_for("the held run", lambda r=run_id: run_with(cwd, r, lambda x: x["status"] == "completed"))
+    again = cli(cwd, "functions", "resume", "cli-test-hello", "--db", "tmp.db")
+    assert again.returncode == 0 and "was not paused" in again.stderr
+    missing = cli(cwd, "functions", "pause", "nope", "--db", "tmp.db")
+    assert missing.returncode == 1 and "no registered function has the id 'nope'" in missing.stderr
+    not_cron = cli(cwd, "functions", "run-cron", "cli-test-hello", "--db", "tmp.db")
+    assert not_cron.returncode == 2 and "has no cron trigger" in not_cron.stderr
 
 
 def test_send_to_a_missing_database_creates_nothing(tmp_path: Path) -> None:

@@ -151,3 +151,23 @@ async def test_every_action_refuses_a_missing_or_wrong_csrf_token(dash: Dash) ->
     assert resp.status_code == 415
     assert (await dash.client.get_run(run_id)).status == "running"  # type: ignore[union-attr]
     assert await recorded(dash) == []
+
+
+async def test_pause_a_function_holds_its_runs_and_resume_releases_them(dash: Dash) -> None:
+    page = await dash.page("/dashboard/functions/test-app-greet")
+    assert 'id="pause-function"' in page and 'id="run-cron"' not in page  # greet has no cron trigger
+    confirm = (await dash.act("/dashboard/functions/test-app-greet/pause", 200, confirmed=False)).text
+    assert "Pause test-app-greet on every node?" in confirm
+    await dash.act("/dashboard/functions/test-app-greet/pause")
+    page = await dash.page("/dashboard/functions/test-app-greet")
+    assert 'id="fn-paused"' in page and 'id="resume-function"' in page
+    assert "s-paused" in await dash.page("/dashboard/functions")
+    run_id = await dash.run_of(await dash.send("dash/greet", {"name": "held"}))
+    assert (await dash.client.get_run(run_id)).status == "queued"  # type: ignore[union-attr]
+    assert "Function paused" in await dash.page(f"/dashboard/runs/{run_id}")
+    await dash.act("/dashboard/functions/test-app-greet/resume")
+    await drain(dash.client)
+    assert (await dash.client.get_run(run_id)).status == "completed"  # type: ignore[union-attr]
+    assert [r["action"] for r in await recorded(dash)][-2:] == ["pause", "resume"]
+    assert "run-cron" not in await dash.page("/dashboard/functions/test-app-greet")
+    assert "has no cron trigger" in (await dash.act("/dashboard/functions/test-app-greet/run-cron", 400)).text

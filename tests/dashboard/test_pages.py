@@ -6,8 +6,10 @@ import datetime as dt
 import html
 import re
 
+from stepline.core.flow import normalize_flow
 from stepline.storage.records import FunctionRecord
 
+from ..integration.helpers import drain
 from .conftest import Dash
 
 
@@ -120,8 +122,10 @@ async def test_functions_pages_show_triggers_flow_control_counts_and_failure_rat
         await dash.send("dash/greet", {"n": i})
     await dash.send("dash/checkout", {"key": "d"})
     await dash.send("dash/nap")
-    flow = {"concurrency": [{"limit": 2, "key": "event.data.user"}], "throttle": {"limit": 5, "period": "1m"}}
-    config = {"triggers": [{"event": "x/y"}], "flow": flow}
+    flow = normalize_flow(
+        "limited", {"concurrency": {"limit": 2, "key": "event.data.user"}, "throttle": {"limit": 5, "period": "1m"}}
+    )
+    config = {"triggers": [{"event": "x/y"}, {"cron": "0 * * * *"}], "flow": flow}
     await dash.client.engine.register("flowy", [FunctionRecord("flowy-limited", "flowy", "limited", "Limited", config)])
     page = await dash.page("/dashboard/functions")
     greet = re.search(r'<tr data-function="test-app-greet">.*?</tr>', page, re.S)
@@ -132,8 +136,9 @@ async def test_functions_pages_show_triggers_flow_control_counts_and_failure_rat
     nap = re.search(r'<tr data-function="test-app-nap">.*?</tr>', page, re.S)
     assert nap and "1 running" in nap.group(0)
     limited = re.search(r'<tr data-function="flowy-limited">.*?</tr>', page, re.S)
-    assert limited and "concurrency" in limited.group(0) and "event.data.user" in limited.group(0)
-    assert "throttle" in limited.group(0)
+    assert limited and "2 at a time per event.data.user" in limited.group(0)  # settings in words, not JSON
+    assert "5 runs per minute" in limited.group(0) and "period_ms" not in limited.group(0)
+    assert "every hour at :00 UTC, next 01:00, 02:00, 03:00" in limited.group(0)  # the fake clock: 00:00 UTC
 
     only_flowy = await dash.page("/dashboard/functions?app_id=flowy")
     assert "flowy-limited" in only_flowy and "test-app-greet" not in only_flowy
@@ -147,16 +152,43 @@ async def test_events_pages_list_events_their_payload_and_the_runs_they_started(
     event_id = await dash.send("dash/greet", {"name": "eve"})
     await dash.send("dash/nap")
     page = await dash.page("/dashboard/events")
-    assert event_id in page and "dash/nap" in page and "stepline/function.finished" in page
+    assert event_id in page and "dash/nap" in page and "stepline/function.finished" not in page  # internal: hidden
+    assert "stepline/function.finished" in await dash.page("/dashboard/events?internal=1")
     named = await dash.page("/dashboard/events?name=dash/greet")
     assert event_id in named and "dash/nap" not in named
+    prefixed = await dash.page("/dashboard/events?name=dash/")  # a prefix, or a pattern with *
+    assert event_id in prefixed and "dash/nap" in prefixed
+    assert event_id in await dash.page("/dashboard/events?name=*/greet") and "dash/nap" not in named
+    run_id = await dash.run_of(event_id)
+    row = re.search(rf'<tr data-event-id="{event_id}">.*?</tr>', page, re.S)
+    assert row and run_id in row.group(0) and "test-app-greet" in row.group(0) and "s-completed" in row.group(0)
+    assert row.group(0).count(f">{event_id}<") == 1 and "sender" not in row.group(0)  # one id where both are one
     page = await dash.page(f"/dashboard/events/{event_id}")
-    assert "&#34;name&#34;: &#34;eve&#34;" in page
-    assert await dash.run_of(event_id) in page and "test-app-greet" in page
+    assert "&#34;name&#34;: &#34;eve&#34;" in page and "Internal id" not in page
+    assert run_id in page and "test-app-greet" in page
     assert "not found" in await dash.page("/dashboard/events/01NOPE", status=404)
     # paging
     first = await dash.page("/dashboard/events?limit=1")
     assert "Older »" in first and first.count('<tr data-event-id="') == 1
+
+
+async def test_replay_an_event_from_its_page(dash: Dash) -> None:
+    event_id = await dash.send("dash/greet", {"name": "again"})
+    first = await dash.run_of(event_id)
+    assert 'id="replay-event"' in await dash.page(f"/dashboard/events/{event_id}")
+    resp = await dash.act(f"/dashboard/events/{event_id}/replay")
+    copy_id = resp.headers["location"].split("?")[0].rsplit("/", 1)[-1]
+    assert copy_id != event_id
+    await drain(dash.client)
+    [run] = await dash.client.runs_for_event(copy_id)
+    assert run.id != first and run.status == "completed" and run.function_id == "test-app-greet"
+    copy = await dash.client.store.get_event(copy_id)
+    assert copy is not None and copy.data == {"name": "again"}
+    [audit] = [e for e in await dash.client.store.list_events("stepline/dashboard.action", 10)
+               if e.data["action"] == "replay_event"]  # fmt: skip
+    assert audit.data["event_id"] == event_id and audit.data["new_event_id"] == copy_id
+    finished = await dash.client.store.list_events("stepline/function.finished", 1)
+    assert "not replayed" in (await dash.act(f"/dashboard/events/{finished[0].internal_id}/replay", 400)).text
 
 
 async def test_apps_page_lists_synced_and_in_process_apps(dash: Dash) -> None:

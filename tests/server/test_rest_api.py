@@ -115,7 +115,7 @@ async def test_openapi_document_is_served_and_covers_every_route(api: httpx.Asyn
     assert response.status_code == 200 and response.json() == DOC
     assert DOC["openapi"] == "3.1.0"
     documented = {(m.upper(), p) for p, ops in DOC["paths"].items() for m in ops}
-    routed = {(ep.method, ep.path) for ep in rest_api.ENDPOINTS}
+    routed = {(ep.method, ep.path) for ep in rest_api.all_endpoints()}
     assert documented == routed
     assert ("DELETE", "/v0/runs/{run_id}") in documented and ("POST", "/v1/runs/{run_id}/rerun") in documented
     for path, ops in DOC["paths"].items():
@@ -181,6 +181,76 @@ async def test_event_and_the_runs_it_started(client: Stepline, api: httpx.AsyncC
     assert {r["status"] for r in found} == {"Queued"} and {r["app_id"] for r in found} == {"test-app"}
     assert error(await api.get("/v1/events/01MISSING"), 404) == "event '01MISSING' not found"
     assert error(await api.get("/v1/events/01MISSING/runs"), 404) == "event '01MISSING' not found"
+
+
+async def test_events_list_hides_internal_events_and_searches_by_pattern(client: Stepline,
+                                                                        api: httpx.AsyncClient) -> None:  # fmt: skip
+    three_steps(client, [], set())
+    await client.send([{"name": "app/user.created"}, {"name": "billing/user.created"}, {"name": "t/three"}])
+    await drain(client)  # the run ends: a stepline/function.finished event
+    names = [e["name"] for e in data(await api.get("/v1/events"))]
+    assert names == ["t/three", "billing/user.created", "app/user.created"]
+    everything = [e["name"] for e in data(await api.get("/v1/events", params={"include_internal": "true"}))]
+    assert everything[0] == "stepline/function.finished" and set(names) < set(everything)
+    assert [e["name"] for e in data(await api.get("/v1/events", params={"name": "app/*"}))] == ["app/user.created"]
+    assert [e["name"] for e in data(await api.get("/v1/events", params={"name": "*/user.created"}))] == [
+        "billing/user.created", "app/user.created"]  # fmt: skip
+    assert [e["name"] for e in data(await api.get("/v1/events", params={"name": "stepline/*"}))] == [
+        "stepline/function.finished"]  # fmt: skip
+    assert error(await api.get("/v1/events", params={"include_internal": "maybe"}), 400) == (
+        "include_internal must be true or false, got 'maybe'")  # fmt: skip
+
+
+async def test_replay_an_event_sends_a_copy_that_starts_new_runs(client: Stepline, api: httpx.AsyncClient) -> None:
+    three_steps(client, [], set())
+    (event_id,) = await client.send({"name": "t/three", "id": "order-8", "data": {"n": 2}, "user": {"u": 1}})
+    [first] = data(await api.get(f"/v1/events/{event_id}/runs"))
+    replayed = data(await api.post(f"/v1/events/{event_id}/replay"), 201)
+    assert replayed["replay_of"] == event_id and replayed["internal_id"] != event_id
+    copy = data(await api.get(f"/v1/events/{replayed['internal_id']}"))
+    assert (copy["name"], copy["data"], copy["user"]) == ("t/three", {"n": 2}, {"u": 1})
+    assert copy["id"] == copy["internal_id"]  # the sender's idempotency id is not reused: the copy is not dropped
+    [second] = data(await api.get(f"/v1/events/{replayed['internal_id']}/runs"))
+    assert replayed["run_ids"] == [second["run_id"]] and second["run_id"] != first["run_id"]
+    assert error(await api.post("/v1/events/01MISSING/replay"), 404) == "event '01MISSING' not found"
+    await drain(client)
+    [finished] = data(await api.get("/v1/events", params={"name": "stepline/function.finished", "limit": 1}))
+    assert "not replayed" in error(await api.post(f"/v1/events/{finished['internal_id']}/replay"), 400)
+
+
+async def test_pause_and_resume_a_function(client: Stepline, api: httpx.AsyncClient) -> None:
+    three_steps(client, [], set())
+    await client.ready()
+    paused = data(await api.post("/v1/functions/test-app-three/pause"))
+    assert paused == {"function_id": "test-app-three", "paused": True, "changed": True}
+    assert data(await api.post("/v1/functions/test-app-three/pause"))["changed"] is False
+    (event_id,) = await client.send({"name": "t/three", "data": {"n": 1}})
+    await drain(client)
+    [held] = data(await api.get(f"/v1/events/{event_id}/runs"))
+    assert held["status"] == "Queued" and held["idle_reason"]["message"].startswith("Function paused")
+    resumed = data(await api.post("/v1/functions/test-app-three/resume"))
+    assert resumed == {"function_id": "test-app-three", "paused": False, "changed": True}
+    await drain(client)
+    assert data(await api.get(f"/v1/runs/{held['run_id']}"))["status"] == "Completed"
+    assert error(await api.post("/v1/functions/nope/pause"), 404) == "no registered function has the id 'nope'"
+    assert error(await api.post("/v1/functions/nope/resume"), 404) == "no registered function has the id 'nope'"
+
+
+async def test_run_a_cron_function_now(client: Stepline, api: httpx.AsyncClient) -> None:
+    @client.function(id="tick", trigger={"cron": "0 * * * *"})
+    async def tick(ctx: Any) -> str:
+        return str(ctx.event.name)
+
+    three_steps(client, [], set())
+    await client.ready()
+    started = data(await api.post("/v1/functions/test-app-tick/run-cron"), 201)
+    assert started["function_id"] == "test-app-tick"
+    event = data(await api.get(f"/v1/events/{started['event_id']}"))
+    assert event["name"] == "inngest/scheduled.timer" and event["data"]["cron"] == "0 * * * *"
+    await drain(client)
+    assert data(await api.get(f"/v1/runs/{started['run_id']}"))["output"] == "inngest/scheduled.timer"
+    assert "has no cron trigger" in error(await api.post("/v1/functions/test-app-three/run-cron"), 400)
+    assert error(await api.post("/v1/functions/nope/run-cron"), 404) == "no registered function has the id 'nope'"
 
 
 # --- runs ---------------------------------------------------------------------------------------------------

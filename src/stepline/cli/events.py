@@ -1,17 +1,17 @@
-"""``stepline events list | show``: the events in the store and the runs each one started."""
+"""``stepline events list | show | replay``: the events in the store, the runs each one started, replays."""
 
 from __future__ import annotations
 
 import click
 
-from stepline.cli.common import NotFoundError, compact, db_option, iso, opened_store, run_async
+from stepline.cli.common import CliError, NotFoundError, compact, db_option, iso, opened_store, run_async
 from stepline.cli.display import Column, Look, ago, one_line
 from stepline.cli.runs import event_dict, run_dict, runs_table
+from stepline.core.engine import Engine
 from stepline.core.events import StoredEvent
+from stepline.core.replay import Replayed, ReplayError, replay_event
 from stepline.storage import Store
 from stepline.storage.records import RunFilter, RunRecord
-
-SYSTEM_PREFIXES = ("stepline/", "inngest/")
 
 
 @click.group("events")
@@ -55,16 +55,37 @@ def list_events(ctx: click.Context, name: str | None, system: bool, limit: int, 
 
 
 async def _sent_events(store: Store, limit: int) -> list[StoredEvent]:
-    """The newest ``limit`` events that are not Stepline's own, reading back through at most 100 pages."""
-    out: list[StoredEvent] = []
-    before: str | None = None
-    for _ in range(100):
-        page = await store.list_events(None, limit, before)
-        out += [e for e in page if not e.name.startswith(SYSTEM_PREFIXES)]
-        if len(out) >= limit or len(page) < limit:
-            break
-        before = page[-1].internal_id
-    return out[:limit]
+    """The newest ``limit`` events that are not Stepline's own (an index read)."""
+    return await store.find_events(None, limit)
+
+
+@events_group.command("replay")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="The new event's id and its runs as one JSON object.")
+@db_option()
+@click.pass_context
+def replay(ctx: click.Context, event_id: str, as_json: bool) -> None:
+    """Send a copy of event EVENT_ID as a new event (new id and time, same name and data).
+
+    Prints the new event's id on stdout, then (on stderr) the runs it started. Unlike `stepline runs rerun`, which
+    starts one run again, the copy starts every run its name and data trigger now."""
+
+    async def go() -> Replayed:
+        async with opened_store(ctx, must_exist=True) as store:
+            try:
+                return await replay_event(Engine(store), event_id)
+            except ReplayError as exc:
+                raise (NotFoundError if exc.status == 404 else CliError)(str(exc)) from None
+
+    done = run_async(go())
+    if as_json:
+        click.echo(compact({"replay_of": done.replay_of, "event_id": done.internal_id, "run_ids": done.run_ids}))
+        return
+    click.echo(done.internal_id)
+    look = Look.of("stderr")
+    look.say("ok" if done.run_ids else "note", f"replayed {event_id}: the copy started {len(done.run_ids)} run(s)")
+    for run_id in done.run_ids:
+        look.line("    " + run_id)
 
 
 @events_group.command("show")

@@ -9,7 +9,7 @@ import click
 from rich.text import Text
 
 import stepline
-from stepline.cli.common import CliError, compact, db_option, opened_store, run_async
+from stepline.cli.common import CliError, NotFoundError, compact, db_option, opened_store, run_async
 from stepline.cli.db import db_group
 from stepline.cli.display import Column, Look, plural
 from stepline.cli.events import events_group
@@ -17,7 +17,8 @@ from stepline.cli.runs import runs_group
 from stepline.cli.server import dev_command, start_command
 from stepline.cli.worker import worker_command
 from stepline.core.engine import Engine
-from stepline.core.errors import EventValidationError
+from stepline.core.errors import EventValidationError, UnknownFunctionError
+from stepline.core.scheduler import NotACronFunction, run_cron_now
 from stepline.storage.records import FunctionRecord, IngestResult
 
 
@@ -108,7 +109,7 @@ def report_ingest(look: Look, name: str, result: IngestResult, functions: dict[s
 
 @cli.group("functions")
 def functions_group() -> None:
-    """List the registered functions."""
+    """List the registered functions; pause, resume, run a cron function now."""
 
 
 def describe_triggers(fn: FunctionRecord) -> str:
@@ -145,6 +146,63 @@ def list_functions(ctx: click.Context, as_json: bool) -> None:
     for f in functions:
         table.add_row(f.id, f.app_id, describe_triggers(f))
     look.print_table(table)
+
+
+def _function_action(ctx: click.Context, function_id: str, action: Literal["pause", "resume"]) -> bool:
+    async def go() -> bool:
+        async with opened_store(ctx, must_exist=True) as store:
+            engine = Engine(store)
+            if await engine.find_function(function_id) is None:
+                raise NotFoundError(f"no registered function has the id {function_id!r}")
+            if action == "pause":
+                return await engine.pause_function(function_id)
+            return await engine.resume_function(function_id)
+
+    return run_async(go())
+
+
+@functions_group.command("pause")
+@click.argument("function_id")
+@db_option()
+@click.pass_context
+def pause_function(ctx: click.Context, function_id: str) -> None:
+    """Pause FUNCTION_ID on every node sharing the database: its runs are still created but wait ("function
+    paused"), running ones stop before their next step, its crons do not fire. Re-syncing its app keeps it paused."""
+    changed = _function_action(ctx, function_id, "pause")
+    Look.of("stderr").say("ok" if changed else "note", f"{function_id} {'paused' if changed else 'was paused already'}")
+
+
+@functions_group.command("resume")
+@click.argument("function_id")
+@db_option()
+@click.pass_context
+def resume_function(ctx: click.Context, function_id: str) -> None:
+    """Resume FUNCTION_ID: the runs held while it was paused start in the order they fell due (cron times missed
+    while paused are not fired)."""
+    changed = _function_action(ctx, function_id, "resume")
+    Look.of("stderr").say("ok" if changed else "note", f"{function_id} {'resumed' if changed else 'was not paused'}")
+
+
+@functions_group.command("run-cron")
+@click.argument("function_id")
+@db_option()
+@click.pass_context
+def run_cron(ctx: click.Context, function_id: str) -> None:
+    """Run cron function FUNCTION_ID now: a fresh inngest/scheduled.timer event and its run (printed on stdout);
+    the next scheduled time stays as it was."""
+
+    async def go() -> tuple[str, str]:
+        async with opened_store(ctx, must_exist=True) as store:
+            try:
+                return await run_cron_now(Engine(store), function_id)
+            except UnknownFunctionError as exc:
+                raise NotFoundError(str(exc)) from None
+            except NotACronFunction as exc:
+                raise CliError(str(exc)) from None
+
+    event_id, run_id = run_async(go())
+    click.echo(run_id)
+    Look.of("stderr").say("ok", f"started run {run_id} of {function_id} (timer event {event_id})")
 
 
 cli.add_command(worker_command)

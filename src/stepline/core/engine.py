@@ -50,9 +50,12 @@ from stepline.storage.records import (
     StaleRegistryError,
     WaitSpec,
 )
+from stepline.storage.states import IdleReason
 
 log = logging.getLogger("stepline.engine")
 DEFAULT_RETENTION = dt.timedelta(days=30)
+PAUSE_CHECK_SECONDS = 1.0  # how stale a node's view of the paused functions may be (``Engine.refresh_paused``)
+PAUSED_REASON: IdleReason = {"kind": "paused", "message": "Function paused: the run waits until it is resumed"}
 EventInput = Event | Mapping[str, Any]
 
 
@@ -182,6 +185,8 @@ class Engine:
         self._reported: dict[tuple[str, str], tuple[int, int]] = {}  # (function, place) -> (last stored, held)
         self.waiters = RunWaiters(store)  # waiting for runs to end (core/waiting.py)
         self.realtime = RealtimeHub(store, self.clock)  # realtime publish/subscribe (stepline/realtime/)
+        self.paused: frozenset[str] = frozenset()  # paused functions, as last read (``refresh_paused``)
+        self._paused_checked = -PAUSE_CHECK_SECONDS
 
     # --- registry ---
     async def register(self, app_id: str, records: list[FunctionRecord]) -> None:
@@ -223,6 +228,30 @@ class Engine:
             known = ", ".join(sorted(self._specs)) or "none"
             raise UnknownFunctionError(f"no registered function has id {function_id!r} (registered: {known})")
         return spec
+
+    # --- paused functions ---
+    async def refresh_paused(self, force: bool = False) -> frozenset[str]:
+        """The paused functions, read from the store at most every ``PAUSE_CHECK_SECONDS`` (at once on the node that
+        pauses or resumes): a pause made on another node holds this node's claims within that delay."""
+        now = time.monotonic()
+        if force or now - self._paused_checked >= PAUSE_CHECK_SECONDS:
+            self.paused = frozenset(await self.store.paused_functions())
+            self._paused_checked = now
+        return self.paused
+
+    async def pause_function(self, function_id: str) -> bool:
+        """Pause a registered function (every node): False if it was paused already."""
+        await self.require_function(function_id)
+        changed = await self.store.pause_function(function_id, self.clock.now_ms())
+        await self.refresh_paused(force=True)
+        return changed
+
+    async def resume_function(self, function_id: str) -> bool:
+        """Resume a paused function: its held runs are claimed in the order they fell due. False if not paused."""
+        changed = await self.store.resume_function(function_id, self.clock.now_ms())
+        await self.refresh_paused(force=True)
+        self.notify()
+        return changed
 
     # --- notifications (wake local workers at once instead of waiting for their next poll) ---
     def add_listener(self, callback: Callable[[], None]) -> None:

@@ -133,6 +133,10 @@ class LeaseLost(RunSignal):
     """Another worker owns this run now; stop executing it here."""
 
 
+class RunPaused(RunSignal):
+    """The run's function was paused: stop before the next step; the run waits (due, unclaimed) until resumed."""
+
+
 class ReplayRun(RunSignal):
     """A step's result, held back and used by the code already, lost to another one stored meanwhile (a worker
     that lost the lease wrote first): stop, and replay the run from the store at once."""

@@ -14,13 +14,14 @@ from typing import Any
 
 from stepline.core.clock import from_ms
 from stepline.core.context import AsyncStep, SyncStep, new_context
-from stepline.core.engine import Engine
+from stepline.core.engine import PAUSED_REASON, Engine
 from stepline.core.errors import (
     LeaseLost,
     NonRetriableError,
     ReplayRun,
     RetryAfterError,
     RunCancelled,
+    RunPaused,
     SerializationError,
     StepError,
     StepIdConflictError,
@@ -45,7 +46,7 @@ def _unwrap_signals(error: BaseException | None) -> BaseException | None:
     if not isinstance(error, BaseExceptionGroup):
         return error
     found = [e for e in _leaves(error) if isinstance(e, _RunSignal)]
-    for kind in (RunCancelled, LeaseLost, ReplayRun, Suspend):
+    for kind in (RunCancelled, LeaseLost, ReplayRun, RunPaused, Suspend):
         for e in found:
             if isinstance(e, kind):
                 return e
@@ -181,6 +182,9 @@ class Executor:
         if isinstance(driver.stop, ReplayRun) or isinstance(error, ReplayRun):
             await self._replay(claimed, "a step's result lost to one recorded meanwhile")
             return
+        if isinstance(driver.stop, RunPaused) or isinstance(error, RunPaused):
+            await self._hold_paused(claimed, driver)
+            return
         if driver.pending and (error is None or isinstance(error, Exception)):
             # Steps are waiting to be retried, sleeping or waiting, but the code went on (it swallowed the
             # signal: gather(return_exceptions=True), except BaseException, ...). Their state must be kept, and
@@ -224,6 +228,15 @@ class Executor:
         await driver.flush()
         await self.engine.store.retry_run(run.id, self.owner, due, serialized, now, logs=driver.logs.take(),
                                           attempt=attempt + 1)  # fmt: skip
+
+    async def _hold_paused(self, claimed: ClaimedRun, driver: StepDriver) -> None:
+        """The function was paused before the run's next step: keep what it did, give it back due now with the
+        reason "function paused"; no worker claims it until the function is resumed."""
+        now = self.engine.clock.now_ms()
+        await driver.flush()
+        # Due a millisecond back, so due at once: the store drops the idle reason of a run due exactly now.
+        await self.engine.store.suspend_run(claimed.run.id, self.owner, driver.pending_with_logs(), PAUSED_REASON,
+                                            self.engine.matcher, now, max_due_at=now - 1)  # fmt: skip
 
     async def _finish(self, claimed: ClaimedRun, finish: RunFinish, driver: StepDriver | None = None) -> None:
         fn = self.functions.get(claimed.run.function_id) if self.functions else None

@@ -6,6 +6,9 @@ which moves the schedule's ``last_fire`` forward and stores the ``inngest/schedu
 function's run in one transaction: when several workers or nodes wake for the same time, one fires and the
 others find ``last_fire`` already there.
 
+A paused function's scheduled times pass without a run (its schedule moves forward as if fired), so resuming it
+starts nothing for the times it was paused: the next run is at its next scheduled time.
+
 Missed times (the workers were down, or the clock jumped): when a worker looks again, only the most recent
 scheduled time at or before now fires, once; the earlier ones are skipped and counted in a warning. A schedule
 seen for the first time (a new function, or a changed cron) starts at now: it never fires for earlier times.
@@ -25,11 +28,11 @@ from stepline.core.cron import CronSchedule
 from stepline.core.engine import Engine, new_run
 from stepline.core.events import StoredEvent
 from stepline.core.function import FunctionSpec
-from stepline.core.ids import ulid_from
+from stepline.core.ids import new_ulid, ulid_from
 from stepline.core.triggers import MIN_JITTER_MS, CronTrigger
 from stepline.storage.records import IngestBatch
 
-__all__ = ["SCHEDULED_TIMER", "CronScheduler", "scheduled_batch", "timer_event_id"]
+__all__ = ["SCHEDULED_TIMER", "CronScheduler", "NotACronFunction", "run_cron_now", "scheduled_batch", "timer_event_id"]
 
 FIRE_RETRY_MS = 5000  # a schedule whose fire failed tries again after this long
 log = logging.getLogger("stepline.cron")
@@ -69,6 +72,33 @@ def scheduled_batch(spec: FunctionSpec, cron: str, scheduled_ms: int, now: int,
     if fire_ms > now and run.failure is None:
         run = dataclasses.replace(run, due_at=fire_ms)  # the jitter: the run starts at its fire time
     return IngestBatch([event], [run])
+
+
+class NotACronFunction(ValueError):
+    """Run-now asked of a function without a cron trigger."""
+
+
+async def run_cron_now(engine: Engine, function_id: str, cron: str | None = None) -> tuple[str, str]:
+    """Start a cron function now, outside its schedule: a fresh ``inngest/scheduled.timer`` event (its own id, the
+    time now; no jitter) and the function's run, in one transaction. The schedule is not touched: the next
+    scheduled time stays what it was. ``cron``: which of several cron triggers (default: the first). Returns the
+    event's internal id and the run's id. Raises UnknownFunctionError, or NotACronFunction."""
+    spec = await engine.require_function(function_id)
+    crons = [t.cron for t in spec.triggers if isinstance(t, CronTrigger)]
+    if not crons:
+        raise NotACronFunction(f"function {function_id!r} has no cron trigger: invoke it instead")
+    if cron is not None and cron not in crons:
+        raise NotACronFunction(f"function {function_id!r} has no cron trigger {cron!r} (it has {', '.join(crons)})")
+    now = engine.clock.now_ms()
+    internal_id = new_ulid()
+    stamp = timer_event_id(now)
+    event = StoredEvent(internal_id=internal_id, id=internal_id, name=SCHEDULED_TIMER,
+                        data={"cron": cron or crons[0], "scheduledAt": stamp, "fireAt": stamp},
+                        user={}, ts=now, v=None, received_at=now)  # fmt: skip
+    run = engine.plan_run(spec, event, now)
+    await engine.store.ingest(IngestBatch([event], [run]), engine.matcher, now)
+    engine.notify()
+    return internal_id, run.id
 
 
 def jitter_for(spec: FunctionSpec, cron: str, seed: bytes) -> int:
@@ -142,6 +172,11 @@ class CronScheduler:
             if s.next_at > now:
                 continue
             latest = s.schedule.latest_at_or_before(now)
+            if latest > s.last and s.spec.id in await self.engine.refresh_paused():
+                # Paused: the time passes without a run (stored, so no node fires it, or a burst, on resume).
+                await self.engine.store.fire_cron(s.spec.id, s.cron, latest, IngestBatch([], []), self.engine.matcher,
+                                                  now)  # fmt: skip
+                s.last = latest
             if latest > s.last:
                 batch = scheduled_batch(s.spec, s.cron, latest, now, self.engine)
                 try:

@@ -29,6 +29,7 @@ from stepline.core.errors import (
     ReplayRun,
     RetryAfterError,
     RunCancelled,
+    RunPaused,
     SerializationError,
     StepError,
     StepIdConflictError,
@@ -311,6 +312,9 @@ class StepDriver:
                                wake_at=rec.wake_at),
                     {"kind": "retrying", "step": display_id, "until": rec.wake_at},
                 )  # fmt: skip
+        if self.fn.id in self.engine.paused:  # paused: no new step code runs (memoized steps still replay)
+            self.stop = RunPaused()
+            raise self.stop
         self._inflight += 1
         self._idle.clear()
         span = 0 if self.trace is None else new_span_id()

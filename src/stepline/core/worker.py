@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Iterable
 
-from stepline.core.engine import DEFAULT_RETENTION, Engine
+from stepline.core.engine import DEFAULT_RETENTION, PAUSE_CHECK_SECONDS, Engine
 from stepline.core.errors import LeaseLost
 from stepline.core.executor import Executor
 from stepline.core.function import FunctionDef, FunctionSpec
@@ -127,6 +127,9 @@ class Worker:
         if free <= 0:
             return [], 0
         self._derive_from_functions()
+        paused = self.engine.paused
+        if paused:  # paused functions' runs stay where they are (due, unclaimed) until resumed
+            return [f for f in self._function_ids if f not in paused], free
         return self._function_ids, free
 
     def _derive_from_functions(self) -> None:
@@ -196,6 +199,20 @@ class Worker:
                     driver.stop = LeaseLost()
                 else:
                     driver.lease_until = renewed_until
+
+    async def _watch_paused(self) -> None:
+        """Read the paused functions every ``PAUSE_CHECK_SECONDS``, so pauses and resumes made on other nodes reach
+        this worker (a running run stops before its next step; a resumed function's runs are claimed at once)."""
+        while True:
+            await asyncio.sleep(PAUSE_CHECK_SECONDS)
+            before = self.engine.paused
+            try:
+                after = await self.engine.refresh_paused(force=True)
+            except Exception:
+                continue  # the database went away: the worker loop reports it
+            if before - after:
+                self._claim_wanted = self._reread_due = True
+                self._wake.set()
 
     async def _prune_periodically(self) -> None:
         """Retention: every ``prune_interval`` (first after a minute), delete what is older than ``retention``.
@@ -310,6 +327,8 @@ class Worker:
         self._claim_wanted = self._reread_due = True
         renew = asyncio.create_task(self._renew_leases())
         prune = asyncio.create_task(self._prune_periodically())
+        watch = asyncio.create_task(self._watch_paused())
+        await self.engine.refresh_paused(force=True)
         backoff = 0.1
         try:
             while not self._stopping:
@@ -346,6 +365,7 @@ class Worker:
                     backoff = min(backoff * 2, 5.0)
         finally:
             prune.cancel()
+            watch.cancel()
             if self._scheduler_task is not None:
                 self._scheduler_task.cancel()
                 await asyncio.gather(self._scheduler_task, return_exceptions=True)
@@ -361,6 +381,7 @@ class Worker:
         For tests with a fake clock: advance the clock, call this, assert. Cron schedules due now fire first.
         """
         self._loop = asyncio.get_running_loop()
+        await self.engine.refresh_paused(force=True)
         self._sync_scheduler(start=False)
         if self.scheduler.has_schedules:
             await self.scheduler.fire_due()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepline.core.durations import parse_duration
+from stepline.core.engine import PAUSED_REASON
 from stepline.core.errors import run_end_error
 from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
@@ -223,6 +224,8 @@ class _Execution:
 
     async def launch(self, step_id: str) -> None:
         """Start a call: a discovery, or a targeted call for a planned or retried step."""
+        if not self.tasks and self.fn.id in self.engine.paused:
+            await self.suspend(paused=True)  # paused between two calls: no further step runs until resumed
         self.launched += 1
         if self.launched > MAX_CALLS_PER_CLAIM:
             await self.function_error({"name": "Error", "message": (
@@ -712,12 +715,15 @@ class _Execution:
             self.engine.notify()
         return rec
 
-    async def suspend(self) -> None:
+    async def suspend(self, paused: bool = False) -> None:
+        """Store the waiting steps and rest until the earliest is due; ``paused``: due now, held while paused."""
         now = self.now()
         idle = idle_of(list(self.reasons.values()))
         outcome = await self.engine.store.suspend_run(
-            self.run.id, self.ex.owner, [self._raced(u) for u in self.pending.values()], idle, self.engine.matcher, now,
-            max_due_at=self.deadline, attempt=0 if self.stretch_ended else None)  # fmt: skip
+            self.run.id, self.ex.owner, [self._raced(u) for u in self.pending.values()],
+            PAUSED_REASON if paused else idle, self.engine.matcher, now,
+            max_due_at=now - 1 if paused else self.deadline,  # paused: due at once, with its reason kept
+            attempt=0 if self.stretch_ended else None)  # fmt: skip
         await self.engine.announce_cancellations(outcome.cancelled_run_ids)
         self.engine.notify()
         raise _Stop()

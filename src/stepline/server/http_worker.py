@@ -65,7 +65,7 @@ class HttpWorker(Worker):
         if not open_apps:
             return [], 0
         room = min(free, *(self._per_app_limit - busy[o] for o in open_apps))
-        return [fid for fid, o in self._origin.items() if o in open_apps], room
+        return [fid for fid, o in self._origin.items() if o in open_apps and fid not in self.engine.paused], room
 
     def _function_specs(self) -> list[FunctionSpec]:
         return [f.spec for f in self.functions.values() if isinstance(f, HttpFunction)]

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from stepline.core.engine import PAUSED_REASON
 from stepline.core.events import StoredEvent
 from stepline.core.expressions import Bindings, Expression, ExpressionError
 from stepline.core.function import FunctionSpec
@@ -15,6 +16,7 @@ from stepline.core.ids import new_ulid
 from stepline.server.state import ServerState
 from stepline.storage.base import Store
 from stepline.storage.records import CancellationRecord, RunFilter, RunRecord
+from stepline.storage.states import IdleReason
 
 log = logging.getLogger("stepline.server.rest")
 
@@ -24,14 +26,25 @@ LIVE = ("queued", "running")
 class AppIndex:
     """Which app a function id belongs to: the registry first, else the longest known app id it starts with."""
 
-    def __init__(self, specs: dict[str, FunctionSpec], app_ids: set[str]) -> None:
+    def __init__(self, specs: dict[str, FunctionSpec], app_ids: set[str], paused: frozenset[str] = frozenset()) -> None:
         self.specs = specs
         self.app_ids = sorted(app_ids | {s.app_id for s in specs.values()}, key=len, reverse=True)
+        self.paused = paused  # paused functions: their live runs wait with the reason "function paused"
 
     @classmethod
     async def load(cls, st: ServerState) -> AppIndex:
         specs = await st.engine.refresh_registry()
-        return cls(specs, {a.app_id for a in await st.engine.store.list_apps() if a.app_id})
+        return cls(specs, {a.app_id for a in await st.engine.store.list_apps() if a.app_id},
+                   await st.engine.refresh_paused())  # fmt: skip
+
+    def idle_reason(self, run: RunRecord, now: int) -> IdleReason | None:
+        """Why a run has no work running (None while it executes, or once it ended, unless it was skipped)."""
+        live = run.status in LIVE
+        if live and run.lease_owner is not None and (run.lease_expires_at or 0) > now:
+            return None
+        if live and run.function_id in self.paused:
+            return PAUSED_REASON
+        return run.idle_reason if live or run.status == "skipped" else None
 
     def of(self, function_id: str) -> str | None:
         spec = self.specs.get(function_id)
@@ -54,14 +67,17 @@ async def all_runs(st: ServerState, flt: RunFilter, page_size: int = 500) -> lis
         before = page[-1].id
 
 
-async def events_page(store: Store, name: str | None, limit: int, before: str | None) -> tuple[list[StoredEvent], bool]:
+async def events_page(store: Store, name: str | None, limit: int, before: str | None, *,
+                      include_internal: bool = False) -> tuple[list[StoredEvent], bool]:  # fmt: skip
     """A page of events (REST API and dashboard) and whether more come after it: the store ends a page early when
-    its events' data would pass a size budget, so a short page may still have more behind it."""
-    found = await store.list_events(name, limit + 1, before=before)
+    its events' data would pass a size budget, so a short page may still have more behind it. ``name``: an exact
+    name, or a pattern with ``*`` (``app/*``); the engine's own events only when asked for (or named)."""
+    found = await store.find_events(name, limit + 1, before, include_internal=include_internal)
     page = found[:limit]
     if len(found) > limit:
         return page, True
-    more = bool(page) and bool(await store.list_events(name, 1, before=page[-1].internal_id))
+    more = bool(page) and bool(await store.find_events(name, 1, page[-1].internal_id,
+                                                       include_internal=include_internal))  # fmt: skip
     return page, more
 
 

@@ -227,13 +227,11 @@ def event_out(ev: StoredEvent) -> EventOut:
 
 
 def _run_fields(run: RunRecord, apps: AppIndex, now: int) -> dict[str, Any]:
-    live = run.status in LIVE
-    executing = run.lease_owner is not None and (run.lease_expires_at or 0) > now
     return {
         "run_id": run.id, "function_id": run.function_id, "app_id": apps.of(run.function_id),
         "event_id": run.event_id, "batch": run.batch, "status": STATUS_NAMES.get(run.status, run.status),
         "output": run.output, "error": run.error, "attempt": run.attempt,
-        "idle_reason": run.idle_reason if (live and not executing) or run.status == "skipped" else None,
+        "idle_reason": apps.idle_reason(run, now),
         "parent_run_id": run.parent_run_id,
         "created_at": _iso(run.created_at), "created_at_ms": run.created_at,
         "started_at": iso(run.started_at), "started_at_ms": run.started_at,
@@ -271,9 +269,19 @@ async def list_events(request: Request) -> Response:
     limit = _limit(request, EVENTS_LIMIT)
     cursor = request.query_params.get("cursor") or None  # an id bound: the events listed before it
     name = request.query_params.get("name") or None
-    page, more = await events_page(st.engine.store, name, limit, cursor)
+    internal = _flag(request, "include_internal")
+    page, more = await events_page(st.engine.store, name, limit, cursor, include_internal=internal)
     next_cursor = page[-1].internal_id if more else None
     return _ok(EventPage(data=[event_out(e) for e in page], metadata=_meta(st), cursor=next_cursor))
+
+
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise HttpError(400, f"{name} must be true or false, got {raw[:40]!r}")
 
 
 async def get_event(request: Request) -> Response:
@@ -561,7 +569,11 @@ _WAIT_PARAM = Param(
 
 ENDPOINTS: Sequence[Endpoint] = (
     Endpoint("GET", "/v1/events", list_events, "Events, newest first", EventPage, (400,),
-             (Param("name", "query", "Only events with this name"), _limit_param(EVENTS_LIMIT), _CURSOR),
+             (Param("name", "query", "Only events with this name, or matching this pattern: * matches any characters "
+                    "(app/*, */user.created)"),
+              Param("include_internal", "query", "Also list the engine's own stepline/* and inngest/* events (listed "
+                    "anyway when name names them)", {"type": "boolean"}),
+              _limit_param(EVENTS_LIMIT), _CURSOR),
              tag="events"),
     Endpoint("GET", "/v1/events/{internal_id}", get_event, "One event", EventResponse, (404,), (_EVENT_ID,),
              tag="events"),
@@ -603,16 +615,24 @@ ENDPOINTS: Sequence[Endpoint] = (
 
 
 @functools.cache
+def all_endpoints() -> tuple[Endpoint, ...]:
+    """``ENDPOINTS`` and the actions of ``rest_actions`` (which uses this module's helpers, so is imported late)."""
+    from stepline.server import rest_actions
+
+    return (*ENDPOINTS, *rest_actions.ENDPOINTS)
+
+
+@functools.cache
 def document() -> dict[str, Any]:
-    """The OpenAPI document of ``ENDPOINTS`` (built once)."""
-    return openapi_document(ENDPOINTS)
+    """The OpenAPI document of every endpoint (built once)."""
+    return openapi_document(all_endpoints())
 
 
 def routes() -> list[BaseRoute]:
     """One route per path, whatever its methods: a request with another method gets 405 with an ``Allow`` that
     lists them all (one route per method would list only the first route's)."""
     by_path: dict[str, dict[str, Handler]] = {}
-    for ep in ENDPOINTS:
+    for ep in all_endpoints():
         by_path.setdefault(ep.path, {})[ep.method] = endpoint(ep.handler)
     return [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()]
 

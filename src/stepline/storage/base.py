@@ -19,6 +19,7 @@ from stepline.storage.records import (
     ClaimedRun,
     ClusterGauges,
     ClusterLease,
+    EventRun,
     ExpressionErrorRecord,
     FunctionRecord,
     IngestBatch,
@@ -263,6 +264,36 @@ class Store(abc.ABC):
         with this internal id (none if no event has it). At most ``limit`` events, and the page stops before the
         event whose data would take it past ``max_bytes`` (it holds at least one): what a page costs to read and
         serve stays bounded whatever the events hold."""
+
+    @abc.abstractmethod
+    async def find_events(self, pattern: str | None, limit: int, before: str | None = None, *,
+                          include_internal: bool = False,
+                          max_bytes: int = 8 * 1024 * 1024) -> list[StoredEvent]:  # fmt: skip
+        """As ``list_events``, for the events whose name matches ``pattern`` (``*`` matches any characters,
+        ``app/*``; None: any name), without the engine's own ``stepline/*`` and ``inngest/*`` events unless
+        ``include_internal`` or the pattern itself starts with one of those prefixes. Without a pattern (and with
+        a prefix pattern over dense names) the page is read from an index in event order; a pattern that matches
+        few events reads the events stored after the last of them."""
+
+    @abc.abstractmethod
+    async def runs_of_events(self, event_ids: list[str]) -> dict[str, list[EventRun]]:
+        """The runs each of these events started (by the event's internal id), oldest first, in one read."""
+
+    # --- paused functions (docs/state_machine.md) ---
+    @abc.abstractmethod
+    async def pause_function(self, function_id: str, now: int) -> bool:
+        """Pause a function for every node: its runs are still created but workers stop claiming them (and cron
+        stops firing it) until ``resume_function``. Kept apart from the registry, so re-registering the function
+        (an app re-sync) does not un-pause it. Returns False if it was paused already (its pause time is kept)."""
+
+    @abc.abstractmethod
+    async def resume_function(self, function_id: str, now: int) -> bool:
+        """Un-pause a function; its held runs are due and workers of every process are told (as for new work).
+        Returns False if it was not paused."""
+
+    @abc.abstractmethod
+    async def paused_functions(self) -> dict[str, int]:
+        """The paused functions with the time each was paused (unix ms)."""
 
     # --- apps (synced over HTTP by the server) ---
     @abc.abstractmethod

@@ -455,3 +455,20 @@ class RunSpan:
     seq: int  # order received, from 1
     received_at: int  # unix ms
     span: dict[str, Any]  # traceId, spanId, parentSpanId (hex), name, kind, times (ns), attributes, ...
+
+
+INTERNAL_EVENT_PREFIXES = ("stepline/", "inngest/")  # events the engine sends itself (finished runs, timers, audit)
+
+
+def is_internal_event(name: str) -> bool:
+    """Whether an event name (or a name pattern) is one of the engine's own: listed only when asked for."""
+    return name.startswith(INTERNAL_EVENT_PREFIXES)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRun:
+    """A run an event started, as the events list shows it."""
+
+    run_id: str
+    function_id: str
+    status: str

@@ -41,6 +41,7 @@ from stepline.storage.sql import Conn
 from stepline.storage.sql_apps import SqlAppsMixin
 from stepline.storage.sql_cron import SqlCronMixin
 from stepline.storage.sql_dashboard import SqlDashboardMixin
+from stepline.storage.sql_events import SqlEventsMixin
 from stepline.storage.sql_flow import SqlFlowMixin
 from stepline.storage.sql_logs import SqlLogsMixin
 from stepline.storage.sql_observability import SqlObservabilityMixin
@@ -92,6 +93,7 @@ class SqlStore(
     SqlFlowMixin,
     SqlAppsMixin,
     SqlDashboardMixin,
+    SqlEventsMixin,
     SqlCronMixin,
     SqlLogsMixin,
     SqlSecurityMixin,

@@ -11,8 +11,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from stepline.core import replay
 from stepline.core.errors import EventValidationError, UnknownFunctionError
 from stepline.core.rerun import RerunNotPossibleError, RunNotFoundError, StepNotFoundError, rerun
+from stepline.core.scheduler import NotACronFunction, run_cron_now
 from stepline.server import queries, sync
 from stepline.server.bodies import InvalidBody, parse_json
 from stepline.server.dashboard.auth import Session
@@ -164,6 +166,34 @@ async def invoke(dash: Dashboard, request: Request, session: Session, form: dict
     return redirect(_run_path(run_id), "Invoked.")
 
 
+async def pause(dash: Dashboard, request: Request, session: Session, form: dict[str, str]) -> Response:
+    function_id = request.path_params["function_id"]
+    resuming = request.url.path.endswith("/resume")
+    try:
+        if resuming:
+            changed = await dash.engine.resume_function(function_id)
+        else:
+            changed = await dash.engine.pause_function(function_id)
+    except UnknownFunctionError as exc:
+        raise ActionError(404, str(exc)) from None
+    await dash.record(request, session, "resume" if resuming else "pause", function_id=function_id, changed=changed)
+    note = ("Resumed: its held runs start in order." if resuming else "Paused: its runs wait until it is resumed.") \
+        if changed else ("It was not paused." if resuming else "It was paused already.")  # fmt: skip
+    return redirect(f"{PREFIX}/functions/{function_id}", note)
+
+
+async def run_cron(dash: Dashboard, request: Request, session: Session, form: dict[str, str]) -> Response:
+    function_id = request.path_params["function_id"]
+    try:
+        event_id, run_id = await run_cron_now(dash.engine, function_id)
+    except UnknownFunctionError as exc:
+        raise ActionError(404, str(exc)) from None
+    except NotACronFunction as exc:
+        raise ActionError(400, f"{exc}.") from None
+    await dash.record(request, session, "run_cron", function_id=function_id, event_id=event_id, run_id=run_id)
+    return redirect(_run_path(run_id), "Started now; the schedule is unchanged.")
+
+
 async def send_event(dash: Dashboard, request: Request, session: Session, form: dict[str, str]) -> Response:
     name = form.get("name", "").strip()
     event: dict[str, Any] = {"name": name, "data": _json_object(form.get("data", ""), "The event's data")}
@@ -178,6 +208,21 @@ async def send_event(dash: Dashboard, request: Request, session: Session, form: 
                       runs=result.created_run_ids)  # fmt: skip
     runs = len(result.created_run_ids)
     return redirect(f"{PREFIX}/events/{event_id}", f"Event sent; it started {runs} run{'s' if runs != 1 else ''}.")
+
+
+async def replay_event(dash: Dashboard, request: Request, session: Session, form: dict[str, str]) -> Response:
+    internal_id = request.path_params["internal_id"]
+    try:
+        out = await replay.replay_event(dash.engine, internal_id)
+    except replay.ReplayError as exc:
+        raise ActionError(exc.status, f"{exc}.") from None
+    await dash.record(request, session, "replay_event", event_id=internal_id, new_event_id=out.internal_id,
+                      runs=out.run_ids)  # fmt: skip
+    runs = len(out.run_ids)
+    return redirect(
+        f"{PREFIX}/events/{out.internal_id}",
+        f"Replayed event {internal_id}; the copy started {runs} run{'s' if runs != 1 else ''}.",
+    )
 
 
 async def sync_app(dash: Dashboard, request: Request, session: Session, form: dict[str, str]) -> Response:
@@ -206,8 +251,15 @@ async def remove_app(dash: Dashboard, request: Request, session: Session, form: 
 
 def describe_other(request: Request, form: dict[str, str]) -> str:
     path = request.url.path
+    if path.endswith(("/pause", "/resume")):
+        verb = "Pause" if path.endswith("/pause") else "Resume"
+        return f"{verb} {request.path_params['function_id']} on every node?"
+    if path.endswith("/run-cron"):
+        return f"Run {request.path_params['function_id']} now (its schedule stays as it is)?"
     if path.endswith("/invoke"):
         return f"Invoke {request.path_params['function_id']} with this payload?"
+    if path.endswith("/replay"):
+        return f"Send a copy of event {request.path_params['internal_id']} as a new event?"
     if path.endswith("/events/send"):
         return f"Send event {form.get('name', '')!r}?"
     if path.endswith("/apps/remove"):

@@ -21,7 +21,7 @@ from stepline.server.dashboard.core import MAX_LOGIN_FORM_BYTES, PREFIX, ActionE
 from stepline.server.dashboard.sse import sse_message
 from stepline.server.openapi import MAX_TIME_MS
 from stepline.server.state import state_of
-from stepline.storage.records import RunFilter, RunRecord
+from stepline.storage.records import RunFilter, RunRecord, is_internal_event
 
 PAGE_SIZE = (50, 200)  # (default, maximum) runs per page
 ID_TIME_MARGIN_MS = 60_000
@@ -116,7 +116,8 @@ class RunRow:
 async def run_rows(dash: Dashboard, request: Request, runs: list[RunRecord]) -> list[RunRow]:
     apps = await queries.AppIndex.load(state_of(request))
     now = dash.engine.clock.now_ms()
-    return [RunRow(r, apps.of(r.function_id), views.idle_text(views.idle_reason_shown(r, now), now)) for r in runs]
+    reasons = [apps.idle_reason(r, now) if r.status in views.LIVE else None for r in runs]
+    return [RunRow(r, apps.of(r.function_id), views.idle_text(why, now)) for r, why in zip(runs, reasons, strict=True)]
 
 
 def _limit(raw: str | None) -> int:
@@ -194,7 +195,7 @@ async def functions_page(dash: Dashboard, request: Request, session: Session) ->
     if app_filter:
         functions = [f for f in functions if f.app_id == app_filter]
     return dash.render(request, "functions.html", session, functions=functions, counts=await dash.function_counts(),
-                       app_filter=app_filter)  # fmt: skip
+                       app_filter=app_filter, paused=await dash.engine.refresh_paused())  # fmt: skip
 
 
 async def function_page(dash: Dashboard, request: Request, session: Session) -> Response:
@@ -207,18 +208,27 @@ async def function_page(dash: Dashboard, request: Request, session: Session) -> 
     errors = [e for e in await dash.engine.store.list_expression_errors() if e.function_id == function_id]
     return dash.render(request, "function.html", session, fn=record, counts=counts,
                        rows=await run_rows(dash, request, runs),
-                       problems=FunctionSpec.from_record(record).problems, expression_errors=errors)  # fmt: skip
+                       problems=FunctionSpec.from_record(record).problems, expression_errors=errors,
+                       paused=record.id in await dash.engine.refresh_paused(),
+                       has_cron=any("cron" in t for t in record.config.get("triggers") or []))  # fmt: skip
 
 
 async def events_page(dash: Dashboard, request: Request, session: Session) -> Response:
-    name = request.query_params.get("name", "").strip() or None
+    """Newest first, without the engine's own events unless asked for; ``name`` searches by prefix (``app/user``)
+    or by pattern (``*/user.created``): without a ``*`` it is taken as a prefix."""
+    name = request.query_params.get("name", "").strip()
+    internal = request.query_params.get("internal", "") in ("1", "on", "true")
     before = request.query_params.get("before") or None
     limit = _limit(request.query_params.get("limit"))
-    page_events, more = await queries.events_page(dash.engine.store, name, limit, before)
-    query = {k: v for k, v in (("name", name or ""),) if v}
+    pattern = (name if "*" in name else name + "*") if name else None
+    page_events, more = await queries.events_page(dash.engine.store, pattern, limit, before,
+                                                   include_internal=internal)  # fmt: skip
+    runs = await dash.engine.store.runs_of_events([e.internal_id for e in page_events])
+    query = {k: v for k, v in (("name", name), ("internal", "1" if internal else "")) if v}
     next_link = f"{PREFIX}/events?" + urllib.parse.urlencode({**query, "before": page_events[-1].internal_id}) \
         if more else ""  # fmt: skip
-    return dash.render(request, "events.html", session, events=page_events, name=name or "", next_link=next_link,
+    return dash.render(request, "events.html", session, events=page_events, name=name, internal=internal,
+                       runs=runs, next_link=next_link,
                        first_link=f"{PREFIX}/events?" + urllib.parse.urlencode(query) if before else "")  # fmt: skip
 
 
@@ -228,7 +238,8 @@ async def event_page(dash: Dashboard, request: Request, session: Session) -> Res
     if event is None:
         raise ActionError(404, f"Event {internal_id!r} not found.")
     runs = await queries.all_runs(state_of(request), RunFilter(event_id=internal_id))
-    return dash.render(request, "event.html", session, event=event, rows=await run_rows(dash, request, runs))
+    return dash.render(request, "event.html", session, event=event, rows=await run_rows(dash, request, runs),
+                       replayable=not is_internal_event(event.name))  # fmt: skip
 
 
 async def apps_page(dash: Dashboard, request: Request, session: Session) -> Response:

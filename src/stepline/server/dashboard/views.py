@@ -10,9 +10,10 @@ from typing import Any
 
 import jinja2
 
+from stepline.core.describe import cron_text, flow_words
 from stepline.storage.records import RunRecord, StepRecord
 from stepline.storage.states import LIVE as LIVE
-from stepline.storage.states import RUN_STATUSES, IdleReason, describe_idle, duration, utc
+from stepline.storage.states import RUN_STATUSES, describe_idle, duration, utc
 
 STATUSES = RUN_STATUSES
 MACROS = ("status", "when", "run_table", "action_form", "error_box")
@@ -34,12 +35,6 @@ def compact_json(value: Any, limit: int = 120) -> str:
 def idle_text(reason: Mapping[str, Any] | None, now: int) -> str:
     """Why a live run has no work running (the words the CLI prints too), with how far off its times are."""
     return describe_idle(reason, now)
-
-
-def idle_reason_shown(run: RunRecord, now: int) -> IdleReason | None:
-    """The run's idle reason when it is live and no worker is executing it (as the REST API shows it)."""
-    executing = run.lease_owner is not None and (run.lease_expires_at or 0) > now
-    return run.idle_reason if run.status in LIVE and not executing else None
 
 
 def app_of(function_id: str, apps: Mapping[str, str]) -> str | None:
@@ -72,31 +67,20 @@ def timeline(run: RunRecord, steps: list[StepRecord], now: int) -> list[Timeline
     return rows
 
 
-def triggers_text(config: Mapping[str, Any]) -> list[str]:
+def triggers_text(config: Mapping[str, Any], now: int) -> list[str]:
+    """Each trigger as a line: the event (with its condition), or the cron schedule in words with its next times."""
     out = []
     for t in config.get("triggers") or []:
         if not isinstance(t, Mapping):
             continue
         if "cron" in t:
-            out.append(f"cron {t['cron']}")
+            jitter = f" (each run up to {t['jitter']} later)" if t.get("jitter") else ""
+            out.append(cron_text(str(t["cron"]), now) + jitter)
         elif t.get("expression"):
             out.append(f"{t.get('event')} if {t['expression']}")
         else:
             out.append(str(t.get("event")))
     return out
-
-
-def flow_text(config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Flow-control settings (``flow`` in the function's config), one ``(name, value)`` per setting."""
-    flow = config.get("flow")
-    if not isinstance(flow, Mapping):
-        return []
-    rows = []
-    for key, value in flow.items():
-        if value in (None, [], {}):
-            continue
-        rows.append((str(key), value if isinstance(value, str) else compact_json(value, 200)))
-    return rows
 
 
 def environment() -> jinja2.Environment:
@@ -108,7 +92,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(utc=utc, duration=duration, pretty_json=pretty_json, compact_json=compact_json)
-    env.globals.update(idle_text=idle_text, triggers_text=triggers_text, flow_text=flow_text)
+    env.globals.update(idle_text=idle_text, triggers_text=triggers_text, flow_words=flow_words)
     macros = env.get_template("_macros.html").module  # globals, so a page's live block renders on its own too
     env.globals.update({name: getattr(macros, name) for name in MACROS})
     return env
