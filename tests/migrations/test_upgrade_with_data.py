@@ -76,6 +76,9 @@ SEEDS: dict[int, list[tuple[str, dict[str, Any]]]] = {
                                "payload": json.dumps({"data": "packed"}), "created_at": T0}),
         ("realtime_keys", {"name": "tokens", "secret": "s" * 64, "created_at": T0}),
     ],
+    12: [
+        ("function_pauses", {"function_id": "app-fn", "paused_at": T0}),
+    ],
 }  # fmt: skip
 
 
@@ -126,6 +129,7 @@ async def _check_readable(store: Store) -> None:
         "orders", "status", "data", {"data": "packed"},
     )  # fmt: skip
     assert await store.realtime_secret("tokens", T0) == "s" * 64
+    assert await store.paused_functions() == {"app-fn": T0}
 
 
 def _seed(db: MigrationDb, version: int) -> None:

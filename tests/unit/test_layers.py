@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "client": {"core", "storage", "realtime"},
     "serving": {"stepline", "client", "core", "protocol", "realtime"},  # the SDK side of the protocol
     "server": {"core", "storage", "observability", "protocol", "realtime"},
+    "testing": {"core", "realtime", "serving"},  # stepline.testing: users' own tests, on the public core
     "cli": {"stepline", "client", "core", "storage", "observability", "server"},
     "stepline": {"client", "core", "storage", "realtime", "serving"},
 }

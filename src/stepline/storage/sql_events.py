@@ -7,8 +7,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from stepline.core.events import StoredEvent
-from stepline.storage.records import EventRun, is_internal_event
+from stepline.storage.records import EventRun, StoredEvent, is_internal_event
 from stepline.storage.sql import backend_queries
 
 if TYPE_CHECKING:
