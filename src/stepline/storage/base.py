@@ -15,8 +15,10 @@ from stepline.core.events import StoredEvent
 from stepline.storage.records import (
     RUN_LOG_LIMIT,
     RUN_SPAN_LIMIT,
+    STEP_ATTEMPT_LIMIT,
     AppRecord,
     CancellationRecord,
+    ChildRun,
     ClaimedRun,
     ClusterGauges,
     ClusterLease,
@@ -35,6 +37,7 @@ from stepline.storage.records import (
     RunLogs,
     RunRecord,
     RunSpan,
+    StepAttempt,
     StepRecord,
     StepUpdate,
     WaitMatcher,
@@ -220,6 +223,14 @@ class Store(abc.ABC):
     async def list_run_logs(self, run_id: str, limit: int = RUN_LOG_LIMIT + 1) -> list[RunLogLine]:
         """The first ``limit`` log lines of a run in the order they were emitted (with ``seq``). Lines are written
         by the run's own writes, at most ``RUN_LOG_LIMIT`` of them, then one line counting the dropped records."""
+
+    @abc.abstractmethod
+    async def list_step_attempts(self, run_id: str, limit: int = STEP_ATTEMPT_LIMIT) -> list[StepAttempt]:
+        """The attempts of the run's steps that were attempted more than once, by step id then attempt."""
+
+    @abc.abstractmethod
+    async def list_child_runs(self, run_id: str, limit: int = 200) -> list[ChildRun]:
+        """The runs the run invoked (``step.invoke``), oldest first."""
 
     @abc.abstractmethod
     async def get_event(self, internal_id: str) -> StoredEvent | None: ...

@@ -223,6 +223,9 @@ class StepUpdate:
     emit: IngestBatch | None = None  # for step.send_event: events stored with the memo, atomically
     logs: RunLogs | None = None  # the run's log lines captured before this write, stored with it
     race: str | None = None  # the race the step was started in (kept once set)
+    # When the attempt this update reports started (unix ms; None: when it is written). A new step's started_at,
+    # and the start of the attempt's row in ``step_attempts`` (steps attempted more than once).
+    started_at: int | None = None
 
 
 class SignalConflict(Exception):
@@ -374,3 +377,27 @@ class RunSpan:
     seq: int  # order received, from 1
     received_at: int  # unix ms
     span: dict[str, Any]  # traceId, spanId, parentSpanId (hex), name, kind, times (ns), attributes, ...
+
+
+STEP_ATTEMPT_LIMIT = 2000  # attempts listed per run (the run page's timeline)
+
+
+@dataclass(frozen=True, slots=True)
+class StepAttempt:
+    """One attempt of a step attempted more than once (``step_attempts``; a step that ran once is its own row)."""
+
+    step_id: str
+    attempt: int  # from 1
+    status: str  # "failed" or "completed"
+    started_at: int  # unix ms
+    ended_at: int
+    error: dict[str, Any] | None
+    retry_at: int | None  # failed with attempts left: when the next attempt was due
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRun:
+    """A run that a run's invoke step started (``step.invoke``)."""
+
+    run_id: str
+    parent_step_id: str | None

@@ -37,6 +37,7 @@ from stepline.storage.records import (
     WriteOutcome,
 )
 from stepline.storage.sql_apps import SqlAppsMixin
+from stepline.storage.sql_attempts import SqlAttemptsMixin, records_attempt
 from stepline.storage.sql_cron import SqlCronMixin
 from stepline.storage.sql_dashboard import SqlDashboardMixin
 from stepline.storage.sql_flow import SqlFlowMixin
@@ -100,6 +101,7 @@ class SqlStore(
     SqlSecurityMixin,
     SqlObservabilityMixin,
     SqlRealtimeMixin,
+    SqlAttemptsMixin,
     Store,
 ):
     """The ``Store`` methods, written once for every SQL backend (apps, reruns, cancellations: ``SqlAppsMixin``)."""
@@ -416,12 +418,14 @@ class SqlStore(
             {"run_id": run_id, "step_id": u.step_id, "display_id": u.display_id, "kind": u.kind,
              "status": u.status, "attempts": u.attempts, "output": _j(u.output) if memo else None,
              "error": _j(u.error), "wake_at": u.wake_at, "now": now, "ended_at": now if memo else None,
-             "race": u.race},
+             "race": u.race, "started": now if u.started_at is None else min(u.started_at, now)},
         ).fetchone()  # fmt: skip
         if row is None:  # a result was already recorded (first write wins): report that one
             return _step(
                 conn.execute(self.Q["select_step"], {"run_id": run_id, "step_id": u.step_id}).fetchone()
             ), False
+        if records_attempt(u):
+            self._insert_attempt(conn, run_id, u, now)
         if memo and u.kind in ("wait_for_event", "wait_for_signal"):
             conn.execute(self.Q["delete_step_wait"], {"run_id": run_id, "step_id": u.step_id})
         return _step(row), True
@@ -782,6 +786,7 @@ class SqlStore(
         conn.execute(self.Q["delete_run_waits_of_runs"], {"ids": encoded})
         conn.execute(self.Q["delete_run_logs_of_runs"], {"ids": encoded})
         self._delete_run_spans(conn, encoded)
+        self._delete_attempts(conn, encoded)
         runs = conn.execute(self.Q["delete_runs"], {"ids": encoded}).rowcount
         return int(runs), int(steps)
 

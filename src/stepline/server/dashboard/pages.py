@@ -15,16 +15,17 @@ from stepline.core.clock import SystemClock, to_ms
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import ulid_from
 from stepline.server import rest_api
-from stepline.server.dashboard import views
+from stepline.server.dashboard import timeline, views
 from stepline.server.dashboard.auth import COOKIE, SESSION_SECONDS, Session, client_address, is_https
 from stepline.server.dashboard.core import MAX_LOGIN_FORM_BYTES, PREFIX, ActionError, Dashboard, read_form
 from stepline.server.dashboard.sse import sse_message
 from stepline.server.openapi import MAX_TIME_MS
 from stepline.server.state import state_of
-from stepline.storage.records import RunFilter, RunRecord
+from stepline.storage.records import ChildRun, RunFilter, RunRecord, StepRecord
 
 PAGE_SIZE = (50, 200)  # (default, maximum) runs per page
 ID_TIME_MARGIN_MS = 60_000
+CHILDREN_SHOWN, CHILD_STEPS_SHOWN = 10, 20  # invoked runs shown expanded on a run's page, and their steps
 RANGES = {"1h": 3600_000, "24h": 24 * 3600_000, "7d": 7 * 24 * 3600_000, "30d": 30 * 24 * 3600_000}
 
 
@@ -175,17 +176,38 @@ async def run_page(dash: Dashboard, request: Request, session: Session) -> Respo
     steps = await store.list_steps(run.id)
     event = await store.get_event(run.event_id)
     batch = [e for e in [await store.get_event(i) for i in (run.batch or [])[1:]] if e is not None]
-    children = await store.list_runs(RunFilter(event_id=run.event_id, limit=20)) if event else []
+    same_event = await store.list_runs(RunFilter(event_id=run.event_id, limit=20)) if event else []
     [row] = await run_rows(dash, request, [run])
     spec = await dash.engine.find_function(run.function_id)
     logs_captured = spec is None or spec.captures_logs  # HTTP apps log in their own process
     logs = await store.list_run_logs(run.id) if logs_captured else []
-    spans = views.userland_spans(await store.list_run_spans(run.id))
-    return dash.render(request, "run.html", session, row=row, run=run, steps=views.timeline(run, steps, now),
-                       event=event, batch=batch, siblings=[r for r in children if r.id != run.id],
+    raw_spans = await store.list_run_spans(run.id)
+    children = await store.list_child_runs(run.id)
+    tl = timeline.build(run, steps, await store.list_step_attempts(run.id), raw_spans, children, now)
+    invoked = await _invoked(dash, children[:CHILDREN_SHOWN])
+    return dash.render(request, "run.html", session, row=row, run=run, tl=tl, invoked=invoked,
+                       waited=timeline.waited_text(run, row.run.idle_reason if row.idle else None, now),
+                       event=event, batch=batch, siblings=[r for r in same_event if r.id != run.id],
                        idle=row.idle, function=spec, live=run.status in views.LIVE, logs=logs,
                        logs_captured=logs_captured, step_names={s.step_id: s.display_id for s in steps},
-                       spans=spans)  # fmt: skip
+                       spans=views.userland_spans(raw_spans))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Invoked:
+    """A run an invoke step started, shown expanded under the step."""
+
+    run: RunRecord
+    steps: list[StepRecord]
+
+
+async def _invoked(dash: Dashboard, children: list[ChildRun]) -> dict[str, Invoked]:
+    out = {}
+    for c in children:
+        child = await dash.engine.store.get_run(c.run_id)
+        if child is not None:
+            out[c.run_id] = Invoked(child, (await dash.engine.store.list_steps(c.run_id))[:CHILD_STEPS_SHOWN])
+    return out
 
 
 async def functions_page(dash: Dashboard, request: Request, session: Session) -> Response:

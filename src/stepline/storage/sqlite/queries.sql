@@ -140,7 +140,7 @@ FROM steps WHERE run_id = :run_id AND step_id = :step_id
 -- name: upsert_step
 INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
                    ended_at, seq, race)
-VALUES (:run_id, :step_id, :display_id, :kind, :status, :attempts, :output, :error, :wake_at, :now,
+VALUES (:run_id, :step_id, :display_id, :kind, :status, :attempts, :output, :error, :wake_at, :started,
         :ended_at, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = :run_id), :race)
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
