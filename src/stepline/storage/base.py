@@ -37,6 +37,7 @@ from stepline.storage.records import (
     RunLogs,
     RunRecord,
     RunSpan,
+    RunStatsRow,
     StepAttempt,
     StepRecord,
     StepUpdate,
@@ -227,6 +228,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_step_attempts(self, run_id: str, limit: int = STEP_ATTEMPT_LIMIT) -> list[StepAttempt]:
         """The attempts of the run's steps that were attempted more than once, by step id then attempt."""
+
+    @abc.abstractmethod
+    async def run_stats(self, res: int, since: int, function_id: str | None = None) -> list[RunStatsRow]:
+        """The dashboard's chart data: per period of ``res`` ms (60000 or 3600000) from the period holding ``since``,
+        oldest first (periods without runs are absent), for every function or for one."""
 
     @abc.abstractmethod
     async def list_child_runs(self, run_id: str, limit: int = 200) -> list[ChildRun]:

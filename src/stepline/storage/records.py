@@ -401,3 +401,17 @@ class ChildRun:
 
     run_id: str
     parent_step_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatsRow:
+    """One period of ``Store.run_stats`` (summed over functions, or of one): counts and histograms (see
+    ``storage/sql_stats.py`` for the buckets)."""
+
+    at: int  # the period's start, unix ms
+    started: int
+    completed: int
+    failed: int
+    cancelled: int
+    durations: tuple[int, ...]  # runs ended in the period, by duration bucket (first claim to end)
+    lags: tuple[int, ...]  # runs started in the period, by due-to-start lag bucket

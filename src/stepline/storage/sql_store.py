@@ -45,6 +45,7 @@ from stepline.storage.sql_logs import SqlLogsMixin
 from stepline.storage.sql_observability import SqlObservabilityMixin
 from stepline.storage.sql_realtime import SqlRealtimeMixin
 from stepline.storage.sql_security import SqlSecurityMixin
+from stepline.storage.sql_stats import SqlStatsMixin, StatsBatch
 from stepline.storage.writer import GroupCommitWriter, MergeableOp
 
 T = TypeVar("T")
@@ -102,6 +103,7 @@ class SqlStore(
     SqlObservabilityMixin,
     SqlRealtimeMixin,
     SqlAttemptsMixin,
+    SqlStatsMixin,
     Store,
 ):
     """The ``Store`` methods, written once for every SQL backend (apps, reruns, cancellations: ``SqlAppsMixin``)."""
@@ -288,7 +290,8 @@ class SqlStore(
         result.failed_run_ids.append(run.id)
         finish = RunFinish("failed", error=run.failure, may_have_waits=False,
                            follow_up=run.follow_up or IngestBatch([], []))  # fmt: skip
-        self._after_end(conn, run.id, (run.parent_run_id, run.parent_step_id, None), finish, matcher, now, None)
+        self._after_end(conn, run.id, (run.parent_run_id, run.parent_step_id, None, run.function_id), finish, matcher,
+                        now, None)  # fmt: skip
 
     def _match_waits(self, conn: Any, ev: StoredEvent, matcher: WaitMatcher, now: int, result: IngestResult) -> None:
         rows = conn.execute(self.Q["waits_for_event"], {"event_name": ev.name, "now": now}).fetchall()
@@ -360,6 +363,11 @@ class SqlStore(
             if not rows:
                 return []
             runs = [_run(r) for r in rows]
+            stats = StatsBatch()
+            for r in runs:
+                if r.started_at == now and r.attempt == 0:  # the claim that started it (as metrics count it)
+                    stats.started(r.function_id, now - (r.due_at if r.due_at is not None else r.created_at), now)
+            self._add_stats(conn, stats)
             event_ids = {r.event_id for r in runs}
             for r in runs:
                 event_ids.update(r.batch or ())
@@ -704,7 +712,10 @@ class SqlStore(
         self._insert_run_logs(conn, run_id, finish.logs, now)
         if finish.may_have_waits:
             conn.execute(self.Q["delete_run_waits"], {"run_id": run_id})
-        parent_run_id, parent_step_id, _, *keys = row
+        parent_run_id, parent_step_id, started_at, function_id, *keys = row
+        stats = StatsBatch()
+        stats.ended(function_id, finish.status, started_at, now)
+        self._add_stats(conn, stats)
         self._free_slots(conn, tuple(keys), now)
         if parent_run_id is not None:
             result = finish.output if finish.status == "completed" else None  # the invoked function's output
@@ -772,6 +783,7 @@ class SqlStore(
                 break
         while await self.writer.run(functools.partial(self._prune_flow, now=now, limit=batch_size)) >= batch_size:
             pass  # stale throttle/rate-limit buckets and closed debounce/batch entries
+        await self.writer.run(functools.partial(self._prune_stats, now=now))
         return result
 
     def _delete_count(self, query: str, params: dict[str, Any], conn: Any) -> int:

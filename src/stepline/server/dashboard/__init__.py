@@ -55,6 +55,7 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         Route("/functions", page(dash, pages.functions_page), methods=["GET"]),
         Route("/functions/{function_id}", page(dash, pages.function_page), methods=["GET"]),
         Route("/functions/{function_id}/invoke", action(dash, actions.invoke, other), methods=["POST"]),
+        Route("/charts", page(dash, pages.charts_page), methods=["GET"]),
         Route("/events", page(dash, pages.events_page), methods=["GET"]),
         Route("/events/send", action(dash, actions.send_event, other), methods=["POST"]),
         Route("/events/{internal_id}", page(dash, pages.event_page), methods=["GET"]),

@@ -15,7 +15,7 @@ from stepline.core.clock import SystemClock, to_ms
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import ulid_from
 from stepline.server import rest_api
-from stepline.server.dashboard import timeline, views
+from stepline.server.dashboard import charts, timeline, views
 from stepline.server.dashboard.auth import COOKIE, SESSION_SECONDS, Session, client_address, is_https
 from stepline.server.dashboard.core import MAX_LOGIN_FORM_BYTES, PREFIX, ActionError, Dashboard, read_form
 from stepline.server.dashboard.sse import sse_message
@@ -230,6 +230,26 @@ async def function_page(dash: Dashboard, request: Request, session: Session) -> 
     return dash.render(request, "function.html", session, fn=record, counts=counts,
                        rows=await run_rows(dash, request, runs),
                        problems=FunctionSpec.from_record(record).problems, expression_errors=errors)  # fmt: skip
+
+
+async def charts_page(dash: Dashboard, request: Request, session: Session) -> Response:
+    """Runs per minute, duration and due-to-start lag percentiles, backlog: overall or of one function."""
+    store = dash.engine.store
+    rng = request.query_params.get("range", "1h")
+    if rng not in charts.RANGES:
+        raise ActionError(400, f"unknown range {rng!r}: one of {', '.join(charts.RANGES)}")
+    function_id = request.query_params.get("function_id", "").strip()
+    functions = await store.list_functions()
+    if function_id and function_id not in {f.id for f in functions}:
+        raise ActionError(404, f"No registered function has the id {function_id!r}.")
+    now = dash.engine.clock.now_ms()
+    span, res = charts.RANGES[rng]
+    rows = await store.run_stats(res, now - span, function_id or None)
+    gauges = await store.cluster_gauges(now)
+    backlog = [(f, n, now - oldest) for f, n, oldest in gauges.backlog if not function_id or f == function_id]
+    return dash.render(request, "charts.html", session, charts=charts.build(rows, rng, now), range=rng,
+                       ranges=list(charts.RANGES), function_id=function_id, functions=functions,
+                       backlog=sorted(backlog, key=lambda b: -b[1]))  # fmt: skip
 
 
 async def events_page(dash: Dashboard, request: Request, session: Session) -> Response:

@@ -224,7 +224,7 @@ UPDATE runs SET status = %(status)s, output = %(output)s::json, error = %(error)
                 idle_reason = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(run_id)s AND status IN ('queued', 'running')
   AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
-RETURNING parent_run_id, parent_step_id, started_at, ckey1, ckey2
+RETURNING parent_run_id, parent_step_id, started_at, function_id, ckey1, ckey2
 
 -- name: finish_runs
 -- finish_run for many runs at once (distinct ids); returns the id of each run it ended, then finish_run's columns.
@@ -233,7 +233,7 @@ UPDATE runs SET status = f.status, output = f.output::json, error = f.error::jso
 FROM unnest(%(id)s::text[], %(status)s::text[], %(output)s::text[], %(error)s::text[], %(now)s::bigint[],
             %(owner)s::text[]) AS f(id, status, output, error, now, owner)
 WHERE runs.id = f.id AND runs.status IN ('queued', 'running') AND (f.owner IS NULL OR runs.lease_owner = f.owner)
-RETURNING runs.id, parent_run_id, parent_step_id, started_at, ckey1, ckey2
+RETURNING runs.id, parent_run_id, parent_step_id, started_at, function_id, ckey1, ckey2
 
 -- name: insert_end_steps
 -- Completed or failed results of ended runs' last steps (one per run); returns the ones written (first write wins).

@@ -174,7 +174,7 @@ RETURNING ckey1, ckey2
 UPDATE runs SET status = :status, output = :output, error = :error, ended_at = :now, due_at = NULL,
                 idle_reason = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = :run_id AND status IN ('queued', 'running') AND (:owner IS NULL OR lease_owner = :owner)
-RETURNING parent_run_id, parent_step_id, started_at, ckey1, ckey2
+RETURNING parent_run_id, parent_step_id, started_at, function_id, ckey1, ckey2
 
 -- name: select_run
 SELECT id, function_id, event_id, status, attempt, idle_reason, output, error, created_at, started_at,
