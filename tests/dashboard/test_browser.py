@@ -184,3 +184,29 @@ def test_the_timeline_shows_one_bar_per_attempt_in_order_with_its_error(dev: Ser
     assert sleep.bounding_box()["x"] >= lefts[2]  # type: ignore[index]
     page.locator("#step-output-3 summary").click()  # fetch-rates' output, with a copy button
     expect(page.locator("#step-output-3 button.copy")).to_be_visible()
+
+
+def _chart_total(page: Page, chart: str, series: str) -> float:
+    value = page.locator(f'#chart-{chart} li[data-series="{series}"] .total').get_attribute("data-total")
+    return float(value or "nan")
+
+
+def test_a_charts_values_match_the_store_after_a_known_workload(dev: Server, page: Page) -> None:
+    for i in range(3):
+        dev.trigger("dash/greet", {"name": f"chart{i}"})
+    for i in range(2):
+        dev.trigger("dash/checkout", {"key": f"chart{i}"})  # the first run of a key fails
+    page.goto(f"{dev.url}/dashboard/charts")
+    page.select_option("#c-function", "dash-greet")
+    page.locator("#range-24h").click()
+    page.wait_for_url(re.compile(r"function_id=dash-greet.*range=24h|range=24h.*function_id=dash-greet"))
+    expect(page.locator("#chart-runs svg polyline.c-completed")).to_have_count(1)
+    for function, status, series in (("dash-greet", "Completed", "completed"), ("dash-checkout", "Failed", "failed")):
+        runs = dev.rest(f"/v1/runs?function_id={function}&limit=200")
+        assert len(runs) < 200
+        page.goto(f"{dev.url}/dashboard/charts?function_id={function}&range=1h")
+        in_store = sum(r["status"] == status for r in runs)
+        assert in_store >= (3 if status == "Completed" else 2)
+        assert _chart_total(page, "runs", series) == in_store
+        assert _chart_total(page, "runs", "started") == len(runs)
+    assert page.locator('#chart-duration li[data-series="p99"] .total').get_attribute("data-total")  # not empty
