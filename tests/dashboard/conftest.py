@@ -16,7 +16,7 @@ from stepline.server.app import create_app
 from stepline.server.config import ServerConfig
 
 from ..integration.helpers import drain
-from .dash_app import _seen, define
+from .dash_app import _seen, _tries, define
 
 ADMIN_TOKEN = "let-me-in-" + "x" * 20
 _CSRF = re.compile(r'<meta name="csrf-token" content="([^"]*)">')
@@ -66,6 +66,7 @@ MakeDash = Callable[..., Awaitable[Dash]]
 async def make_dash(client: Stepline, clock: FakeClock) -> AsyncIterator[MakeDash]:
     """``await make_dash(**config)``: the dashboard of ``client``'s engine (dev mode unless told otherwise)."""
     _seen.clear()
+    _tries.clear()
     define(client)
     await client.ready()
     async with contextlib.AsyncExitStack() as stack:

@@ -159,3 +159,54 @@ def test_start_mode_needs_a_login_and_logs_out(tmp_path: Path, page: Page) -> No
         assert page.request.get(f"{server.url}/dashboard/stream").status == 401
     finally:
         server.stop()
+
+
+def test_the_timeline_shows_one_bar_per_attempt_in_order_with_its_error(dev: Server, page: Page) -> None:
+    run_id = dev.trigger("dash/rates", {"key": "browser"})["run_id"]
+    page.goto(f"{dev.url}/dashboard/runs/{run_id}")
+    expect(page.locator("#run-status .status")).to_have_text("completed")
+    lane = page.locator('li.step[data-step="fetch-rates"]')
+    bars = lane.locator(".track .bar.b-attempt")
+    expect(bars).to_have_count(3)
+    assert [bars.nth(i).get_attribute("data-attempt") for i in range(3)] == ["1", "2", "3"]
+    assert ["bs-failed" in (bars.nth(i).get_attribute("class") or "") for i in range(3)] == [True, True, False]
+    lefts = [bars.nth(i).bounding_box()["x"] for i in range(3)]  # type: ignore[index]
+    assert lefts[0] < lefts[1] < lefts[2], f"the attempts are drawn in time order: {lefts}"
+    expect(lane.locator(".track .bar.b-backoff")).to_have_count(2)
+    attempts = lane.locator("li.attempt")
+    expect(attempts).to_have_count(3)
+    expect(attempts.nth(0).locator(".error-box")).to_contain_text("rate service busy (try 1) for browser")
+    expect(attempts.nth(1).locator(".error-box")).to_contain_text("rate service busy (try 2) for browser")
+    expect(attempts.nth(2).locator(".attempt-status")).to_have_text("completed")
+    expect(attempts.nth(2).locator(".error-box")).to_have_count(0)
+    assert "attempt 1 (failed)" in (bars.nth(0).get_attribute("title") or "")
+    sleep = page.locator('li.step[data-step="cool-down"] .track .bar.b-sleep')
+    assert sleep.bounding_box()["x"] >= lefts[2]  # type: ignore[index]
+    page.locator("#step-output-3 summary").click()  # fetch-rates' output, with a copy button
+    expect(page.locator("#step-output-3 button.copy")).to_be_visible()
+
+
+def _chart_total(page: Page, chart: str, series: str) -> float:
+    value = page.locator(f'#chart-{chart} li[data-series="{series}"] .total').get_attribute("data-total")
+    return float(value or "nan")
+
+
+def test_a_charts_values_match_the_store_after_a_known_workload(dev: Server, page: Page) -> None:
+    for i in range(3):
+        dev.trigger("dash/greet", {"name": f"chart{i}"})
+    for i in range(2):
+        dev.trigger("dash/checkout", {"key": f"chart{i}"})  # the first run of a key fails
+    page.goto(f"{dev.url}/dashboard/charts")
+    page.select_option("#c-function", "dash-greet")
+    page.locator("#range-24h").click()
+    page.wait_for_url(re.compile(r"function_id=dash-greet.*range=24h|range=24h.*function_id=dash-greet"))
+    expect(page.locator("#chart-runs svg polyline.c-completed")).to_have_count(1)
+    for function, status, series in (("dash-greet", "Completed", "completed"), ("dash-checkout", "Failed", "failed")):
+        runs = dev.rest(f"/v1/runs?function_id={function}&limit=200")
+        assert len(runs) < 200
+        page.goto(f"{dev.url}/dashboard/charts?function_id={function}&range=1h")
+        in_store = sum(r["status"] == status for r in runs)
+        assert in_store >= (3 if status == "Completed" else 2)
+        assert _chart_total(page, "runs", series) == in_store
+        assert _chart_total(page, "runs", "started") == len(runs)
+    assert page.locator('#chart-duration li[data-series="p99"] .total').get_attribute("data-total")  # not empty

@@ -86,10 +86,10 @@ async def test_run_page_shows_the_timeline_errors_with_stacks_and_the_trigger_ev
     failed = await dash.run_of(await dash.send("dash/checkout", {"key": "c"}))
     page = await dash.page(f"/dashboard/runs/{failed}")
     assert re.search(r'data-step="load-cart".*?s-completed', page, re.S)
-    charge = re.search(r'<li class="step st-failed" data-step="charge">.*?</li>', page, re.S)
+    charge = re.search(r'<li class="step lane st-failed" data-step="charge".*?<h2>Logs', page, re.S)
     assert charge and "RuntimeError" in charge.group(0) and "card declined for c" in charge.group(0)
     assert "Traceback" in charge.group(0)  # the stack
-    assert "1 attempt" in charge.group(0)
+    assert 'class="attempt a-failed" data-attempt="1"' in charge.group(0)
     assert 'name="from_step_name" value="charge"' in page
     assert "&#34;key&#34;: &#34;c&#34;" in page  # the trigger event's payload
     assert 'id="run-logs-none"' in page  # this function logs nothing (tests/dashboard/test_run_logs.py)

@@ -79,6 +79,13 @@ SEEDS: dict[int, list[tuple[str, dict[str, Any]]]] = {
     12: [
         ("function_pauses", {"function_id": "app-fn", "paused_at": T0}),
     ],
+    13: [
+        ("step_attempts", {"run_id": RUN["id"], "step_id": "s-ship", "attempt": 1, "status": "failed",
+                           "started_at": T0, "ended_at": T0 + 1, "error": json.dumps({"message": "no stock"}),
+                           "retry_at": T0 + 5}),
+        ("run_stats", {"res": 60000, "at": T0 - T0 % 60000, "function_id": "app-fn", "shard": 0, "started": 2,
+                       "completed": 1, "failed": 1, "d3": 2, "l1": 2}),
+    ],
 }  # fmt: skip
 
 
@@ -130,6 +137,12 @@ async def _check_readable(store: Store) -> None:
     )  # fmt: skip
     assert await store.realtime_secret("tokens", T0) == "s" * 64
     assert await store.paused_functions() == {"app-fn": T0}
+    [attempt] = await store.list_step_attempts(RUN["id"])
+    assert (attempt.step_id, attempt.attempt, attempt.status, attempt.error, attempt.retry_at) == (
+        "s-ship", 1, "failed", {"message": "no stock"}, T0 + 5,
+    )  # fmt: skip
+    [stats] = await store.run_stats(60000, T0 - 60000, "app-fn")
+    assert (stats.started, stats.completed, stats.failed, stats.durations[3], stats.lags[1]) == (2, 1, 1, 2, 2)
 
 
 def _seed(db: MigrationDb, version: int) -> None:

@@ -127,6 +127,13 @@ async def test_a_function_error_in_a_targeted_call_retries_that_step_and_keeps_t
     run = await s.run(run.id)
     assert (run.status, run.output) == ("completed", "joined"), run
     assert attempts(app, "par", "a") == [0, 1]
+    # the run page's timeline: each attempt of "a" with its outcome, the failed one's error and backoff
+    tries = await s.store.list_step_attempts(run.id)
+    assert [(t.step_id, t.attempt, t.status) for t in tries] == [(hash_step_id("a"), 1, "failed"),
+                                                                 (hash_step_id("a"), 2, "completed")]  # fmt: skip
+    assert tries[0].error is not None and tries[0].error["message"] == "a's call failed"
+    assert tries[0].retry_at is not None and tries[0].ended_at < tries[0].retry_at
+    assert tries[0].ended_at < tries[1].started_at <= tries[1].ended_at  # (the call's own time is real time)
     assert attempts(app, "par", "b") == [0]
 
 

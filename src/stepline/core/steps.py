@@ -112,6 +112,7 @@ class Execute:
     attempt: int
     started: float = 0.0  # time.perf_counter() when it was planned (step metrics)
     span_id: int = 0  # the attempt's span when the run is traced
+    started_at: int | None = None  # the engine's clock (ms) when it was planned: the attempt's start
 
 
 class StepDriver:
@@ -318,7 +319,8 @@ class StepDriver:
         self._inflight += 1
         self._idle.clear()
         span = 0 if self.trace is None else new_span_id()
-        return Execute(display_id, step_id, rec.attempts if rec is not None else 0, time.perf_counter(), span)
+        return Execute(display_id, step_id, rec.attempts if rec is not None else 0, time.perf_counter(), span,
+                       self._now())  # fmt: skip
 
     def enter(self, plan: Execute) -> tuple[Any, Any]:
         """The step's code starts (in the thread or task that runs it): its log records belong to the step, and with
@@ -354,7 +356,8 @@ class StepDriver:
             if error is None:
                 if hooks.current is not None or self.trace is not None:  # (nothing to report otherwise)
                     self._attempted(plan, "completed")
-                update = StepUpdate(plan.step_id, plan.display_id, "run", "completed", plan.attempt + 1, output=output)
+                update = StepUpdate(plan.step_id, plan.display_id, "run", "completed", plan.attempt + 1, output=output,
+                                    started_at=plan.started_at)  # fmt: skip
                 if self._inflight == 1 and not self.unwritten and self._flushing is None:
                     return self._hold_back(update).output  # no parallel step in flight: see _hold_back
                 return self._memo_value(await self._record(update))
@@ -368,12 +371,12 @@ class StepDriver:
                 self._attempted(plan, "retrying", error, wake)
                 raise self._suspend(
                     StepUpdate(plan.step_id, plan.display_id, "run", "retrying", plan.attempt + 1,
-                               error=serialize_error(error), wake_at=wake),
+                               error=serialize_error(error), wake_at=wake, started_at=plan.started_at),
                     {"kind": "retrying", "step": plan.display_id, "until": wake},
                 )  # fmt: skip
             self._attempted(plan, "failed", error)
             rec = await self._record(StepUpdate(plan.step_id, plan.display_id, "run", "failed", plan.attempt + 1,
-                                                error=serialize_error(error)))  # fmt: skip
+                                                error=serialize_error(error), started_at=plan.started_at))  # fmt: skip
             return self._memo_value(rec)
         finally:
             self._inflight -= 1

@@ -428,6 +428,10 @@ class _Execution:
             self.trace.step(name, span, end - int(seconds * 1e9), end, attrs, error, client=True)
         return outcome
 
+    def call_started(self, targeted: str | None) -> int:
+        """When the call that ran the step began (the attempt's start on the run's timeline)."""
+        return self.now() - int(1000 * (self.call_seconds.get(targeted or "step") or 0.0))
+
     def attempted(self, op: Op, outcome: str, targeted: str | None, error: dict[str, Any] | None = None,
                   retry_at: int | None = None) -> None:  # fmt: skip
         """A step attempt the app reported: the step metrics, and the terminal line when it failed."""
@@ -498,8 +502,8 @@ class _Execution:
         kind = op.op
         if kind in ("StepRun", "Step"):
             self.attempted(op, "completed", targeted)
-            await self.record(StepUpdate(op.id, self.labels[op.id], "run", "completed",
-                                         self.attempt_of(op.id) + 1, output=op.data))  # fmt: skip
+            await self.record(StepUpdate(op.id, self.labels[op.id], "run", "completed", self.attempt_of(op.id) + 1,
+                                         output=op.data, started_at=self.call_started(targeted)))  # fmt: skip
             self.pending.pop(op.id, None)
             return True
         if kind == "StepError":
@@ -511,11 +515,13 @@ class _Execution:
                 )
                 self.attempted(op, "retrying", targeted, error, wake)
                 self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "run", "retrying", attempt + 1,
-                                                 error=error, wake_at=wake)  # fmt: skip
+                                                 error=error, wake_at=wake,
+                                                 started_at=self.call_started(targeted))  # fmt: skip
                 self.reasons[op.id] = {"kind": "retrying", "step": self.labels[op.id], "until": wake}
                 return True
             self.attempted(op, "failed", targeted, error)
-            await self.record(StepUpdate(op.id, self.labels[op.id], "run", "failed", attempt + 1, error=error))
+            await self.record(StepUpdate(op.id, self.labels[op.id], "run", "failed", attempt + 1, error=error,
+                                         started_at=self.call_started(targeted)))  # fmt: skip
             self.pending.pop(op.id, None)
             return True
         if kind == "StepFailed":
@@ -745,7 +751,7 @@ class _Execution:
                 label = self.labels.get(targeted, targeted)
                 runlog.attempt_failed(self.fn.id, run.id, label, attempt, error, wake)
                 self.pending[targeted] = StepUpdate(targeted, label, "run", "retrying", attempt + 1, error=error,
-                                                    wake_at=wake)  # fmt: skip
+                                                    wake_at=wake, started_at=self.call_started(targeted))  # fmt: skip
                 self.reasons[targeted] = {"kind": "retrying", "step": label, "until": wake}
                 return
         elif retriable and self.attempt + 1 < self.fn.max_attempts:

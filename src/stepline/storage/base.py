@@ -14,8 +14,10 @@ from typing import Any
 from stepline.storage.records import (
     RUN_LOG_LIMIT,
     RUN_SPAN_LIMIT,
+    STEP_ATTEMPT_LIMIT,
     AppRecord,
     CancellationRecord,
+    ChildRun,
     ClaimedRun,
     ClusterGauges,
     ClusterLease,
@@ -35,6 +37,8 @@ from stepline.storage.records import (
     RunLogs,
     RunRecord,
     RunSpan,
+    RunStatsRow,
+    StepAttempt,
     StepRecord,
     StepUpdate,
     StoredEvent,
@@ -227,6 +231,19 @@ class Store(abc.ABC):
     async def list_run_logs(self, run_id: str, limit: int = RUN_LOG_LIMIT + 1) -> list[RunLogLine]:
         """The first ``limit`` log lines of a run in the order they were emitted (with ``seq``). Lines are written
         by the run's own writes, at most ``RUN_LOG_LIMIT`` of them, then one line counting the dropped records."""
+
+    @abc.abstractmethod
+    async def list_step_attempts(self, run_id: str, limit: int = STEP_ATTEMPT_LIMIT) -> list[StepAttempt]:
+        """The attempts of the run's steps that were attempted more than once, by step id then attempt."""
+
+    @abc.abstractmethod
+    async def run_stats(self, res: int, since: int, function_id: str | None = None) -> list[RunStatsRow]:
+        """The dashboard's chart data: per period of ``res`` ms (60000 or 3600000) from the period holding ``since``,
+        oldest first (periods without runs are absent), for every function or for one."""
+
+    @abc.abstractmethod
+    async def list_child_runs(self, run_id: str, limit: int = 200) -> list[ChildRun]:
+        """The runs the run invoked (``step.invoke``), oldest first."""
 
     @abc.abstractmethod
     async def get_event(self, internal_id: str) -> StoredEvent | None: ...

@@ -304,6 +304,9 @@ class StepUpdate:
     emit: IngestBatch | None = None  # for step.send_event: events stored with the memo, atomically
     logs: RunLogs | None = None  # the run's log lines captured before this write, stored with it
     race: str | None = None  # the race the step was started in (kept once set)
+    # When the attempt this update reports started (unix ms; None: when it is written). A new step's started_at,
+    # and the start of the attempt's row in ``step_attempts`` (steps attempted more than once).
+    started_at: int | None = None
 
 
 class SignalConflict(Exception):
@@ -472,3 +475,41 @@ class EventRun:
     run_id: str
     function_id: str
     status: str
+
+
+STEP_ATTEMPT_LIMIT = 2000  # attempts listed per run (the run page's timeline)
+
+
+@dataclass(frozen=True, slots=True)
+class StepAttempt:
+    """One attempt of a step attempted more than once (``step_attempts``; a step that ran once is its own row)."""
+
+    step_id: str
+    attempt: int  # from 1
+    status: str  # "failed" or "completed"
+    started_at: int  # unix ms
+    ended_at: int
+    error: dict[str, Any] | None
+    retry_at: int | None  # failed with attempts left: when the next attempt was due
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRun:
+    """A run that a run's invoke step started (``step.invoke``)."""
+
+    run_id: str
+    parent_step_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatsRow:
+    """One period of ``Store.run_stats`` (summed over functions, or of one): counts and histograms (see
+    ``storage/sql_stats.py`` for the buckets)."""
+
+    at: int  # the period's start, unix ms
+    started: int
+    completed: int
+    failed: int
+    cancelled: int
+    durations: tuple[int, ...]  # runs ended in the period, by duration bucket (first claim to end)
+    lags: tuple[int, ...]  # runs started in the period, by due-to-start lag bucket

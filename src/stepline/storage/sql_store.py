@@ -39,6 +39,7 @@ from stepline.storage.records import (
 )
 from stepline.storage.sql import Conn
 from stepline.storage.sql_apps import SqlAppsMixin
+from stepline.storage.sql_attempts import SqlAttemptsMixin, records_attempt
 from stepline.storage.sql_cron import SqlCronMixin
 from stepline.storage.sql_dashboard import SqlDashboardMixin
 from stepline.storage.sql_events import SqlEventsMixin
@@ -47,6 +48,7 @@ from stepline.storage.sql_logs import SqlLogsMixin
 from stepline.storage.sql_observability import SqlObservabilityMixin
 from stepline.storage.sql_realtime import SqlRealtimeMixin
 from stepline.storage.sql_security import SqlSecurityMixin
+from stepline.storage.sql_stats import SqlStatsMixin, StatsBatch
 from stepline.storage.states import IdleReason
 from stepline.storage.writer import GroupCommitWriter, MergeableOp
 
@@ -99,6 +101,8 @@ class SqlStore(
     SqlSecurityMixin,
     SqlObservabilityMixin,
     SqlRealtimeMixin,
+    SqlAttemptsMixin,
+    SqlStatsMixin,
     Store,
 ):
     """The ``Store`` methods, written once for every SQL backend (apps, reruns, cancellations: ``SqlAppsMixin``)."""
@@ -290,7 +294,8 @@ class SqlStore(
         result.failed_run_ids.append(run.id)
         finish = RunFinish("failed", error=run.failure, may_have_waits=False,
                            follow_up=run.follow_up or IngestBatch([], []))  # fmt: skip
-        self._after_end(conn, run.id, (run.parent_run_id, run.parent_step_id, None), finish, matcher, now, None)
+        self._after_end(conn, run.id, (run.parent_run_id, run.parent_step_id, None, run.function_id), finish, matcher,
+                        now, None)  # fmt: skip
 
     def _match_waits(self, conn: Conn, ev: StoredEvent, matcher: WaitMatcher, now: int, result: IngestResult) -> None:
         rows = conn.execute(self.Q["waits_for_event"], {"event_name": ev.name, "now": now}).fetchall()
@@ -362,6 +367,11 @@ class SqlStore(
             if not rows:
                 return []
             runs = [_run(r) for r in rows]
+            stats = StatsBatch()
+            for r in runs:
+                if r.started_at == now and r.attempt == 0:  # the claim that started it (as metrics count it)
+                    stats.started(r.function_id, now - (r.due_at if r.due_at is not None else r.created_at), now)
+            self._add_stats(conn, stats)
             event_ids = {r.event_id for r in runs}
             for r in runs:
                 event_ids.update(r.batch or ())
@@ -420,12 +430,14 @@ class SqlStore(
             {"run_id": run_id, "step_id": u.step_id, "display_id": u.display_id, "kind": u.kind,
              "status": u.status, "attempts": u.attempts, "output": _j(u.output) if memo else None,
              "error": _j(u.error), "wake_at": u.wake_at, "now": now, "ended_at": now if memo else None,
-             "race": u.race},
+             "race": u.race, "started": now if u.started_at is None else min(u.started_at, now)},
         ).fetchone()  # fmt: skip
         if row is None:  # a result was already recorded (first write wins): report that one
             return _step(
                 conn.execute(self.Q["select_step"], {"run_id": run_id, "step_id": u.step_id}).fetchone()
             ), False
+        if records_attempt(u):
+            self._insert_attempt(conn, run_id, u, now)
         if memo and u.kind in ("wait_for_event", "wait_for_signal"):
             conn.execute(self.Q["delete_step_wait"], {"run_id": run_id, "step_id": u.step_id})
         return _step(row), True
@@ -704,7 +716,10 @@ class SqlStore(
         self._insert_run_logs(conn, run_id, finish.logs, now)
         if finish.may_have_waits:
             conn.execute(self.Q["delete_run_waits"], {"run_id": run_id})
-        parent_run_id, parent_step_id, _, *keys = row
+        parent_run_id, parent_step_id, started_at, function_id, *keys = row
+        stats = StatsBatch()
+        stats.ended(function_id, finish.status, started_at, now)
+        self._add_stats(conn, stats)
         self._free_slots(conn, tuple(keys), now)
         if parent_run_id is not None:
             result = finish.output if finish.status == "completed" else None  # the invoked function's output
@@ -772,6 +787,7 @@ class SqlStore(
                 break
         while await self.writer.run(functools.partial(self._prune_flow, now=now, limit=batch_size)) >= batch_size:
             pass  # stale throttle/rate-limit buckets and closed debounce/batch entries
+        await self.writer.run(functools.partial(self._prune_stats, now=now))
         return result
 
     def _delete_count(self, query: str, params: dict[str, Any], conn: Conn) -> int:
@@ -786,6 +802,7 @@ class SqlStore(
         conn.execute(self.Q["delete_run_waits_of_runs"], {"ids": encoded})
         conn.execute(self.Q["delete_run_logs_of_runs"], {"ids": encoded})
         self._delete_run_spans(conn, encoded)
+        self._delete_attempts(conn, encoded)
         runs = conn.execute(self.Q["delete_runs"], {"ids": encoded}).rowcount
         return int(runs), int(steps)
 

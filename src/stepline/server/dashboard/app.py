@@ -55,6 +55,7 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         Route("/functions/{function_id}/pause", action(dash, actions.pause, other), methods=["POST"]),
         Route("/functions/{function_id}/resume", action(dash, actions.pause, other), methods=["POST"]),
         Route("/functions/{function_id}/run-cron", action(dash, actions.run_cron, other), methods=["POST"]),
+        Route("/charts", page(dash, pages.charts_page), methods=["GET"]),
         Route("/events", page(dash, pages.events_page), methods=["GET"]),
         Route("/events/send", action(dash, actions.send_event, other), methods=["POST"]),
         Route("/events/{internal_id}", page(dash, pages.event_page), methods=["GET"]),

@@ -15,16 +15,17 @@ from stepline.core.clock import SystemClock, to_ms
 from stepline.core.function import FunctionSpec
 from stepline.core.ids import ulid_from
 from stepline.server import queries
-from stepline.server.dashboard import views
+from stepline.server.dashboard import charts, timeline, views
 from stepline.server.dashboard.auth import COOKIE, SESSION_SECONDS, Session, client_address, is_https
 from stepline.server.dashboard.core import MAX_LOGIN_FORM_BYTES, PREFIX, ActionError, Dashboard, read_form
 from stepline.server.dashboard.sse import sse_message
 from stepline.server.openapi import MAX_TIME_MS
 from stepline.server.state import state_of
-from stepline.storage.records import RunFilter, RunRecord, is_internal_event
+from stepline.storage.records import ChildRun, RunFilter, RunRecord, StepRecord, is_internal_event
 
 PAGE_SIZE = (50, 200)  # (default, maximum) runs per page
 ID_TIME_MARGIN_MS = 60_000
+CHILDREN_SHOWN, CHILD_STEPS_SHOWN = 10, 20  # invoked runs shown expanded on a run's page, and their steps
 RANGES = {"1h": 3600_000, "24h": 24 * 3600_000, "7d": 7 * 24 * 3600_000, "30d": 30 * 24 * 3600_000}
 
 
@@ -176,17 +177,38 @@ async def run_page(dash: Dashboard, request: Request, session: Session) -> Respo
     steps = await store.list_steps(run.id)
     event = await store.get_event(run.event_id)
     batch = [e for e in [await store.get_event(i) for i in (run.batch or [])[1:]] if e is not None]
-    children = await store.list_runs(RunFilter(event_id=run.event_id, limit=20)) if event else []
+    same_event = await store.list_runs(RunFilter(event_id=run.event_id, limit=20)) if event else []
     [row] = await run_rows(dash, request, [run])
     spec = await dash.engine.find_function(run.function_id)
     logs_captured = spec is None or spec.captures_logs  # HTTP apps log in their own process
     logs = await store.list_run_logs(run.id) if logs_captured else []
-    spans = views.userland_spans(await store.list_run_spans(run.id))
-    return dash.render(request, "run.html", session, row=row, run=run, steps=views.timeline(run, steps, now),
-                       event=event, batch=batch, siblings=[r for r in children if r.id != run.id],
+    raw_spans = await store.list_run_spans(run.id)
+    children = await store.list_child_runs(run.id)
+    tl = timeline.build(run, steps, await store.list_step_attempts(run.id), raw_spans, children, now)
+    invoked = await _invoked(dash, children[:CHILDREN_SHOWN])
+    return dash.render(request, "run.html", session, row=row, run=run, tl=tl, invoked=invoked,
+                       waited=timeline.waited_text(run, row.run.idle_reason if row.idle else None, now),
+                       event=event, batch=batch, siblings=[r for r in same_event if r.id != run.id],
                        idle=row.idle, function=spec, live=run.status in views.LIVE, logs=logs,
                        logs_captured=logs_captured, step_names={s.step_id: s.display_id for s in steps},
-                       spans=spans)  # fmt: skip
+                       spans=views.userland_spans(raw_spans))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Invoked:
+    """A run an invoke step started, shown expanded under the step."""
+
+    run: RunRecord
+    steps: list[StepRecord]
+
+
+async def _invoked(dash: Dashboard, children: list[ChildRun]) -> dict[str, Invoked]:
+    out = {}
+    for c in children:
+        child = await dash.engine.store.get_run(c.run_id)
+        if child is not None:
+            out[c.run_id] = Invoked(child, (await dash.engine.store.list_steps(c.run_id))[:CHILD_STEPS_SHOWN])
+    return out
 
 
 async def functions_page(dash: Dashboard, request: Request, session: Session) -> Response:
@@ -211,6 +233,26 @@ async def function_page(dash: Dashboard, request: Request, session: Session) -> 
                        problems=FunctionSpec.from_record(record).problems, expression_errors=errors,
                        paused=record.id in await dash.engine.refresh_paused(),
                        has_cron=any("cron" in t for t in record.config.get("triggers") or []))  # fmt: skip
+
+
+async def charts_page(dash: Dashboard, request: Request, session: Session) -> Response:
+    """Runs per minute, duration and due-to-start lag percentiles, backlog: overall or of one function."""
+    store = dash.engine.store
+    rng = request.query_params.get("range", "1h")
+    if rng not in charts.RANGES:
+        raise ActionError(400, f"unknown range {rng!r}: one of {', '.join(charts.RANGES)}")
+    function_id = request.query_params.get("function_id", "").strip()
+    functions = await store.list_functions()
+    if function_id and function_id not in {f.id for f in functions}:
+        raise ActionError(404, f"No registered function has the id {function_id!r}.")
+    now = dash.engine.clock.now_ms()
+    span, res = charts.RANGES[rng]
+    rows = await store.run_stats(res, now - span, function_id or None)
+    gauges = await store.cluster_gauges(now)
+    backlog = [(f, n, now - oldest) for f, n, oldest in gauges.backlog if not function_id or f == function_id]
+    return dash.render(request, "charts.html", session, charts=charts.build(rows, rng, now), range=rng,
+                       ranges=list(charts.RANGES), function_id=function_id, functions=functions,
+                       backlog=sorted(backlog, key=lambda b: -b[1]))  # fmt: skip
 
 
 async def events_page(dash: Dashboard, request: Request, session: Session) -> Response:

@@ -11,9 +11,10 @@ from typing import Any
 import jinja2
 
 from stepline.core.describe import cron_text, flow_words
-from stepline.storage.records import RunRecord, StepRecord
 from stepline.storage.states import LIVE as LIVE
-from stepline.storage.states import RUN_STATUSES, describe_idle, duration, utc
+from stepline.storage.states import RUN_STATUSES, describe_idle
+from stepline.storage.states import duration as duration
+from stepline.storage.states import utc as utc
 
 STATUSES = RUN_STATUSES
 MACROS = ("status", "when", "run_table", "action_form", "error_box")
@@ -39,32 +40,6 @@ def idle_text(reason: Mapping[str, Any] | None, now: int) -> str:
 
 def app_of(function_id: str, apps: Mapping[str, str]) -> str | None:
     return apps.get(function_id)
-
-
-@dataclass(frozen=True)
-class TimelineRow:
-    step: StepRecord
-    offset_pct: float
-    width_pct: float
-    duration_ms: int | None
-
-
-def timeline(run: RunRecord, steps: list[StepRecord], now: int) -> list[TimelineRow]:
-    """Each step's bar on the run's time axis (from the run's creation to its end, or now)."""
-    start = run.created_at
-    end = run.ended_at or now
-    for s in steps:
-        end = max(end, s.ended_at or s.started_at)
-    span = max(end - start, 1)
-    rows = []
-    for s in steps:
-        stop = s.ended_at if s.ended_at is not None else (min(s.wake_at, end) if s.wake_at else end)
-        rows.append(TimelineRow(
-            s, offset_pct=round(100 * (s.started_at - start) / span, 2),
-            width_pct=max(round(100 * (stop - s.started_at) / span, 2), 0.6),
-            duration_ms=None if s.ended_at is None else s.ended_at - s.started_at,
-        ))  # fmt: skip
-    return rows
 
 
 def triggers_text(config: Mapping[str, Any], now: int) -> list[str]:

@@ -187,7 +187,7 @@ FROM steps WHERE run_id = %(run_id)s AND step_id = %(step_id)s
 INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
                    ended_at, seq, race)
 VALUES (%(run_id)s, %(step_id)s, %(display_id)s, %(kind)s, %(status)s, %(attempts)s, %(output)s::json,
-        %(error)s::json, %(wake_at)s, %(now)s,
+        %(error)s::json, %(wake_at)s, %(started)s,
         %(ended_at)s, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = %(run_id)s), %(race)s)
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
@@ -225,7 +225,7 @@ UPDATE runs SET status = %(status)s, output = %(output)s::json, error = %(error)
                 idle_reason = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(run_id)s AND status IN ('queued', 'running')
   AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
-RETURNING parent_run_id, parent_step_id, started_at, ckey1, ckey2
+RETURNING parent_run_id, parent_step_id, started_at, function_id, ckey1, ckey2
 
 -- name: finish_runs
 -- finish_run for many runs at once (distinct ids); returns the id of each run it ended, then finish_run's columns.
@@ -234,17 +234,17 @@ UPDATE runs SET status = f.status, output = f.output::json, error = f.error::jso
 FROM unnest(%(id)s::text[], %(status)s::text[], %(output)s::text[], %(error)s::text[], %(now)s::bigint[],
             %(owner)s::text[]) AS f(id, status, output, error, now, owner)
 WHERE runs.id = f.id AND runs.status IN ('queued', 'running') AND (f.owner IS NULL OR runs.lease_owner = f.owner)
-RETURNING runs.id, parent_run_id, parent_step_id, started_at, ckey1, ckey2
+RETURNING runs.id, parent_run_id, parent_step_id, started_at, function_id, ckey1, ckey2
 
 -- name: insert_end_steps
 -- Completed or failed results of ended runs' last steps (one per run); returns the ones written (first write wins).
 INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
                    ended_at, seq)
 SELECT s.run_id, s.step_id, s.display_id, s.kind, s.status, s.attempts, s.output::json, s.error::json, NULL,
-       s.now, s.now, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE steps.run_id = s.run_id)
+       s.started, s.now, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE steps.run_id = s.run_id)
 FROM unnest(%(run_id)s::text[], %(step_id)s::text[], %(display_id)s::text[], %(kind)s::text[], %(status)s::text[],
-            %(attempts)s::int[], %(output)s::text[], %(error)s::text[], %(now)s::bigint[])
-     AS s(run_id, step_id, display_id, kind, status, attempts, output, error, now)
+            %(attempts)s::int[], %(output)s::text[], %(error)s::text[], %(now)s::bigint[], %(started)s::bigint[])
+     AS s(run_id, step_id, display_id, kind, status, attempts, output, error, now, started)
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
     error = coalesce(excluded.error, steps.error), wake_at = NULL, ended_at = excluded.ended_at

@@ -23,6 +23,7 @@ from psycopg_pool import ConnectionPool
 
 from stepline.storage.records import NewRun, RealtimeRow, RunFinish, StepUpdate, StoredEvent
 from stepline.storage.sql import Conn, backend_queries, load_migrations, load_queries
+from stepline.storage.sql_attempts import records_attempt
 from stepline.storage.sql_store import SqlStore, _j
 from stepline.storage.writer import GroupCommitWriter
 
@@ -250,7 +251,8 @@ class PostgresStore(SqlStore):
         return [ended.get(run_id) for run_id, *_ in items]
 
     def _write_end_steps(self, conn: Conn, items: list[tuple[str, StepUpdate, int]]) -> None:
-        plain = all(u.status in ("completed", "failed") and u.kind == "run" for _, u, _ in items)
+        plain = all(u.status in ("completed", "failed") and u.kind == "run" and not records_attempt(u)
+                    for _, u, _ in items)  # fmt: skip
         if len(items) < 2 or not plain or len({run_id for run_id, *_ in items}) < len(items):
             super()._write_end_steps(conn, items)
             return
@@ -260,7 +262,8 @@ class PostgresStore(SqlStore):
              "display_id": [i[1].display_id for i in items], "kind": [i[1].kind for i in items],
              "status": [i[1].status for i in items], "attempts": [i[1].attempts for i in items],
              "output": [_j(i[1].output) for i in items], "error": [_j(i[1].error) for i in items],
-             "now": [i[2] for i in items]},
+             "now": [i[2] for i in items],
+             "started": [i[2] if i[1].started_at is None else min(i[1].started_at, i[2]) for i in items]},
         ).fetchall()  # fmt: skip
         written = {(r[0], r[1]) for r in rows}
         for run_id, u, now in items:

@@ -141,7 +141,7 @@ FROM steps WHERE run_id = :run_id AND step_id = :step_id
 -- name: upsert_step
 INSERT INTO steps (run_id, step_id, display_id, kind, status, attempts, output, error, wake_at, started_at,
                    ended_at, seq, race)
-VALUES (:run_id, :step_id, :display_id, :kind, :status, :attempts, :output, :error, :wake_at, :now,
+VALUES (:run_id, :step_id, :display_id, :kind, :status, :attempts, :output, :error, :wake_at, :started,
         :ended_at, (SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = :run_id), :race)
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
@@ -175,7 +175,7 @@ RETURNING ckey1, ckey2
 UPDATE runs SET status = :status, output = :output, error = :error, ended_at = :now, due_at = NULL,
                 idle_reason = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = :run_id AND status IN ('queued', 'running') AND (:owner IS NULL OR lease_owner = :owner)
-RETURNING parent_run_id, parent_step_id, started_at, ckey1, ckey2
+RETURNING parent_run_id, parent_step_id, started_at, function_id, ckey1, ckey2
 
 -- name: select_run
 SELECT id, function_id, event_id, status, attempt, idle_reason, output, error, created_at, started_at,

@@ -67,6 +67,7 @@
         live.innerHTML = html;
         live.querySelectorAll("details[id]").forEach(function (d) { if (d.id in open) d.open = open[d.id]; });
         localTimes(live);
+        copyButtons(live);
         body.dataset.refreshed = String(Number(body.dataset.refreshed || "0") + 1);
       })
       .catch(function () { /* the next change retries */ })
@@ -83,7 +84,29 @@
     window.addEventListener("pagehide", function () { source.close(); });
   }
 
+  // Copy buttons (hidden without this script): the text of the element their data-copy names.
+  function copyButtons(root) {
+    root.querySelectorAll("button.copy[data-copy]").forEach(function (b) { b.hidden = false; });
+  }
+  document.addEventListener("click", function (ev) {
+    var button = ev.target instanceof Element ? ev.target.closest("button.copy[data-copy]") : null;
+    if (!button) return;
+    var source = document.querySelector(button.dataset.copy);
+    if (!source) return;
+    var done = function () { button.textContent = "Copied"; setTimeout(function () { button.textContent = "Copy"; }, 1500); };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(source.textContent).then(done, function () {});
+    } else {
+      var range = document.createRange();
+      range.selectNodeContents(source);
+      var sel = window.getSelection();
+      sel.removeAllRanges(); sel.addRange(range);
+      if (document.execCommand("copy")) done();
+    }
+  });
+
   document.addEventListener("visibilitychange", function () { if (!document.hidden && again) refresh(); });
   localTimes(document);
+  copyButtons(document);
   connect();
 })();

@@ -1,0 +1,17 @@
+-- Step attempts and invoked runs, for the run page's timeline (SQLite). Loaded by ``SqlAttemptsMixin``.
+
+-- name: insert_step_attempt
+-- A replayed write of the same attempt (a retry re-suspended, a result written again) keeps the first one.
+INSERT INTO step_attempts (run_id, step_id, attempt, status, started_at, ended_at, error, retry_at)
+VALUES (:run_id, :step_id, :attempt, :status, :started_at, :ended_at, :error, :retry_at)
+ON CONFLICT (run_id, step_id, attempt) DO NOTHING
+
+-- name: list_step_attempts
+SELECT step_id, attempt, status, started_at, ended_at, error, retry_at FROM step_attempts
+WHERE run_id = :run_id ORDER BY step_id, attempt LIMIT :limit
+
+-- name: list_child_runs
+SELECT id, parent_step_id FROM runs INDEXED BY runs_parent WHERE parent_run_id = :run_id ORDER BY id LIMIT :limit
+
+-- name: delete_step_attempts_of_runs
+DELETE FROM step_attempts WHERE run_id IN (SELECT value FROM json_each(:ids))
