@@ -7,14 +7,16 @@ open as a ``Store`` to read back through the store API.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
+import pytest
 
 from stepline.storage.base import Store
 from stepline.storage.postgres import store as pg_store
@@ -22,6 +24,8 @@ from stepline.storage.postgres.store import PostgresStore
 from stepline.storage.sql import load_migrations
 from stepline.storage.sqlite import store as sqlite_store
 from stepline.storage.sqlite.store import SQLiteStore
+
+from ..pg_cluster import get_cluster
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,10 @@ class Index:
 
 @dataclass(frozen=True)
 class Schema:
-    columns: dict[str, dict[str, Column]]  # table -> column name -> column
-    primary_keys: dict[str, tuple[str, ...]]
-    unique_columns: dict[str, set[tuple[str, ...]]]  # UNIQUE constraints besides the primary key
-    indexes: dict[str, Index]  # explicit CREATE INDEX, by name
+    columns: dict[str, dict[str, Column]] = field(default_factory=dict)  # table -> column name -> column
+    primary_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    unique_columns: dict[str, set[tuple[str, ...]]] = field(default_factory=dict)  # UNIQUE besides the primary key
+    indexes: dict[str, Index] = field(default_factory=dict)  # explicit CREATE INDEX, by name
 
 
 class MigrationDb(Protocol):
@@ -70,7 +74,17 @@ def latest_version() -> int:
     return len(load_migrations("stepline.storage.sqlite"))
 
 
-class SQLiteDb:
+class _Db:
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def insert(self, table: str, row: dict[str, Any]) -> None:
+        """One row of raw column values (``%(name)s`` placeholders: SQLite's ``execute`` turns them into ``:name``)."""
+        cols = ", ".join(f'"{c}"' for c in row)
+        self.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join(f'%({c})s' for c in row)})", row)
+
+
+class SQLiteDb(_Db):
     backend = "sqlite"
 
     def __init__(self, path: Path) -> None:
@@ -99,15 +113,8 @@ class SQLiteDb:
         with self.connect() as conn:
             return list(conn.execute(sql.replace("%(", ":").replace(")s", ""), params or {}).fetchall())
 
-    def insert(self, table: str, row: dict[str, Any]) -> None:
-        cols = ", ".join(f'"{c}"' for c in row)
-        self.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join(f'%({c})s' for c in row)})", row)
-
     def schema(self) -> Schema:
-        columns: dict[str, dict[str, Column]] = {}
-        primary_keys: dict[str, tuple[str, ...]] = {}
-        unique_columns: dict[str, set[tuple[str, ...]]] = {}
-        indexes: dict[str, Index] = {}
+        found = Schema()
         with self.connect() as conn:
             tables = [
                 r[0]
@@ -118,16 +125,16 @@ class SQLiteDb:
             for table in tables:
                 info = conn.execute(f"PRAGMA table_info({table})").fetchall()  # cid, name, type, notnull, dflt, pk
                 pk = tuple(r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5]))
-                primary_keys[table] = pk
-                columns[table] = {r[1]: Column(r[1], r[2].upper(), bool(r[3]) or r[1] in pk) for r in info}
-                unique_columns[table] = set()
+                found.primary_keys[table] = pk
+                found.columns[table] = {r[1]: Column(r[1], r[2].upper(), bool(r[3]) or r[1] in pk) for r in info}
+                found.unique_columns[table] = set()
                 for _, name, unique, origin, partial in conn.execute(f"PRAGMA index_list({table})").fetchall():
                     cols = tuple(r[2] for r in conn.execute(f"PRAGMA index_info({name})").fetchall())
                     if origin == "u":
-                        unique_columns[table].add(cols)
+                        found.unique_columns[table].add(cols)
                     elif origin == "c":
-                        indexes[name] = Index(name, table, cols, bool(unique), bool(partial))
-        return Schema(columns, primary_keys, unique_columns, indexes)
+                        found.indexes[name] = Index(name, table, cols, bool(unique), bool(partial))
+        return found
 
     def store(self) -> Store:
         return SQLiteStore(self.path, synchronous="OFF")
@@ -139,7 +146,7 @@ class SQLiteDb:
 _PG_TYPES = {"bigint": "INTEGER", "integer": "INTEGER", "text": "TEXT", "jsonb": "JSON", "json": "JSON"}
 
 
-class PostgresDb:
+class PostgresDb(_Db):
     backend = "postgres"
 
     def __init__(self, url: str) -> None:
@@ -163,24 +170,17 @@ class PostgresDb:
             cur = conn.execute(sql.encode() if params is None else sql, params)
             return list(cur.fetchall()) if cur.description else []
 
-    def insert(self, table: str, row: dict[str, Any]) -> None:
-        cols = ", ".join(f'"{c}"' for c in row)
-        self.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join(f'%({c})s' for c in row)})", row)
-
     def schema(self) -> Schema:
-        columns: dict[str, dict[str, Column]] = {}
-        primary_keys: dict[str, tuple[str, ...]] = {}
-        unique_columns: dict[str, set[tuple[str, ...]]] = {}
-        indexes: dict[str, Index] = {}
+        found = Schema()
         with self.connect() as conn:
             for table, name, type_, nullable in conn.execute(
                 "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
                 "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position"
             ):
-                columns.setdefault(table, {})[name] = Column(name, _PG_TYPES.get(type_, type_), nullable == "NO")
-            for table in columns:
-                primary_keys[table] = ()
-                unique_columns[table] = set()
+                found.columns.setdefault(table, {})[name] = Column(name, _PG_TYPES.get(type_, type_), nullable == "NO")
+            for table in found.columns:
+                found.primary_keys[table] = ()
+                found.unique_columns[table] = set()
             # Indexes: (table, index, unique, partial, constraint type or NULL, column names or NULL per key).
             for table, name, unique, partial, contype, cols in conn.execute(
                 """
@@ -196,15 +196,31 @@ class PostgresDb:
                 """
             ):
                 if contype == "p":
-                    primary_keys[table] = tuple(cols)
+                    found.primary_keys[table] = tuple(cols)
                 elif contype == "u":
-                    unique_columns[table].add(tuple(cols))
+                    found.unique_columns[table].add(tuple(cols))
                 else:
-                    indexes[name] = Index(name, table, tuple(cols), unique, partial)
-        return Schema(columns, primary_keys, unique_columns, indexes)
+                    found.indexes[name] = Index(name, table, tuple(cols), unique, partial)
+        return found
 
     def store(self) -> Store:
         return PostgresStore(self.url, writers=1, pool_size=2)
 
     def migrations_package(self) -> str:
         return "stepline.storage.postgres"
+
+
+@contextmanager
+def empty_postgres_database() -> Iterator[str]:
+    """The URL of a new database with no table in the tests' PostgreSQL cluster, dropped afterwards; the test is
+    skipped where PostgreSQL is not installed (an error under CI)."""
+    cluster = get_cluster()
+    if cluster is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found: .ci/run should have installed them")
+        pytest.skip("PostgreSQL is not installed (initdb/pg_ctl not found)")
+    url = cluster.create_database(migrated=False)
+    try:
+        yield url
+    finally:
+        cluster.drop_database(url)

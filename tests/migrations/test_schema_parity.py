@@ -8,15 +8,13 @@ UNIQUE constraints, and explicit indexes (name, table, columns or expressions, u
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ..backends import selected_backends
-from ..pg_cluster import get_cluster
-from .dbs import Column, PostgresDb, Schema, SQLiteDb, latest_version
+from .dbs import Column, PostgresDb, Schema, SQLiteDb, empty_postgres_database, latest_version
 
 # The dialect: SQLite keeps JSON as TEXT, and its migrations table records the time as text.
 SAME_TYPE = {("JSON", "TEXT"), ("timestamp with time zone", "TEXT")}
@@ -30,16 +28,8 @@ POSTGRES_ONLY = {
 def pair(tmp_path: Path) -> Iterator[tuple[SQLiteDb, PostgresDb]]:
     if not {"sqlite", "postgres"} <= set(selected_backends()):
         pytest.skip("schema parity needs both backends selected (STEPLINE_TEST_BACKENDS)")
-    cluster = get_cluster()
-    if cluster is None:
-        if os.environ.get("CI"):
-            raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found: .ci/run should have installed them")
-        pytest.skip("PostgreSQL is not installed (initdb/pg_ctl not found)")
-    url = cluster.create_database(migrated=False)
-    try:
+    with empty_postgres_database() as url:
         yield SQLiteDb(tmp_path / "stepline.db"), PostgresDb(url)
-    finally:
-        cluster.drop_database(url)
 
 
 def _columns(schema: Schema, *, postgres: bool) -> dict[tuple[str, str], Column]:

@@ -207,15 +207,16 @@ class SqlFlowMixin:
         row = conn.execute(self.Q["flow_singleton_live"], {"key": key}).fetchone()
         if row is None:
             return True
+        live_id = row[0]
         shown = key.split(":", 2)[2]
         if singleton.mode == "skip":
             self._insert_skipped(conn, run, now, {
-                "kind": "singleton", "key": shown, "run_id": row[0],
-                "message": f"skipped: run {row[0]} is live for singleton key {shown!r}"}, result)  # fmt: skip
+                "kind": "singleton", "key": shown, "run_id": live_id,
+                "message": f"skipped: run {live_id} is live for singleton key {shown!r}"}, result)  # fmt: skip
             return False
         reason = {"name": "Cancelled", "message": f"cancelled by run {run.id} (singleton, mode cancel)"}
-        if self._finish(conn, row[0], RunFinish("cancelled", error=reason), matcher, now):
-            result.cancelled_run_ids.append(row[0])
+        if self._finish(conn, live_id, RunFinish("cancelled", error=reason), matcher, now):
+            result.cancelled_run_ids.append(live_id)
             _count(run.function_id, "singleton", "cancelled")
         return True
 
@@ -258,15 +259,16 @@ class SqlFlowMixin:
             self.Q["flow_pending"], {"key": key, "run_id": run.id, "now": now}
         ).fetchone()
         if pending_id != run.id:
-            row = conn.execute(self.Q["flow_open_run"], {"id": pending_id}).fetchone()
-            if row is not None and size < max_size:
-                events = [*json.loads(row[0] or "[]"), run.event_id]
+            open_run = conn.execute(self.Q["flow_open_run"], {"id": pending_id}).fetchone()
+            if open_run is not None and size < max_size:
+                batch_text, open_due, open_idle = open_run
+                events = [*json.loads(batch_text or "[]"), run.event_id]
                 full = len(events) >= max_size
                 due = now if full else first_at + timeout
                 idle = None if full else self._batch_reason(len(events), max_size, due)
-                if row[1] is not None and int(row[1]) > first_at + timeout and int(row[1]) > due:
+                if open_due is not None and int(open_due) > first_at + timeout and int(open_due) > due:
                     # A throttle gave the open run a later start: filling it does not start it earlier.
-                    due, idle = int(row[1]), json.loads(row[2]) if row[2] else idle
+                    due, idle = int(open_due), json.loads(open_idle) if open_idle else idle
                 params = {"id": pending_id, "batch": _j(events), "due_at": due, "idle_reason": _j(idle)}
                 # The update finds nothing if a worker claimed the open run since it was read (its timeout
                 # came): then this event opens the next batch.

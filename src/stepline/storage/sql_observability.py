@@ -46,7 +46,8 @@ class SqlObservabilityMixin:
             row = conn.execute(query, {"name": name, "owner": owner, "now": now, "expires_at": now + ttl_ms}).fetchone()
             if row is None:
                 return None
-            return ClusterLease(name, str(row[0]), int(row[1]), None if row[2] is None else json.loads(row[2]))
+            holder, expires_at, state = row
+            return ClusterLease(name, str(holder), int(expires_at), None if state is None else json.loads(state))
 
         return await self.writer.run(op)
 

@@ -25,7 +25,8 @@ STATUS_BATCH = 500  # run ids per statement of run_statuses
 
 
 def _row(r: tuple[Any, ...]) -> RealtimeRow:
-    return RealtimeRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), int(r[6]))
+    id_, origin, channel, topic, kind, payload, created_at = r
+    return RealtimeRow(int(id_), str(origin), str(channel), str(topic), str(kind), str(payload), int(created_at))
 
 
 class SqlRealtimeMixin:

@@ -160,7 +160,7 @@ class SqlStore(
 
     async def list_functions(self) -> list[FunctionRecord]:
         rows = self._read(lambda c: c.execute(self.Q["list_functions"]).fetchall())
-        return [FunctionRecord(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+        return [FunctionRecord(id_, app_id, slug, name, json.loads(config)) for id_, app_id, slug, name, config in rows]
 
     # --- events and runs ---
     async def ingest(self, batch: IngestBatch, matcher: WaitMatcher, now: int) -> IngestResult:
@@ -416,9 +416,12 @@ class SqlStore(
 
     def _check_lease(self, conn: Conn, run_id: str, owner: str) -> WriteOutcome | None:
         row = conn.execute(self.Q["run_lease"], {"run_id": run_id}).fetchone()
-        if row is None or row[0] not in _RUN_LIVE:
+        if row is None:
             return WriteOutcome("cancelled")
-        if row[1] != owner:
+        status, lease_owner = row
+        if status not in _RUN_LIVE:
+            return WriteOutcome("cancelled")
+        if lease_owner != owner:
             return WriteOutcome("lost")
         return None
 
@@ -564,10 +567,12 @@ class SqlStore(
                 return bad
             self._lock_for_wait(conn, name)  # serialises with send_signal and other registrations (PostgreSQL)
             row = conn.execute(self.Q["signal_wait"], {"name": name, "now": now}).fetchone()
-            if row is not None and (row[1], row[2]) != (run_id, update.step_id):
-                if not replace:
-                    raise SignalConflict(signal, row[1])
-                conn.execute(self.Q["delete_wait"], {"id": row[0]})
+            if row is not None:
+                wait_id, waiting_run, waiting_step = row
+                if (waiting_run, waiting_step) != (run_id, update.step_id):
+                    if not replace:
+                        raise SignalConflict(signal, waiting_run)
+                    conn.execute(self.Q["delete_wait"], {"id": wait_id})
             step, _ = self._write_step(conn, run_id, update, now)
             if not step.is_memo:
                 conn.execute(self.Q["delete_step_wait"], {"run_id": run_id, "step_id": update.step_id})
