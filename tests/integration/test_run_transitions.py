@@ -14,6 +14,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from stepline import Context, FakeClock, RateLimit, Singleton, Stepline
 from stepline.core.rerun import rerun
 from stepline.storage.base import Store
@@ -125,10 +127,13 @@ async def test_every_status_change_the_store_makes_is_in_the_table(engine_store:
     assert await client.get_run(expired.id) is None  # pruned at the end; its error was StartTimeout (below)
 
 
-async def test_a_run_past_its_start_timeout_is_cancelled_without_starting(client: Stepline, clock: FakeClock) -> None:
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "concurrency"])  # the two claim queries
+async def test_a_run_past_its_start_timeout_is_cancelled_without_starting(
+    client: Stepline, clock: FakeClock, gated: bool
+) -> None:
     ran: list[str] = []
 
-    @client.function(id="fresh", trigger="t/fresh", timeouts={"start": "30s"})
+    @client.function(id="fresh", trigger="t/fresh", timeouts={"start": "30s"}, concurrency=1 if gated else None)
     async def fresh(ctx: Context) -> str:
         ran.append("ran")
         return "ran"

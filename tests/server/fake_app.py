@@ -41,6 +41,7 @@ from stepline.server.outbound import Lookup
 from stepline.server.state import ServerState
 from stepline.storage.records import RunFilter, RunRecord, StoredEvent
 
+from ..eventually import eventually, eventually_sync
 from ..pg_cluster import free_port
 
 SDK = "py:v0.5.19"
@@ -222,10 +223,12 @@ class FakeApp:
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name=f"fake-app-{self.port}", daemon=True)
         thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the fake app did not start"
-            time.sleep(0.005)
+
+        def started() -> bool:
+            assert thread.is_alive(), "the fake app's server stopped"
+            return bool(server.started)
+
+        eventually_sync("the fake app to start", started, 10, interval=0.005)
         self._server, self._thread = server, thread
         return self
 
@@ -348,10 +351,12 @@ async def server_stack(client: Stepline, clock: FakeClock, caplog: pytest.LogCap
                                                lifespan="off", ws="none"))  # fmt: skip
         task = asyncio.create_task(server.serve())
         try:
-            deadline = time.monotonic() + 10
-            while not server.started:
-                assert not task.done() and time.monotonic() < deadline, "the server did not start"
-                await asyncio.sleep(0.005)
+
+            def started() -> bool:
+                assert not task.done(), "the server stopped"
+                return bool(server.started)
+
+            await eventually("the server to start", started, 10, interval=0.005)
             url = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(base_url=url, timeout=30) as api:
                 yield Stack(client, clock, st, worker, url, api, caplog)

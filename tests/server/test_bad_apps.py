@@ -23,6 +23,7 @@ from stepline.core.ids import hash_step_id
 from stepline.protocol import signing
 from stepline.server.http_worker import HttpWorker
 
+from ..eventually import eventually
 from .fake_app import (
     APP_ID,
     FALLBACK_KEY,
@@ -62,10 +63,8 @@ async def register_second_app(s: Stack, other: FakeApp, slug: str, event: str) -
 
 
 async def wait_for_calls(app: FakeApp, n: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(app.calls) < n:
-        assert time.monotonic() < deadline, f"the app got {len(app.calls)} calls, expected {n}"
-        await asyncio.sleep(0.005)
+    await eventually(f"{n} calls to the app", lambda: len(app.calls) >= n, timeout, interval=0.005,
+                     diagnostics=lambda: f"the app got {len(app.calls)}")  # fmt: skip
 
 
 def retrying(run: Any, attempt: int, due: int) -> None:
@@ -525,10 +524,7 @@ async def test_a_slow_apps_backlog_does_not_hold_up_another_apps_runs(app: FakeA
             await s.send("a/go")
         await s.send("b/go")
         async with s.worker.running():
-            deadline = time.monotonic() + 10
-            while not fast.calls:
-                assert time.monotonic() < deadline, "the other app was never called"
-                await asyncio.sleep(0.005)
+            await eventually("a call to the other app", lambda: fast.calls, interval=0.005)
             slow_calls_before = len(app.calls)
         assert slow_calls_before <= 2  # with one limit for both apps it came after 8 of the slow app's calls
         assert s.worker.concurrency == 6  # 3 per app, two apps

@@ -3,7 +3,6 @@ rebinding), while the SDKs, the CLI and its own dashboard keep working."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -13,8 +12,9 @@ import httpx
 import pytest
 
 from stepline import Stepline
-from stepline.server.app import create_app
 from stepline.server.config import ServerConfig
+
+from .asgi import asgi_server
 
 EVIL_URL = "http://127.0.0.1:9/api/inngest"
 STEP = {"id": "step", "name": "step", "runtime": {"type": "http", "url": EVIL_URL + "?fnId=x"}}
@@ -29,12 +29,8 @@ REGISTER = {
 
 @pytest.fixture
 async def dev(client: Stepline) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(client.engine, ServerConfig(discovery=False, poll=False, allowed_hosts=("dev.box",)),
-                     run_worker=False)  # fmt: skip
-    async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(app.router.lifespan_context(app))
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1:8288")
-        stack.push_async_callback(http.aclose)
+    config = ServerConfig(discovery=False, poll=False, allowed_hosts=("dev.box",))
+    async with asgi_server(client, config, base_url="http://127.0.0.1:8288") as http:
         yield http
 
 

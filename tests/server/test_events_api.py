@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +24,7 @@ from stepline.server.event_ids import event_ids
 from stepline.server.state import ServerState
 from stepline.storage.records import RunFilter
 
+from ..eventually import eventually_sync
 from ..pg_cluster import free_port
 
 SEED = "1767225600000," + base64.b64encode(bytes(range(10))).decode()
@@ -342,10 +342,12 @@ def serving(app: Starlette) -> Iterator[str]:
                                            ws="none"))  # fmt: skip
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
+
+    def started() -> bool:
+        assert thread.is_alive(), "uvicorn stopped"
+        return bool(server.started)
+
+    eventually_sync("uvicorn to start", started, 10, interval=0.01)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -6,7 +6,6 @@ cannot serve back it refuses with a 400 naming the event and the field.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stepline import Context, Stepline
-from stepline.server.app import create_app
-from stepline.server.config import ServerConfig
+
+from .asgi import asgi_server
 
 HEADERS = {"content-type": "application/json"}
 
@@ -30,11 +29,7 @@ async def api(client: Stepline) -> AsyncIterator[httpx.AsyncClient]:
         return ctx.event.data
 
     await client.ready()
-    app = create_app(client.engine, ServerConfig(discovery=False, poll=False), run_worker=False)
-    async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(app.router.lifespan_context(app))
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://localhost")
-        stack.push_async_callback(http.aclose)
+    async with asgi_server(client) as http:
         yield http
 
 

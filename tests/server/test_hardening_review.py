@@ -22,11 +22,10 @@ import pytest
 from stepline import Context, Stepline, Throttle
 from stepline.core import cel_sandbox
 from stepline.core.expressions import Bindings, ExpressionError, compile_expression
-from stepline.server.app import create_app
-from stepline.server.config import ServerConfig
 from stepline.server.outbound import OutboundPolicy, OutboundRefused
 
 from ..integration.helpers import drain, runs
+from .asgi import asgi_server
 
 
 def _balanced(leaves: list[str]) -> str:
@@ -41,11 +40,7 @@ CONCAT_BOMB = f"size({_balanced(['event.data.l'] * 240)}) > 0"  # passes every s
 
 @pytest.fixture
 async def api(client: Stepline) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(client.engine, ServerConfig(discovery=False, poll=False), run_worker=False)
-    async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(app.router.lifespan_context(app))
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://localhost", timeout=60)
-        stack.push_async_callback(http.aclose)
+    async with asgi_server(client, timeout=60) as http:
         yield http
 
 

@@ -7,13 +7,12 @@ can POST its functions to the server's ``/fn/register`` as the SDKs do.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 from stepline.protocol.signing import hashed_signing_key
 
+from ..eventually import eventually
 from .fake_app import (
     APP_ID,
     FALLBACK_KEY,
@@ -222,13 +221,11 @@ async def test_an_unchanged_body_is_not_registered_again_and_both_app_name_keys_
 
 # --- the server's PUT to the app ----------------------------------------------------------------------------------
 async def wait_for_app_error(s: Stack, url: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
+    async def error() -> str | None:
         stored = await s.store.get_app(url)
-        if stored is not None and stored.error:
-            return stored.error
-        assert time.monotonic() < deadline, "the syncer stored no error"
-        await asyncio.sleep(0.01)
+        return None if stored is None else stored.error
+
+    return await eventually("the syncer to store an error", error, timeout, interval=0.01)
 
 
 async def test_a_failed_sync_is_stored_on_the_app_and_cleared_by_the_next_good_sync(
