@@ -66,10 +66,13 @@ def setup_logging(observe: Observe, level: str, *, dev_dashboard: str | None = N
 
 @contextlib.contextmanager
 def tracing() -> Iterator[None]:
-    """OpenTelemetry traces if the ``OTEL_*`` variables ask for them, flushed (at most 5 s) when the command ends."""
+    """OpenTelemetry traces if the ``OTEL_*`` variables ask for them, flushed (at most 5 s) when the command ends;
+    then the startup heap is settled (``observability.settle_heap``)."""
+    from stepline.observability import settle_heap
     from stepline.observability.tracing import configure_from_env
 
     configured = configure_from_env()
+    settle_heap()
     try:
         yield
     finally:
