@@ -6,6 +6,7 @@ Every response of these tests is checked against the OpenAPI document the server
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -122,6 +123,17 @@ async def test_openapi_document_is_served_and_covers_every_route(api: httpx.Asyn
             assert "401" in op["responses"]
             for p in op["parameters"]:
                 assert p["in"] != "path" or f"{{{p['name']}}}" in path
+
+
+async def test_documented_string_parameters_exclude_the_nul_the_server_refuses(api: httpx.AsyncClient) -> None:
+    """A client generating any string the document allows never meets the 400 for a NUL in a path or query."""
+    free = [(path, p) for path, ops in DOC["paths"].items() for op in ops.values() for p in op["parameters"]
+            if p["schema"].get("type") == "string" and "enum" not in p["schema"]]  # fmt: skip
+    assert free
+    for path, p in free:
+        pattern = p["schema"].get("pattern")
+        assert pattern is not None and not re.search(pattern, "o\x00k"), (path, p)
+    assert (await api.get("/v1/events", params={"name": "a b"})).status_code == 200  # (the 400 itself: test_hardening)
 
 
 # --- events -------------------------------------------------------------------------------------------------

@@ -359,9 +359,17 @@ _STATUS_TEXT = {
 }
 
 
+# The server refuses a NUL anywhere in a path or query string (400): the document says so for every free-form
+# string parameter, so a client (or a conformance run) generating "any string" stays inside what is accepted.
+_NO_NUL = "^[^\\u0000]*$"
+
+
 def _parameter(p: Param) -> dict[str, Any]:
     required = p.required or p.where == "path"
-    return {"name": p.name, "in": p.where, "required": required, "description": p.description, "schema": p.schema}
+    schema = p.schema
+    if schema.get("type") == "string" and "pattern" not in schema and "enum" not in schema and "format" not in schema:
+        schema = {**schema, "pattern": _NO_NUL}
+    return {"name": p.name, "in": p.where, "required": required, "description": p.description, "schema": schema}
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
