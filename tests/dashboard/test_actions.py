@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from stepline.core.ids import hash_step_id
-from stepline.storage.records import AppRecord, RunFilter
+from stepline.storage.records import AppRecord, FunctionRecord, RunFilter
 
 from ..integration.helpers import drain
 from .conftest import Dash
@@ -171,3 +171,18 @@ async def test_pause_a_function_holds_its_runs_and_resume_releases_them(dash: Da
     assert [r["action"] for r in await recorded(dash)][-2:] == ["pause", "resume"]
     assert "run-cron" not in await dash.page("/dashboard/functions/test-app-greet")
     assert "has no cron trigger" in (await dash.act("/dashboard/functions/test-app-greet/run-cron", 400)).text
+
+
+async def test_run_a_cron_function_now_from_its_page(dash: Dash) -> None:
+    config = {"triggers": [{"cron": "0 * * * *"}]}
+    await dash.client.engine.register("crony", [FunctionRecord("crony-hourly", "crony", "hourly", "Hourly", config)])
+    page = await dash.page("/dashboard/functions/crony-hourly")
+    assert 'id="run-cron"' in page and "every hour at :00 UTC, next 01:00, 02:00, 03:00" in page
+    resp = await dash.act("/dashboard/functions/crony-hourly/run-cron")
+    run_id = location(resp).split("?")[0].rsplit("/", 1)[-1]
+    run = await dash.client.get_run(run_id)
+    assert run is not None and run.function_id == "crony-hourly" and run.status == "queued"
+    timer = await dash.client.store.get_event(run.event_id)
+    assert timer is not None and timer.name == "inngest/scheduled.timer" and timer.data["cron"] == "0 * * * *"
+    assert "Started now; the schedule is unchanged." in await dash.page(location(resp))
+    assert [r["action"] for r in await recorded(dash)][-1] == "run_cron"
