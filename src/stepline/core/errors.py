@@ -74,6 +74,19 @@ class StepError(Exception):
         self.stack = stack
 
 
+def retrying_reason(step: str | None, until: int, error: dict[str, Any] | None) -> dict[str, Any]:
+    """The idle reason of a run whose step (or, ``step`` None, whose function) waits for its next attempt: when,
+    and after which error (``Name: message``, cut at 200 characters), as the dashboard and the REST API show it."""
+    reason: dict[str, Any] = {"kind": "retrying"}
+    if step is not None:
+        reason["step"] = step
+    reason["until"] = until
+    if error:
+        text = f"{error.get('name') or 'Error'}: {error.get('message') or ''}".rstrip(": ")
+        reason["error"] = text if len(text) <= 200 else text[:199] + "…"
+    return reason
+
+
 def serialize_error(exc: BaseException) -> dict[str, Any]:
     """The stored form of an error: Inngest's ``{name, message, stack}``."""
     if isinstance(exc, StepError):

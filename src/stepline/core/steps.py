@@ -34,6 +34,7 @@ from stepline.core.errors import (
     StepIdConflictError,
     Suspend,
     _RunSignal,
+    retrying_reason,
     serialize_error,
 )
 from stepline.core.events import StoredEvent, canonical_event_name, to_json_value
@@ -309,7 +310,7 @@ class StepDriver:
                 raise self._suspend(
                     StepUpdate(step_id, display_id, "run", "retrying", rec.attempts, error=rec.error,
                                wake_at=rec.wake_at),
-                    {"kind": "retrying", "step": display_id, "until": rec.wake_at},
+                    retrying_reason(display_id, rec.wake_at, rec.error),
                 )  # fmt: skip
         self._inflight += 1
         self._idle.clear()
@@ -367,7 +368,7 @@ class StepDriver:
                 raise self._suspend(
                     StepUpdate(plan.step_id, plan.display_id, "run", "retrying", plan.attempt + 1,
                                error=serialize_error(error), wake_at=wake, started_at=plan.started_at),
-                    {"kind": "retrying", "step": plan.display_id, "until": wake},
+                    retrying_reason(plan.display_id, wake, serialize_error(error)),
                 )  # fmt: skip
             self._attempted(plan, "failed", error)
             rec = await self._record(StepUpdate(plan.step_id, plan.display_id, "run", "failed", plan.attempt + 1,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepline.core.durations import parse_duration
-from stepline.core.errors import run_end_error
+from stepline.core.errors import retrying_reason, run_end_error
 from stepline.core.events import canonical_event_name
 from stepline.core.expressions import compile_expression
 from stepline.core.function import DEFAULT_WAIT_TIMEOUT
@@ -506,7 +506,7 @@ class _Execution:
                 self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "run", "retrying", attempt + 1,
                                                  error=error, wake_at=wake,
                                                  started_at=self.call_started(targeted))  # fmt: skip
-                self.reasons[op.id] = {"kind": "retrying", "step": self.labels[op.id], "until": wake}
+                self.reasons[op.id] = retrying_reason(self.labels[op.id], wake, error)
                 return True
             self.attempted(op, "failed", targeted, error)
             await self.record(StepUpdate(op.id, self.labels[op.id], "run", "failed", attempt + 1, error=error,
@@ -680,7 +680,7 @@ class _Execution:
             wake = self.now() + int(self.st.config.backoff.delay(done.attempt).total_seconds() * 1000)
             self.pending[step_id] = StepUpdate(step_id, done.label, done.kind, "retrying", done.attempt + 1,
                                                error=result.error, wake_at=wake)  # fmt: skip
-            self.reasons[step_id] = {"kind": "retrying", "step": done.label, "until": wake}
+            self.reasons[step_id] = retrying_reason(done.label, wake, result.error)
             return
         await self.record(StepUpdate(step_id, done.label, done.kind, "failed", done.attempt + 1, error=result.error))
 
@@ -739,7 +739,7 @@ class _Execution:
                 runlog.attempt_failed(self.fn.id, run.id, label, attempt, error, wake)
                 self.pending[targeted] = StepUpdate(targeted, label, "run", "retrying", attempt + 1, error=error,
                                                     wake_at=wake, started_at=self.call_started(targeted))  # fmt: skip
-                self.reasons[targeted] = {"kind": "retrying", "step": label, "until": wake}
+                self.reasons[targeted] = retrying_reason(label, wake, error)
                 return
         elif retriable and self.attempt + 1 < self.fn.max_attempts:
             due = retry_at or now + int(self.st.config.backoff.delay(self.attempt).total_seconds() * 1000)

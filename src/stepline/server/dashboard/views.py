@@ -20,12 +20,13 @@ MAX_JSON_CHARS = 20_000  # longer outputs are cut on the page (the REST API has 
 
 
 def utc(ms: int | None) -> str:
-    """``2026-01-01 12:00:03.250Z`` (the page's script shows it in the browser's time zone)."""
+    """``2026-01-01 12:00:03Z``: every time on the dashboard (the page's script adds the browser's local time,
+    with milliseconds, as the tooltip)."""
     if ms is None:
         return ""
     ms = max(-62_135_596_800_000, min(ms, 253_402_300_799_999))  # what datetime (and RFC 3339) can write
     stamp = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
-    return stamp.strftime("%Y-%m-%d %H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    return stamp.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def duration(ms: int | float | None) -> str:
@@ -85,7 +86,7 @@ def idle_text(reason: Mapping[str, Any] | None, now: int) -> str:
         child = f" (run {reason['run_id']})" if reason.get("run_id") else ""
         return f"Waiting for the invoked function{target}{child} to finish{step}{_until(reason, now)}"
     if kind == "retrying":
-        return f"Retrying{step} after an error{_until(reason, now).replace(' until', ' at', 1)}"
+        return _retry_text(reason, now)
     if kind == "rerun":
         origin = f" from step {reason['from_step']!r}" if reason.get("from_step") else ""
         return f"Rerun of run {reason.get('run_id', '?')}{origin}: queued to start"
@@ -96,6 +97,19 @@ def idle_text(reason: Mapping[str, Any] | None, now: int) -> str:
     fields = ", ".join(f"{k}: {_field(k, v)}" for k, v in reason.items() if k != "kind")
     label = str(kind).replace("_", " ").capitalize() if kind else "Waiting"
     return f"{label} ({fields})" if fields else label
+
+
+def _retry_text(reason: Mapping[str, Any], now: int) -> str:
+    """``Retrying step 'charge': next attempt at <time> (in 12 s), after RuntimeError: card declined``."""
+    what = f"step {reason['step']!r}" if reason.get("step") else "the function"
+    until = reason.get("until")
+    when = ""
+    if isinstance(until, int):
+        left = until - now
+        when = f": next attempt at {utc(until)}" + (f" (in {duration(left)})" if left > 0 else " (due now)")
+    error = reason.get("error")
+    after = f", after {error}" if isinstance(error, str) and error else ", after an error"
+    return f"Retrying {what}{when}{after}"
 
 
 def _field(key: str, value: Any) -> str:
