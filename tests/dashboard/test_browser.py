@@ -210,3 +210,28 @@ def test_a_charts_values_match_the_store_after_a_known_workload(dev: Server, pag
         assert _chart_total(page, "runs", series) == in_store
         assert _chart_total(page, "runs", "started") == len(runs)
     assert page.locator('#chart-duration li[data-series="p99"] .total').get_attribute("data-total")  # not empty
+
+
+def test_one_time_format_tables_that_fit_labels_that_hold_and_the_os_dark_mode(dev: Server, browser: Browser) -> None:
+    run_id = dev.trigger("dash/greet", {"name": "format"})["run_id"]
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="dark")
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(f"{dev.url}/dashboard/runs")
+        created = page.locator(f'tr[data-run-id="{run_id}"] time').first
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", created.inner_text())  # one format: ISO, UTC
+        assert "local time" in (created.get_attribute("title") or "")  # the local time as the tooltip
+        wrap = page.locator(".table-wrap").first
+        assert wrap.evaluate("el => el.scrollWidth <= el.clientWidth"), "the runs table fits 1280 px"
+        for cell in page.locator("tr.run-row td:nth-child(2) a").all()[:5]:  # function names on one line
+            box = cell.bounding_box()
+            assert box is not None and box["height"] < 30, box
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert sum(int(v) for v in re.findall(r"\d+", background)[:3]) < 120, background  # dark
+        page.goto(f"{dev.url}/dashboard/functions/dash-greet")
+        label = page.locator("#invoke-data").locator("xpath=..").locator(".label-text")
+        box = label.bounding_box()
+        assert box is not None and box["height"] < 30, f"the Invoke form's label breaks: {box}"
+    finally:
+        context.close()

@@ -37,6 +37,13 @@ async def test_every_attempt_is_a_bar_in_order_with_its_error_and_the_backoff_be
     lane = _lane(page, "fetch-rates")
     assert [b[:2] for b in _bars(lane)] == [("attempt", "failed"), ("backoff", "retrying")]
     assert "Next attempt at" in lane and "after the error above" in lane
+    # the retry note says when the next attempt starts and after which error
+    listed = html.unescape(await dash.page("/dashboard/runs"))
+    assert re.search(
+        r"Retrying step 'fetch-rates': next attempt at 2026-01-01 00:00:00Z \(in 300 ms\), "
+        r"after RetryAfterError: rate service busy \(try 1\) for t1",
+        listed,
+    ), listed[-3000:]
     for _ in range(2):
         await advance(dash.client, dash.clock, RETRY_AFTER_S + 0.05)
     await advance(dash.client, dash.clock, RETRY_AFTER_S + 0.05)  # the sleep ends

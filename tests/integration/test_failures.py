@@ -29,7 +29,8 @@ async def test_step_retries_with_backoff_then_succeeds(client: Stepline, clock: 
     await drain(client)
     run = await only_run(client)
     assert run.status == "running" and run.idle_reason == {
-        "kind": "retrying", "step": "call", "until": clock.now_ms() + 10_000}  # fmt: skip
+        "kind": "retrying", "step": "call", "until": clock.now_ms() + 10_000,
+        "error": "ConnectionError: upstream down"}  # fmt: skip
     await advance(client, clock, 9)
     assert len(attempts) == 1  # not before the backoff
     await advance(client, clock, 1)

@@ -70,7 +70,9 @@ async def wait_for_calls(app: FakeApp, n: int, timeout: float = 10.0) -> None:
 def retrying(run: Any, attempt: int, due: int) -> None:
     """The run is live, waiting for its retry at ``due`` (what `stepline runs show` and the API report)."""
     assert (run.status, run.attempt, run.due_at, run.lease_owner) == ("running", attempt, due, None), run
-    assert run.idle_reason == {"kind": "retrying", "until": due}
+    reason = dict(run.idle_reason)
+    assert isinstance(reason.pop("error"), str)  # after which error (the dashboard's retry note)
+    assert reason == {"kind": "retrying", "until": due}
 
 
 # --- the app is down --------------------------------------------------------------------------------------------------

@@ -131,7 +131,9 @@ async def test_a_failing_model_is_retried_as_the_step_then_memoised_as_inngests_
         "name": "AIGatewayError", "message": "Error making AI request: unsuccessful status code: 503",
         "data": overloaded, "stack": json.dumps(overloaded)}}  # fmt: skip
     run = runs[fid("flaky")]
-    assert run.idle_reason == {"kind": "retrying", "step": "ask", "until": s.now() + 10_000}, run
+    assert run.idle_reason == {"kind": "retrying", "step": "ask", "until": s.now() + 10_000,
+                               "error": run.idle_reason["error"]}, run  # fmt: skip
+    assert run.idle_reason["error"].startswith("AIGatewayError: ")
     [step] = await s.store.list_steps(run.id)
     assert (step.kind, step.status, step.attempts, step.error["message"]) == (
         "ai",

@@ -119,7 +119,8 @@ async def test_a_function_error_in_a_targeted_call_retries_that_step_and_keeps_t
     await s.drain()
     run = (await s.runs_of(event_id))[fid("par")]
     assert (run.status, run.attempt) == ("running", 0), run  # the run's own attempt is untouched
-    assert run.idle_reason == {"kind": "retrying", "step": "a", "until": s.now() + 10_000}
+    assert run.idle_reason == {"kind": "retrying", "step": "a", "until": s.now() + 10_000,
+                               "error": "Error: a's call failed"}  # fmt: skip
     steps = {st.display_id: st for st in await s.store.list_steps(run.id)}
     assert (steps["b"].status, steps["b"].output) == ("completed", "B")  # kept: b is not called again
     assert (steps["a"].status, steps["a"].attempts, steps["a"].error["message"]) == ("retrying", 1, "a's call failed")

@@ -204,7 +204,7 @@ async def test_retry_bumps_attempt_and_reschedules(store: Store) -> None:
     run = await store.get_run(claimed.run.id)
     assert run is not None
     assert (run.status, run.attempt, run.due_at) == ("running", 1, due)
-    assert run.idle_reason == {"kind": "retrying", "until": due}
+    assert run.idle_reason == {"kind": "retrying", "until": due, "error": "ValueError: boom"}
     assert run.error == error
     assert (run.lease_owner, run.lease_expires_at) == (None, None)
     assert await store.claim_runs("w2", [FN], due - 1, 10, LEASE) == []

@@ -46,7 +46,7 @@ from stepline.core.run_logs import RunLogCapture, enter_step, leave_step
 from stepline.observability import hooks, runlog
 from stepline.realtime.messages import PublishError, new_message
 from stepline.storage.records import SignalConflict, StepRecord, StepUpdate, WaitSpec, WriteOutcome
-from stepline.storage.states import IdleReason
+from stepline.storage.states import IdleReason, retrying_reason
 
 if TYPE_CHECKING:
     from stepline.core.engine import Engine
@@ -311,7 +311,7 @@ class StepDriver:
                 raise self._suspend(
                     StepUpdate(step_id, display_id, "run", "retrying", rec.attempts, error=rec.error,
                                wake_at=rec.wake_at),
-                    {"kind": "retrying", "step": display_id, "until": rec.wake_at},
+                    retrying_reason(display_id, rec.wake_at, rec.error),
                 )  # fmt: skip
         if self.fn.id in self.engine.paused:  # paused: no new step code runs (memoized steps still replay)
             self.stop = RunPaused()
@@ -372,7 +372,7 @@ class StepDriver:
                 raise self._suspend(
                     StepUpdate(plan.step_id, plan.display_id, "run", "retrying", plan.attempt + 1,
                                error=serialize_error(error), wake_at=wake, started_at=plan.started_at),
-                    {"kind": "retrying", "step": plan.display_id, "until": wake},
+                    retrying_reason(plan.display_id, wake, serialize_error(error)),
                 )  # fmt: skip
             self._attempted(plan, "failed", error)
             rec = await self._record(StepUpdate(plan.step_id, plan.display_id, "run", "failed", plan.attempt + 1,

@@ -39,7 +39,7 @@ from stepline.server.functions import HttpFunction
 from stepline.server.gateway import GATEWAY_OPS, GatewayResult
 from stepline.server.state import ServerState
 from stepline.storage.records import ClaimedRun, RunFinish, SignalConflict, StepRecord, StepUpdate, WaitSpec
-from stepline.storage.states import IdleReason, idle_of, start_expired
+from stepline.storage.states import IdleReason, idle_of, retrying_reason, start_expired
 
 log = logging.getLogger("stepline.server.calls")
 MAX_CALLS_PER_CLAIM = 10_000
@@ -517,7 +517,7 @@ class _Execution:
                 self.pending[op.id] = StepUpdate(op.id, self.labels[op.id], "run", "retrying", attempt + 1,
                                                  error=error, wake_at=wake,
                                                  started_at=self.call_started(targeted))  # fmt: skip
-                self.reasons[op.id] = {"kind": "retrying", "step": self.labels[op.id], "until": wake}
+                self.reasons[op.id] = retrying_reason(self.labels[op.id], wake, error)
                 return True
             self.attempted(op, "failed", targeted, error)
             await self.record(StepUpdate(op.id, self.labels[op.id], "run", "failed", attempt + 1, error=error,
@@ -691,7 +691,7 @@ class _Execution:
             wake = self.now() + int(self.st.config.backoff.delay(done.attempt).total_seconds() * 1000)
             self.pending[step_id] = StepUpdate(step_id, done.label, done.kind, "retrying", done.attempt + 1,
                                                error=result.error, wake_at=wake)  # fmt: skip
-            self.reasons[step_id] = {"kind": "retrying", "step": done.label, "until": wake}
+            self.reasons[step_id] = retrying_reason(done.label, wake, result.error)
             return
         await self.record(StepUpdate(step_id, done.label, done.kind, "failed", done.attempt + 1, error=result.error))
 
@@ -752,7 +752,7 @@ class _Execution:
                 runlog.attempt_failed(self.fn.id, run.id, label, attempt, error, wake)
                 self.pending[targeted] = StepUpdate(targeted, label, "run", "retrying", attempt + 1, error=error,
                                                     wake_at=wake, started_at=self.call_started(targeted))  # fmt: skip
-                self.reasons[targeted] = {"kind": "retrying", "step": label, "until": wake}
+                self.reasons[targeted] = retrying_reason(label, wake, error)
                 return
         elif retriable and self.attempt + 1 < self.fn.max_attempts:
             due = retry_at or now + int(self.st.config.backoff.delay(self.attempt).total_seconds() * 1000)

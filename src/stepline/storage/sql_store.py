@@ -49,7 +49,7 @@ from stepline.storage.sql_observability import SqlObservabilityMixin
 from stepline.storage.sql_realtime import SqlRealtimeMixin
 from stepline.storage.sql_security import SqlSecurityMixin
 from stepline.storage.sql_stats import SqlStatsMixin, StatsBatch
-from stepline.storage.states import IdleReason
+from stepline.storage.states import IdleReason, retrying_reason
 from stepline.storage.writer import GroupCommitWriter, MergeableOp
 
 T = TypeVar("T")
@@ -627,7 +627,7 @@ class SqlStore(
             keys = conn.execute(
                 self.Q["retry_run"],
                 {"run_id": run_id, "due_at": due_at, "error": _j(error), "attempt": attempt,
-                 "idle_reason": _j({"kind": "retrying", "until": due_at})},
+                 "idle_reason": _j(retrying_reason(None, due_at, error))},
             ).fetchone()  # fmt: skip
             self._free_slots(conn, keys, now)
             self._notify_work(conn, due_at)
@@ -650,6 +650,7 @@ class SqlStore(
         follow_ups: list[tuple[IngestBatch, WaitMatcher, int]] = []
         whose: list[int] = []  # the op each follow-up belongs to
         outcomes: list[WriteOutcome | None] = []
+        stats = StatsBatch()  # the ends' statistics, added once for the whole batch
         for i, (op, row) in enumerate(zip(ops, rows, strict=True)):
             if row is None:
                 # Not ended by this call: already ended (cancelled elsewhere), or another worker holds the lease.
@@ -658,8 +659,9 @@ class SqlStore(
                 continue
             outcomes.append(None)
             n = len(follow_ups)
-            self._after_end(conn, op.run_id, row, op.finish, op.matcher, op.now, follow_ups)
+            self._after_end(conn, op.run_id, row, op.finish, op.matcher, op.now, follow_ups, stats)
             whose += [i] * (len(follow_ups) - n)
+        self._add_stats(conn, stats)
         cancelled: list[list[str]] = [[] for _ in ops]
         if follow_ups:
             for i, result in zip(whose, self._ingest_many(conn, follow_ups), strict=True):
@@ -715,16 +717,19 @@ class SqlStore(
         matcher: WaitMatcher,
         now: int,
         follow_ups: list[tuple[IngestBatch, WaitMatcher, int]] | None,
+        stats: StatsBatch | None = None,
     ) -> None:
         """What a run's end does beyond its row: logs, waits, slots, the parent's invoke step, the events it emits
-        (ingested here, or added to ``follow_ups`` for the caller to ingest)."""
+        (ingested here, or added to ``follow_ups`` for the caller to ingest), its statistics (added here, or to
+        ``stats`` for the caller to add)."""
         self._insert_run_logs(conn, run_id, finish.logs, now)
         if finish.may_have_waits:
             conn.execute(self.Q["delete_run_waits"], {"run_id": run_id})
         parent_run_id, parent_step_id, started_at, function_id, *keys = row
-        stats = StatsBatch()
-        stats.ended(function_id, finish.status, started_at, now)
-        self._add_stats(conn, stats)
+        batch = StatsBatch() if stats is None else stats
+        batch.ended(function_id, finish.status, started_at, now)
+        if stats is None:
+            self._add_stats(conn, batch)
         self._free_slots(conn, tuple(keys), now)
         if parent_run_id is not None:
             result = finish.output if finish.status == "completed" else None  # the invoked function's output

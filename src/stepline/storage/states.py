@@ -68,6 +68,7 @@ class IdleReason(TypedDict, total=False):
     from_step: str  # rerun
     memo_steps: int  # queued with a copied memo
     reasons: list[IdleReason]  # multiple (parallel steps)
+    error: str  # retrying: the error the last attempt ended with ("Name: message", at most 200 characters)
     message: str
     key: str | None
     limit: int
@@ -111,6 +112,33 @@ def duration(ms: int | float | None) -> str:
     return f"{hours // 24} d {hours % 24} h"
 
 
+def retrying_reason(step: str | None, until: int, error: Mapping[str, Any] | None) -> IdleReason:
+    """The idle reason of a run whose step (or, ``step`` None, whose function) waits for its next attempt: when,
+    and after which error (``Name: message``, cut at 200 characters), as the dashboard and the REST API show it."""
+    reason: IdleReason = {"kind": "retrying"}
+    if step is not None:
+        reason["step"] = step
+    reason["until"] = until
+    if error:
+        text = f"{error.get('name') or 'Error'}: {error.get('message') or ''}".rstrip(": ")
+        reason["error"] = text if len(text) <= 200 else text[:199] + "…"
+    return reason
+
+
+def _retry_text(reason: Mapping[str, Any], now: int | None) -> str:
+    """``Retrying step 'charge': next attempt at <time> (in 12 s), after RuntimeError: card declined``."""
+    what = f"step {reason['step']!r}" if reason.get("step") else "the function"
+    until = reason.get("until")
+    when = ""
+    if isinstance(until, int) and not isinstance(until, bool):
+        left = None if now is None else until - now
+        soon = "" if left is None else (f" (in {duration(left)})" if left > 0 else " (due now)")
+        when = f": next attempt at {utc(until)}{soon}"
+    error = reason.get("error")
+    after = f", after {error}" if isinstance(error, str) and error else ", after an error"
+    return f"Retrying {what}{when}{after}"
+
+
 def _until(reason: Mapping[str, Any], now: int | None, word: str = "until") -> str:
     until = reason.get("until")
     if not isinstance(until, int) or isinstance(until, bool):
@@ -146,7 +174,7 @@ def describe_idle(reason: Mapping[str, Any] | None, now: int | None = None) -> s
         child = f" (run {reason['run_id']})" if reason.get("run_id") else ""
         return f"Waiting for the invoked function{target}{child} to finish{step}{_until(reason, now)}"
     if kind == "retrying":
-        return f"Retrying{step} after an error{_until(reason, now, 'at')}"
+        return _retry_text(reason, now)
     if kind == "rerun":
         origin = f" from step {reason['from_step']!r}" if reason.get("from_step") else ""
         return f"Rerun of run {reason.get('run_id', '?')}{origin}: queued to start"

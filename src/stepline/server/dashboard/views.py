@@ -3,6 +3,7 @@ errors and the reasons a run is waiting. Pure functions, no I/O."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,11 +15,20 @@ from stepline.core.describe import cron_text, flow_words
 from stepline.storage.states import LIVE as LIVE
 from stepline.storage.states import RUN_STATUSES, describe_idle
 from stepline.storage.states import duration as duration
-from stepline.storage.states import utc as utc
 
 STATUSES = RUN_STATUSES
 MACROS = ("status", "when", "run_table", "action_form", "error_box")
 MAX_JSON_CHARS = 20_000  # longer outputs are cut on the page (the REST API has them whole)
+
+
+def utc(ms: int | None) -> str:
+    """``2026-01-01 12:00:03Z``: every time on the dashboard (the page's script adds the browser's local time,
+    with milliseconds, as the tooltip)."""
+    if ms is None:
+        return ""
+    ms = max(-62_135_596_800_000, min(ms, 253_402_300_799_999))  # what datetime (and RFC 3339) can write
+    stamp = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
+    return stamp.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def pretty_json(value: Any) -> str:

@@ -3,15 +3,15 @@
 (function () {
   "use strict";
 
+  // Times are written in one format (2026-01-01 12:00:03Z, UTC); the tooltip is the browser's local time.
   function localTimes(root) {
     root.querySelectorAll("time[data-ms]").forEach(function (el) {
       var d = new Date(Number(el.dataset.ms));
       if (isNaN(d.getTime())) return;
-      el.title = el.textContent;
-      el.textContent = d.toLocaleString(undefined, {
-        year: "numeric", month: "short", day: "numeric",
-        hour: "2-digit", minute: "2-digit", second: "2-digit",
-      });
+      el.title = d.toLocaleString(undefined, {
+        year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+        second: "2-digit", fractionalSecondDigits: 3, timeZoneName: "short",
+      }) + " (local time)";
     });
   }
 
