@@ -108,6 +108,7 @@ class SqlStore(
     """The ``Store`` methods, written once for every SQL backend (apps, reruns, cancellations: ``SqlAppsMixin``)."""
 
     Q: dict[str, str]
+    registry_checked_in_ingest = True  # see _open_ingest: a local read (SQLite), or no extra round trip (PostgreSQL)
 
     @abc.abstractmethod
     def _read(self, fn: Callable[[Conn], T]) -> T:
@@ -185,6 +186,22 @@ class SqlStore(
                 stored.add(ev.internal_id)
         return stored
 
+    def _open_ingest(self, conn: Conn, planned: set[int], names: list[str], events: list[StoredEvent]) -> set[str]:
+        """The start of an ingest transaction: check the registry ``planned`` versions (StaleRegistryError), take
+        the locks for ``names`` and store ``events``; returns what ``_insert_events`` returns. PostgreSQL sends the
+        three in one round trip; a stale plan is rolled back with the transaction."""
+        self._check_registry(conn, planned)
+        if names:
+            self._lock_for_ingest(conn, names)
+        return self._insert_events(conn, events)
+
+    def _check_registry(self, conn: Conn, planned: set[int], current: int | None = None) -> None:
+        if planned:  # merged ingests of which one is stale are then applied one by one (the writer's fallback)
+            if current is None:
+                current = int(conn.execute(self.Q["registry_version"]).fetchone()[0])
+            if planned != {current}:
+                raise StaleRegistryError(f"the function registry changed (now version {current}) since planning")
+
     def _names_with_waits(self, conn: Conn, names: list[str]) -> set[str]:
         """Which of these event names some wait may be waiting for (a superset is fine: each is looked up)."""
         return set(names)
@@ -202,16 +219,10 @@ class SqlStore(
         redelivered event (stored already, or earlier in this call) matches no wait, and every run passes its
         flow-control gates in order.
         """
-        planned = {batch.registry_version for batch, _, _ in items if batch.registry_version is not None}
-        if planned:  # before any write: a stale plan stores nothing (merged ingests are then applied one by one)
-            current = int(conn.execute(self.Q["registry_version"]).fetchone()[0])
-            if planned != {current}:
-                raise StaleRegistryError(f"the function registry changed (now version {current}) since planning")
         results = [IngestResult([], [], [], [], []) for _ in items]
+        planned = {batch.registry_version for batch, _, _ in items if batch.registry_version is not None}
         names = sorted({ev.name for batch, _, _ in items for ev in batch.events})
-        if names:
-            self._lock_for_ingest(conn, names)
-        stored = self._insert_events(conn, [ev for batch, _, _ in items for ev in batch.events])
+        stored = self._open_ingest(conn, planned, names, [ev for batch, _, _ in items for ev in batch.events])
         fresh_per_item: list[list[StoredEvent]] = []
         seen: set[str] = set()
         for (batch, _, _), result in zip(items, results, strict=True):

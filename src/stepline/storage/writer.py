@@ -118,6 +118,7 @@ class GroupCommitWriter:
         retry_for: float = 120.0,
         name: str = "stepline-writer",
         before_commit: Callable[[Conn], None] | None = None,
+        commit: Callable[[Conn], None] | None = None,
     ) -> None:
         self._connect = connect
         self._max_batch = max_batch
@@ -126,6 +127,7 @@ class GroupCommitWriter:
         self._is_disconnect = is_disconnect
         self._retry_for = retry_for
         self._before_commit = before_commit  # e.g. one NOTIFY per transaction
+        self._commit = commit  # instead of COMMIT (PostgreSQL: the NOTIFYs and the COMMIT in one round trip)
         self._conn: Any = None
         self._closed_hard = False
         self._queue: queue.SimpleQueue[tuple[WriteOp[Any], _Waiter] | None] = queue.SimpleQueue()
@@ -301,7 +303,10 @@ class GroupCommitWriter:
             else:
                 if self._before_commit is not None:
                     self._before_commit(conn)
-                conn.execute("COMMIT")
+                if self._commit is not None:
+                    self._commit(conn)
+                else:
+                    conn.execute("COMMIT")
                 committed, _tx.pending = _tx.pending, None
                 for action in committed:
                     try:

@@ -105,6 +105,8 @@ class PostgresStore(SqlStore):
         self._closing = threading.Event()
         # writer connection -> the earliest due time its open transaction created (sent as the NOTIFY payload)
         self._notify_pending: dict[int, tuple[int, int | None]] = {}
+        # writer connection -> the event names with waits that its open ingest looked up (``_open_ingest``)
+        self._waited: dict[int, set[str]] = {}
 
     # --- connections ---
     def _connect(self) -> psycopg.Connection[Any]:
@@ -163,7 +165,7 @@ class PostgresStore(SqlStore):
                 is_transient=_is_transient,
                 is_disconnect=_is_disconnect,
                 name=f"stepline-pg-writer-{i}",
-                before_commit=self._notify_before_commit,
+                commit=self._notify_and_commit,
             )
             for i in range(self._writer_count)
         ]
@@ -203,16 +205,12 @@ class PostgresStore(SqlStore):
     def _insert_events(self, conn: Conn, events: list[StoredEvent]) -> set[str]:
         if len(events) < 2:
             return super()._insert_events(conn, events)
-        rows = conn.execute(
-            self.Q["insert_events"],
-            {"internal_id": [e.internal_id for e in events], "id": [e.id for e in events],
-             "name": [e.name for e in events], "data": [json.dumps(e.data) for e in events],
-             "user": [json.dumps(e.user) for e in events], "ts": [e.ts for e in events], "v": [e.v for e in events],
-             "received_at": [e.received_at for e in events], "traceparent": [e.traceparent for e in events]},
-        ).fetchall()  # fmt: skip
-        return {r[0] for r in rows}
+        return {r[0] for r in conn.execute(self.Q["insert_events"], _event_columns(events)).fetchall()}
 
     def _names_with_waits(self, conn: Conn, names: list[str]) -> set[str]:
+        known = self._waited.pop(id(conn), None)  # looked up by _open_ingest, in this transaction
+        if known is not None:
+            return known & set(names)
         if not names:
             return set()
         return {r[0] for r in conn.execute(self.Q["names_with_waits"], {"names": names})}
@@ -299,14 +297,34 @@ class PostgresStore(SqlStore):
         elif then is None or due_at < then:
             self._notify_pending[key] = (first, due_at)
 
-    def _notify_before_commit(self, conn: Conn) -> None:
+    def _notify_and_commit(self, conn: Conn) -> None:
+        """COMMIT, with the transaction's NOTIFYs (``_notify_work``) sent in the same round trip: a statement
+        without parameters goes as one simple query, several statements in one message (the payloads are
+        integers, written as literals)."""
         pending = self._notify_pending.pop(id(conn), None)
         if pending is None:
+            conn.execute("COMMIT")
             return
-        first, then = pending
-        conn.execute("SELECT pg_notify(%(channel)s, %(due)s)", {"channel": NOTIFY_CHANNEL, "due": str(first)})
-        if then is not None:
-            conn.execute("SELECT pg_notify(%(channel)s, %(due)s)", {"channel": NOTIFY_CHANNEL, "due": str(then)})
+        notify = "".join(f"NOTIFY {NOTIFY_CHANNEL}, '{int(due)}'; " for due in pending if due is not None)
+        conn.execute(notify + "COMMIT")
+
+    def _open_ingest(self, conn: Any, planned: set[int], names: list[str], events: list[StoredEvent]) -> set[str]:
+        # One round trip (a pipeline) for the registry check, the shared per-name locks, the events and which of
+        # their names have waits (kept for ``_names_with_waits``). The lock is a statement of its own, granted
+        # before the wait lookup, which follows it, takes its snapshot.
+        self._waited.pop(id(conn), None)
+        with conn.pipeline():
+            version = conn.execute(self.Q["registry_version"]) if planned else None
+            if names:
+                self._lock_for_ingest(conn, names)
+            inserted = conn.execute(self.Q["insert_events"], _event_columns(events)) if events else None
+            waited = conn.execute(self.Q["names_with_waits"], {"names": names}) if names else None
+            current = int(version.fetchone()[0]) if version is not None else None
+            stored = {r[0] for r in inserted.fetchall()} if inserted is not None else set()
+            with_waits = {r[0] for r in waited.fetchall()} if waited is not None else set()
+        self._check_registry(conn, planned, current)
+        self._waited[id(conn)] = with_waits
+        return stored
 
     # --- notifications ---
     def subscribe(self, callback: Callable[[int | None], None]) -> bool:
@@ -418,3 +436,11 @@ def migrate(conn: psycopg.Connection[Any], target: int | None = None) -> int:
         return current_version(conn)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%(key)s)", {"key": MIGRATION_LOCK})
+
+
+def _event_columns(events: list[StoredEvent]) -> dict[str, list[Any]]:
+    """The parameters of ``insert_events``: one array per column."""
+    return {"internal_id": [e.internal_id for e in events], "id": [e.id for e in events],
+            "name": [e.name for e in events], "data": [json.dumps(e.data) for e in events],
+            "user": [json.dumps(e.user) for e in events], "ts": [e.ts for e in events], "v": [e.v for e in events],
+            "received_at": [e.received_at for e in events], "traceparent": [e.traceparent for e in events]}  # fmt: skip

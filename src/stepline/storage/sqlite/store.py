@@ -21,7 +21,6 @@ class SQLiteStore(SqlStore):
     """Embedded store in one file. ``synchronous`` is FULL by default: a committed step survives power loss."""
 
     Q = QUERIES
-    registry_checked_in_ingest = True  # a local read inside the writer's transaction
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout_ms: int = 30000):
         self.path = Path(path)
