@@ -23,7 +23,9 @@ CASES: list[tuple[IdleReason, str]] = [
     ({"kind": "invoking", "step": "i", "function": "app-child", "run_id": "R1", "until": T},
      "Waiting for the invoked function 'app-child' (run R1) to finish in step 'i' until 2026-01-01 01:00:00.000Z"),
     ({"kind": "retrying", "step": "call", "until": T},
-     "Retrying in step 'call' after an error at 2026-01-01 01:00:00.000Z"),
+     "Retrying step 'call': next attempt at 2026-01-01 01:00:00.000Z, after an error"),
+    ({"kind": "retrying", "until": T, "error": "RuntimeError: card declined"},
+     "Retrying the function: next attempt at 2026-01-01 01:00:00.000Z, after RuntimeError: card declined"),
     ({"kind": "rerun", "run_id": "R0", "from_step": "b"}, "Rerun of run R0 from step 'b': queued to start"),
     ({"kind": "queued", "memo_steps": 2}, "Queued to start"),
     ({"kind": "concurrency", "key": "u42", "limit": 5, "active": 5, "message": "concurrency key u42 at 5 of 5"},
@@ -41,12 +43,14 @@ def _run(status: Any, reason: IdleReason | None) -> RunRecord:
 def test_every_kind_in_words_the_same_for_the_cli_and_the_dashboard(reason: IdleReason, words: str) -> None:
     assert describe_idle(reason) == words
     assert run_note(_run("running", reason)) == words  # the CLI's NOTE column and `runs show`
-    assert idle_text(reason, T) == words  # the dashboard, at the time itself: nothing left to count down
+    # The dashboard: the same words in its own time format (no milliseconds), at the time itself (nothing left to
+    # count down; a retry says it is due).
+    assert idle_text(reason, T).replace(" (due now)", "") == words.replace(".000Z", "Z")
 
 
 def test_the_dashboard_adds_how_far_off_a_time_is() -> None:
     assert idle_text({"kind": "sleeping", "step": "nap", "until": T}, NOW) == (
-        "Sleeping in step 'nap' until 2026-01-01 01:00:00.000Z (in 1 m 30 s)")  # fmt: skip
+        "Sleeping in step 'nap' until 2026-01-01 01:00:00Z (in 1 m 30 s)")  # fmt: skip
 
 
 def test_parallel_steps_are_multiple_reasons_earliest_first() -> None:
@@ -55,5 +59,5 @@ def test_parallel_steps_are_multiple_reasons_earliest_first() -> None:
     both = idle_of([late, early])
     assert both == {"kind": "multiple", "reasons": [early, late]}
     assert idle_of([late]) == late
-    assert describe_idle(both) == ("Retrying in step 'early' after an error at 2026-01-01 01:00:00.000Z; "
+    assert describe_idle(both) == ("Retrying step 'early': next attempt at 2026-01-01 01:00:00.000Z, after an error; "
                                    "Sleeping in step 'late' until 2026-01-01 01:00:00.001Z")  # fmt: skip

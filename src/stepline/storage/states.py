@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Required, TypedDict
 
 if TYPE_CHECKING:
@@ -84,6 +84,9 @@ def idle_of(reasons: list[IdleReason]) -> IdleReason:
     return ordered[0] if len(ordered) == 1 else {"kind": "multiple", "reasons": ordered}
 
 
+TimeFormat = Callable[[int], str]  # a unix-ms time in words (the CLI's utc, the dashboard's own)
+
+
 def utc(ms: int | None) -> str:
     """``2026-01-01 12:00:03.250Z``."""
     if ms is None:
@@ -125,7 +128,7 @@ def retrying_reason(step: str | None, until: int, error: Mapping[str, Any] | Non
     return reason
 
 
-def _retry_text(reason: Mapping[str, Any], now: int | None) -> str:
+def _retry_text(reason: Mapping[str, Any], now: int | None, when_of: TimeFormat) -> str:
     """``Retrying step 'charge': next attempt at <time> (in 12 s), after RuntimeError: card declined``."""
     what = f"step {reason['step']!r}" if reason.get("step") else "the function"
     until = reason.get("until")
@@ -133,58 +136,59 @@ def _retry_text(reason: Mapping[str, Any], now: int | None) -> str:
     if isinstance(until, int) and not isinstance(until, bool):
         left = None if now is None else until - now
         soon = "" if left is None else (f" (in {duration(left)})" if left > 0 else " (due now)")
-        when = f": next attempt at {utc(until)}{soon}"
+        when = f": next attempt at {when_of(until)}{soon}"
     error = reason.get("error")
     after = f", after {error}" if isinstance(error, str) and error else ", after an error"
     return f"Retrying {what}{when}{after}"
 
 
-def _until(reason: Mapping[str, Any], now: int | None, word: str = "until") -> str:
+def _until(reason: Mapping[str, Any], now: int | None, when_of: TimeFormat, word: str = "until") -> str:
     until = reason.get("until")
     if not isinstance(until, int) or isinstance(until, bool):
         return ""
     left = None if now is None else until - now
-    return f" {word} {utc(until)}" + (f" (in {duration(left)})" if left is not None and left > 0 else "")
+    return f" {word} {when_of(until)}" + (f" (in {duration(left)})" if left is not None and left > 0 else "")
 
 
-def _field(key: str, value: Any) -> str:
+def _field(key: str, value: Any, when_of: TimeFormat) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and (key.endswith("_at") or key == "until"):
-        return utc(value) if value > 10**11 else str(value)
+        return when_of(value) if value > 10**11 else str(value)
     if isinstance(value, str):
         return value
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
     return text if len(text) <= 80 else text[:79] + "…"
 
 
-def describe_idle(reason: Mapping[str, Any] | None, now: int | None = None) -> str:
+def describe_idle(reason: Mapping[str, Any] | None, now: int | None = None, when_of: TimeFormat | None = None) -> str:
     """Why a live run has no work running, in words (``""`` for none): a sentence for the kinds the engine writes,
     else the reason's ``message`` (flow control), else its fields. With ``now``, times say how far off they are."""
+    fmt = when_of or utc
     if not reason:
         return ""
     kind = reason.get("kind")
     step = f" in step {reason['step']!r}" if reason.get("step") else ""
     if kind == "sleeping":
-        return f"Sleeping{step}{_until(reason, now)}"
+        return f"Sleeping{step}{_until(reason, now, fmt)}"
     if kind == "waiting" and reason.get("signal"):
-        return f"Waiting for signal {reason['signal']!r}{step}{_until(reason, now)} (then it times out)"
+        return f"Waiting for signal {reason['signal']!r}{step}{_until(reason, now, fmt)} (then it times out)"
     if kind == "waiting":
-        return f"Waiting for event {reason.get('event', '?')!r}{step}{_until(reason, now)} (then it times out)"
+        return f"Waiting for event {reason.get('event', '?')!r}{step}{_until(reason, now, fmt)} (then it times out)"
     if kind == "invoking":
         target = f" {reason['function']!r}" if reason.get("function") else ""
         child = f" (run {reason['run_id']})" if reason.get("run_id") else ""
-        return f"Waiting for the invoked function{target}{child} to finish{step}{_until(reason, now)}"
+        return f"Waiting for the invoked function{target}{child} to finish{step}{_until(reason, now, fmt)}"
     if kind == "retrying":
-        return _retry_text(reason, now)
+        return _retry_text(reason, now, fmt)
     if kind == "rerun":
         origin = f" from step {reason['from_step']!r}" if reason.get("from_step") else ""
         return f"Rerun of run {reason.get('run_id', '?')}{origin}: queued to start"
     if kind == "queued":
         return "Queued to start"
     if kind == "multiple" and isinstance(reason.get("reasons"), list):
-        return "; ".join(describe_idle(r, now) for r in reason["reasons"] if isinstance(r, Mapping))
+        return "; ".join(describe_idle(r, now, fmt) for r in reason["reasons"] if isinstance(r, Mapping))
     message = reason.get("message")
     if isinstance(message, str) and message:
         return message
-    fields = ", ".join(f"{k}: {_field(k, v)}" for k, v in reason.items() if k != "kind")
+    fields = ", ".join(f"{k}: {_field(k, v, fmt)}" for k, v in reason.items() if k != "kind")
     label = str(kind).replace("_", " ").capitalize() if kind else "Waiting"
     return f"{label} ({fields})" if fields else label

@@ -45,7 +45,7 @@ def compact_json(value: Any, limit: int = 120) -> str:
 
 def idle_text(reason: Mapping[str, Any] | None, now: int) -> str:
     """Why a live run has no work running (the words the CLI prints too), with how far off its times are."""
-    return describe_idle(reason, now)
+    return describe_idle(reason, now, utc)
 
 
 def app_of(function_id: str, apps: Mapping[str, str]) -> str | None:
