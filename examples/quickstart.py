@@ -31,7 +31,7 @@ async def main() -> None:
     # in a web handler (sync code: client.send_sync):
     [event_id] = await client.send({"name": "shop/order.paid", "data": {"order_id": 42}})
     [run] = await client.runs_for_event(event_id)
-    while (run.idle_reason or {}).get("kind") != "waiting":  # until it waits for the confirmation
+    while run.idle_reason is None or run.idle_reason["kind"] != "waiting":  # until it waits for the confirmation
         await asyncio.sleep(0.1)
         run = await client.get_run(run.id)
     await client.send({"name": "shop/order.confirmed", "data": {"order_id": 42}})

@@ -40,7 +40,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from stepline import Backoff, Clock, Context, NonRetriableError, Stepline
+from stepline import Backoff, Clock, NonRetriableError, Stepline, SyncContext
 from stepline.storage import default_db_location
 
 log = logging.getLogger("csv_bulk")
@@ -393,7 +393,7 @@ def make_client(
     db = AppDB(app_db)
     crm = FakeCRM(db, latency=crm_latency)
 
-    def mark_failed(ctx: Context) -> dict[str, Any]:
+    def mark_failed(ctx: SyncContext) -> dict[str, Any]:
         """Runs (as its own function) when process-csv fails for good. ``ctx.event`` is the failure event."""
         original = (ctx.event.data.get("event") or {}).get("data") or {}
         job_id = original.get("job_id")
@@ -406,7 +406,7 @@ def make_client(
 
     @client.function(id="process-csv", trigger=EVENT, retries=RETRIES, backoff=RETRY_BACKOFF,
                      on_failure=mark_failed)  # fmt: skip
-    def process_csv(ctx: Context) -> dict[str, Any]:
+    def process_csv(ctx: SyncContext) -> dict[str, Any]:
         # A plain `def` function runs in a worker thread and its steps block. Everything outside steps runs
         # again on every replay, so it must be deterministic and cheap (it is: slicing memoised results).
         job_id, batch_size = validate_event(ctx.event.data)

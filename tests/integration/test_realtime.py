@@ -202,10 +202,11 @@ async def running_worker(client: Stepline) -> AsyncIterator[None]:
 
 
 async def test_wait_for_run_returns_the_ended_run(client: Stepline) -> None:
-    gate = asyncio.Event()
+    gate, entered = asyncio.Event(), asyncio.Event()
 
     @client.function(id="slow", trigger="job/go")
     async def slow(ctx: Context) -> int:
+        entered.set()
         await gate.wait()
         return await ctx.step.run("a", lambda: 42)
 
@@ -213,7 +214,8 @@ async def test_wait_for_run_returns_the_ended_run(client: Stepline) -> None:
         [event_id] = await client.send({"name": "job/go"})
         [run] = await client.runs_for_event(event_id)
         waiting = asyncio.create_task(client.wait_for_run(run.id, timeout=10))
-        await asyncio.sleep(0.2)
+        await entered.wait()  # the run is executing, held by the gate
+        await asyncio.sleep(0)
         assert not waiting.done()
         gate.set()
         ended = await waiting

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import Any
 
 from stepline import Context, FakeClock, Stepline
 
 from ..backends import Backend
+from ..eventually import eventually
 from .helpers import runs
 
 
@@ -45,10 +47,12 @@ async def test_signals_sent_by_another_store_while_waits_register_are_never_miss
     task = asyncio.create_task(worker.run())
     try:
         await client.send([{"name": "race/start", "data": {"k": k}} for k in range(n)])
-        for _ in range(400):  # bounded: 20 s
-            if len(sent) == n and all(r.status == "completed" for r in await runs(client)):
-                break
-            await asyncio.sleep(0.05)
+
+        async def all_done() -> bool:
+            return len(sent) == n and all(r.status == "completed" for r in await runs(client))
+
+        with contextlib.suppress(AssertionError):  # what is missing is asserted below, with the runs' states
+            await eventually("every run to complete", all_done, 20, interval=0.05)
     finally:
         worker.stop()
         await task
