@@ -144,6 +144,8 @@ def test_events_replay_sends_a_copy_that_starts_a_new_run(worker: WorkerProc) ->
     assert new_run["id"] != run_id and new_run["id"] in proc.stderr
     done = wait_for("the replayed run", lambda: run_with(cwd, new_run["id"], lambda r: r["status"] == "completed"))
     assert done["function_id"] == "cli-test-hello"
+    listed = ok(cwd, "events", "list", "--name", "test/hel*", "--db", "tmp.db")  # a pattern
+    assert copy_id in listed and event_id in listed and "stepline/" not in listed
     missing = cli(cwd, "events", "replay", "01NOSUCHEVENT", "--db", "tmp.db")
     assert missing.returncode == 1 and "event '01NOSUCHEVENT' not found" in missing.stderr
 

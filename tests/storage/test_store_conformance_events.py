@@ -107,3 +107,19 @@ async def test_resume_notifies_workers_of_the_held_runs(store: Store) -> None:
         assert seen and (seen[-1] is None or seen[-1] <= 2000)
     finally:
         store.unsubscribe(seen.append)
+
+
+async def test_patterns_page_alike_whether_their_prefix_is_rare_or_common(store: Store) -> None:
+    evs = [event("dense/y" if i % 700 == 0 else "dense/x") for i in range(2100)]  # more than any sorting cap
+    evs.insert(1000, event("stepline/dense"))
+    await ingest(store, evs, [])
+    ys = [e.internal_id for e in reversed(evs) if e.name == "dense/y"]
+    assert len(ys) == 3
+    page = [e.internal_id for e in await store.find_events("dense/y*", 2)]  # few: read by name, then ordered
+    assert page == ys[:2]
+    assert [e.internal_id for e in await store.find_events("dense/y*", 2, page[-1])] == ys[2:]
+    common = await store.find_events("dense/*", 5)  # many: read in order, filtered
+    assert [e.internal_id for e in common] == [e.internal_id for e in reversed(evs)][:5]
+    older = await store.find_events("dense/*", 3, evs[1001].internal_id)  # stepline/dense (evs[1000]) is no match
+    assert [e.internal_id for e in older] == [e.internal_id for e in reversed(evs[:1000])][:3]
+    assert [e.name for e in await store.find_events("stepline/d*", 5)] == ["stepline/dense"]

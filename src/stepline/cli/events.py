@@ -10,7 +10,6 @@ from stepline.cli.runs import event_dict, run_dict, runs_table
 from stepline.core.engine import Engine
 from stepline.core.events import StoredEvent
 from stepline.core.replay import Replayed, ReplayError, replay_event
-from stepline.storage import Store
 from stepline.storage.records import RunFilter, RunRecord
 
 
@@ -20,7 +19,11 @@ def events_group() -> None:
 
 
 @events_group.command("list")
-@click.option("--name", metavar="NAME", help="Only events with this name.")
+@click.option(
+    "--name",
+    metavar="NAME",
+    help="Only events with this name, or matching this pattern (* matches any characters: 'app/*').",
+)
 @click.option("--system", is_flag=True, help="Also the events Stepline sends (stepline/*, inngest/*).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -34,9 +37,9 @@ def list_events(ctx: click.Context, name: str | None, system: bool, limit: int, 
 
     async def go() -> list[StoredEvent]:
         async with opened_store(ctx, must_exist=True) as store:
-            if system or name:
-                return await store.list_events(name, limit)
-            return await _sent_events(store, limit)
+            if name and "*" not in name:
+                return await store.list_events(name, limit)  # an exact name: whatever it is
+            return await store.find_events(name, limit, include_internal=system)
 
     events = run_async(go())
     if as_json:
@@ -52,11 +55,6 @@ def list_events(ctx: click.Context, name: str | None, system: bool, limit: int, 
     for event in events:
         table.add_row(event.internal_id, event.name, ago(event.received_at), one_line(compact(event.data)))
     look.print_table(table)
-
-
-async def _sent_events(store: Store, limit: int) -> list[StoredEvent]:
-    """The newest ``limit`` events that are not Stepline's own (an index read)."""
-    return await store.find_events(None, limit)
 
 
 @events_group.command("replay")

@@ -328,7 +328,10 @@ class Worker:
         renew = asyncio.create_task(self._renew_leases())
         prune = asyncio.create_task(self._prune_periodically())
         watch = asyncio.create_task(self._watch_paused())
-        await self.engine.refresh_paused(force=True)
+        try:
+            await self.engine.refresh_paused(force=True)  # before the first claim
+        except Exception as exc:  # the database is not there yet: the loop below retries, the watch reads again
+            log.warning("worker: reading the paused functions failed: %s: %s", type(exc).__name__, exc)
         backoff = 0.1
         try:
             while not self._stopping:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 EVENT_PAGE_BYTES = 8 * 1024 * 1024
+PREFIX_SORT_CAP = 2000  # below this many events under a pattern's literal prefix, they are read by name and sorted
 
 
 def _glob(pattern: str) -> str:
@@ -55,9 +56,17 @@ class SqlEventsMixin:
             return await self.list_events(pattern, limit, before, max_bytes)  # an exact name: the (name, seq) index
         hide = not include_internal and not (pattern is not None and is_internal_event(pattern))
         query = self._event_queries["find_public_events" if hide else "find_events"]
-        params = {"glob": None if pattern is None else _glob(pattern),
-                  "like": None if pattern is None else _like(pattern),
-                  "before": before, "limit": limit, "max_bytes": max_bytes}  # fmt: skip
+        params: dict[str, Any] = {"glob": None if pattern is None else _glob(pattern),
+                                  "like": None if pattern is None else _like(pattern), "before": before,
+                                  "limit": limit, "max_bytes": max_bytes, "internal": not hide}  # fmt: skip
+        prefix = "" if pattern is None else pattern.split("*", 1)[0]
+        if prefix and "count_prefix" in self._event_queries:
+            # Few events under the literal prefix (a rare name): sorting them beats reading every newer event.
+            # (A backend whose index order is not byte order, PostgreSQL with a locale, has no count_prefix.)
+            params.update(low=prefix, high=prefix + "\U0010ffff", cap=PREFIX_SORT_CAP)
+            count = self._read(lambda c: c.execute(self._event_queries["count_prefix"], params).fetchone()[0])
+            if count < PREFIX_SORT_CAP:
+                query = self._event_queries["find_events_in_prefix"]
         return [_event(r) for r in self._read(lambda c: c.execute(query, params).fetchall())]
 
     async def runs_of_events(self, event_ids: list[str]) -> dict[str, list[EventRun]]:

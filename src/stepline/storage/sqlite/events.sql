@@ -37,3 +37,21 @@ DELETE FROM function_pauses WHERE function_id = :function_id
 
 -- name: paused_functions
 SELECT function_id, paused_at FROM function_pauses
+
+-- name: count_prefix
+-- How many events (up to :cap) have a name starting with a literal prefix: an index range of (name, seq).
+SELECT count(*) FROM (SELECT 1 FROM events INDEXED BY events_name_seq WHERE name >= :low AND name < :high LIMIT :cap)
+
+-- name: find_events_in_prefix
+-- A pattern whose literal prefix few events have: read them by the (name, seq) index and order them, instead of
+-- stepping through every newer event. :internal 0 leaves the engine's own events out.
+SELECT internal_id, id, name, data, user, ts, v, received_at FROM (
+    SELECT internal_id, id, name, data, user, ts, v, received_at, seq,
+           sum(length(data)) OVER (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING) - length(data) AS bytes_before
+    FROM events INDEXED BY events_name_seq
+    WHERE name >= :low AND name < :high AND name GLOB :glob
+      AND (:internal OR (substr(name, 1, 9) <> 'stepline/' AND substr(name, 1, 8) <> 'inngest/'))
+      AND seq < CASE WHEN :before IS NULL THEN 9223372036854775807
+                    ELSE (SELECT seq FROM events WHERE internal_id = :before) END
+    ORDER BY seq DESC LIMIT :limit
+) WHERE bytes_before < :max_bytes ORDER BY seq DESC
