@@ -102,12 +102,15 @@ def shoot(http: httpx.Client, url: str, out: Path, chromium: str) -> None:
     wait("the nap to sleep", lambda: http.get(f"/v1/runs/{sleeping}").json()["data"]["idle_reason"])
     event_id = send("dash/greet", {"name": "margaret"})
     ended(run_of(event_id)["run_id"])
+    retried = ended(run_of(send("dash/rates", {"key": "eur-usd"}))["run_id"])["run_id"]  # two failed attempts
 
     pages = [
         ("runs", "/dashboard/runs"),
         ("run-failed", f"/dashboard/runs/{failed}"),
         ("run-rerun", f"/dashboard/runs/{rerun}"),
         ("run-sleeping", f"/dashboard/runs/{sleeping}"),
+        ("run-retried", f"/dashboard/runs/{retried}"),
+        ("charts", "/dashboard/charts"),
         ("functions", "/dashboard/functions"),
         ("function", "/dashboard/functions/dash-checkout"),
         ("events", "/dashboard/events"),
@@ -124,10 +127,15 @@ def shoot(http: httpx.Client, url: str, out: Path, chromium: str) -> None:
                 laptop.screenshot(path=str(out / f"{name}.png"), full_page=name != "runs")
                 print(f"wrote {out / f'{name}.png'}")
             phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
-            for name, path in (("phone-runs", "/dashboard/runs"), ("phone-run", f"/dashboard/runs/{failed}")):
+            for name, path in (("phone-runs", "/dashboard/runs"), ("phone-run", f"/dashboard/runs/{retried}"),
+                               ("phone-charts", "/dashboard/charts")):  # fmt: skip
                 phone.goto(url + path)
                 phone.screenshot(path=str(out / f"{name}.png"))
                 print(f"wrote {out / f'{name}.png'}")
+            dark = browser.new_page(viewport={"width": 1280, "height": 800}, color_scheme="dark")
+            dark.goto(url + f"/dashboard/runs/{retried}")
+            dark.screenshot(path=str(out / "run-retried-dark.png"), full_page=True)
+            print(f"wrote {out / 'run-retried-dark.png'}")
         finally:
             browser.close()
 

@@ -27,6 +27,7 @@ RANGES: dict[str, tuple[int, int]] = {
 WIDTH, HEIGHT = 640, 180
 PAD_L, PAD_R, PAD_T, PAD_B = 48, 8, 8, 22
 QUANTILES = (0.5, 0.95, 0.99)
+MAX_DOTS = 90  # a series with more points is drawn as a line only
 
 
 def quantile(counts: Sequence[int], q: float) -> float | None:
@@ -54,6 +55,7 @@ class Series:
     points: str  # SVG polyline points
     values: list[float | None]  # one per period (None: nothing in it)
     total: float | None  # counts: the sum over the range; percentiles: over the whole range's histogram
+    dots: list[tuple[float, float]]  # the points as dots too, when there are few (one alone draws no line)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Chart:
     periods: list[int]  # each period's start (ms)
     series: list[Series]
     y_ticks: list[tuple[float, str]]  # (y, label)
-    x_ticks: list[tuple[float, str]]
+    x_ticks: list[tuple[float, str, str]]  # (x, label, text-anchor)
     log: bool
     width: int = WIDTH
     height: int = HEIGHT
@@ -80,7 +82,7 @@ def _x(i: int, n: int) -> float:
 
 def _scale(top: float, log: bool) -> tuple[float, ...]:
     if log:
-        return (1.0, max(top, 10.0))
+        return (1.0, 10.0 ** math.ceil(math.log10(max(top, 10.0))))
     return (0.0, max(top, 1.0))
 
 
@@ -100,13 +102,14 @@ def _nice(top: float) -> float:
     return next(float(m * mag) for m in (1, 2, 2.5, 5, 10) if m * mag >= top)
 
 
-def _x_ticks(periods: list[int], res: int) -> list[tuple[float, str]]:
+def _x_ticks(periods: list[int], res: int) -> list[tuple[float, str, str]]:
     n = len(periods)
     out = []
     for i in (0, n // 4, n // 2, 3 * n // 4, n - 1):
         if 0 <= i < n:
             stamp = views.utc(periods[i])
-            out.append((_x(i, n), stamp[5:10] if res == HOUR else stamp[11:16]))
+            anchor = "start" if i == 0 else "end" if i == n - 1 else "middle"
+            out.append((_x(i, n), stamp[5:10] if res == HOUR else stamp[11:16], anchor))
     return out
 
 
@@ -117,8 +120,9 @@ def _chart(cid: str, title: str, unit: str, periods: list[int], res: int,
     n = len(periods)
     built = []
     for name, css, vals, total in series:
-        pts = " ".join(f"{_x(i, n):.1f},{_y(v, lo, hi, log)}" for i, v in enumerate(vals) if v is not None)
-        built.append(Series(name, css, pts, vals, total))
+        xy = [(round(_x(i, n), 1), _y(v, lo, hi, log)) for i, v in enumerate(vals) if v is not None]
+        dots = xy if len(xy) <= MAX_DOTS and (log or any(v for v in vals)) else []
+        built.append(Series(name, css, " ".join(f"{x},{y}" for x, y in xy), vals, total, dots))
     if log:
         ticks = [10.0**k for k in range(0, math.ceil(math.log10(hi)) + 1)]
         y_ticks = [(_y(t, lo, hi, log), views.duration(t)) for t in ticks]
