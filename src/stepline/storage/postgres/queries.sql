@@ -23,6 +23,28 @@ RETURNING internal_id
 -- name: names_with_waits
 SELECT DISTINCT event_name FROM waits WHERE event_name = ANY(%(names)s::text[])
 
+-- name: lock_names_and_registry_version
+-- An ingest's first statement: the shared per-name locks (``_lock_for_ingest``) and the registry version.
+SELECT (SELECT version FROM registry_version),
+       (SELECT count(pg_advisory_xact_lock_shared(hashtextextended(n, 0))) FROM unnest(%(names)s::text[]) AS n)
+
+-- name: insert_events_and_waits
+-- insert_events and names_with_waits in one statement (its snapshot is taken after the locks of the statement
+-- before were granted): ('e', internal id) for each event stored now, ('w', name) for each name with waits.
+WITH stored AS (
+    INSERT INTO events (internal_id, id, name, data, "user", ts, v, received_at, traceparent)
+    SELECT internal_id, id, name, data::json, u::json, ts, v, received_at, traceparent
+    FROM unnest(%(internal_id)s::text[], %(id)s::text[], %(name)s::text[], %(data)s::text[], %(user)s::text[],
+                %(ts)s::bigint[], %(v)s::text[], %(received_at)s::bigint[], %(traceparent)s::text[])
+         WITH ORDINALITY AS e(internal_id, id, name, data, u, ts, v, received_at, traceparent, ord)
+    ORDER BY ord
+    ON CONFLICT (internal_id) DO NOTHING
+    RETURNING internal_id
+)
+SELECT 'e', internal_id FROM stored
+UNION ALL
+SELECT DISTINCT 'w', event_name FROM waits WHERE event_name = ANY(%(names)s::text[])
+
 -- name: insert_plain_runs
 -- Queued runs without ingest gates (concurrency keys and priority only), many in one statement.
 INSERT INTO runs (id, function_id, event_id, batch, status, created_at, start_deadline, due_at,
