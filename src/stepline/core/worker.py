@@ -21,17 +21,18 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from stepline.core.engine import DEFAULT_RETENTION, Engine
 from stepline.core.errors import LeaseLost
 from stepline.core.executor import Executor
-from stepline.core.function import FunctionDef, FunctionSpec
+from stepline.core.function import FunctionDef
 from stepline.core.ids import new_ulid
 from stepline.core.loops import call_in_loop
 from stepline.core.scheduler import CronScheduler
-from stepline.core.triggers import CronTrigger
 from stepline.core.wakeups import WakeState, safety_poll, watches_data_version
+from stepline.core.worker_parts import ClaimableFunction, FunctionSource, RunExecutor, StaticFunctions
 from stepline.observability import hooks
 from stepline.storage.records import ClaimedRun
 
@@ -42,8 +43,10 @@ class Worker:
     def __init__(
         self,
         engine: Engine,
-        functions: Iterable[FunctionDef],
+        functions: Iterable[FunctionDef] = (),
         *,
+        source: FunctionSource[ClaimableFunction] | None = None,
+        executor: Callable[[str], RunExecutor[Any]] | None = None,
         concurrency: int = 200,
         claim_batch: int = 100,
         claim_interval: float = 0.004,
@@ -57,8 +60,10 @@ class Worker:
         prune_interval: float = 3600.0,
     ) -> None:
         self.engine = engine
-        self.functions = {f.id: f for f in functions}
-        self.concurrency = concurrency
+        # What runs: the functions given (in-process), or ``source`` (e.g. the server's registry of HTTP functions),
+        # executed by ``Executor``, or by what ``executor(owner)`` makes (e.g. the server's ``HttpExecutor``).
+        self.source: FunctionSource[ClaimableFunction] = StaticFunctions(functions) if source is None else source
+        self._concurrency = concurrency
         self.claim_batch = claim_batch
         # Under load, claims come at most this often (pushed mode): notifications arriving in between are served
         # by one claim of several runs instead of one claim each (with many nodes every NOTIFY wakes every node).
@@ -76,7 +81,11 @@ class Worker:
         self.change_poll_interval = change_poll_interval
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-8:]}"
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepline-fn")
-        self.executor = Executor(engine, self.owner, self._threads, self.functions)
+        self.executor: RunExecutor[Any] = (
+            Executor(engine, self.owner, self._threads, {f.id: f for f in functions})
+            if executor is None
+            else executor(self.owner)
+        )
         self._active: dict[str, asyncio.Task[None]] = {}
         self._active_fn: dict[str, str] = {}  # run id -> function id, for the runs in _active
         self._claim_limit = 0  # what the last claim asked for
@@ -105,23 +114,36 @@ class Worker:
         if self.wakes.note_due(due_at, self.engine.clock.now_ms()):
             self._wake.set()
 
+    @property
+    def functions(self) -> Mapping[str, ClaimableFunction]:
+        """The functions this worker runs now."""
+        return self.source.functions
+
+    @property
+    def concurrency(self) -> int:
+        """Most runs executing at once (the source's limit for its current functions, if it has one)."""
+        limit = self.source.concurrency
+        return self._concurrency if limit is None else limit
+
     def _claimable(self) -> tuple[list[str], int]:
         """The functions whose runs the next claim may take, and at most how many: every function, up to the free
-        slots, or nothing when all slots are taken. A subclass may narrow both; what it returns also decides
+        slots, or nothing when all slots are taken; the source may narrow both. What it returns also decides
         whether the worker looks for due work at all."""
         free = self.concurrency - len(self._active)
         if free <= 0:
             return [], 0
         self._derive_from_functions()
-        return self._function_ids, free
+        narrowed, room = self.source.claimable(self._active_fn.values(), free)
+        return (self._function_ids if narrowed is None else narrowed), room
 
     def _derive_from_functions(self) -> None:
-        if self._gated_for is not self.functions:  # once per function set (a subclass may replace it)
+        if self._gated_for is not self.functions:  # once per function set (the source may replace it)
             self._gated_for = self.functions
             self._gated = frozenset(fid for fid, f in self.functions.items() if f.gates_claims)
             self._function_ids = list(self.functions)
 
     async def _claim_and_spawn(self) -> int:
+        await self.source.refresh()
         functions, room = self._claimable()
         self._claim_limit = limit = min(room, self.claim_batch)
         # A claim that left functions out and got less than it asked for did not take everything due: the runs of
@@ -248,19 +270,11 @@ class Worker:
                 return
 
     # --- cron ---
-    def _function_specs(self) -> list[FunctionSpec]:
-        """The routing specs of this worker's cron functions (a subclass with other function kinds overrides)."""
-        return [
-            FunctionSpec.from_record(f.record())
-            for f in self.functions.values()
-            if any(isinstance(t, CronTrigger) for t in f.triggers)
-        ]
-
     def _sync_scheduler(self, start: bool = True) -> None:
         """Give the scheduler the current function set when it changed; start its task at the first cron."""
         if self.functions is not self._scheduled:
             self._scheduled = self.functions
-            self.scheduler.set_functions(self._function_specs())
+            self.scheduler.set_functions(self.source.cron_specs())
         if start and self._scheduler_task is None and self.scheduler.has_schedules:
             self._scheduler_task = asyncio.create_task(self.scheduler.run(), name="stepline-cron")
 
@@ -318,6 +332,7 @@ class Worker:
         For tests with a fake clock: advance the clock, call this, assert. Cron schedules due now fire first.
         """
         self._loop = asyncio.get_running_loop()
+        await self.source.refresh()  # so that cron functions added since the last claim are scheduled
         self._sync_scheduler(start=False)
         if self.scheduler.has_schedules:
             await self.scheduler.fire_due()
