@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-APP = '''
+APP = """
 import time
 from stepline import Stepline
 client = Stepline("idle-bench")
@@ -37,7 +37,7 @@ OUT = {out!r}
 async def probe(ctx):
     with open(OUT, "a") as f:
         f.write(f"{{ctx.event.data['i']}} {{time.time()}}\\n")
-'''
+"""
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
