@@ -1,8 +1,10 @@
 """The in-process worker: claims due runs of the functions it defines and executes them concurrently.
 
-It sleeps until it is notified (events sent from this process), the store changes (another process
-committed: SQLite's ``data_version``), or the next run falls due. Leases are renewed while runs execute; a
-worker that dies stops renewing and another worker takes its runs over when the leases expire.
+It sleeps until it is notified (events sent from this process), another process committed work (SQLite: the
+local wake channel, ``stepline.storage.wake``; without one, a ``data_version`` poll every ``change_poll_interval``),
+or the next run falls due; at the latest after ``poll_interval``, when it claims anyway (the safety net). Leases
+are renewed while runs execute; a worker that dies stops renewing and another worker takes its runs over when the
+leases expire.
 
 With pushed notifications (PostgreSQL ``LISTEN``) every transaction that makes work due tells every worker the
 earliest due time it created: work due now is claimed at once, later work (sleeps, retries, wait timeouts)
@@ -19,16 +21,18 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from stepline.core.engine import DEFAULT_RETENTION, PAUSE_CHECK_SECONDS, Engine
 from stepline.core.errors import LeaseLost
 from stepline.core.executor import Executor
-from stepline.core.function import FunctionDef, FunctionSpec
+from stepline.core.function import FunctionDef
 from stepline.core.ids import new_ulid
 from stepline.core.loops import call_in_loop
 from stepline.core.scheduler import CronScheduler
-from stepline.core.triggers import CronTrigger
+from stepline.core.wakeups import WakeState, safety_poll, watches_data_version
+from stepline.core.worker_parts import ClaimableFunction, FunctionSource, RunExecutor, StaticFunctions
 from stepline.observability import hooks
 from stepline.storage.records import ClaimedRun
 
@@ -39,8 +43,10 @@ class Worker:
     def __init__(
         self,
         engine: Engine,
-        functions: Iterable[FunctionDef],
+        functions: Iterable[FunctionDef] = (),
         *,
+        source: FunctionSource[ClaimableFunction] | None = None,
+        executor: Callable[[str], RunExecutor[Any]] | None = None,
         concurrency: int = 200,
         claim_batch: int = 100,
         claim_interval: float = 0.004,
@@ -54,15 +60,16 @@ class Worker:
         prune_interval: float = 3600.0,
     ) -> None:
         self.engine = engine
-        self.functions = {f.id: f for f in functions}
-        self.concurrency = concurrency
+        # What runs: the functions given (in-process), or ``source`` (e.g. the server's registry of HTTP functions),
+        # executed by ``Executor``, or by what ``executor(owner)`` makes (e.g. the server's ``HttpExecutor``).
+        self.source: FunctionSource[ClaimableFunction] = StaticFunctions(functions) if source is None else source
+        self._concurrency = concurrency
         self.claim_batch = claim_batch
         # Under load, claims come at most this often (pushed mode): notifications arriving in between are served
         # by one claim of several runs instead of one claim each (with many nodes every NOTIFY wakes every node).
         # A claim after a quiet spell is never delayed, so an idle worker starts new work at once.
         self.claim_interval = claim_interval
         self._last_claim = 0.0
-        self._last_claim_got_work = True
         self._gated_for: object = None  # the function set _gated and _function_ids were derived from
         self._gated: frozenset[str] = frozenset()  # its functions claimed through flow control
         self._function_ids: list[str] = []  # its function ids
@@ -74,18 +81,19 @@ class Worker:
         self.change_poll_interval = change_poll_interval
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-8:]}"
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepline-fn")
-        self.executor = Executor(engine, self.owner, self._threads, self.functions)
+        self.executor: RunExecutor[Any] = (
+            Executor(engine, self.owner, self._threads, {f.id: f for f in functions})
+            if executor is None
+            else executor(self.owner)
+        )
         self._active: dict[str, asyncio.Task[None]] = {}
         self._active_fn: dict[str, str] = {}  # run id -> function id, for the runs in _active
         self._claim_limit = 0  # what the last claim asked for
-        self._claim_narrowed = False  # the last claim left some functions out (_claimable): see _execute
+        self.wakes = WakeState()  # the wake-up decisions (core/wakeups.py)
         self._wake = asyncio.Event()
-        self._claim_wanted = True  # work may be due now: claim at the next turn of the loop
-        self._timer_at: int | None = None  # pushed mode: the earliest later due time notifications told us of
-        self._reread_due = True  # pushed mode: read next_due_at before the next sleep
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pushed = False
+        self._watching = False  # not pushed, but the store wakes us on other processes' commits (no fast poll)
         self.runs_started = 0  # runs this worker executed first
         self.runs_resumed = 0  # executions of runs begun before (after a sleep, a wait, a retry, another worker)
         self.scheduler = CronScheduler(engine)  # cron functions of this worker (started only if it has some)
@@ -98,52 +106,53 @@ class Worker:
         call_in_loop(self._loop, self._note_due, due_at)
 
     def _on_engine_notify(self) -> None:
-        """This process wrote something that may have made work due. With pushed notifications the same
-        transaction's NOTIFY (with its due time) reaches us anyway, so only a polling worker acts on it."""
-        if not self._pushed:
+        """This process wrote something that may have made work due (see ``WakeState.engine_notified``)."""
+        if self.wakes.engine_notified():
             self._on_notify(None)
 
     def _note_due(self, due_at: int | None) -> None:
-        if self._learn_due(due_at):
+        if self.wakes.note_due(due_at, self.engine.clock.now_ms()):
             self._wake.set()
 
-    def _learn_due(self, due_at: int | None) -> bool:
-        """Record that work is due at ``due_at`` (None: unknown); True if the loop has something new to do."""
-        if due_at is None:
-            self._claim_wanted = self._reread_due = True
-        elif due_at <= self.engine.clock.now_ms():
-            self._claim_wanted = True
-        elif self._timer_at is None or due_at < self._timer_at:
-            self._timer_at = due_at  # the sleep gets shorter
-        else:
-            return False  # no earlier than a timer already set
-        return True
+    @property
+    def functions(self) -> Mapping[str, ClaimableFunction]:
+        """The functions this worker runs now."""
+        return self.source.functions
+
+    @property
+    def concurrency(self) -> int:
+        """Most runs executing at once (the source's limit for its current functions, if it has one)."""
+        limit = self.source.concurrency
+        return self._concurrency if limit is None else limit
 
     def _claimable(self) -> tuple[list[str], int]:
         """The functions whose runs the next claim may take, and at most how many: every function, up to the free
-        slots, or nothing when all slots are taken. A subclass may narrow both; what it returns also decides
+        slots, or nothing when all slots are taken; the source may narrow both. What it returns also decides
         whether the worker looks for due work at all."""
         free = self.concurrency - len(self._active)
         if free <= 0:
             return [], 0
         self._derive_from_functions()
+        narrowed, room = self.source.claimable(self._active_fn.values(), free)
+        ids = self._function_ids if narrowed is None else narrowed
         paused = self.engine.paused
         if paused:  # paused functions' runs stay where they are (due, unclaimed) until resumed
-            return [f for f in self._function_ids if f not in paused], free
-        return self._function_ids, free
+            return [f for f in ids if f not in paused], room
+        return ids, room
 
     def _derive_from_functions(self) -> None:
-        if self._gated_for is not self.functions:  # once per function set (a subclass may replace it)
+        if self._gated_for is not self.functions:  # once per function set (the source may replace it)
             self._gated_for = self.functions
             self._gated = frozenset(fid for fid, f in self.functions.items() if f.gates_claims)
             self._function_ids = list(self.functions)
 
     async def _claim_and_spawn(self) -> int:
+        await self.source.refresh()
         functions, room = self._claimable()
         self._claim_limit = limit = min(room, self.claim_batch)
         # A claim that left functions out and got less than it asked for did not take everything due: the runs of
         # the functions left out wait for room, and a run that ends (no notification) is what makes it.
-        self._claim_narrowed = len(functions) < len(self.functions)
+        self.wakes.claim_narrowed = len(functions) < len(self.functions)
         if limit <= 0 or not functions:
             return 0
         self._derive_from_functions()
@@ -173,9 +182,7 @@ class Worker:
             if self._active.get(run_id) is asyncio.current_task():
                 del self._active[run_id]
                 del self._active_fn[run_id]
-            if self._claim_narrowed:
-                self._claim_wanted = True  # a function left out of the last claim may have room now
-            if self._claim_wanted or not self._pushed:  # a claim waits for a free slot (pushed: only then)
+            if self.wakes.run_ended():
                 self._wake.set()
 
     async def _renew_leases(self) -> None:
@@ -230,51 +237,31 @@ class Worker:
             await asyncio.sleep(self.prune_interval)
 
     async def _wait_for_work(self) -> None:
-        if self._pushed:
+        if self.wakes.pushed:
             await self._wait_pushed()
         else:
             await self._wait_polling()
-            self._claim_wanted = True
-
-    def _safety_poll(self) -> float:
-        # With pushed notifications the poll is only a safety net (and how expiring leases of dead workers are
-        # found: those are not notified), so it comes at least twice per lease period.
-        return min(self.poll_interval * 5, self.lease_ms / 2000)
+            self.wakes.polled()
 
     async def _wait_pushed(self) -> None:
         """Sleep until a notification, the earliest known timer, or the safety poll."""
         loop = asyncio.get_running_loop()
+        clock = self.engine.clock
         claimable, _ = self._claimable()
-        if self._reread_due and claimable:
-            self._reread_due = False
+        if self.wakes.wants_next_due(bool(claimable)):
             next_due = await self.engine.store.next_due_at(claimable)
-            if next_due is not None:
-                self._learn_due(next_due)
-                if self._claim_wanted:
-                    # Work is due now: claim it, then read again, for work stored for later (throttled starts,
-                    # debounce deadlines) that no notification will announce again. Not after a claim that found
-                    # nothing: another node took the work, and its own writes notify what follows.
-                    self._reread_due = self._last_claim_got_work
-                    return
-        deadline = loop.time() + self._safety_poll()
+            if self.wakes.learned_next_due(next_due, clock.now_ms()):
+                return  # work is due now: claim it
+        deadline = loop.time() + safety_poll(self.poll_interval, self.lease_ms)
         while not self._wake.is_set() and not self._stopping:
-            left = deadline - loop.time()
-            if self._timer_at is not None:
-                left = min(left, max(0.0, (self._timer_at - self.engine.clock.now_ms()) / 1000))
+            left = self.wakes.sleep_for(deadline - loop.time(), clock.now_ms())
             if left <= 0:
                 break
             try:
                 await asyncio.wait_for(self._wake.wait(), left)
             except TimeoutError:
                 pass
-        if self._wake.is_set() or self._stopping:
-            return
-        if self._timer_at is not None and self._timer_at <= self.engine.clock.now_ms():
-            self._timer_at = None  # spent: the next one comes from the store
-        elif loop.time() < deadline:
-            return
-        self._claim_wanted = True
-        self._reread_due = True
+        self.wakes.slept(self._wake.is_set() or self._stopping, clock.now_ms(), loop.time() >= deadline)
 
     async def _wait_polling(self) -> None:
         loop = asyncio.get_running_loop()
@@ -285,9 +272,8 @@ class Worker:
             if next_due is not None:
                 timeout = min(timeout, max(0.0, (next_due - self.engine.clock.now_ms()) / 1000))
         deadline = loop.time() + timeout
-        # Notice other processes' commits by polling data_version (SQLite); also with no functions yet (an HTTP
-        # worker learns of apps synced by another process at its next claim).
-        poll = room > 0
+        # Notice other processes' commits by polling data_version (SQLite without a wake channel).
+        poll = watches_data_version(room, self._watching)
         version = self.engine.store.data_version() if poll else None
         while not self._wake.is_set() and not self._stopping:
             left = deadline - loop.time()
@@ -302,19 +288,11 @@ class Worker:
                 return
 
     # --- cron ---
-    def _function_specs(self) -> list[FunctionSpec]:
-        """The routing specs of this worker's cron functions (a subclass with other function kinds overrides)."""
-        return [
-            FunctionSpec.from_record(f.record())
-            for f in self.functions.values()
-            if any(isinstance(t, CronTrigger) for t in f.triggers)
-        ]
-
     def _sync_scheduler(self, start: bool = True) -> None:
         """Give the scheduler the current function set when it changed; start its task at the first cron."""
         if self.functions is not self._scheduled:
             self._scheduled = self.functions
-            self.scheduler.set_functions(self._function_specs())
+            self.scheduler.set_functions(self.source.cron_specs())
         if start and self._scheduler_task is None and self.scheduler.has_schedules:
             self._scheduler_task = asyncio.create_task(self.scheduler.run(), name="stepline-cron")
 
@@ -323,8 +301,9 @@ class Worker:
         """Run until ``stop()`` is called."""
         self._loop = asyncio.get_running_loop()
         self.engine.add_listener(self._on_engine_notify)
-        self._pushed = self.engine.store.subscribe(self._on_notify)
-        self._claim_wanted = self._reread_due = True
+        pushed = self.engine.store.subscribe(self._on_notify)
+        self._watching = not pushed and self.engine.store.watch_commits(self._on_notify)
+        self.wakes.started(pushed)
         renew = asyncio.create_task(self._renew_leases())
         prune = asyncio.create_task(self._prune_periodically())
         watch = asyncio.create_task(self._watch_paused())
@@ -338,31 +317,22 @@ class Worker:
                 self._wake.clear()
                 self._sync_scheduler()
                 try:
-                    if self._timer_at is not None and self._timer_at <= self.engine.clock.now_ms():
-                        self._timer_at = None  # due now; the next timer comes from the store
-                        self._claim_wanted = self._reread_due = True
-                    if self._claim_wanted and self._claimable()[1] > 0:
-                        if self._pushed and self.claim_interval > 0:
-                            gap = self._last_claim + self.claim_interval - time.monotonic()
-                            if gap > 0:
-                                await asyncio.sleep(gap)
-                            self._last_claim = time.monotonic()
-                        self._claim_wanted = False
+                    self.wakes.turn(self.engine.clock.now_ms())
+                    if self.wakes.claim_wanted and self._claimable()[1] > 0:
+                        gap = self.wakes.claim_gap(self._last_claim, time.monotonic(), self.claim_interval)
+                        if gap > 0:
+                            await asyncio.sleep(gap)
+                        self._last_claim = time.monotonic()
+                        self.wakes.claiming()
                         functions = self.functions
                         claimed = await self._claim_and_spawn()
-                        self._last_claim_got_work = claimed > 0
-                        if claimed >= self._claim_limit:
-                            self._claim_wanted = True  # a full batch: more may be due
-                        if self.functions is not functions:  # a subclass changed the set: look again for all of it
-                            self._claim_wanted = self._reread_due = True
-                        # A claim that got less than it asked for took everything due at that moment; work made
-                        # due since then has notified us (and set _claim_wanted again).
-                        if self._claim_wanted and self._claimable()[1] > 0:
+                        changed = self.functions is not functions  # a refresh changed the set: look at all of it
+                        if self.wakes.claimed(claimed, self._claim_limit, changed) and self._claimable()[1] > 0:
                             continue
                     await self._wait_for_work()
                     backoff = 0.1
                 except Exception as exc:  # the database went away: keep the process, retry with backoff
-                    self._claim_wanted = self._reread_due = True
+                    self.wakes.failed()
                     log.warning("worker loop: %s: %s; retrying in %.1f s", type(exc).__name__, exc, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
@@ -375,6 +345,8 @@ class Worker:
                 self._scheduler_task = None
             self.engine.remove_listener(self._on_engine_notify)
             self.engine.store.unsubscribe(self._on_notify)
+            if self._watching:
+                self.engine.store.unwatch_commits(self._on_notify)
             await self._shutdown()  # runs still executing keep their leases renewed until they end
             renew.cancel()
 
@@ -385,6 +357,7 @@ class Worker:
         """
         self._loop = asyncio.get_running_loop()
         await self.engine.refresh_paused(force=True)
+        await self.source.refresh()  # so that cron functions added since the last claim are scheduled
         self._sync_scheduler(start=False)
         if self.scheduler.has_schedules:
             await self.scheduler.fire_due()

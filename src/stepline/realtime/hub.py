@@ -5,9 +5,10 @@ this process's subscribers at once. Other processes learn of them from the store
 
 - **PostgreSQL**: the storing transaction sends one ``NOTIFY`` per message (the message itself, or its id when it
   is too large for a notification: the hub then reads its row); every process with a subscriber listens.
-- **SQLite**: while this process has subscribers, the hub reads ``PRAGMA data_version`` every ``poll_interval``
-  (no table read) and, when another connection committed, the messages after its cursor. The local wake-up
-  channel of the speed issue (issue 16) replaces this poll when it lands: ``_tail`` is where it plugs in.
+- **SQLite**: the transaction that stores messages wakes every process through the local wake channel
+  (``stepline.storage.wake``); the store passes that on as an empty notification, and the hub reads the messages
+  after its cursor. Without a channel, while this process has subscribers, the hub reads ``PRAGMA data_version``
+  every ``poll_interval`` (no table read) and, when another connection committed, the messages after its cursor.
 
 Each subscription has a bounded queue (``max_messages`` and ``max_bytes``): a subscriber that falls that far behind
 is disconnected with the reason, and its queue is dropped at once. A subscription that ends (its client went away)

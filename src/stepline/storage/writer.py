@@ -119,6 +119,7 @@ class GroupCommitWriter:
         name: str = "stepline-writer",
         before_commit: Callable[[Conn], None] | None = None,
         commit: Callable[[Conn], None] | None = None,
+        after_commit: Callable[[Conn], None] | None = None,
     ) -> None:
         self._connect = connect
         self._max_batch = max_batch
@@ -128,6 +129,7 @@ class GroupCommitWriter:
         self._retry_for = retry_for
         self._before_commit = before_commit  # e.g. one NOTIFY per transaction
         self._commit = commit  # instead of COMMIT (PostgreSQL: the NOTIFYs and the COMMIT in one round trip)
+        self._after_commit = after_commit  # e.g. one wake-up of other processes per transaction (never raises)
         self._conn: Any = None
         self._closed_hard = False
         self._queue: queue.SimpleQueue[tuple[WriteOp[Any], _Waiter] | None] = queue.SimpleQueue()
@@ -307,6 +309,8 @@ class GroupCommitWriter:
                     self._commit(conn)
                 else:
                     conn.execute("COMMIT")
+                if self._after_commit is not None:
+                    self._after_commit(conn)
                 committed, _tx.pending = _tx.pending, None
                 for action in committed:
                     try:
