@@ -84,19 +84,79 @@ def inproc_caller(client: Any) -> Caller:
     return call
 
 
-def http_caller(http: httpx.AsyncClient, events_url: str, server_url: str, fn_id: str) -> Caller:
+def http_caller(http: httpx.AsyncClient, events_url: str, server_url: str, fn_id: str, *,
+                poll_s: float | None = None, ids: dict[int, str] | None = None) -> Caller:  # fmt: skip
+    """``poll_s`` None: one ``GET /v1/events/{id}/runs?wait=30s``; else that GET without ``wait`` every ``poll_s``
+    seconds until the run has ended (the published harness's way). ``ids`` collects the event id of each workflow."""
+
     async def call(i: int) -> Any:
         r = await http.post(events_url, json=[{"name": EVENT, "data": {"i": i}}])
         r.raise_for_status()
         [event_id] = r.json()["ids"]
-        r = await http.get(f"{server_url}/v1/events/{event_id}/runs", params={"wait": "30s"})
-        r.raise_for_status()
-        [run] = [x for x in r.json()["data"] if x["function_id"] == fn_id]
+        if ids is not None:
+            ids[i] = event_id
+        while True:
+            if poll_s is not None:
+                await asyncio.sleep(poll_s)
+            params = {"wait": "30s"} if poll_s is None else None
+            r = await http.get(f"{server_url}/v1/events/{event_id}/runs", params=params)
+            r.raise_for_status()
+            runs = [x for x in r.json()["data"] if x["function_id"] == fn_id]
+            if runs and runs[0]["status"] not in ("Queued", "Running"):
+                break
+            if poll_s is None:
+                raise RuntimeError(f"workflow {i} had not ended after its wait: {runs}")
+        [run] = runs
         if run["status"] != "Completed":
             raise RuntimeError(f"workflow {i} ended {run['status']}: {run['error']}")
         return run["output"]
 
     return call
+
+
+RunTimes = Callable[[list[str]], list[float]]  # event ids -> each run's created -> ended time in ms (the database)
+
+
+async def measure_polled(http: httpx.AsyncClient, events_url: str, server_url: str, fn_id: str,
+                         run_ms: RunTimes, samples: int, runs: int, callers: int, seed: int,
+                         poll_s: float) -> dict[str, Any]:  # fmt: skip
+    """The issue-16 workload twice in one run: callers awaiting with ``?wait=`` (unpolled), then polling every
+    ``poll_s``; each time ``samples`` sequential workflows, then ``runs`` with ``callers`` concurrent callers. Besides
+    the callers' view, each run's own time (event stored -> run ended, from the database) per phase."""
+    out: dict[str, Any] = {"kind": "await-poll", "poll_ms": poll_s * 1000}
+    for mode, poll in (("wait", None), ("poll", poll_s)):
+        ids: dict[int, str] = {}
+        call = http_caller(http, events_url, server_url, fn_id, poll_s=poll, ids=ids)
+        res = await measure(call, samples, runs, callers, seed)
+        seq = run_ms([ids[i] for i in range(samples)])
+        conc = run_ms([ids[i] for i in range(samples, samples + runs)])
+        res.update(run_p50_ms=percentile(seq, 0.5), run_p95_ms=percentile(seq, 0.95),
+                   conc_run_p50_ms=percentile(conc, 0.5), conc_run_p95_ms=percentile(conc, 0.95))  # fmt: skip
+        out[mode] = res
+    out["conc_run_p50_ratio"] = out["poll"]["conc_run_p50_ms"] / max(out["wait"]["conc_run_p50_ms"], 1e-9)
+    return out
+
+
+def render_polled(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    out = []
+    hdr = (f"{'target/mode':<22} {'caller p50':>10} {'p95':>7} | {'run p50':>7} {'p95':>6} {'per step':>8} | "
+           f"{'callers':>7} {'runs':>5} {'workflows/s':>11} {'run p50':>7} {'p95':>6}")  # fmt: skip
+    out += [hdr, "-" * len(hdr)]
+    for k, v in rows:
+        for mode in ("wait", "poll"):
+            r = v[mode]
+            label = f"{k} wait" if mode == "wait" else f"{k} poll {v['poll_ms']:.0f}ms"
+            out.append(f"{label:<22} {r['p50_ms']:>10.1f} {r['p95_ms']:>7.1f} | {r['run_p50_ms']:>7.1f} "
+                       f"{r['run_p95_ms']:>6.1f} {r['run_p50_ms'] / 3:>8.1f} | {r['callers']:>7} {r['runs']:>5} "
+                       f"{r['workflows_per_s']:>11.0f} {r['conc_run_p50_ms']:>7.1f} "
+                       f"{r['conc_run_p95_ms']:>6.1f}")  # fmt: skip
+        out.append(f"{k}: concurrent run p50 polled / unpolled = {v['conc_run_p50_ratio']:.2f} (goal <= 1.5)")
+    out.append("(await-poll: a three-step workflow, POST /e/{key} then GET /v1/events/{id}/runs: `wait` with "
+               "?wait=30s, `poll` every poll interval; left: sequential samples (caller's send -> result, and the "
+               "run's own event stored -> ended from the database, / 3 per step); right: concurrent callers, "
+               "workflows/s and the runs' own times, ms)")  # fmt: skip
+    out.append("")
+    return out
 
 
 def render(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
