@@ -373,7 +373,7 @@ class HttpStack:
         return time.perf_counter()
 
     def app_stats(self) -> dict[str, dict[str, float]]:
-        totals: dict[str, dict[str, float]] = {"calls": {}, "seconds": {}, "checkpoints": {}}
+        totals: dict[str, dict[str, float]] = {"calls": {}, "seconds": {}, "checkpoints": {}, "checkpoint_seconds": {}}
         for f in self.stats_dir.glob("calls-*.json"):
             with contextlib.suppress(OSError, ValueError):
                 doc = json.loads(f.read_text())
@@ -743,8 +743,26 @@ async def http_await_poll(stack: HttpStack, args: argparse.Namespace) -> dict[st
         rows = [stack.conn.execute(_RUN_OF_EVENT, (e,)).fetchone() for e in event_ids]
         return [float(r[3] - r[1]) for r in rows]
 
-    return await workflow_await.measure_polled(stack.http, stack.events_url, stack.server_url, stack.fn_id("three"),
-                                               run_ms, args.samples, args.await_runs, args.await_callers, args.seed,
+    fn = stack.fn_id("three")
+
+    async def counters() -> dict[str, float]:
+        await asyncio.sleep(0.3)  # the app writes its call counts every 0.2 s
+        server, app = stack.cpu()
+        st = stack.app_stats()
+        return {"server_cpu_s": server, "app_cpu_s": app, "app_calls": st["calls"].get(fn, 0),
+                "app_call_s": st["seconds"].get(fn, 0.0), "checkpoints": st["checkpoints"].get(fn, 0),
+                "checkpoint_s": st["checkpoint_seconds"].get(fn, 0.0)}  # fmt: skip
+
+    def ended(event_ids: list[str]) -> dict[str, Any]:
+        assert stack.conn is not None
+        marks = ",".join("?" * len(event_ids))
+        rows = stack.conn.execute(f"SELECT event_id, status, output FROM runs WHERE event_id IN ({marks}) AND status "
+                                  "NOT IN ('queued', 'running')", event_ids)  # fmt: skip
+        return {e: (status, json.loads(out) if out else None) for e, status, out in rows}
+
+    return await workflow_await.measure_polled(stack.http, stack.events_url, stack.server_url, fn, run_ms, ended,
+                                               counters,
+                                               args.samples, args.await_runs, args.await_callers, args.seed,
                                                args.poll_ms / 1000)  # fmt: skip
 
 
