@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager
 
 from stepline.storage.base import Store
 from stepline.storage.records import TERMINAL_STATUSES, NewRealtimeMessage, RunFinish
+from stepline.storage.sqlite.store import SQLiteStore
 
 from .builders import MATCH, NOW, start_and_claim
 
@@ -92,15 +93,17 @@ async def test_run_statuses_for_many_runs_in_one_call(store: Store) -> None:
 async def test_other_processes_learn_of_published_messages(
     store: Store, reopen: Callable[[Store], AbstractAsyncContextManager[Store]]
 ) -> None:
-    """PostgreSQL pushes one notification per message (a large one by its id); SQLite pushes nothing and
-    subscribers read by cursor when the database changed (data_version)."""
+    """PostgreSQL pushes one notification per message (a large one by its id); SQLite pushes "" through the local
+    wake channel (read the messages after your cursor), or nothing without one: subscribers then read by cursor
+    when the database changed (data_version)."""
     async with reopen(store) as other:
         got: list[str] = []
         arrived = threading.Event()
+        sqlite = isinstance(other, SQLiteStore)
 
         def note(payload: str) -> None:
             got.append(payload)
-            if sum(1 for p in got if p) >= 2:
+            if sqlite or sum(1 for p in got if p) >= 2:
                 arrived.set()
 
         pushed = other.subscribe_realtime(note)
@@ -110,6 +113,13 @@ async def test_other_processes_learn_of_published_messages(
                 rows = await store.publish_realtime("p", [msg("c", "t", 1), msg("c", "t", 2, size=20_000)])
                 assert other.data_version() != before
                 assert [r.id for r in await other.realtime_messages_after(rows[0].id - 1, 10)] == [r.id for r in rows]
+                return
+            if sqlite:
+                last = await other.realtime_last_id()
+                rows = await store.publish_realtime("p", [msg("c", "t", 1), msg("c", "t", 2, size=20_000)])
+                assert await asyncio.to_thread(arrived.wait, 10)
+                assert got == [""]  # one transaction: one wake-up
+                assert await other.realtime_messages_after(last, 10) == rows
                 return
             await asyncio.sleep(0.3)  # the listener connects
             rows = await store.publish_realtime("p", [msg("c", "t", 1), msg("c", "t", 2, size=20_000)])

@@ -1,8 +1,10 @@
 """The in-process worker: claims due runs of the functions it defines and executes them concurrently.
 
-It sleeps until it is notified (events sent from this process), the store changes (another process
-committed: SQLite's ``data_version``), or the next run falls due. Leases are renewed while runs execute; a
-worker that dies stops renewing and another worker takes its runs over when the leases expire.
+It sleeps until it is notified (events sent from this process), another process committed work (SQLite: the
+local wake channel, ``stepline.storage.wake``; without one, a ``data_version`` poll every ``change_poll_interval``),
+or the next run falls due; at the latest after ``poll_interval``, when it claims anyway (the safety net). Leases
+are renewed while runs execute; a worker that dies stops renewing and another worker takes its runs over when the
+leases expire.
 
 With pushed notifications (PostgreSQL ``LISTEN``) every transaction that makes work due tells every worker the
 earliest due time it created: work due now is claimed at once, later work (sleeps, retries, wait timeouts)
@@ -86,6 +88,7 @@ class Worker:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pushed = False
+        self._watching = False  # not pushed, but the store wakes us on other processes' commits (no fast poll)
         self.runs_started = 0  # runs this worker executed first
         self.runs_resumed = 0  # executions of runs begun before (after a sleep, a wait, a retry, another worker)
         self.scheduler = CronScheduler(engine)  # cron functions of this worker (started only if it has some)
@@ -270,7 +273,7 @@ class Worker:
         deadline = loop.time() + timeout
         # Notice other processes' commits by polling data_version (SQLite); also with no functions yet (an HTTP
         # worker learns of apps synced by another process at its next claim).
-        poll = room > 0
+        poll = room > 0 and not self._watching
         version = self.engine.store.data_version() if poll else None
         while not self._wake.is_set() and not self._stopping:
             left = deadline - loop.time()
@@ -307,6 +310,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self.engine.add_listener(self._on_engine_notify)
         self._pushed = self.engine.store.subscribe(self._on_notify)
+        self._watching = not self._pushed and self.engine.store.watch_commits(self._on_notify)
         self._claim_wanted = self._reread_due = True
         renew = asyncio.create_task(self._renew_leases())
         prune = asyncio.create_task(self._prune_periodically())
@@ -352,6 +356,8 @@ class Worker:
                 self._scheduler_task = None
             self.engine.remove_listener(self._on_engine_notify)
             self.engine.store.unsubscribe(self._on_notify)
+            if self._watching:
+                self.engine.store.unwatch_commits(self._on_notify)
             await self._shutdown()  # runs still executing keep their leases renewed until they end
             renew.cancel()
 

@@ -121,6 +121,17 @@ class Store(abc.ABC):
     def unsubscribe(self, callback: Callable[[int | None], None]) -> None:  # noqa: B027 - optional hook
         """Stop calling ``callback``."""
 
+    def watch_commits(self, callback: Callable[[int | None], None]) -> bool:
+        """For backends that cannot ``subscribe``: call ``callback`` (from any thread) soon after a transaction of
+        any process made work due, with the earliest due time it created (None: unknown, look), as a hint to read
+        ``next_due_at`` and claim, instead of polling ``data_version``. Returns False if the backend cannot (SQLite
+        can: its local wake channel, ``stepline.storage.wake``); a worker then polls ``data_version`` quickly,
+        else only slowly, as a safety net."""
+        return False
+
+    def unwatch_commits(self, callback: Callable[[int | None], None]) -> None:  # noqa: B027 - optional hook
+        """Stop calling ``callback``."""
+
     @abc.abstractmethod
     async def renew_leases(self, owner: str, run_ids: list[str], now: int, lease_ms: int) -> list[str]:
         """Extend the owner's leases; returns the ids whose lease was no longer held."""

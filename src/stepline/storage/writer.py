@@ -104,6 +104,7 @@ class GroupCommitWriter:
         retry_for: float = 120.0,
         name: str = "stepline-writer",
         before_commit: Callable[[Any], None] | None = None,
+        after_commit: Callable[[Any], None] | None = None,
         exclusive: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self._connect = connect
@@ -115,6 +116,7 @@ class GroupCommitWriter:
         self._is_disconnect = is_disconnect
         self._retry_for = retry_for
         self._before_commit = before_commit  # e.g. one NOTIFY per transaction
+        self._after_commit = after_commit  # e.g. one wake-up of other processes per transaction (never raises)
         self._conn: Any = None
         self._closed_hard = False
         self._queue: queue.SimpleQueue[tuple[WriteOp[Any], _Waiter] | None] = queue.SimpleQueue()
@@ -283,6 +285,8 @@ class GroupCommitWriter:
                 if self._before_commit is not None:
                     self._before_commit(conn)
                 conn.execute("COMMIT")
+                if self._after_commit is not None:
+                    self._after_commit(conn)
                 self.commits += 1
                 self.ops += len(batch)
                 if (obs := hooks.current) is not None:

@@ -1,4 +1,8 @@
-"""The SQLite store: WAL, one group-commit writer thread, a read connection per thread."""
+"""The SQLite store: WAL, one group-commit writer thread, a read connection per thread.
+
+Other processes using the same file learn of commits that make work due, and of stored realtime messages, through
+the local wake channel (``stepline.storage.wake``): one datagram per such transaction, sent after it commits.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any, TypeVar
 
 from stepline.storage.sql import load_migrations, load_queries
 from stepline.storage.sql_store import SqlStore
+from stepline.storage.wake import OVERFLOW, WakeChannel
 from stepline.storage.writer import GroupCommitWriter
 
 T = TypeVar("T")
@@ -34,6 +39,13 @@ class SQLiteStore(SqlStore):
         self._schema_version = 0
         self._all_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._wake: WakeChannel | None = None
+        self._watchers: dict[Callable[[int | None], None], Callable[[bytes], None]] = {}
+        self._realtime_watchers: dict[Callable[[str], None], Callable[[bytes], None]] = {}
+        # What the transaction being written makes known (only the writer thread touches these): the earliest due
+        # time it created, and whether it stored realtime messages. Sent after its commit.
+        self._due_note: int | None = None
+        self._realtime_note = False
 
     # --- connections ---
     def _connect(self) -> sqlite3.Connection:
@@ -59,6 +71,69 @@ class SQLiteStore(SqlStore):
     def data_version(self) -> int:
         """Changes whenever any connection commits; a cheap way to notice new work from other processes."""
         return int(self._reader().execute("PRAGMA data_version").fetchone()[0])
+
+    # --- the wake channel ---
+    @property
+    def wake_channel(self) -> WakeChannel:
+        """The local wake channel of this database file (opened at the first use)."""
+        if self._wake is None:
+            self._wake = WakeChannel(self.path)
+        return self._wake
+
+    def _notify_work(self, conn: Any, due_at: int) -> None:
+        if self._due_note is None or due_at < self._due_note:
+            self._due_note = due_at
+
+    def _notify_realtime(self, conn: Any, origin: str, rows: list[Any]) -> None:
+        self._realtime_note = True
+
+    def _after_commit(self, conn: Any) -> None:
+        due, self._due_note = self._due_note, None
+        realtime, self._realtime_note = self._realtime_note, False
+        if due is not None:
+            self.wake_channel.notify(b"w%d" % due)
+        if realtime:
+            self.wake_channel.notify(b"r")
+
+    def watch_commits(self, callback: Callable[[int | None], None]) -> bool:
+        """Call ``callback(due_at)`` (any thread) after any process's transaction on this file made work due (the
+        earliest due time it created; None: unknown, look). True: the wake channel works here."""
+
+        def on_message(message: bytes) -> None:
+            if message[:1] == b"w":
+                callback(int(message[1:]) if len(message) > 1 else None)
+            elif message == OVERFLOW:
+                callback(None)
+
+        self._watchers[callback] = on_message
+        return self.wake_channel.listen(on_message)
+
+    def unwatch_commits(self, callback: Callable[[int | None], None]) -> None:
+        listener = self._watchers.pop(callback, None)
+        if listener is not None:
+            self._wake_channel_unlisten(listener)
+
+    def subscribe_realtime(self, callback: Callable[[str], None]) -> bool:
+        """Called with "" (read the messages after your cursor) when any process stored realtime messages."""
+
+        def on_message(message: bytes) -> None:
+            if message == b"r" or message == OVERFLOW:
+                callback("")
+
+        if not self.wake_channel.listen(on_message):
+            self._wake_channel_unlisten(on_message)
+            return False  # the hub polls data_version
+        self._realtime_watchers[callback] = on_message
+        return True
+
+    def unsubscribe_realtime(self, callback: Callable[[str], None]) -> None:
+        listener = self._realtime_watchers.pop(callback, None)
+        if listener is not None:
+            self._wake_channel_unlisten(listener)
+
+    def _wake_channel_unlisten(self, listener: Callable[[bytes], None]) -> None:
+        if self._wake is not None:
+            self._wake.unlisten(listener)
 
     def _write_connection(self) -> sqlite3.Connection:
         conn = self._connect()
@@ -95,7 +170,7 @@ class SQLiteStore(SqlStore):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         writer = GroupCommitWriter(self._write_connection, is_transient=_is_locked, name="stepline-sqlite-writer",
-                                   exclusive=self._write_lock.held)  # fmt: skip
+                                   after_commit=self._after_commit, exclusive=self._write_lock.held)  # fmt: skip
         writer.start()
         self._writer = writer
 
@@ -112,6 +187,11 @@ class SQLiteStore(SqlStore):
                 conn.close()
             self._all_readers.clear()
         self._local = threading.local()
+        if self._wake is not None:
+            self._wake.close()
+            self._wake = None
+        self._watchers.clear()
+        self._realtime_watchers.clear()
 
     def schema_version(self) -> int:
         return self._schema_version
