@@ -3,6 +3,8 @@ the port keeps answering; SIGTERM drains every child (a run in progress complete
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from ..pg_cluster import free_port
@@ -74,6 +77,23 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+def serving_pid(client: tuple[str, int], pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the server's end of the TCP connection whose client end is ``client`` (from /proc)."""
+    peer = f"0100007F:{client[1]:04X}"
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == peer:
+            inode = fields[9]
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == f"socket:[{inode}]":
+                        return pid
+    return None
 
 
 def alive(pid: int) -> bool:
@@ -139,3 +159,52 @@ def test_a_child_that_cannot_start_stops_the_command(tmp_path: Path) -> None:
     assert code == 2, s.stderr()
     assert "cannot import module 'no_such_module'" in s.stderr()
     assert "restarting" not in s.stderr()
+
+
+async def test_realtime_messages_reach_subscribers_of_every_process(server: Server) -> None:
+    """Subscribers held by each child get what is published through each child (the hubs learn of each other's
+    messages through the store and the wake channel)."""
+    pids = list(server.serving().values())
+    query = "channel=orders&topic=status"
+    subscribers: dict[int, list[Any]] = {}  # pid -> what its SSE streams received (one stream per process)
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(40):  # new connections until each process holds a subscription
+            client = await stack.enter_async_context(httpx.AsyncClient(base_url=server.url, timeout=10))
+            resp = await stack.enter_async_context(client.stream("GET", f"/v1/realtime/sse?{query}"))
+            assert resp.status_code == 200
+            pid = serving_pid(resp.extensions["network_stream"].get_extra_info("client_addr"), pids)
+            if pid is not None and pid not in subscribers:
+                got = subscribers[pid] = []
+                stack.push_async_callback(_cancel, asyncio.create_task(_read_sse(resp, got)))
+            if len(subscribers) == len(pids):
+                break
+        assert len(subscribers) == 2
+        published: dict[int, int] = {}  # pid -> the n it published
+        for n in range(40):  # one publish per new connection until each process has published one
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                async with client.stream("POST", f"/v1/realtime/publish?{query}", json={"n": n}) as resp:
+                    assert resp.status_code == 200
+                    pid = serving_pid(resp.extensions["network_stream"].get_extra_info("client_addr"), pids)
+                    await resp.aread()
+            if pid is not None and pid not in published:
+                published[pid] = n
+            if len(published) == len(pids):
+                break
+        assert len(published) == 2
+        wanted = sorted(published.values())
+        async with asyncio.timeout(10):
+            while any(sorted(m["data"]["n"] for m in got if m["data"]["n"] in wanted) != wanted
+                      for got in subscribers.values()):  # fmt: skip
+                await asyncio.sleep(0.05)
+
+
+async def _read_sse(resp: httpx.Response, got: list[Any]) -> None:
+    async for line in resp.aiter_lines():
+        if line.startswith("data: "):
+            got.append(json.loads(line[6:]))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
