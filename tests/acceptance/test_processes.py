@@ -34,7 +34,7 @@ def slow(ctx: Context) -> str:
     return "done"
 """
 STARTED = re.compile(r"process (\d+) started \(pid (\d+)\)")
-SERVING = re.compile(r"server, process (\d+) \(pid (\d+)\), on ")
+SERVING = re.compile(r"process (\d+) \(pid (\d+)\) serves")  # the supervisor's line once a child accepts
 
 
 class Server:

@@ -7,8 +7,8 @@ from stdin. Each child is a whole server (``cli/server.py``): the kernel hands e
 processes accepting on the shared socket. What runs in every process and what once per node or cluster:
 ``docs/architecture.md`` ("Several server processes").
 
-- A child says it serves by writing a byte on a pipe. A child that exits before any child ever served (a bad
-  ``--app``, a port in use) stops them all and the command exits with its code: nothing to restart.
+- A child says it serves by writing a byte on a pipe. A child that exits with an error before any child ever served
+  (a bad ``--app``, an unreadable database) stops them all and the command exits with its code: nothing to restart.
 - A child that exits later, without the supervisor asking (a crash, ``kill -9``, the OOM killer), is restarted at
   once; one that keeps crashing within ``CRASH_WINDOW`` seconds of its start waits longer each time (up to 30 s).
 - SIGTERM or SIGINT: the supervisor sends SIGTERM to every child, each drains as a single server does (stops
@@ -109,7 +109,7 @@ class Supervisor:
                 self.exit_code = 1
             return
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
-        if not self.ever_served:  # it could not start: the others will not either
+        if not self.ever_served and code > 0:  # it could not start (it said why): the others will not either
             log.error("process %d (pid %d) exited with %s before serving: stopping", child.index, child.proc.pid, how)
             self.exit_code = code if code > 0 else 1
             self.on_signal(signal.SIGTERM, None)
@@ -134,6 +134,7 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     if child.ready.read(1):
                         child.served = self.ever_served = True
+                        log.info("process %d (pid %d) serves", child.index, child.proc.pid)
                 selector.unregister(child.ready)
                 del registered[child.proc.pid]
             for child in list(self.children.values()):
