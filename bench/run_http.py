@@ -34,6 +34,9 @@ Scenarios:
   ten-buffered  checkpointing with `bufferedSteps: 10` (npm): the results travel in the one call's answer
   await       a three-step workflow sent and awaited by its caller (bench/workflow_await.py): in-process
               client.send_and_wait; over HTTP POST /e/<key> then GET /v1/events/{id}/runs?wait=30s
+  await-poll  issue 16's workload (bench/workflow_await.py, HTTP targets only): the three-step workflow awaited
+              out of band (unpolled), with ?wait=, then polled every --poll-ms (50); --samples sequential, then
+              --await-runs with --await-callers; --server-processes N, --node-modules for the npm SDK 3.x
   latency     an idle system; one event at a time, a pause of --pause-min..--pause-max ms after the previous run
               completed; latency = the function's first line (time.time() in the app) minus the send time
               carried in the event data (time.time() just before the request)
