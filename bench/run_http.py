@@ -34,6 +34,9 @@ Scenarios:
   ten-buffered  checkpointing with `bufferedSteps: 10` (npm): the results travel in the one call's answer
   await       a three-step workflow sent and awaited by its caller (bench/workflow_await.py): in-process
               client.send_and_wait; over HTTP POST /e/<key> then GET /v1/events/{id}/runs?wait=30s
+  await-poll  issue 16's workload (bench/workflow_await.py, HTTP targets only): the three-step workflow awaited
+              out of band (unpolled), with ?wait=, then polled every --poll-ms (50); --samples sequential, then
+              --await-runs with --await-callers; --server-processes N, --node-modules for the npm SDK 3.x
   latency     an idle system; one event at a time, a pause of --pause-min..--pause-max ms after the previous run
               completed; latency = the function's first line (time.time() in the app) minus the send time
               carried in the event data (time.time() just before the request)
@@ -95,7 +98,7 @@ STEPLINE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "stepl
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
 ALL_TARGETS = ["inproc", "python", "node"]
-ALL_SCENARIOS = ["one-batch", "one-single", "ten-step", "ten-classic", "ten-buffered", "latency", "await"]
+ALL_SCENARIOS = ["one-batch", "one-single", "ten-step", "ten-classic", "ten-buffered", "latency", "await", "await-poll"]
 APP_IDS = {"python": "bench-py", "node": "bench-node"}
 POLL_INTERVAL = 0.005
 STARTUP_S = 60.0
@@ -248,8 +251,9 @@ class HttpStack:
         self.server: Proc | None = None
         self.app: Proc | None = None
         self.conn: sqlite3.Connection | None = None
-        self.http = httpx.AsyncClient(timeout=60.0, limits=httpx.Limits(max_connections=200,
-                                                                        max_keepalive_connections=200))  # fmt: skip
+        # keep-alive shorter than the server's (5 s): a connection it closes while idle is never reused
+        self.http = httpx.AsyncClient(timeout=60.0, limits=httpx.Limits(max_connections=250,
+                                      max_keepalive_connections=250, keepalive_expiry=2.0))  # fmt: skip
 
     @property
     def server_url(self) -> str:
@@ -283,7 +287,7 @@ class HttpStack:
     def server_command(self) -> list[str]:
         exe = [sys.executable, str(APPS_DIR / "server_variant.py")] if self.args.server_variant else STEPLINE
         return [*exe, "dev", "--host", "127.0.0.1", "--port", str(self.server_port), "--db", str(self.db),
-                "--no-discovery", "-u", self.serve_url]  # fmt: skip
+                "--no-discovery", "-u", self.serve_url, "--processes", str(self.args.server_processes)]  # fmt: skip
 
     def check_alive(self) -> None:
         for p in (self.app, self.server):
@@ -372,7 +376,7 @@ class HttpStack:
         return time.perf_counter()
 
     def app_stats(self) -> dict[str, dict[str, float]]:
-        totals: dict[str, dict[str, float]] = {"calls": {}, "seconds": {}, "checkpoints": {}}
+        totals: dict[str, dict[str, float]] = {"calls": {}, "seconds": {}, "checkpoints": {}, "checkpoint_seconds": {}}
         for f in self.stats_dir.glob("calls-*.json"):
             with contextlib.suppress(OSError, ValueError):
                 doc = json.loads(f.read_text())
@@ -736,6 +740,35 @@ async def http_await(stack: HttpStack, args: argparse.Namespace) -> dict[str, An
     return await workflow_await.measure(call, args.samples, args.await_runs, args.await_callers, args.seed)
 
 
+async def http_await_poll(stack: HttpStack, args: argparse.Namespace) -> dict[str, Any]:
+    def run_ms(event_ids: list[str]) -> list[float]:
+        assert stack.conn is not None
+        rows = [stack.conn.execute(_RUN_OF_EVENT, (e,)).fetchone() for e in event_ids]
+        return [float(r[3] - r[1]) for r in rows]
+
+    fn = stack.fn_id("three")
+
+    async def counters() -> dict[str, float]:
+        await asyncio.sleep(0.3)  # the app writes its call counts every 0.2 s
+        server, app = stack.cpu()
+        st = stack.app_stats()
+        return {"server_cpu_s": server, "app_cpu_s": app, "app_calls": st["calls"].get(fn, 0),
+                "app_call_s": st["seconds"].get(fn, 0.0), "checkpoints": st["checkpoints"].get(fn, 0),
+                "checkpoint_s": st["checkpoint_seconds"].get(fn, 0.0)}  # fmt: skip
+
+    def ended(event_ids: list[str]) -> dict[str, Any]:
+        assert stack.conn is not None
+        marks = ",".join("?" * len(event_ids))
+        rows = stack.conn.execute(f"SELECT event_id, status, output FROM runs WHERE event_id IN ({marks}) AND status "
+                                  "NOT IN ('queued', 'running')", event_ids)  # fmt: skip
+        return {e: (status, json.loads(out) if out else None) for e, status, out in rows}
+
+    return await workflow_await.measure_polled(stack.http, stack.events_url, stack.server_url, fn, run_ms, ended,
+                                               counters,
+                                               args.samples, args.await_runs, args.await_callers, args.seed,
+                                               args.poll_ms / 1000)  # fmt: skip
+
+
 async def run_target(target: str, args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
     if target == "inproc":
         for sc in args.scenarios:
@@ -743,6 +776,9 @@ async def run_target(target: str, args: argparse.Namespace, results: dict[str, d
             make = partial(inproc_latency, args) if sc == "latency" else partial(inproc_throughput, args, sc)
             if sc == "await":
                 make = partial(inproc_await, args)
+            if sc == "await-poll":
+                results[f"inproc/{sc}"] = {"skipped": "an HTTP workload"}
+                continue
             results[f"inproc/{sc}"] = await bounded(f"inproc/{sc}", args, make)
         return
     stack = HttpStack(args, target)
@@ -763,6 +799,8 @@ async def run_target(target: str, args: argparse.Namespace, results: dict[str, d
             make = partial(http_latency, stack, args) if sc == "latency" else partial(http_throughput, stack, args, sc)
             if sc == "await":
                 make = partial(http_await, stack, args)
+            if sc == "await-poll":
+                make = partial(http_await_poll, stack, args)
             results[f"{target}/{sc}"] = await bounded(f"{target}/{sc}", args, make)
             if "error" in results[f"{target}/{sc}"]:
                 break  # the stack may be in any state: do not pile more work on it
@@ -797,7 +835,8 @@ def render(results: dict[str, dict[str, Any]], machine: dict[str, Any], args: ar
         out.append(f"VARIANT : the server ran with experimental patches: {args.server_variant} "
                    "(bench/http_apps/server_variant.py), not as shipped")  # fmt: skip
     workers = f"python app: {args.app_workers} uvicorn worker(s); " if "python" in args.target_list else ""
-    out.append(f"server  : stepline dev (SQLite, synchronous=FULL), one process; {workers}senders: requests of "
+    out.append(f"server  : stepline dev (SQLite, synchronous=FULL), --processes {args.server_processes}; {workers}"
+               f"senders: requests of "
                f"{args.batch} events, or {args.producers} concurrent single-event senders")  # fmt: skip
     out.append("")
     rows = [(k, v) for k, v in results.items() if v.get("kind") == "throughput"]
@@ -844,6 +883,9 @@ def render(results: dict[str, dict[str, Any]], machine: dict[str, Any], args: ar
     rows = [(k, v) for k, v in results.items() if v.get("kind") == "await"]
     if rows:
         out += workflow_await.render(rows)
+    rows = [(k, v) for k, v in results.items() if v.get("kind") == "await-poll"]
+    if rows:
+        out += workflow_await.render_polled(rows)
     for k, v in results.items():
         if "error" in v:
             out.append(f"{k}: {v['error']}")
@@ -880,11 +922,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second (200)")
     p.add_argument("--await-runs", type=int, default=None, help="workflows in the await throughput (default 500)")
     p.add_argument("--await-callers", type=int, default=20, help="concurrent callers in the await throughput (20)")
+    p.add_argument("--poll-ms", type=float, default=50.0, help="await-poll: the callers' poll interval (50 ms)")
+    p.add_argument("--server-processes", type=int, default=1, help="stepline dev --processes N (1)")
+    p.add_argument("--node-modules", type=Path, default=NODE_MODULES, help="the npm SDK to use (default: the "
+                   "compatibility tests' inngest 4.x; bench/http_apps/npm3/node_modules: inngest 3.x)")  # fmt: skip
     args = p.parse_args(argv)
     args.runs = args.runs or (200 if args.quick else 500)
     args.step_runs = args.step_runs or (40 if args.quick else 200)
     args.samples = args.samples or (30 if args.quick else 200)
     args.await_runs = args.await_runs or (100 if args.quick else 500)
+    globals()["NODE_MODULES"] = args.node_modules.resolve()  # node_problem, package_version and the app read it
     args.target_list = [s.strip() for s in args.targets.split(",") if s.strip()]
     args.scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [t for t in args.target_list if t not in ALL_TARGETS] + [s for s in args.scenarios if s not in ALL_SCENARIOS]
@@ -930,7 +977,7 @@ async def main_async(args: argparse.Namespace) -> int:
     machine["wall_s"] = wall
     print(render(results, machine, args))
     if args.json:
-        config = {k: v for k, v in vars(args).items() if k != "json"}
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "json"}
         doc = {"machine": machine, "config": config, "results": results}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"(results written to {args.json})", file=sys.stderr)

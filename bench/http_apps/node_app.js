@@ -20,28 +20,50 @@ const { Inngest } = require("inngest");
 const { serve } = require("inngest/express");
 
 const checkpoints = {};
+const checkpointSeconds = {};
 let version = 0;
 
-// The SDK's requests to the server go through this fetch: checkpoint requests are counted per function.
+// The SDK's requests to the server go through this fetch: checkpoint requests are counted per function, with the
+// time the app waits for their answers (the server's share of a checkpointed step).
 const countingFetch = (input, init) => {
   const url = String(input instanceof Request ? input.url : input);
   if (url.includes("/v1/checkpoint/") && init && typeof init.body === "string") {
+    let fn = "?";
     try {
-      const fn = JSON.parse(init.body).fn_id || "?";
-      checkpoints[fn] = (checkpoints[fn] || 0) + 1;
-      version++;
+      fn = JSON.parse(init.body).fn_id || "?";
     } catch {
-      // not JSON: not counted
+      // not JSON: counted under "?"
     }
+    checkpoints[fn] = (checkpoints[fn] || 0) + 1;
+    version++;
+    const t = process.hrtime.bigint();
+    return fetch(input, init).finally(() => {
+      checkpointSeconds[fn] = (checkpointSeconds[fn] || 0) + Number(process.hrtime.bigint() - t) / 1e9;
+    });
   }
   return fetch(input, init);
 };
 
 const inngest = new Inngest({ id: process.env.BENCH_APP_ID || "bench-node", fetch: countingFetch });
+
+// The SDK's major version (NODE_PATH names the node_modules in use): 3.x takes the trigger as its own argument and
+// has no checkpointing (bench/http_apps/npm3 installs it).
+let SDK_MAJOR = 4;
+try {
+  const pkg = path.join(process.env.NODE_PATH || "", "inngest", "package.json");
+  SDK_MAJOR = Number(JSON.parse(fs.readFileSync(pkg, "utf8")).version.split(".")[0]);
+} catch {
+  // not found: assume 4.x
+}
+const createFunction = (config, handler) => {
+  if (SDK_MAJOR >= 4) return inngest.createFunction(config, handler);
+  const { triggers, checkpointing: _unused, ...rest } = config;
+  return inngest.createFunction(rest, triggers[0], handler);
+};
 const LAT_LOG = process.env.BENCH_LAT_LOG || "";
 const STATS_DIR = process.env.BENCH_STATS_DIR || "";
 
-const one = inngest.createFunction({ id: "one", triggers: [{ event: "bench/one" }] }, async ({ event, step }) => {
+const one = createFunction({ id: "one", triggers: [{ event: "bench/one" }] }, async ({ event, step }) => {
   const i = event.data.i;
   return await step.run("s1", () => i);
 });
@@ -53,18 +75,18 @@ const tenSteps = async ({ step }) => {
   }
   return total;
 };
-const ten = inngest.createFunction({ id: "ten", triggers: [{ event: "bench/ten" }] }, tenSteps);
-const tenClassic = inngest.createFunction(
+const ten = createFunction({ id: "ten", triggers: [{ event: "bench/ten" }] }, tenSteps);
+const tenClassic = createFunction(
   { id: "ten-classic", checkpointing: false, triggers: [{ event: "bench/ten-classic" }] },
   tenSteps,
 );
 // Checkpointing with a buffer of 10 steps (an app's own choice: a crash loses up to 10 steps' results).
-const tenBuffered = inngest.createFunction(
+const tenBuffered = createFunction(
   { id: "ten-buffered", checkpointing: { bufferedSteps: 10 }, triggers: [{ event: "bench/ten-buffered" }] },
   tenSteps,
 );
 
-const lat = inngest.createFunction({ id: "lat", triggers: [{ event: "bench/lat" }] }, async ({ event, step, runId }) => {
+const lat = createFunction({ id: "lat", triggers: [{ event: "bench/lat" }] }, async ({ event, step, runId }) => {
   const now = Date.now() / 1000; // the first line of the function body: what event-to-start latency measures
   const i = event.data.i;
   if (LAT_LOG) {
@@ -75,7 +97,7 @@ const lat = inngest.createFunction({ id: "lat", triggers: [{ event: "bench/lat" 
 });
 
 // The await scenario's workflow (bench/workflow_await.py): ((i + 1) * 2) + 3 in three steps.
-const three = inngest.createFunction({ id: "three", triggers: [{ event: "bench/three" }] }, async ({ event, step }) => {
+const three = createFunction({ id: "three", triggers: [{ event: "bench/three" }] }, async ({ event, step }) => {
   const a = await step.run("add", () => event.data.i + 1);
   const b = await step.run("double", () => a * 2);
   return await step.run("plus", () => b + 3);
@@ -107,7 +129,7 @@ if (STATS_DIR) {
   setInterval(() => {
     if (version === written) return;
     written = version;
-    fs.writeFileSync(`${file}.tmp`, JSON.stringify({ calls, seconds, checkpoints }));
+    fs.writeFileSync(`${file}.tmp`, JSON.stringify({ calls, seconds, checkpoints, checkpoint_seconds: checkpointSeconds }));
     fs.renameSync(`${file}.tmp`, file);
   }, 200).unref();
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -70,6 +71,10 @@ def _common_options(fn: F) -> F:
         click.option("--outbound-allow", "outbound_allow", multiple=True, metavar="HOST_OR_CIDR",
                      help="An exception to --outbound-deny-private (repeatable; also $STEPLINE_OUTBOUND_ALLOW, "
                      "comma-separated)."),
+        click.option("--processes", type=click.IntRange(1, 256), default=1, envvar="STEPLINE_PROCESSES",
+                     show_default=True, show_envvar=True,
+                     help="Server processes sharing the port and the store (e.g. one per core); a crashed one is "
+                     "restarted. What runs in each: docs/architecture.md."),
         click.option("--max-connections", type=click.IntRange(10, 1_000_000), default=MAX_CONNECTIONS,
                      envvar="STEPLINE_MAX_CONNECTIONS", show_default=True, show_envvar=True,
                      help="Connections served at once; beyond it new requests get 503."),
@@ -113,31 +118,59 @@ class Limits:
     max_connections: int
 
 
-async def _serve(ctx: click.Context, config: ServerConfig, hosts: list[str], port: int, apps: tuple[str, ...],
-                 app_dir: str, limits: Limits, observe: observe_cli.Observe) -> None:  # fmt: skip
-    location, _ = db_location(ctx)
-    store = make_store(location)
+@dataclass(frozen=True)
+class ServeSpec:
+    """What one server process serves: the same for each process of ``--processes N`` (pickled to the children)."""
+
+    location: str  # the database
+    config: ServerConfig
+    hosts: tuple[str, ...]
+    port: int
+    apps: tuple[str, ...]
+    app_dir: str
+    log_level: str
+    limits: Limits
+    observe: observe_cli.Observe
+    processes: int = 1
+
+
+@dataclass(frozen=True)
+class Role:
+    """One child of ``--processes N``: its index (0 syncs apps and serves ``--metrics-port``), the listening sockets
+    it inherited, and the descriptor on which it says it is ready (``cli/processes.py``)."""
+
+    index: int
+    sockets: list[socket.socket]
+    ready_fd: int
+
+
+async def _serve(spec: ServeSpec, role: Role | None = None) -> None:
+    config = spec.config
+    store = make_store(spec.location)
     try:
         await store.open()
     except Exception as exc:
-        raise NotFoundError(f"cannot open database {redact(location)}: {type(exc).__name__}: {exc}") from None
+        raise NotFoundError(f"cannot open database {redact(spec.location)}: {type(exc).__name__}: {exc}") from None
     engine = Engine(store)
-    clients = [load_client(t, app_dir) for t in apps]
+    clients = [load_client(t, spec.app_dir) for t in spec.apps]
     for c in clients:
         c.use_store(store)
         # One realtime hub and one set of run waiters per process: what the in-process functions publish and end
         # reaches the server's subscribers and waiters directly, not through the store.
         c.engine.realtime, c.engine.waiters = engine.realtime, engine.waiters
         await c.ready()
-    sockets = _sockets(hosts, port)
+    sockets = role.sockets if role is not None else _sockets(list(spec.hosts), spec.port)
+    if role is not None and role.index > 0:
+        config = dataclasses.replace(config, sync_apps=False)  # apps are synced and discovered by process 0
     app = create_app(engine, config)
-    server = uvicorn.Server(uvicorn_config(app, forwarded_allow_ips=limits.forwarded_allow_ips,
-                                           max_connections=limits.max_connections))  # fmt: skip
+    server = uvicorn.Server(uvicorn_config(app, forwarded_allow_ips=spec.limits.forwarded_allow_ips,
+                                           max_connections=spec.limits.max_connections))  # fmt: skip
     app.state.shutdown_probe = lambda: server.should_exit  # ends the dashboard's live streams at shutdown
     workers = [c.worker() for c in clients]
-    shown = ", ".join(f"http://{f'[{h}]' if ':' in h else h}:{port}" for h in hosts[: len(sockets)])
-    log.info("stepline %s server on %s (db %s, kind %s)", "dev" if config.kind == "dev" else "start", shown,
-             display_path(store, location), config.kind)  # fmt: skip
+    shown = ", ".join(f"http://{f'[{h}]' if ':' in h else h}:{spec.port}" for h in spec.hosts[: len(sockets)])
+    which = f", process {role.index} (pid {os.getpid()})," if role is not None else ""
+    log.info("stepline %s server%s on %s (db %s, kind %s)", "dev" if config.kind == "dev" else "start", which,
+             shown, display_path(store, spec.location), config.kind)  # fmt: skip
     loop = asyncio.get_running_loop()
 
     stopping = False
@@ -155,15 +188,37 @@ async def _serve(ctx: click.Context, config: ServerConfig, hosts: list[str], por
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop, sig)
+    observe = spec.observe
+    if role is not None and role.index > 0:
+        observe = dataclasses.replace(observe, metrics_port=None)  # process 0's listener shows every process's
+    tasks = [server.serve(sockets=sockets), *(w.run() for w in workers)]
+    if role is not None:
+        tasks.append(_child_duties(role, server, stop))
     try:
         async with observe_cli.metrics_listener(observe, app.state.metrics):
-            await asyncio.gather(server.serve(sockets=sockets), *(w.run() for w in workers))
+            await asyncio.gather(*tasks)
     finally:
         for w in workers:
             w.stop()
         for c in clients:
             await c.close()
         await store.close()
+
+
+async def _child_duties(role: Role, server: uvicorn.Server, stop: Callable[[signal.Signals], None]) -> None:
+    """A child says when it serves, and stops (as on SIGTERM) if its supervisor went away (a kill -9 of it)."""
+    parent = os.getppid()
+    while not server.started and not server.should_exit:
+        await asyncio.sleep(0.02)
+    with contextlib.suppress(OSError):
+        os.write(role.ready_fd, b"1")
+        os.close(role.ready_fd)
+    while not server.should_exit:
+        if os.getppid() != parent:
+            log.warning("the supervising process is gone: stopping")
+            stop(signal.SIGTERM)
+            return
+        await asyncio.sleep(1.0)
 
 
 def _config(kind: ServerKind, **kw: Any) -> ServerConfig:
@@ -177,14 +232,30 @@ def _config(kind: ServerKind, **kw: Any) -> ServerConfig:
 
 
 def _run(ctx: click.Context, config: ServerConfig, hosts: list[str], port: int, apps: tuple[str, ...],
-         app_dir: str, log_level: str, limits: Limits, observe: observe_cli.Observe) -> None:  # fmt: skip
+         app_dir: str, log_level: str, limits: Limits, observe: observe_cli.Observe,
+         processes: int) -> None:  # fmt: skip
     dev_dashboard = (config.public_url or f"http://127.0.0.1:{port}") if config.kind == "dev" else None
     observe_cli.setup_logging(observe, log_level, dev_dashboard=dev_dashboard)
+    spec = ServeSpec(db_location(ctx)[0], config, tuple(hosts), port, apps, app_dir, log_level, limits, observe,
+                     processes)  # fmt: skip
+    if processes > 1:
+        from stepline.cli import processes as supervisor
+
+        raise SystemExit(supervisor.supervise(spec, _sockets(hosts, port)))
     try:
         with observe_cli.tracing():
-            asyncio.run(_serve(ctx, config, hosts, port, apps, app_dir, limits, observe))
+            asyncio.run(_serve(spec))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+def serve_child(spec: ServeSpec, role: Role) -> None:
+    """One child process of ``--processes N`` (``cli/processes.py`` starts it with the spec and its role)."""
+    config = spec.config
+    dev_dashboard = (config.public_url or f"http://127.0.0.1:{spec.port}") if config.kind == "dev" else None
+    observe_cli.setup_logging(spec.observe, spec.log_level, dev_dashboard=dev_dashboard)
+    with observe_cli.tracing():
+        asyncio.run(_serve(spec, role))
 
 
 @click.command("dev")
@@ -206,12 +277,13 @@ def dev_command(ctx: click.Context, hosts: tuple[str, ...], no_discovery: bool, 
     and refuses cross-site requests from browsers (docs/security.md).
     """
     observe = observe_cli.take(options)
+    processes = int(options.pop("processes"))
     network, limits = _network_options(options)
     config = _config("dev", sdk_urls=sdk_urls, discovery=not no_discovery, poll=not no_poll,
                      poll_interval=poll_interval, extra={"port": str(port)},
                      allowed_hosts=_split(allowed_hosts, "STEPLINE_ALLOWED_HOSTS"), **network,
                      **_dashboard_options(options, required=False))  # fmt: skip
-    _run(ctx, config, list(hosts) or ["127.0.0.1", "::1"], port, apps, app_dir, log_level, limits, observe)
+    _run(ctx, config, list(hosts) or ["127.0.0.1", "::1"], port, apps, app_dir, log_level, limits, observe, processes)
 
 
 def _split(values: tuple[str, ...] | str, env: str | None = None) -> tuple[str, ...]:
@@ -287,6 +359,7 @@ def start_command(ctx: click.Context, hosts: tuple[str, ...], signing_key: str |
     Point an Inngest SDK app at it with INNGEST_BASE_URL, INNGEST_SIGNING_KEY and INNGEST_EVENT_KEY.
     """
     observe = observe_cli.take(options)
+    processes = int(options.pop("processes"))
     accepted = {k.strip() for k in event_keys if k.strip()}
     accepted |= {k.strip() for k in os.environ.get("STEPLINE_EVENT_KEYS", "").split(",") if k.strip()}
     if os.environ.get("INNGEST_EVENT_KEY", "").strip():
@@ -305,4 +378,4 @@ def start_command(ctx: click.Context, hosts: tuple[str, ...], signing_key: str |
     config = _config("cloud", signing_keys=tuple(keys), event_keys=frozenset(accepted), sdk_urls=sdk_urls,
                      discovery=discovery, poll=not no_poll, poll_interval=poll_interval, extra={"port": str(port)},
                      **network, **_dashboard_options(options, required=True))  # fmt: skip
-    _run(ctx, config, list(hosts) or ["0.0.0.0"], port, apps, app_dir, log_level, limits, observe)
+    _run(ctx, config, list(hosts) or ["0.0.0.0"], port, apps, app_dir, log_level, limits, observe, processes)

@@ -101,8 +101,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
                 if run_worker:
                     worker = HttpWorker(st)
                     await stack.enter_async_context(worker.running())
-                syncer = sync.Syncer(st)
-                await stack.enter_async_context(syncer.running())
+                if cfg.sync_apps:
+                    await stack.enter_async_context(sync.Syncer(st).running())
                 await stack.enter_async_context(dashboard.running(dash, st, app.state))
                 yield
 

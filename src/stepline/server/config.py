@@ -43,6 +43,7 @@ class ServerConfig:
     outbound_allow: tuple[str, ...] = ()  # hosts or CIDRs exempt from outbound_deny_private
     allowed_hosts: tuple[str, ...] = ()  # dev: Host names answered besides loopback ones (server/dev_guard.py)
     max_waiting_requests: int = 1000  # GET /v1/runs/{id}?wait= and /v1/events/{id}/runs?wait= at once; more: 429
+    sync_apps: bool = True  # sync -u apps, re-sync and discover: one process per node (of --processes N: the first)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
@@ -120,8 +121,11 @@ class GroupCommitWriter:
         before_commit: Callable[[Conn], None] | None = None,
         commit: Callable[[Conn], None] | None = None,
         after_commit: Callable[[Conn], None] | None = None,
+        exclusive: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self._connect = connect
+        # Held around each transaction (SQLite: a file lock that queues the writers of several processes)
+        self._exclusive = exclusive or contextlib.nullcontext
         self._max_batch = max_batch
         self._begin = begin
         self._is_transient = is_transient
@@ -220,7 +224,8 @@ class GroupCommitWriter:
             try:
                 if self._conn is None:
                     self._conn = self._connect()
-                outcome = self._apply(self._conn, batch)
+                with self._exclusive():
+                    outcome = self._apply(self._conn, batch)
             except BaseException as exc:
                 if not self._is_transient(exc) or time.monotonic() > deadline or self._closed_hard:
                     if self._is_transient(exc):
