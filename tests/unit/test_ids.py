@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import ulid
 
+from stepline.core import ids
 from stepline.core.ids import StepIdCounter, hash_step_id, new_ulid, seeded_event_ids, ulid_from
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
@@ -31,9 +32,35 @@ def test_new_ulid_carries_the_current_time_and_sorts_by_it() -> None:
     assert before - 1 <= ulid.ULID.from_str(value).milliseconds <= after + 1
     assert value[:10] > ulid_from(before - 1, bytes(10))[:10]  # the timestamp part orders ids by creation time
     # every character position takes every value it can (the encoding uses all 128 bits)
-    many = [new_ulid() for _ in range(3000)]
+    many = [_fresh_ulid() for _ in range(3000)]
     assert {v[-1] for v in many} == CROCKFORD
     assert {v[11] for v in many} == CROCKFORD
+
+
+def _fresh_ulid() -> str:
+    """A ULID with fresh randomness (the first of its millisecond: not the previous one plus one)."""
+    ids._last_ulid = 0
+    return new_ulid()
+
+
+def test_new_ulids_made_in_order_sort_in_order_even_within_a_millisecond() -> None:
+    """Runs, steps and events made in one transaction share a millisecond; listing and claiming by id must keep the
+    order they were made in (a batch's full run before the one still filling)."""
+    many = [new_ulid() for _ in range(5000)]
+    assert many == sorted(many) and len(set(many)) == len(many)
+    in_threads: list[list[str]] = [[] for _ in range(4)]
+
+    def make(out: list[str]) -> None:
+        out.extend(new_ulid() for _ in range(2000))
+
+    workers = [threading.Thread(target=make, args=(out,)) for out in in_threads]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for out in in_threads:
+        assert out == sorted(out)
+    assert len({v for out in in_threads for v in out}) == 8000
 
 
 def test_ulid_from_encodes_timestamp_and_entropy() -> None:

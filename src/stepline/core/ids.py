@@ -25,12 +25,23 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> two characters
 
 
-def new_ulid() -> str:
-    """Return a new, randomly generated ULID string (26 Crockford base32 characters).
+_last_ulid = 0  # the last ULID made in this process, as an integer (monotonic within a millisecond)
+_ulid_lock = threading.Lock()
 
-    The current unix milliseconds and 80 random bits, encoded here rather than through ``ulid.ULID()``: every
-    send makes two or three of them, and this is several times cheaper (same format; tests/core/test_ids.py)."""
+
+def new_ulid() -> str:
+    """Return a new ULID string (26 Crockford base32 characters), greater than every one made before it in this
+    process: the current unix milliseconds and 80 random bits, and within one millisecond (or if the clock steps
+    back) the previous one plus one, so ids made in order sort in order (runs and steps are ordered by id).
+
+    Encoded here rather than through ``ulid.ULID()``: every send makes two or three of them, and this is several
+    times cheaper (same format; tests/unit/test_ids.py)."""
+    global _last_ulid
     n = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    with _ulid_lock:
+        if n >> 80 <= _last_ulid >> 80:
+            n = _last_ulid + 1
+        _last_ulid = n
     pairs = _PAIRS
     # 128 bits = one 3-bit character then 25 characters of 5 bits (in pairs of 10 bits, the last one alone)
     return (
