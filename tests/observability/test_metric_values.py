@@ -1,6 +1,7 @@
 """Retry and store-retry metrics against a known workload (in-process, SQLite and PostgreSQL, a fake clock):
 ``stepline_retries_total`` by level, ``stepline_step_attempts_total`` by outcome, and
-``stepline_store_write_retries_total`` for a transient write error the writer retried."""
+``stepline_store_write_retries_total`` for a transient write error the writer retried, and
+``stepline_dashboard_streams`` while dashboard pages listen."""
 
 from __future__ import annotations
 
@@ -95,3 +96,23 @@ async def test_a_transient_write_error_is_retried_and_counted(client: Stepline, 
         for w in threads:
             w._is_transient = transient
     assert samples(metrics, metrics.store_retries) == {(): 1}
+
+
+async def test_dashboard_streams_are_counted_while_they_listen(client: Stepline, metrics: Metrics) -> None:
+    from stepline.server.dashboard.sse import ChangeHub
+
+    def streams() -> float:
+        [family] = metrics.streams.collect()
+        return sum(s.value for s in family.samples)
+
+    hub = ChangeHub(client.engine)
+    async with hub.running():
+        first: Any = hub.changes(heartbeat=0.01)  # (async generators: aclose ends them)
+        second: Any = hub.changes(heartbeat=0.01)
+        await anext(first)  # a change or a heartbeat: both are listening
+        await anext(second)
+        assert streams() == 2
+        await first.aclose()
+        assert streams() == 1
+    await second.aclose()  # the hub closed: the last one ends too
+    assert streams() == 0
