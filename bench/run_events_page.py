@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
+from run_dashboard import _create, ulid  # bench/ is the script's folder: its sibling's helpers
 
 from stepline.core.engine import Engine
 from stepline.server.app import create_app
@@ -30,18 +31,12 @@ from stepline.server.config import ServerConfig
 from stepline.storage.records import FunctionRecord
 from stepline.storage.sqlite.store import SQLiteStore
 
-CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 DAY_MS = 24 * 3600 * 1000
 EVENT_SQL = (
     "INSERT INTO events (internal_id, id, name, data, user, ts, v, received_at) VALUES (?, ?, ?, ?, '{}', ?, NULL, ?)"
 )
 RUN_SQL = ("INSERT INTO runs (id, function_id, event_id, status, output, error, created_at, started_at, ended_at) "
            "VALUES (?, ?, ?, ?, 'null', NULL, ?, ?, ?)")  # fmt: skip
-
-
-def ulid(ms: int, rand: int) -> str:
-    value = (ms << 80) | rand
-    return "".join(CROCKFORD[(value >> (5 * i)) & 31] for i in range(25, -1, -1))
 
 
 def fill(path: Path, n: int, now: int) -> list[str]:
@@ -136,12 +131,6 @@ def main() -> None:
           "| --- | ---: | ---: | ---: |")  # fmt: skip
     for name, median, worst, rows in results:
         print(f"| {name} | {median:.1f} | {worst:.1f} | {rows} |")
-
-
-async def _create(path: Path) -> None:
-    store = SQLiteStore(path)
-    await store.open()
-    await store.close()
 
 
 if __name__ == "__main__":
