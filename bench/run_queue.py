@@ -293,7 +293,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stores", default="sqlite,postgres")
     p.add_argument("--systems", default="stepline,huey,pgqueuer")
-    p.add_argument("--workers", default="1,2", help="worker processes in the drain scenario (comma-separated)")
+    p.add_argument("--workers", default="1,2", help="worker processes per drain (comma-separated; empty: none)")
     p.add_argument("--runs", type=int, default=5000, help="jobs in each drain scenario (5000)")
     p.add_argument("--idle-sends", type=int, default=2000, help="calls in each idle scenario (2000)")
     p.add_argument("--http-sends", type=int, default=2000, help="requests in the http scenario (2000; 0: skip)")
@@ -310,7 +310,7 @@ def main() -> int:
     args = parse_args()
     stores = args.stores.split(",")
     wanted = args.systems.split(",")
-    workers = [int(w) for w in args.workers.split(",")]
+    workers = [int(w) for w in args.workers.split(",") if w]
     rundir = Path(tempfile.mkdtemp(prefix="stepline-queue-", dir=args.dir))
     print(f"run directory: {rundir}", flush=True)
     cluster: DurableCluster | None = None
