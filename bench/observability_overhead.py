@@ -7,7 +7,6 @@ Run from the project root:
     .venv/bin/python bench/observability_overhead.py --baseline-rev main # also the code before observability
     .venv/bin/python bench/observability_overhead.py --http              # the HTTP path: tracing off, 10 %, 100 %
     .venv/bin/python bench/observability_overhead.py --runs 2000 --repeat 7 --json out.json
-    .venv/bin/python bench/observability_overhead.py --encoders          # CPU per span: the SDK's OTLP encoder, ours
 
 In-process (bench/run_sqlite.py's ``one-batch``: a one-step async function, N events sent in batches of 100, a
 worker in the same process, SQLite synchronous=FULL), each measurement in a fresh process so that nothing turned on
@@ -176,39 +175,6 @@ async def http_main(
     return out
 
 
-# --------------------------------------------------------------------------------------------- encoders
-def encoders_main(spans_n: int = 4000) -> None:
-    """CPU per span of the SDK's OTLP encoder and Stepline's (observability/otlp_encode.py), on the spans of one-step
-    runs (a run span and a step span each), best of 3, in this process."""
-    import types
-
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    from opentelemetry.sdk.trace import TracerProvider
-
-    from stepline.core.ids import new_ulid
-    from stepline.observability.otlp_encode import encode_request
-    from stepline.observability.tracing import Tracing
-
-    spans: list[Any] = []
-    tracing = Tracing(TracerProvider(), types.SimpleNamespace(on_end=spans.append))
-    event = types.SimpleNamespace(traceparent=None, name="bench/one")
-    while len(spans) < spans_n:
-        run = types.SimpleNamespace(id=new_ulid(), function_id="bench-one", created_at=1, attempt=0)
-        trace = tracing.run_trace(types.SimpleNamespace(run=run, event=event, steps={}))
-        assert trace is not None
-        trace.step("step a", 12345, 1, 2, {"stepline.step.id": "a", "stepline.step.attempt": 0,
-                                           "stepline.step.outcome": "completed"})  # fmt: skip
-        tracing.run_ended(run, event, "completed", None, 5)
-    for name, encode in (("sdk", lambda b: encode_spans(b).SerializePartialToString()), ("stepline", encode_request)):
-        best = float("inf")
-        for _ in range(3):
-            started = time.process_time()
-            for k in range(0, len(spans), 512):
-                encode(spans[k : k + 512])
-            best = min(best, (time.process_time() - started) / len(spans) * 1e6)
-        print(f"  {name:<9} encoder: {best:5.1f} us CPU per span")
-
-
 # --------------------------------------------------------------------------------------------- report
 def summarize(samples: dict[str, list[float]], reference: str) -> list[dict[str, Any]]:
     rows = []
@@ -246,7 +212,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--baseline-rev", default=None, help="also measure the code of this git revision (e.g. main)")
     p.add_argument("--modes", default=None, help=f"comma-separated subset of {IN_PROCESS}")
     p.add_argument("--http", action="store_true", help="measure the HTTP path instead (tracing off, 10 %%, 100 %%)")
-    p.add_argument("--encoders", action="store_true", help="only the CPU per span of the two OTLP encoders")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--timeout", type=float, default=300.0, help="per measurement, seconds (300)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -259,9 +224,6 @@ def main() -> None:
     args = parse_args()
     if args.receiver is not None:
         receiver_main(args.receiver)
-        return
-    if args.encoders:
-        encoders_main()
         return
     if args.child is not None:
         print(json.dumps(asyncio.run(child_main(args.child, args.runs, args.batch, args.endpoint))))

@@ -390,9 +390,6 @@ def configure_from_env(*, set_global: bool = True) -> Tracing | None:
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        from stepline.observability import otlp_encode
-
-        otlp_encode.install()  # a third of the SDK encoder's cost per span
         exporter = OTLPSpanExporter()
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": "stepline"}
     provider = TracerProvider(resource=Resource.create(attributes))
