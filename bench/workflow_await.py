@@ -231,6 +231,21 @@ def _per_workflow(before: dict[str, float], after: dict[str, float], n: int) -> 
             "checkpoint_wait_ms": 1000 * d.get("checkpoint_s", 0.0) / n}  # fmt: skip
 
 
+def render(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    out = []
+    hdr = (f"{'target/scenario':<18} {'n':>4} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} | "
+           f"{'runs':>5} {'callers':>7} {'workflows/s':>11}")  # fmt: skip
+    out.append(hdr)
+    out.append("-" * len(hdr))
+    for k, v in rows:
+        out.append(f"{k:<18} {v['samples']:>4} {v['p50_ms']:>7.2f} {v['p95_ms']:>7.2f} {v['p99_ms']:>7.2f} "
+                   f"{v['max_ms']:>7.2f} | {v['runs']:>5} {v['callers']:>7} {v['workflows_per_s']:>11.0f}")  # fmt: skip
+    out.append("(await: a three-step workflow sent and awaited by its caller: latency one at a time, send -> output; "
+               "throughput with concurrent callers; goal: under 10 ms median in-process)")  # fmt: skip
+    out.append("")
+    return out
+
+
 def render_polled(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     out = []
     hdr = (f"{'target/mode':<24} {'caller p50':>10} {'p95':>6} | {'run p50':>7} {'p95':>6} {'/step':>5} "
