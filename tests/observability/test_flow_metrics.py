@@ -109,28 +109,36 @@ async def test_a_write_run_again_by_the_writer_counts_its_decisions_once(
 
     await client.ready()
     await client.send({"name": "flow/t", "data": {}})  # takes the throttle's one slot: the next is delayed
-    writer: Any = client.store.writer  # type: ignore[attr-defined]
-    gate, holding = threading.Event(), threading.Event()
+    group: Any = client.store.writer  # type: ignore[attr-defined]
+    writers: list[Any] = list(getattr(group, "writers", [group]))  # PostgreSQL: several, used round-robin
+    gate = threading.Event()
+    holding = [threading.Event() for _ in writers]
 
-    def hold(conn: Any) -> None:  # keeps the writer busy while the next two writes queue up behind it
-        holding.set()
-        gate.wait(10)
+    def hold(i: int) -> Any:
+        def op(conn: Any) -> None:  # keeps a writer busy while the next writes queue up behind it
+            holding[i].set()
+            gate.wait(10)
+
+        return op
 
     def fail(conn: Any) -> None:
         raise ValueError("this write fails")
 
-    held = writer.submit(hold)
-    assert await asyncio.to_thread(holding.wait, 10)
+    held = [w.submit(hold(i)) for i, w in enumerate(writers)]
+    for h in holding:
+        assert await asyncio.to_thread(h.wait, 10)
     sent = asyncio.ensure_future(client.send({"name": "flow/t", "data": {}}))
-    for _ in range(500):  # until the send's write is queued
+    for _ in range(500):  # until the send's write is queued on one of them
         await asyncio.sleep(0.01)
-        if writer._queue.qsize() >= 1:
+        if any(w._queue.qsize() >= 1 for w in writers):
             break
-    failing = writer.submit(fail)  # queued after the send: applied after it, in the same transaction
+    failing = [w.submit(fail) for w in writers]  # queued after the send: on its writer, in the same transaction
     gate.set()
-    await asyncio.wrap_future(held)
+    for h in held:
+        await asyncio.wrap_future(h)
     await sent
-    with pytest.raises(ValueError, match="this write fails"):
-        await asyncio.wrap_future(failing)
+    for f in failing:
+        with pytest.raises(ValueError, match="this write fails"):
+            await asyncio.wrap_future(f)
     assert flow_counts(metrics, f"{client.app_id}-throttled") == {("throttle", "delayed"): 1}
     assert len(await runs(client, "throttled")) == 2

@@ -3,6 +3,7 @@ once for every SQL backend. Mixed into ``SqlStore``; the queries live in each ba
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -60,14 +61,14 @@ class SqlEventsMixin:
                                   "like": None if pattern is None else _like(pattern), "before": before,
                                   "limit": limit, "max_bytes": max_bytes, "internal": not hide}  # fmt: skip
         prefix = "" if pattern is None else pattern.split("*", 1)[0]
-        if prefix and "count_prefix" in self._event_queries:
-            # Few events under the literal prefix (a rare name): sorting them beats reading every newer event.
-            # (A backend whose index order is not byte order, PostgreSQL with a locale, has no count_prefix.)
-            params.update(low=prefix, high=prefix + "\U0010ffff", cap=PREFIX_SORT_CAP)
-            count = self._read(lambda c: c.execute(self._event_queries["count_prefix"], params).fetchone()[0])
-            if count < PREFIX_SORT_CAP:
-                query = self._event_queries["find_events_in_prefix"]
+        if prefix:
+            query = self._query_for_prefix(prefix, query, params)
         return [_event(r) for r in self._read(lambda c: c.execute(query, params).fetchall())]
+
+    def _query_for_prefix(self, prefix: str, query: str, params: dict[str, Any]) -> str:
+        """The query for a pattern with a literal ``prefix``: ``query`` (reads the events in order and filters), or a
+        backend's faster one (SQLite: sort the few events under a rare prefix, read through the name index)."""
+        return query
 
     async def runs_of_events(self, event_ids: list[str]) -> dict[str, list[EventRun]]:
         if not event_ids:
@@ -97,5 +98,8 @@ class SqlEventsMixin:
         return await self.writer.run(op)
 
     async def paused_functions(self) -> dict[str, int]:
+        # Read in a thread: every worker reads this each second, and a database that went away must not hold the event
+        # loop (a PostgreSQL connect waits up to its timeout) while /metrics and the rest still answer.
         query = self._event_queries["paused_functions"]
-        return {str(f): int(at) for f, at in self._read(lambda c: c.execute(query).fetchall())}
+        rows = await asyncio.to_thread(self._read, lambda c: c.execute(query).fetchall())
+        return {str(f): int(at) for f, at in rows}

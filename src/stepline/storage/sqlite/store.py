@@ -13,10 +13,11 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from stepline.storage.records import RealtimeRow
 from stepline.storage.sql import Conn, load_migrations, load_queries
+from stepline.storage.sql_events import PREFIX_SORT_CAP
 from stepline.storage.sql_store import SqlStore
 from stepline.storage.wake import OVERFLOW, WakeChannel
 from stepline.storage.writer import GroupCommitWriter
@@ -185,6 +186,14 @@ class SQLiteStore(SqlStore):
         if self._writer is None:
             raise RuntimeError("the store is not open: call await store.open() first")
         return self._writer
+
+    def _query_for_prefix(self, prefix: str, query: str, params: dict[str, Any]) -> str:
+        # Few events under the literal prefix (a rare name): sorting them beats reading every newer event. Byte order
+        # is SQLite's index order; PostgreSQL's follows the database's collation, so it keeps the ordered read.
+        queries = self._event_queries
+        params.update(low=prefix, high=prefix + "\U0010ffff", cap=PREFIX_SORT_CAP)
+        count = self._read(lambda c: c.execute(queries["count_prefix"], params).fetchone()[0])
+        return queries["find_events_in_prefix"] if count < PREFIX_SORT_CAP else query
 
 
 class WriteLock:
