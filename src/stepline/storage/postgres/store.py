@@ -202,11 +202,6 @@ class PostgresStore(SqlStore):
             {"names": names},
         )
 
-    def _insert_events(self, conn: Any, events: list[StoredEvent]) -> set[str]:
-        if len(events) < 2:
-            return super()._insert_events(conn, events)
-        return {r[0] for r in conn.execute(self.Q["insert_events"], _event_columns(events)).fetchall()}
-
     def _names_with_waits(self, conn: Any, names: list[str]) -> set[str]:
         known = self._waited.pop(id(conn), None)  # looked up by _open_ingest, in this transaction
         if known is not None:
@@ -311,9 +306,9 @@ class PostgresStore(SqlStore):
         # that have waits (kept for ``_names_with_waits``): that lookup's snapshot comes after the locks were
         # granted. (A psycopg pipeline of the separate statements measured slower than this on loopback.)
         self._waited.pop(id(conn), None)
-        if not names:
+        if not names:  # no events
             self._check_registry(conn, planned)
-            return self._insert_events(conn, events)
+            return set()
         current = conn.execute(self.Q["lock_names_and_registry_version"], {"names": names}).fetchone()[0]
         self._check_registry(conn, planned, int(current))
         rows = conn.execute(self.Q["insert_events_and_waits"], {**_event_columns(events), "names": names}).fetchall()
@@ -432,7 +427,7 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
 
 
 def _event_columns(events: list[StoredEvent]) -> dict[str, list[Any]]:
-    """The parameters of ``insert_events``: one array per column."""
+    """The event parameters of ``insert_events_and_waits``: one array per column."""
     return {"internal_id": [e.internal_id for e in events], "id": [e.id for e in events],
             "name": [e.name for e in events], "data": [json.dumps(e.data) for e in events],
             "user": [json.dumps(e.user) for e in events], "ts": [e.ts for e in events], "v": [e.v for e in events],
