@@ -327,14 +327,20 @@ def main() -> int:
                 cluster = DurableCluster(bindir)
                 cluster.init()
                 server = Server(cluster.url(), cluster)
-        steps: list[tuple[str, Callable[[], Any]]] = []
-        if "sqlite" in stores:
-            steps.append(("limit sqlite", lambda: results["limits"].__setitem__(
-                "sqlite", sqlite_limit(rundir, args.limit_seconds))))  # fmt: skip
-        if server is not None:
-            srv = server
-            steps.append(("limit postgres", lambda: results["limits"].__setitem__(
-                "postgres", pg_limit(srv, args.limit_seconds))))  # fmt: skip
+        srv = server
+
+        def limits(suffix: str) -> list[tuple[str, Callable[[], Any]]]:
+            """The physical limits, measured at the start and again at the end (the machine's load drifts)."""
+            out: list[tuple[str, Callable[[], Any]]] = []
+            if "sqlite" in stores:
+                out.append((f"limit sqlite{suffix}", lambda: results["limits"].__setitem__(
+                    f"sqlite{suffix}", sqlite_limit(rundir, args.limit_seconds))))  # fmt: skip
+            if srv is not None:
+                out.append((f"limit postgres{suffix}", lambda: results["limits"].__setitem__(
+                    f"postgres{suffix}", pg_limit(srv, args.limit_seconds))))  # fmt: skip
+            return out
+
+        steps = limits("")
         for system in systems(args):
             if system.store not in stores or system.name not in wanted:
                 continue
@@ -348,13 +354,7 @@ def main() -> int:
             if system.name == "stepline" and system.store == "sqlite" and args.http_sends:
                 steps.append((f"{key} http", lambda s=system, r=res: r.__setitem__(
                     "http", scenario_http(s, args.http_sends, rundir))))  # fmt: skip
-        if "sqlite" in stores:  # the limit again at the end: the machine's load drifts
-            steps.append(("limit sqlite (end)", lambda: results["limits"].__setitem__(
-                "sqlite_end", sqlite_limit(rundir, args.limit_seconds))))  # fmt: skip
-        if server is not None:
-            srv2 = server
-            steps.append(("limit postgres (end)", lambda: results["limits"].__setitem__(
-                "postgres_end", pg_limit(srv2, args.limit_seconds))))  # fmt: skip
+        steps += limits("_end")
         for label, step in steps:
             print(f"  {label} ...", flush=True)
             try:
