@@ -372,9 +372,9 @@ def main() -> int:
 
 def render(results: dict[str, Any], workers: list[int]) -> str:
     lim = results["limits"]
-    lines = ["", "| store | system | idle calls/s | idle p50 ms | share of limit | "
-             + " | ".join(f"{w}w jobs/s | {w}w call p50 ms" for w in workers) + " |",
-             "|---" * (5 + 2 * len(workers)) + "|"]  # fmt: skip
+    head = ["store", "system", "idle calls/s", "idle p50 ms", "share of limit"]
+    head += [f"{w}w {what}" for w in workers for what in ("jobs/s", "call p50 ms")]
+    lines = ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for key, res in results["systems"].items():
         store, name = key.split("/")
         idle = res.get("idle", {})
