@@ -8,8 +8,9 @@ Run from the project root:
     .venv/bin/python bench/run_queue.py --stores sqlite --runs 2000 --idle-sends 1000 --http-sends 1000
     .venv/bin/python bench/run_queue.py --url postgresql://user@host/postgres     # an existing server
 
-Peers run from their own venv (``--peers-python``, default ``.venv-peers/bin/python``; create it with
-``python3 -m venv .venv-peers && .venv-peers/bin/pip install -r bench/requirements-peers.txt``). PostgreSQL is
+Peers run from their own venv (``--peers-python``; default ``bench/.peers-venv``, as ``run_postgres.py``, else
+``.venv-peers``; create it with ``python3 -m venv .venv-peers && .venv-peers/bin/pip install -r
+bench/requirements-peers.txt``). PostgreSQL is
 a throwaway cluster with durability on (``bench/run_postgres.py``'s ``DurableCluster``) unless ``--url``.
 
 What is measured, for each store and system (each scenario on a fresh database or file):
@@ -55,7 +56,7 @@ import psycopg
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from run_postgres import PEERS, ROOT, DurableCluster, Proc, Server, code_info, find_bindir  # noqa: E402
+from run_postgres import PEERS, PEERS_VENV, ROOT, DurableCluster, Proc, Server, code_info, find_bindir  # noqa: E402
 
 POLL = 0.02
 
@@ -298,7 +299,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--idle-sends", type=int, default=2000, help="calls in each idle scenario (2000)")
     p.add_argument("--http-sends", type=int, default=2000, help="requests in the http scenario (2000; 0: skip)")
     p.add_argument("--limit-seconds", type=float, default=3.0, help="seconds of each physical-limit probe (3)")
-    p.add_argument("--peers-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
+    venvs = [PEERS_VENV, ROOT / ".venv-peers"]  # run_postgres.py's, or one at the root
+    peers = next((v for v in venvs if (v / "bin" / "python").exists()), PEERS_VENV) / "bin" / "python"
+    p.add_argument("--peers-python", default=str(peers), help=f"the peers' interpreter ({peers})")
     p.add_argument("--url", default=None, help="an existing PostgreSQL server's maintenance database URL")
     p.add_argument("--dir", default=None, help="directory for the run (default: a new temporary directory)")
     p.add_argument("--timeout", type=float, default=300.0, help="abandon a drain after this many seconds")
