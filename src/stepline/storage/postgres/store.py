@@ -87,7 +87,7 @@ class PostgresStore(SqlStore):
     """
 
     Q = QUERIES
-    registry_check_seconds = 1.0  # a registry-version round trip per send would cost more than it is worth
+    registry_check_seconds = 1.0  # for lookups other than sends (sends check the version in their transaction)
     marker_poll_seconds = 0.05  # the change marker is a round trip here (a local pragma on SQLite)
 
     def __init__(self, url: str, *, writers: int = 1, pool_size: int = 4, migrate: bool = True) -> None:
