@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Stepline on PostgreSQL, beside DBOS Transact and Procrastinate on the same server (a benchmark, not a test).
+"""Stepline on PostgreSQL, beside DBOS Transact, Procrastinate and pgqueuer on one server (a benchmark, not a test).
 
 Run from the project root:
 
@@ -290,6 +290,15 @@ def make_systems(args: argparse.Namespace) -> list[System]:
             "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('failed', 'aborted')",
             concurrency=args.procrastinate_concurrency,
         ),
+        System(
+            "pgqueuer",
+            peers_python,
+            PEERS / "pgqueuer_app.py",
+            ("one", "lat", "idle", "stmts"),
+            "READY",
+            "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'",
+            "SELECT count(*) FROM pgqueuer_log WHERE status IN ('exception', 'failed', 'canceled')",
+        ),
     ]
     wanted = args.systems.split(",")
     if args.skip_peers:
@@ -314,7 +323,7 @@ def peer_versions() -> dict[str, str]:
     if not py.exists():
         return {}
     code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
-            "['dbos', 'procrastinate', 'psycopg', 'sqlalchemy']}))")  # fmt: skip
+            "['dbos', 'procrastinate', 'pgqueuer', 'huey', 'psycopg', 'sqlalchemy']}))")  # fmt: skip
     res = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=60)
     return json.loads(res.stdout) if res.returncode == 0 else {}
 
@@ -873,7 +882,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="run each one/ten scenario N times, report the fastest")
     p.add_argument(
         "--systems",
-        default="stepline,dbos,dbos-fastpoll,procrastinate",
+        default="stepline,dbos,dbos-fastpoll,procrastinate,pgqueuer",
         help="dbos: DBOS's default queue polling (1 s); dbos-fastpoll: --dbos-fast-poll (0.1 s)",
     )
     p.add_argument("--skip-peers", action="store_true", help="Stepline only")

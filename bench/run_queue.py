@@ -8,8 +8,9 @@ Run from the project root:
     .venv/bin/python bench/run_queue.py --stores sqlite --runs 2000 --idle-sends 1000 --http-sends 1000
     .venv/bin/python bench/run_queue.py --url postgresql://user@host/postgres     # an existing server
 
-Peers run from their own venv (``--peers-python``, default ``.venv-peers/bin/python``; create it with
-``python3 -m venv .venv-peers && .venv-peers/bin/pip install -r bench/requirements-peers.txt``). PostgreSQL is
+Peers run from their own venv (``--peers-python``; default ``bench/.peers-venv``, as ``run_postgres.py``, else
+``.venv-peers``; create it with ``python3 -m venv .venv-peers && .venv-peers/bin/pip install -r
+bench/requirements-peers.txt``). PostgreSQL is
 a throwaway cluster with durability on (``bench/run_postgres.py``'s ``DurableCluster``) unless ``--url``.
 
 What is measured, for each store and system (each scenario on a fresh database or file):
@@ -55,7 +56,7 @@ import psycopg
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from run_postgres import PEERS, ROOT, DurableCluster, Proc, Server, code_info, find_bindir  # noqa: E402
+from run_postgres import PEERS, PEERS_VENV, ROOT, DurableCluster, Proc, Server, code_info, find_bindir  # noqa: E402
 
 POLL = 0.02
 
@@ -298,7 +299,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--idle-sends", type=int, default=2000, help="calls in each idle scenario (2000)")
     p.add_argument("--http-sends", type=int, default=2000, help="requests in the http scenario (2000; 0: skip)")
     p.add_argument("--limit-seconds", type=float, default=3.0, help="seconds of each physical-limit probe (3)")
-    p.add_argument("--peers-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
+    venvs = [PEERS_VENV, ROOT / ".venv-peers"]  # run_postgres.py's, or one at the root
+    peers = next((v for v in venvs if (v / "bin" / "python").exists()), PEERS_VENV) / "bin" / "python"
+    p.add_argument("--peers-python", default=str(peers), help=f"the peers' interpreter ({peers})")
     p.add_argument("--url", default=None, help="an existing PostgreSQL server's maintenance database URL")
     p.add_argument("--dir", default=None, help="directory for the run (default: a new temporary directory)")
     p.add_argument("--timeout", type=float, default=300.0, help="abandon a drain after this many seconds")
@@ -327,14 +330,20 @@ def main() -> int:
                 cluster = DurableCluster(bindir)
                 cluster.init()
                 server = Server(cluster.url(), cluster)
-        steps: list[tuple[str, Callable[[], Any]]] = []
-        if "sqlite" in stores:
-            steps.append(("limit sqlite", lambda: results["limits"].__setitem__(
-                "sqlite", sqlite_limit(rundir, args.limit_seconds))))  # fmt: skip
-        if server is not None:
-            srv = server
-            steps.append(("limit postgres", lambda: results["limits"].__setitem__(
-                "postgres", pg_limit(srv, args.limit_seconds))))  # fmt: skip
+        srv = server
+
+        def limits(suffix: str) -> list[tuple[str, Callable[[], Any]]]:
+            """The physical limits, measured at the start and again at the end (the machine's load drifts)."""
+            out: list[tuple[str, Callable[[], Any]]] = []
+            if "sqlite" in stores:
+                out.append((f"limit sqlite{suffix}", lambda: results["limits"].__setitem__(
+                    f"sqlite{suffix}", sqlite_limit(rundir, args.limit_seconds))))  # fmt: skip
+            if srv is not None:
+                out.append((f"limit postgres{suffix}", lambda: results["limits"].__setitem__(
+                    f"postgres{suffix}", pg_limit(srv, args.limit_seconds))))  # fmt: skip
+            return out
+
+        steps = limits("")
         for system in systems(args):
             if system.store not in stores or system.name not in wanted:
                 continue
@@ -348,13 +357,7 @@ def main() -> int:
             if system.name == "stepline" and system.store == "sqlite" and args.http_sends:
                 steps.append((f"{key} http", lambda s=system, r=res: r.__setitem__(
                     "http", scenario_http(s, args.http_sends, rundir))))  # fmt: skip
-        if "sqlite" in stores:  # the limit again at the end: the machine's load drifts
-            steps.append(("limit sqlite (end)", lambda: results["limits"].__setitem__(
-                "sqlite_end", sqlite_limit(rundir, args.limit_seconds))))  # fmt: skip
-        if server is not None:
-            srv2 = server
-            steps.append(("limit postgres (end)", lambda: results["limits"].__setitem__(
-                "postgres_end", pg_limit(srv2, args.limit_seconds))))  # fmt: skip
+        steps += limits("_end")
         for label, step in steps:
             print(f"  {label} ...", flush=True)
             try:
@@ -372,9 +375,9 @@ def main() -> int:
 
 def render(results: dict[str, Any], workers: list[int]) -> str:
     lim = results["limits"]
-    lines = ["", "| store | system | idle calls/s | idle p50 ms | share of limit | "
-             + " | ".join(f"{w}w jobs/s | {w}w call p50 ms" for w in workers) + " |",
-             "|---" * (5 + 2 * len(workers)) + "|"]  # fmt: skip
+    head = ["store", "system", "idle calls/s", "idle p50 ms", "share of limit"]
+    head += [f"{w}w {what}" for w in workers for what in ("jobs/s", "call p50 ms")]
+    lines = ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for key, res in results["systems"].items():
         store, name = key.split("/")
         idle = res.get("idle", {})

@@ -196,7 +196,8 @@ class Engine:
     async def refresh_registry(self, force: bool = False) -> dict[str, FunctionSpec]:
         """The function registry, re-read when its version changed. The version itself is checked at most every
         ``store.registry_check_seconds`` (0 on SQLite, where the read is local; 1 s on PostgreSQL), so a function
-        registered by another node routes events within that delay."""
+        registered by another node is seen here within that delay. Sends do not read it first: their ingest
+        transaction checks the version they were planned with (``ingest``)."""
         now = time.monotonic()
         if not force and self._version >= 0 and now - self._checked_at < self.store.registry_check_seconds:
             return self._specs

@@ -188,8 +188,8 @@ class SqlStore(
 
     def _open_ingest(self, conn: Conn, planned: set[int], names: list[str], events: list[StoredEvent]) -> set[str]:
         """The start of an ingest transaction: check the registry ``planned`` versions (StaleRegistryError), take
-        the locks for ``names`` and store ``events``; returns what ``_insert_events`` returns. PostgreSQL sends the
-        three in one round trip; a stale plan is rolled back with the transaction."""
+        the locks for ``names`` and store ``events``; returns what ``_insert_events`` returns. PostgreSQL does it in
+        two statements (and looks up the waits with the second); a stale plan is rolled back with the transaction."""
         self._check_registry(conn, planned)
         if names:
             self._lock_for_ingest(conn, names)

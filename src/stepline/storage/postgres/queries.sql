@@ -9,17 +9,6 @@ VALUES (%(internal_id)s, %(id)s, %(name)s, %(data)s::json, %(user)s::json, %(ts)
         %(traceparent)s)
 ON CONFLICT (internal_id) DO NOTHING
 
--- name: insert_events
--- Many events in one statement (arrays of equal length, in order); returns the ones not stored before.
-INSERT INTO events (internal_id, id, name, data, "user", ts, v, received_at, traceparent)
-SELECT internal_id, id, name, data::json, u::json, ts, v, received_at, traceparent
-FROM unnest(%(internal_id)s::text[], %(id)s::text[], %(name)s::text[], %(data)s::text[], %(user)s::text[],
-            %(ts)s::bigint[], %(v)s::text[], %(received_at)s::bigint[], %(traceparent)s::text[])
-     WITH ORDINALITY AS e(internal_id, id, name, data, u, ts, v, received_at, traceparent, ord)
-ORDER BY ord
-ON CONFLICT (internal_id) DO NOTHING
-RETURNING internal_id
-
 -- name: names_with_waits
 SELECT DISTINCT event_name FROM waits WHERE event_name = ANY(%(names)s::text[])
 
@@ -29,8 +18,9 @@ SELECT (SELECT version FROM registry_version),
        (SELECT count(pg_advisory_xact_lock_shared(hashtextextended(n, 0))) FROM unnest(%(names)s::text[]) AS n)
 
 -- name: insert_events_and_waits
--- insert_events and names_with_waits in one statement (its snapshot is taken after the locks of the statement
--- before were granted): ('e', internal id) for each event stored now, ('w', name) for each name with waits.
+-- The events (arrays of equal length, in order) and names_with_waits in one statement, whose snapshot is taken
+-- after the locks of the statement before were granted: ('e', internal id) for each event stored now (not stored
+-- before), ('w', name) for each of the names that some wait waits for.
 WITH stored AS (
     INSERT INTO events (internal_id, id, name, data, "user", ts, v, received_at, traceparent)
     SELECT internal_id, id, name, data::json, u::json, ts, v, received_at, traceparent

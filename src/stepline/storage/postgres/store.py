@@ -87,7 +87,7 @@ class PostgresStore(SqlStore):
     """
 
     Q = QUERIES
-    registry_check_seconds = 1.0  # a registry-version round trip per send would cost more than it is worth
+    registry_check_seconds = 1.0  # for lookups other than sends (sends check the version in their transaction)
     marker_poll_seconds = 0.05  # the change marker is a round trip here (a local pragma on SQLite)
 
     def __init__(self, url: str, *, writers: int = 1, pool_size: int = 4, migrate: bool = True) -> None:
@@ -202,11 +202,6 @@ class PostgresStore(SqlStore):
             {"names": names},
         )
 
-    def _insert_events(self, conn: Conn, events: list[StoredEvent]) -> set[str]:
-        if len(events) < 2:
-            return super()._insert_events(conn, events)
-        return {r[0] for r in conn.execute(self.Q["insert_events"], _event_columns(events)).fetchall()}
-
     def _names_with_waits(self, conn: Conn, names: list[str]) -> set[str]:
         known = self._waited.pop(id(conn), None)  # looked up by _open_ingest, in this transaction
         if known is not None:
@@ -313,9 +308,9 @@ class PostgresStore(SqlStore):
         # that have waits (kept for ``_names_with_waits``): that lookup's snapshot comes after the locks were
         # granted. (A psycopg pipeline of the separate statements measured slower than this on loopback.)
         self._waited.pop(id(conn), None)
-        if not names:
+        if not names:  # no events
             self._check_registry(conn, planned)
-            return self._insert_events(conn, events)
+            return set()
         current = conn.execute(self.Q["lock_names_and_registry_version"], {"names": names}).fetchone()[0]
         self._check_registry(conn, planned, int(current))
         rows = conn.execute(self.Q["insert_events_and_waits"], {**_event_columns(events), "names": names}).fetchall()
@@ -435,7 +430,7 @@ def migrate(conn: psycopg.Connection[Any], target: int | None = None) -> int:
 
 
 def _event_columns(events: list[StoredEvent]) -> dict[str, list[Any]]:
-    """The parameters of ``insert_events``: one array per column."""
+    """The event parameters of ``insert_events_and_waits``: one array per column."""
     return {"internal_id": [e.internal_id for e in events], "id": [e.id for e in events],
             "name": [e.name for e in events], "data": [json.dumps(e.data) for e in events],
             "user": [json.dumps(e.user) for e in events], "ts": [e.ts for e in events], "v": [e.v for e in events],
