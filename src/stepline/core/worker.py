@@ -94,6 +94,7 @@ class Worker:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watching = False  # not pushed, but the store wakes us on other processes' commits (no fast poll)
+        self._commit_wake_pending = False  # a wake-up from watch_commits is scheduled on the loop, not yet run
         self.runs_started = 0  # runs this worker executed first
         self.runs_resumed = 0  # executions of runs begun before (after a sleep, a wait, a retry, another worker)
         self.scheduler = CronScheduler(engine)  # cron functions of this worker (started only if it has some)
@@ -101,6 +102,19 @@ class Worker:
         self._scheduler_task: asyncio.Task[None] | None = None
 
     # --- wake-ups ---
+    def _on_commit(self, due_at: int | None) -> None:
+        """``watch_commits`` (the store's thread, after every commit of any process that made work due): wake the
+        loop to claim and read the next due time. Under load one scheduled wake-up serves every commit until the
+        loop runs it (each costs a cross-thread call otherwise); the claim it makes comes after all of them."""
+        if self._commit_wake_pending:
+            return
+        self._commit_wake_pending = True
+        call_in_loop(self._loop, self._commit_woken)
+
+    def _commit_woken(self) -> None:
+        self._commit_wake_pending = False
+        self._note_due(None)
+
     def _on_notify(self, due_at: int | None = None) -> None:
         """The store's notification (any thread): work is due at ``due_at`` (None: unknown, look)."""
         call_in_loop(self._loop, self._note_due, due_at)
@@ -302,7 +316,8 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self.engine.add_listener(self._on_engine_notify)
         pushed = self.engine.store.subscribe(self._on_notify)
-        self._watching = not pushed and self.engine.store.watch_commits(self._on_notify)
+        self._commit_wake_pending = False
+        self._watching = not pushed and self.engine.store.watch_commits(self._on_commit)
         self.wakes.started(pushed)
         renew = asyncio.create_task(self._renew_leases())
         prune = asyncio.create_task(self._prune_periodically())
@@ -346,7 +361,7 @@ class Worker:
             self.engine.remove_listener(self._on_engine_notify)
             self.engine.store.unsubscribe(self._on_notify)
             if self._watching:
-                self.engine.store.unwatch_commits(self._on_notify)
+                self.engine.store.unwatch_commits(self._on_commit)
             await self._shutdown()  # runs still executing keep their leases renewed until they end
             renew.cancel()
 

@@ -70,6 +70,7 @@ class _Endpoint:
         self.directory = directory
         self.listeners: list[Listener] = []
         self.lock = threading.Lock()
+        self.send_lock = threading.Lock()  # senders (the writer threads of this process's stores) one at a time
         self.handles = 0
         self.sock: socket.socket | None = None
         self.name = ""
@@ -206,7 +207,6 @@ class WakeChannel:
             endpoint.handles += 1
         self._endpoint = endpoint
         self._listeners: list[Listener] = []
-        self._send_lock = threading.Lock()
         self._closed = False
 
     def listen(self, listener: Listener) -> bool:
@@ -235,7 +235,7 @@ class WakeChannel:
         if not 0 < len(message) <= 500:
             raise ValueError("a wake message holds 1 to 500 bytes")
         endpoint = self._endpoint
-        with self._send_lock:
+        with endpoint.send_lock:
             try:
                 sent = endpoint.send(message)
             except OSError as exc:
