@@ -12,6 +12,12 @@ beside the new call). Accepted ops: ``StepRun`` (stored as the step's result, fi
 stored meanwhile is a 409 too, so the SDK does not go on with a value that lost), ``StepPlanned`` (a step about to
 run: nothing to store), and the lazy ``DeferAdd`` / ``DeferAbort``. Anything else is a precise ``400``.
 An unknown run is a ``404``; a run that ended, ``409``.
+
+The usual checkpoint, from the dispatch in flight in this process, is one store round trip: ``record_step``
+checks the run's status and lease in the transaction that stores the result (an ended run stores nothing; a
+lease lost meanwhile still stores a *completed* result, first write wins, as every late answer does, and the
+SDK gets its ``409``); the run is read only to explain a refusal, or for a checkpoint of a dispatch this process
+does not hold (``--processes N``: the other process's call, or a stale one).
 """
 
 from __future__ import annotations
@@ -80,6 +86,18 @@ async def _store_ops(st: ServerState, run_id: str, owner: str, ops: list[calls.O
     return stored
 
 
+async def _run_refuses(st: ServerState, run_id: str, owner: str, qi_id: str, current: str | None) -> Response | None:
+    """The precise refusal of a checkpoint to an unknown run, an ended run or a stale dispatch (None: accepted)."""
+    run = await st.engine.store.get_run(run_id)
+    if run is None:
+        return error_response(404, f"run {run_id!r} not found")
+    if run.status not in ("queued", "running"):
+        return error_response(409, f"run {run_id} has ended ({run.status})")
+    if run.lease_owner != owner or (current is not None and current != qi_id):
+        return error_response(409, f"stale dispatch {qi_id!r}: run {run_id} was dispatched again since")
+    return None
+
+
 async def checkpoint_async(request: Request) -> Response:
     """``POST /v1/checkpoint/{run_id}/async``: the step results of the dispatch in flight."""
     if (denied := unauthorized(request)) is not None:
@@ -98,22 +116,23 @@ async def checkpoint_async(request: Request) -> Response:
         return error_response(400, "a checkpoint is an object with a list of ops in 'steps'")
     qi_id = body.get("qi_id")
     owner = dispatch_owner(qi_id) if isinstance(qi_id, str) else None
-    if owner is None:
+    if owner is None or not isinstance(qi_id, str):
         return error_response(400, f"the checkpoint's qi_id {qi_id!r:.80} is not a dispatch of this server")
     ops = [calls.parse_op(raw) for raw in body["steps"]]
     if any(op is None or (op.op in calls.STEP_OPS and not op.id) for op in ops):
         return error_response(400, "every checkpointed op needs an 'op' and a step 'id'")
-    run = await st.engine.store.get_run(run_id)
-    if run is None:
-        return error_response(404, f"run {run_id!r} not found")
-    if run.status not in ("queued", "running"):
-        return error_response(409, f"run {run_id} has ended ({run.status})")
     current = st.dispatches.current.get(run_id)
-    if run.lease_owner != owner or (current is not None and current != qi_id):
-        return error_response(409, f"stale dispatch {qi_id!r}: run {run_id} was dispatched again since")
+    if current != qi_id:  # not a dispatch in flight in this process: read the run to check it
+        if (refused := await _run_refuses(st, run_id, owner, qi_id, current)) is not None:
+            return refused
+    # else the usual case, the dispatch in flight here: record_step checks the run and its lease in its own
+    # transaction (an ended run stores nothing), so no read ahead of it
     try:
         stored = await _store_ops(st, run_id, owner, [op for op in ops if op is not None])
     except _Refused as exc:
+        if current == qi_id and exc.status == 409:  # say precisely why (unknown run, ended, moved)
+            refused = await _run_refuses(st, run_id, owner, qi_id, current)
+            return refused if refused is not None else error_response(exc.status, exc.message)
         return error_response(exc.status, exc.message)
     except ValueError as exc:  # a result that cannot be stored (NUL characters, ...)
         return error_response(400, f"a checkpointed result cannot be stored: {exc}")

@@ -25,6 +25,7 @@ __all__ = ["LOOPBACK_HOSTS", "DevGuard"]
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_READ = frozenset({b"host", b"sec-fetch-site", b"origin"})  # ASGI header names are lowercase
 
 
 def _host_name(host: str) -> str:
@@ -50,8 +51,11 @@ class DevGuard:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        host = headers.get("host", "")
+        headers: dict[bytes, str] = {}  # only the three headers read below (this runs for every request)
+        for k, v in scope["headers"]:
+            if k in _READ:
+                headers[k] = v.decode("latin-1")
+        host = headers.get(b"host", "")
         if scope["type"] == "websocket":  # the realtime WebSocket: its token is checked by the endpoint
             if self.host_allowed(host):
                 await self.app(scope, receive, send)
@@ -66,8 +70,8 @@ class DevGuard:
             )
             return
         if scope["method"] not in SAFE_METHODS:
-            site = headers.get("sec-fetch-site")
-            origin = headers.get("origin")
+            site = headers.get(b"sec-fetch-site")
+            origin = headers.get(b"origin")
             if site is not None and site not in ("same-origin", "none"):
                 await _refuse(send, f"cross-site request refused (Sec-Fetch-Site: {site}): a web page cannot act "
                                     "on the dev server")  # fmt: skip
