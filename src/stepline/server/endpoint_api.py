@@ -43,7 +43,7 @@ from stepline.core.engine import new_run
 from stepline.core.ids import new_ulid
 from stepline.protocol import calls
 from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body
-from stepline.server.checkpoint_api import _Refused, _store_ops
+from stepline.server.checkpoint_api import Refused, store_ops
 from stepline.server.defers import LAZY_OPS
 from stepline.server.errors import error_response
 from stepline.server.outbound import OutboundRefused
@@ -93,21 +93,21 @@ async def _read_json(request: Request, st: ServerState) -> Any:
     try:
         return parse_json(await read_body(request, st.config.max_body_bytes))
     except BodyTooLarge:
-        raise _Refused(413, f"the checkpoint is larger than {st.config.max_body_bytes} bytes") from None
+        raise Refused(413, f"the checkpoint is larger than {st.config.max_body_bytes} bytes") from None
     except BodyTimeout as exc:
-        raise _Refused(408, str(exc)) from None
+        raise Refused(408, str(exc)) from None
     except InvalidBody as exc:
-        raise _Refused(400, f"the checkpoint is not valid JSON: {exc}") from None
+        raise Refused(400, f"the checkpoint is not valid JSON: {exc}") from None
 
 
 def _ops(raw: Any) -> list[calls.Op]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise _Refused(400, "a checkpoint's 'steps' is a list of ops")
+        raise Refused(400, "a checkpoint's 'steps' is a list of ops")
     ops = [calls.parse_op(item) for item in raw]
     if any(op is None or (op.op in calls.STEP_OPS and not op.id) for op in ops):
-        raise _Refused(400, "every checkpointed op needs an 'op' and a step 'id'")
+        raise Refused(400, "every checkpointed op needs an 'op' and a step 'id'")
     return [op for op in ops if op is not None]
 
 
@@ -127,9 +127,9 @@ async def _apply(st: ServerState, run_id: str, ops: list[calls.Op]) -> None:
     owner = endpoint_owner(run_id)
     store = st.engine.store
     try:
-        await _store_ops(st, run_id, owner, [op for op in ops if op.op in _STORED_OPS])
+        await store_ops(st, run_id, owner, [op for op in ops if op.op in _STORED_OPS])
     except ValueError as exc:  # a result that cannot be stored (NUL characters, ...)
-        raise _Refused(400, f"a checkpointed result cannot be stored: {exc}") from None
+        raise Refused(400, f"a checkpointed result cannot be stored: {exc}") from None
     rest = [op for op in ops if op.op not in _STORED_OPS]
     now = st.engine.clock.now_ms()
     complete = next((op for op in rest if op.op == "RunComplete"), None)
@@ -137,7 +137,7 @@ async def _apply(st: ServerState, run_id: str, ops: list[calls.Op]) -> None:
         run = await store.get_run(run_id)
         trigger = None if run is None else await store.get_event(run.event_id)
         if run is None or trigger is None:
-            raise _Refused(404, f"run {run_id!r} not found")
+            raise Refused(404, f"run {run_id!r} not found")
         await st.engine.end_run(run, trigger, owner, RunFinish("completed", output=complete.data))
         st.engine.notify()
     elif rest:  # the endpoint went async: a worker calls it now and goes on in the classic flow
@@ -155,15 +155,15 @@ async def checkpoint_new_run(request: Request) -> Response:
     try:
         body = await _read_json(request, st)
         if not isinstance(body, dict):
-            raise _Refused(400, "a checkpoint is a JSON object")
+            raise Refused(400, "a checkpoint is a JSON object")
         run_id, event, retries = body.get("run_id"), body.get("event"), body.get("retries", 3)
         if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-            raise _Refused(400, f"the checkpoint's run_id {run_id!r:.80} is not a run id (1-64 letters, digits, _-)")
+            raise Refused(400, f"the checkpoint's run_id {run_id!r:.80} is not a run id (1-64 letters, digits, _-)")
         data = event.get("data") if isinstance(event, dict) else None
         if not isinstance(data, dict) or not isinstance(data.get("domain"), str):
-            raise _Refused(400, "the checkpoint's event needs data.domain (and data.path): the endpoint's URL")
+            raise Refused(400, "the checkpoint's event needs data.domain (and data.path): the endpoint's URL")
         if not str(data["domain"]).startswith(("http://", "https://")):
-            raise _Refused(400, f"the endpoint's domain {data['domain']!r:.200} is not an http(s) origin")
+            raise Refused(400, f"the endpoint's domain {data['domain']!r:.200} is not an http(s) origin")
         if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 20:
             retries = 3  # Infinity and the like: Inngest's default
         ops = _ops(body.get("steps"))
@@ -171,8 +171,8 @@ async def checkpoint_new_run(request: Request) -> Response:
         try:
             st.outbound.policy.check_url(str(record.config["url"]))
         except OutboundRefused as exc:
-            raise _Refused(400, f"the endpoint's url is refused by the outbound policy: {exc}") from None
-    except _Refused as exc:
+            raise Refused(400, f"the endpoint's url is refused by the outbound policy: {exc}") from None
+    except Refused as exc:
         return error_response(exc.status, exc.message)
     store = st.engine.store
     if await store.get_run(run_id) is not None:
@@ -192,7 +192,7 @@ async def checkpoint_new_run(request: Request) -> Response:
         return error_response(409, "Run already exists")
     try:
         await _apply(st, run_id, ops)
-    except _Refused as exc:
+    except Refused as exc:
         return error_response(exc.status, exc.message)
     realtime = await st.engine.realtime.token(run_id, ["stream"])
     return JSONResponse({"data": {"fn_id": record.id, "app_id": record.app_id, "run_id": run_id,
@@ -208,17 +208,17 @@ async def checkpoint_steps(request: Request) -> Response:
     try:
         body = await _read_json(request, st)
         if not isinstance(body, dict):
-            raise _Refused(400, "a checkpoint is a JSON object")
+            raise Refused(400, "a checkpoint is a JSON object")
         ops = _ops(body.get("steps"))
         run = await st.engine.store.get_run(run_id)
         if run is None:
-            raise _Refused(404, f"run {run_id!r} not found")
+            raise Refused(404, f"run {run_id!r} not found")
         if run.status not in ("queued", "running"):
-            raise _Refused(409, f"run {run_id} has ended ({run.status})")
+            raise Refused(409, f"run {run_id} has ended ({run.status})")
         if run.lease_owner != endpoint_owner(run_id):
-            raise _Refused(409, f"run {run_id} is no longer run by its endpoint (the server resumed it)")
+            raise Refused(409, f"run {run_id} is no longer run by its endpoint (the server resumed it)")
         await _apply(st, run_id, ops)
-    except _Refused as exc:
+    except Refused as exc:
         return error_response(exc.status, exc.message)
     return Response(status_code=200)
 
