@@ -105,3 +105,24 @@ async def test_signed_servers_want_the_signing_key(app: FakeApp, make_stack: Mak
                            headers={"Authorization": f"Bearer {SIGNING_KEY}"})  # fmt: skip
     assert res.status_code == 200, res.text
     assert (await s.api.post(f"/v1/checkpoint/{run_id}/steps", json={"steps": []})).status_code == 401
+
+
+async def test_a_failed_step_is_stored_and_an_erring_one_retried_after_the_backoff(
+    app: FakeApp, make_stack: MakeStack
+) -> None:
+    s = await make_stack()
+    failed_run, erring_run = new_ulid(), new_ulid()
+    error = {"name": "NonRetriableError", "message": "no stock", "stack": None}
+    failed = {"op": "StepFailed", "id": hash_step_id("reserve"), "displayName": "reserve", "error": error}
+    res = await s.api.post("/v1/checkpoint", json=new_run_body(app, failed_run, ran("a", 1), failed))
+    assert res.status_code == 200, res.text
+    steps = {x.display_id: (x.status, x.error) for x in await s.store.list_steps(failed_run)}
+    assert steps == {"a": ("completed", None), "reserve": ("failed", error)}  # the SDK replays the failure
+    run = await s.run(failed_run)
+    assert (run.lease_owner, run.due_at) == (None, s.now())  # a worker calls the endpoint at once
+    erring = {**failed, "op": "StepError", "error": {"name": "Error", "message": "flaky", "stack": None}}
+    res = await s.api.post("/v1/checkpoint", json=new_run_body(app, erring_run, erring))
+    assert res.status_code == 200, res.text
+    run = await s.run(erring_run)
+    assert run.lease_owner is None and run.due_at is not None and run.due_at > s.now()
+    assert await s.store.list_steps(erring_run) == []

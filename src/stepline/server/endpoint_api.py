@@ -49,7 +49,7 @@ from stepline.server.errors import error_response
 from stepline.server.outbound import OutboundRefused
 from stepline.server.sdk_api import unauthorized
 from stepline.server.state import ServerState, state_of
-from stepline.storage.records import FunctionRecord, IngestBatch, RunFinish, StoredEvent
+from stepline.storage.records import FunctionRecord, IngestBatch, RunFinish, StepUpdate, StoredEvent
 
 log = logging.getLogger("stepline.server.endpoint")
 
@@ -140,8 +140,18 @@ async def _apply(st: ServerState, run_id: str, ops: list[calls.Op]) -> None:
             raise Refused(404, f"run {run_id!r} not found")
         await st.engine.end_run(run, trigger, owner, RunFinish("completed", output=complete.data))
         st.engine.notify()
-    elif rest:  # the endpoint went async: a worker calls it now and goes on in the classic flow
-        await store.release_run(run_id, owner, now)
+    elif rest:  # the endpoint went async: a worker calls it (the SDK replays the stored steps) and goes on
+        due = now
+        for op in rest:
+            error = op.error or {"name": "Error", "message": "step failed"}
+            if op.op == "StepFailed":  # no retries left: the step's error is its memo, as the executor stores it
+                failed = StepUpdate(op.id, op.label, "run", "failed", 1, error=error)
+                outcome = await store.record_step(run_id, owner, failed, st.engine.matcher, now)
+                if outcome.status != "ok":
+                    raise Refused(409, f"run {run_id} has ended or is no longer run by its endpoint")
+            elif op.op == "StepError":  # the step runs again in the server's call, after the first backoff
+                due = max(due, now + int(st.config.backoff.delay(0).total_seconds() * 1000))
+        await store.release_run(run_id, owner, due)
         st.engine.notify()
     else:
         await store.renew_leases(owner, [run_id], now, int(st.config.call_timeout * 1000))
