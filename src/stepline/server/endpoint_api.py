@@ -13,7 +13,8 @@ The app runs the function inside its own HTTP handler and tells the server as it
 Ops: ``StepRun`` is stored as the step's result (first write wins) before the answer, so a crash of the app loses
 no checkpointed step; ``StepPlanned`` and the lazy ``DeferAdd``/``DeferAbort`` as in async checkpointing;
 ``RunComplete`` ends the run with its data (the endpoint's response ``{status, headers, body}``). Any other op
-(a sleep, a wait, a failed step ...) means the endpoint went async: the app answers its caller with a redirect to
+(a sleep, a wait, a failed step: ``StepFailed`` is stored as the step's failed memo, ``StepError`` delays
+the server's call by the first backoff) means the endpoint went async: the app answers its caller with a redirect to
 the output URL, and the server releases the run so a worker calls the endpoint (``POST`` to its URL with
 ``X-Run-ID`` and ``X-Inngest-Signature``, which makes the SDK replay the checkpointed steps and go on in the
 classic flow). An app that dies holding the run loses nothing either: its lease expires and a worker resumes it.
