@@ -190,7 +190,8 @@ async def checkpoint_new_run(request: Request) -> Response:
         return error_response(409, "Run already exists")
     await _register(st, record)
     spec = await st.engine.find_function(record.id)
-    assert spec is not None
+    if spec is None:  # another node replaced the app's functions meanwhile: the SDK retries the checkpoint
+        return error_response(503, f"the endpoint's function {record.id!r} is being registered; try again")
     now = st.engine.clock.now_ms()
     assert isinstance(event, dict)
     eid = new_ulid()
