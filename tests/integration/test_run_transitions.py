@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from stepline import Context, FakeClock, RateLimit, Singleton, Stepline
+from stepline.core.ids import new_ulid
 from stepline.core.rerun import rerun
 from stepline.storage.base import Store
-from stepline.storage.records import RunFilter
+from stepline.storage.records import NewRun, RunFilter
 from stepline.storage.states import TRANSITIONS, allowed
 
 from .helpers import advance, drain, runs
@@ -117,6 +118,8 @@ async def test_every_status_change_the_store_makes_is_in_the_table(engine_store:
     assert await rerun(await client.ready(), (await runs(client, "ok"))[0].id)
     await drain(client)
     now = clock.now_ms()
+    endpoint_run = NewRun(new_ulid(), "test-app-ok", queued_nap, None, now, now)  # a durable endpoint's run
+    assert await engine_store.start_endpoint_run(endpoint_run, "endpoint:app", now + 60_000, now)
     await engine_store.prune(now, now + 1, {})
 
     violations = [c for c in watch.changes if not allowed(c[0], c[2], c[3])]  # type: ignore[arg-type]

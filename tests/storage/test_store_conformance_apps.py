@@ -342,3 +342,39 @@ async def test_cancellations_are_stored_and_listed_newest_first(store: Store, re
     assert await store.list_cancellations(limit=1) == [b]
     async with reopen(store) as again:
         assert await again.list_cancellations() == [b, a]
+
+
+# --- start_endpoint_run (durable endpoints) ------------------------------------------------------------------
+
+
+async def test_start_endpoint_run_is_running_under_the_apps_lease_until_it_expires(store: Store) -> None:
+    ev, _ = await start(store)
+    run = new_run(ev, created_at=NOW, due_at=NOW)
+    assert await store.start_endpoint_run(run, "endpoint:app", NOW + 10 * SEC, NOW) is True
+    created = await store.get_run(run.id)
+    assert created is not None
+    assert (created.status, created.started_at, created.lease_owner) == ("running", NOW, "endpoint:app")
+    # The app holds it: no worker claims it, and the app's checkpoints record steps under its lease.
+    assert run.id not in {c.run.id for c in await store.claim_runs("w1", [FN], NOW + 1, 10, LEASE)}
+    outcome = await store.record_step(run.id, "endpoint:app", memo("one", {"n": 1}), MATCH, NOW + 2)
+    assert outcome.status == "ok"
+    # An app that never ends it: once the lease expires a worker claims it, with the checkpointed step.
+    (claimed,) = [c for c in await store.claim_runs("w2", [FN], NOW + 10 * SEC, 10, LEASE) if c.run.id == run.id]
+    assert set(claimed.steps) == {sid("one")}
+
+
+async def test_start_endpoint_run_refuses_an_id_that_exists(store: Store) -> None:
+    ev, _ = await start(store)
+    run = new_run(ev, created_at=NOW, due_at=NOW)
+    assert await store.start_endpoint_run(run, "endpoint:a", NOW + SEC, NOW)
+    assert await store.start_endpoint_run(run, "endpoint:b", NOW + SEC, NOW + 1) is False
+    again = await store.get_run(run.id)
+    assert again is not None and again.lease_owner == "endpoint:a"
+
+
+async def test_an_endpoint_run_released_by_its_app_is_claimed_at_once(store: Store) -> None:
+    ev, _ = await start(store)
+    run = new_run(ev, created_at=NOW, due_at=NOW)
+    await store.start_endpoint_run(run, "endpoint:a", NOW + HOUR, NOW)
+    await store.release_run(run.id, "endpoint:a", NOW + 5)  # the app went async (a sleep): the server resumes it
+    assert run.id in {c.run.id for c in await store.claim_runs("w1", [FN], NOW + 5, 10, LEASE)}

@@ -21,6 +21,7 @@ from stepline.core.engine import Engine
 from stepline.observability.endpoint import MetricsRuntime
 from stepline.server import (
     checkpoint_api,
+    endpoint_api,
     events_api,
     metrics_api,
     realtime_api,
@@ -75,6 +76,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, *, run_worker
     routes += sync.routes()
     routes += sdk_api.routes()
     routes += checkpoint_api.routes()
+    routes += endpoint_api.routes()
     routes += traces_api.routes()  # POST /v1/traces/userland
     routes += rest_api.routes()
     routes += metrics_api.routes()

@@ -48,14 +48,16 @@ def dispatch_owner(qi_id: str) -> str | None:
     return owner if sep and owner and n.isdigit() else None
 
 
-class _Refused(Exception):
+class Refused(Exception):
+    """A checkpoint refused with ``status`` (the SDK reads the status; the message says why)."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
 
 
-async def _store_ops(st: ServerState, run_id: str, owner: str, ops: list[calls.Op]) -> int:
+async def store_ops(st: ServerState, run_id: str, owner: str, ops: list[calls.Op]) -> int:
     """Apply the ops of one checkpoint in order; returns how many step results were stored."""
     stored = 0
     store = st.engine.store
@@ -65,23 +67,23 @@ async def _store_ops(st: ServerState, run_id: str, owner: str, ops: list[calls.O
             if op.op in LAZY_OPS and (update := defer_update(op, known, run_id)) is not None:
                 outcome = await store.record_step(run_id, owner, update, st.engine.matcher, st.engine.clock.now_ms())
                 if outcome.status != "ok" or outcome.step is None:
-                    raise _Refused(409, f"stale dispatch: run {run_id} has ended or moved")
+                    raise Refused(409, f"stale dispatch: run {run_id} has ended or moved")
                 known[op.id] = outcome.step
                 stored += 1
     for op in ops:
         if op.op == "StepPlanned" or op.op in LAZY_OPS:
             continue  # a step about to run: nothing to store yet
         if op.op not in ("StepRun", "Step"):
-            raise _Refused(400, f"cannot checkpoint a {op.op} op: only StepRun, StepPlanned, DeferAdd and DeferAbort")
+            raise Refused(400, f"cannot checkpoint a {op.op} op: only StepRun, StepPlanned, DeferAdd and DeferAbort")
         calls.check_storable(op.data)
         update = StepUpdate(op.id, op.label, "run", "completed", 1, output=op.data)
         outcome = await store.record_step(run_id, owner, update, st.engine.matcher, st.engine.clock.now_ms())
         if outcome.status == "cancelled":
-            raise _Refused(409, f"run {run_id} has ended")
+            raise Refused(409, f"run {run_id} has ended")
         if outcome.status == "lost":
-            raise _Refused(409, f"stale dispatch: another worker holds run {run_id} now")
+            raise Refused(409, f"stale dispatch: another worker holds run {run_id} now")
         if outcome.step is not None and (outcome.step.status, outcome.step.output) != ("completed", op.data):
-            raise _Refused(409, f"stale dispatch: step {op.label!r} of run {run_id} already has another result")
+            raise Refused(409, f"stale dispatch: step {op.label!r} of run {run_id} already has another result")
         stored += 1
     return stored
 
@@ -128,8 +130,8 @@ async def checkpoint_async(request: Request) -> Response:
     # else the usual case, the dispatch in flight here: record_step checks the run and its lease in its own
     # transaction (an ended run stores nothing), so no read ahead of it
     try:
-        stored = await _store_ops(st, run_id, owner, [op for op in ops if op is not None])
-    except _Refused as exc:
+        stored = await store_ops(st, run_id, owner, [op for op in ops if op is not None])
+    except Refused as exc:
         if current == qi_id and exc.status == 409:  # say precisely why (unknown run, ended, moved)
             refused = await _run_refuses(st, run_id, owner, qi_id, current)
             return refused if refused is not None else error_response(exc.status, exc.message)

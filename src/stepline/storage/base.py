@@ -365,6 +365,12 @@ class Store(abc.ABC):
         (their ``run_id`` is replaced, their order kept) as its memo: claiming the run returns them.
         ``idle_reason`` is shown until a worker first runs it. The run's events must already be stored."""
 
+    @abc.abstractmethod
+    async def start_endpoint_run(self, run: NewRun, owner: str, lease_until: int, now: int) -> bool:
+        """Insert a run that an app is already running (a durable endpoint, sync checkpointing): ``running``,
+        leased by ``owner`` until ``lease_until`` and due then, so a worker resumes it if the app never ends it.
+        The run's id is the app's; False (nothing written) when a run with this id exists. Its event must be stored."""
+
     # --- dashboard reads ---
     @abc.abstractmethod
     async def change_marker(self) -> object:

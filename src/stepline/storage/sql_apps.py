@@ -105,6 +105,17 @@ class SqlAppsMixin:
 
         await self.writer.run(op)
 
+    async def start_endpoint_run(self, run: NewRun, owner: str, lease_until: int, now: int) -> bool:
+        def op(conn: Conn) -> bool:
+            if not self._insert_run_row(conn, run, lease_until):
+                return False
+            conn.execute(self.Q["lease_endpoint_run"],
+                         {"run_id": run.id, "owner": owner, "lease_until": lease_until, "now": now})  # fmt: skip
+            self._notify_work(conn, lease_until)
+            return True
+
+        return await self.writer.run(op)
+
     # --- bulk cancellations ---
     async def save_cancellation(self, cancellation: CancellationRecord) -> None:
         c = cancellation

@@ -32,6 +32,7 @@ TRANSITIONS: Mapping[str, frozenset[tuple[RunStatus | None, RunStatus | None]]] 
     "ingest": _EVENTS,
     "fire_cron": frozenset({(None, "queued"), (None, "skipped")}),
     "create_run": frozenset({(None, "queued")}),  # a rerun
+    "start_endpoint_run": frozenset({(None, "running")}),  # a durable endpoint's run, which its app runs
     # a queued run starts; one past its timeouts.start stays queued (leased), and finish_run cancels it
     "claim_runs": frozenset({("queued", "running")}),
     "record_step": _EVENTS,  # step.send_event's events

@@ -110,6 +110,11 @@ VALUES (%(id)s, %(function_id)s, %(event_id)s, %(batch)s::jsonb, %(status)s, %(c
         %(singleton_key)s, %(ended_at)s)
 ON CONFLICT (id) DO NOTHING
 
+-- name: lease_endpoint_run
+-- A durable endpoint's run, inserted queued: the app runs it, so it starts running under the app's lease.
+UPDATE runs SET status = 'running', started_at = %(now)s, lease_owner = %(owner)s, lease_expires_at = %(lease_until)s
+WHERE id = %(run_id)s AND status = 'queued'
+
 -- name: insert_wait
 INSERT INTO waits (run_id, step_id, kind, event_name, expression, expires_at)
 VALUES (%(run_id)s, %(step_id)s, %(kind)s, %(event_name)s, %(expression)s, %(expires_at)s)

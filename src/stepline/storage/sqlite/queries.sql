@@ -66,6 +66,11 @@ VALUES (:id, :function_id, :event_id, :batch, :status, :created_at, :start_deadl
         :singleton_key, :ended_at)
 ON CONFLICT (id) DO NOTHING
 
+-- name: lease_endpoint_run
+-- A durable endpoint's run, inserted queued: the app runs it, so it starts running under the app's lease.
+UPDATE runs SET status = 'running', started_at = :now, lease_owner = :owner, lease_expires_at = :lease_until
+WHERE id = :run_id AND status = 'queued'
+
 -- name: insert_wait
 INSERT INTO waits (run_id, step_id, kind, event_name, expression, expires_at)
 VALUES (:run_id, :step_id, :kind, :event_name, :expression, :expires_at)
