@@ -184,11 +184,12 @@ async def run_page(dash: Dashboard, request: Request, session: Session) -> Respo
     logs = await store.list_run_logs(run.id) if logs_captured else []
     raw_spans = await store.list_run_spans(run.id)
     children = await store.list_child_runs(run.id)
-    tl = timeline.build(run, steps, await store.list_step_attempts(run.id), raw_spans, children, now)
+    wait = await store.get_run_wait(run.id) if run.started_at is not None else None
+    tl = timeline.build(run, steps, await store.list_step_attempts(run.id), raw_spans, children, now, wait)
     invoked = await _invoked(dash, children[:CHILDREN_SHOWN])
     return dash.render(request, "run.html", session, row=row, run=run, tl=tl, invoked=invoked,
-                       waited=timeline.waited_text(run, row.run.idle_reason if row.idle else None, now),
-                       event=event, batch=batch, siblings=[r for r in same_event if r.id != run.id],
+                       waited=timeline.waited_text(run, row.run.idle_reason if row.idle else None, now, wait),
+                       wait=wait, event=event, batch=batch, siblings=[r for r in same_event if r.id != run.id],
                        idle=row.idle, function=spec, live=run.status in views.LIVE, logs=logs,
                        logs_captured=logs_captured, step_names={s.step_id: s.display_id for s in steps},
                        spans=views.userland_spans(raw_spans))  # fmt: skip

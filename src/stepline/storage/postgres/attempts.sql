@@ -16,3 +16,13 @@ SELECT id, parent_step_id FROM runs WHERE parent_run_id = %(run_id)s ORDER BY id
 
 -- name: delete_step_attempts_of_runs
 DELETE FROM step_attempts WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
+
+-- name: insert_run_wait
+INSERT INTO run_waits (run_id, kind, since, until) VALUES (%(run_id)s, %(kind)s, %(since)s, %(until)s)
+ON CONFLICT (run_id) DO NOTHING
+
+-- name: get_run_wait
+SELECT kind, since, until FROM run_waits WHERE run_id = %(run_id)s
+
+-- name: delete_run_waits_of_runs
+DELETE FROM run_waits WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))

@@ -15,3 +15,13 @@ SELECT id, parent_step_id FROM runs INDEXED BY runs_parent WHERE parent_run_id =
 
 -- name: delete_step_attempts_of_runs
 DELETE FROM step_attempts WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: insert_run_wait
+INSERT INTO run_waits (run_id, kind, since, until) VALUES (:run_id, :kind, :since, :until)
+ON CONFLICT (run_id) DO NOTHING
+
+-- name: get_run_wait
+SELECT kind, since, until FROM run_waits WHERE run_id = :run_id
+
+-- name: delete_run_waits_of_runs
+DELETE FROM run_waits WHERE run_id IN (SELECT value FROM json_each(:ids))
