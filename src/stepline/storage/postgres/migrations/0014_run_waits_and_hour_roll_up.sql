@@ -8,3 +8,9 @@ CREATE TABLE run_waits (
     since       BIGINT NOT NULL,                      -- unix ms: the run's creation
     until       BIGINT NOT NULL                       -- unix ms: its first claim (its start)
 );
+
+-- run_stats: the hour rows are now rolled up from the minute rows (storage/sql_stats.py) instead of being written with
+-- every claim and end. The hour rows of the hours whose minute rows are all still kept are dropped, to be rolled up
+-- again from those minutes (the latest one was written partly: the hour had not ended); older hour rows stay.
+DELETE FROM run_stats WHERE res = 3600000
+    AND at >= (SELECT min(at) - min(at) % 3600000 + 3600000 FROM run_stats WHERE res = 60000);
