@@ -131,6 +131,12 @@ async def test_the_time_a_throttled_run_waited_is_shown_as_throttled_for_its_len
                      r'title="throttled \(completed\), 1.20 s"', before.group(1))  # fmt: skip
     duration = re.search(r'id="run-duration">(.*?)</span>', page, re.S)
     assert duration and "throttled 1.20 s before its start" in duration.group(1)
+    # the runs list says it too, beside the run's duration
+    listed = html.unescape(await dash.page("/dashboard/runs"))
+    row = re.search(rf'<tr data-run-id="{second}".*?</tr>', listed, re.S)
+    assert row and '<div class="sub run-waited">throttled 1.20 s before</div>' in row.group(0)
+    first_row = re.search(rf'<tr data-run-id="{first}".*?</tr>', listed, re.S)
+    assert first_row and "run-waited" not in first_row.group(0)
     # the run that started at once waited for nothing: no gate, no extra row
     page = await dash.page(f"/dashboard/runs/{first}")
     assert "b-gate" not in page and "hrottled" not in page

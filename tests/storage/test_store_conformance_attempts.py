@@ -110,6 +110,10 @@ async def test_a_run_held_by_a_gate_keeps_what_held_it_from_its_creation_to_its_
     assert await store.get_run_wait(held.id) == RunWait("paused", NOW, NOW + 1500)
     assert (await store.get_run_wait(held.id)).duration_ms == 1500  # type: ignore[union-attr]
     assert await store.get_run_wait(queued.id) is None
+    assert await store.list_run_waits([held.id, queued.id, "no-such-run"]) == {
+        held.id: RunWait("paused", NOW, NOW + 1500)
+    }
+    assert await store.list_run_waits([]) == {}
     # a later claim of the same run (its lease lapsed) is no start: the wait stays as it was
     await store.claim_runs("w2", [FN], NOW + 70_000, 10, 60_000)
     assert await store.get_run_wait(held.id) == RunWait("paused", NOW, NOW + 1500)

@@ -254,6 +254,10 @@ class Store(abc.ABC):
         function...); ``None`` when it started at once, was only queued, or has not started."""
 
     @abc.abstractmethod
+    async def list_run_waits(self, run_ids: list[str]) -> dict[str, RunWait]:
+        """``get_run_wait`` of many runs at once (a page of them): only the runs that waited on a gate."""
+
+    @abc.abstractmethod
     async def run_stats(self, res: int, since: int, function_id: str | None = None) -> list[RunStatsRow]:
         """The dashboard's chart data: per period of ``res`` ms (60000 or 3600000) from the period holding ``since``,
         oldest first (periods without runs are absent), for every function or for one."""

@@ -71,6 +71,13 @@ class SqlAttemptsMixin:
         row = self._read(lambda c: c.execute(query, {"run_id": run_id}).fetchone())
         return None if row is None else RunWait(str(row[0]), int(row[1]), int(row[2]))
 
+    async def list_run_waits(self, run_ids: list[str]) -> dict[str, RunWait]:
+        if not run_ids:
+            return {}
+        query, ids = self._attempt_queries["list_run_waits"], json.dumps(run_ids)
+        rows = self._read(lambda c: c.execute(query, {"ids": ids}).fetchall())
+        return {str(rid): RunWait(str(kind), int(since), int(until)) for rid, kind, since, until in rows}
+
     async def list_step_attempts(self, run_id: str, limit: int = STEP_ATTEMPT_LIMIT) -> list[StepAttempt]:
         query = self._attempt_queries["list_step_attempts"]
         rows = self._read(lambda c: c.execute(query, {"run_id": run_id, "limit": limit}).fetchall())

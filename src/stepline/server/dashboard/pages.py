@@ -21,7 +21,7 @@ from stepline.server.dashboard.core import MAX_LOGIN_FORM_BYTES, PREFIX, ActionE
 from stepline.server.dashboard.sse import sse_message
 from stepline.server.openapi import MAX_TIME_MS
 from stepline.server.state import state_of
-from stepline.storage.records import ChildRun, RunFilter, RunRecord, StepRecord, is_internal_event
+from stepline.storage.records import ChildRun, RunFilter, RunRecord, RunWait, StepRecord, is_internal_event
 
 PAGE_SIZE = (50, 200)  # (default, maximum) runs per page
 ID_TIME_MARGIN_MS = 60_000
@@ -106,6 +106,11 @@ class RunRow:
     run: RunRecord
     app_id: str | None
     idle: str
+    wait: RunWait | None = None  # what held it before its start (a gate), shown beside its duration
+
+    @property
+    def waited(self) -> str:
+        return "" if self.wait is None else timeline.waited_text(self.run, None, 0, self.wait).lower()
 
     @property
     def duration_ms(self) -> int | None:
@@ -118,7 +123,9 @@ async def run_rows(dash: Dashboard, request: Request, runs: list[RunRecord]) -> 
     apps = await queries.AppIndex.load(state_of(request))
     now = dash.engine.clock.now_ms()
     reasons = [apps.idle_reason(r, now) if r.status in views.LIVE else None for r in runs]
-    return [RunRow(r, apps.of(r.function_id), views.idle_text(why, now)) for r, why in zip(runs, reasons, strict=True)]
+    waits = await dash.engine.store.list_run_waits([r.id for r in runs if r.started_at is not None])
+    return [RunRow(r, apps.of(r.function_id), views.idle_text(why, now), waits.get(r.id))
+            for r, why in zip(runs, reasons, strict=True)]  # fmt: skip
 
 
 def _limit(raw: str | None) -> int:

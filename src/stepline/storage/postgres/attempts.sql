@@ -26,3 +26,6 @@ SELECT kind, since, until FROM run_waits WHERE run_id = %(run_id)s
 
 -- name: delete_run_waits_of_runs
 DELETE FROM run_waits WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
+
+-- name: list_run_waits
+SELECT run_id, kind, since, until FROM run_waits WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))

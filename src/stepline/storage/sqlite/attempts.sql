@@ -25,3 +25,6 @@ SELECT kind, since, until FROM run_waits WHERE run_id = :run_id
 
 -- name: delete_run_waits_of_runs
 DELETE FROM run_waits WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: list_run_waits
+SELECT run_id, kind, since, until FROM run_waits WHERE run_id IN (SELECT value FROM json_each(:ids))
