@@ -22,6 +22,7 @@ from stepline.storage.sql import backend_queries
 
 T = TypeVar("T")
 # The idle reasons that hold a run before its start: flow control and a paused function (``queued`` is no gate).
+HELD_BY_PAUSE = {"kind": "paused", "message": "Function resumed: the run starts now"}
 GATE_KINDS = frozenset({"throttled", "debounced", "batch", "concurrency", "rate_limited", "singleton", "paused"})
 
 
@@ -60,6 +61,12 @@ class SqlAttemptsMixin:
                 for r in started if r.idle_reason is not None and r.idle_reason.get("kind") in GATE_KINDS]  # fmt: skip
         for row in rows:
             conn.execute(self._attempt_queries["insert_run_wait"], row)
+
+    def _mark_held_by_pause(self, conn: Any, function_id: str) -> None:
+        """Inside the transaction that resumes ``function_id``: its runs that the pause kept from starting (and
+        nothing else) say so, so their first claim records a ``paused`` wait."""
+        conn.execute(self._attempt_queries["mark_held_by_pause"],
+                     {"function_id": function_id, "idle_reason": json.dumps(HELD_BY_PAUSE)})  # fmt: skip
 
     def _delete_attempts(self, conn: Any, encoded_ids: str) -> None:
         """Inside the prune transaction: the attempts and waits of the runs being deleted."""

@@ -29,3 +29,8 @@ DELETE FROM run_waits WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s:
 
 -- name: list_run_waits
 SELECT run_id, kind, since, until FROM run_waits WHERE run_id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb))
+
+-- name: mark_held_by_pause
+-- On resume: the function's runs that have not started and waited for nothing else were held by the pause.
+UPDATE runs SET idle_reason = %(idle_reason)s::jsonb
+WHERE status = 'queued' AND function_id = %(function_id)s AND started_at IS NULL AND idle_reason IS NULL

@@ -28,3 +28,8 @@ DELETE FROM run_waits WHERE run_id IN (SELECT value FROM json_each(:ids))
 
 -- name: list_run_waits
 SELECT run_id, kind, since, until FROM run_waits WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: mark_held_by_pause
+-- On resume: the function's runs that have not started and waited for nothing else were held by the pause.
+UPDATE runs SET idle_reason = :idle_reason
+WHERE status = 'queued' AND function_id = :function_id AND started_at IS NULL AND idle_reason IS NULL
