@@ -31,7 +31,7 @@ from stepline.server.config import ServerConfig
 from stepline.server.dashboard.charts import RANGES
 from stepline.storage.records import FunctionRecord
 from stepline.storage.sql import load_queries
-from stepline.storage.sql_stats import StatsBatch
+from stepline.storage.sql_stats import HOUR, SETTLE_MS, StatsBatch
 from stepline.storage.sqlite.store import SQLiteStore
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -50,12 +50,16 @@ def _flush_steps(conn: sqlite3.Connection, steps: list[tuple[object, ...]]) -> N
     steps.clear()
 
 
-def _stats(conn: sqlite3.Connection, stats: StatsBatch) -> int:
-    query = load_queries("stepline.storage.sqlite", "stats.sql")["add_run_stats"]
+def _stats(conn: sqlite3.Connection, stats: StatsBatch, now: int) -> int:
+    """The minute rows the runs' transactions would have added, and the hour rows rolled up from them (as the
+    first hourly read or a prune does: see storage/sql_stats.py)."""
+    queries = load_queries("stepline.storage.sqlite", "stats.sql")
     rows = [{"res": res, "at": at, "function_id": fid, "shard": 0, **d.params()}
             for (res, at, fid), d in stats.deltas.items()]  # fmt: skip
-    conn.executemany(query, rows)
-    return len(rows)
+    conn.executemany(queries["add_run_stats"], rows)
+    settled = now - SETTLE_MS
+    rolled = conn.execute(queries["roll_up_hours"], {"from": 0, "to": settled - settled % HOUR}).rowcount
+    return len(rows) + rolled
 
 
 def fill(path: Path, n: int, now: int, steps_per_run: int = 10) -> list[str]:
@@ -100,7 +104,7 @@ def fill(path: Path, n: int, now: int, steps_per_run: int = 10) -> list[str]:
         conn.executemany("INSERT INTO runs (id, function_id, event_id, status, output, error, created_at, "
                          "started_at, ended_at) VALUES (?, ?, ?, ?, 'null', ?, ?, ?, ?)", batch)  # fmt: skip
     _flush_steps(conn, steps)
-    print(f"run_stats rows: {_stats(conn, stats):,}")
+    print(f"run_stats rows: {_stats(conn, stats, now):,}")
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
     conn.close()

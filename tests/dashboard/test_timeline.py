@@ -9,7 +9,7 @@ import re
 
 from stepline import Context
 
-from ..integration.helpers import advance
+from ..integration.helpers import advance, drain
 from .conftest import Dash
 from .dash_app import RETRY_AFTER_S
 
@@ -110,3 +110,34 @@ async def test_the_apps_spans_nest_under_the_step_they_started_in(dash: Dash) ->
     assert re.search(rf'data-span="{"a1" * 8}" style="--depth: 0"', lane)
     assert re.search(rf'data-span="{"b2" * 8}" style="--depth: 1"', lane)
     assert "late cleanup" not in lane and 'id="spans-outside"' in page and "late cleanup" in page
+
+
+async def test_the_time_a_throttled_run_waited_is_shown_as_throttled_for_its_length(dash: Dash) -> None:
+    async def paced(ctx: Context) -> object:
+        return await ctx.step.run("work", lambda: "done")
+
+    dash.client.function(id="paced", trigger="dash/paced", retries=0, throttle={"limit": 1, "period": "1200ms"})(paced)
+    await dash.client.ready()
+    [first_id, second_id] = await dash.client.send([{"name": "dash/paced", "data": {"n": n}} for n in (1, 2)])
+    await drain(dash.client)
+    first, second = await dash.run_of(first_id), await dash.run_of(second_id)
+    await advance(dash.client, dash.clock, 1.2)
+    page = html.unescape(await dash.page(f"/dashboard/runs/{second}"))
+    assert 'id="run-output"' in page, "the throttled run completed"
+    before = re.search(r'<div class="lane lane-run" id="before-start">(.*?)</div>\s*</div>', page, re.S)
+    assert before, "the time before the start has its lane"
+    assert "Throttled 1.20 s" in before.group(1)
+    assert re.search(r'class="bar b-gate bs-completed" style="left: 0.0%; width: ([\d.]+)%" '
+                     r'title="throttled \(completed\), 1.20 s"', before.group(1))  # fmt: skip
+    duration = re.search(r'id="run-duration">(.*?)</span>', page, re.S)
+    assert duration and "throttled 1.20 s before its start" in duration.group(1)
+    # the runs list says it too, beside the run's duration
+    listed = html.unescape(await dash.page("/dashboard/runs"))
+    row = re.search(rf'<tr data-run-id="{second}".*?</tr>', listed, re.S)
+    assert row and '<div class="sub run-waited">throttled 1.20 s before</div>' in row.group(0)
+    first_row = re.search(rf'<tr data-run-id="{first}".*?</tr>', listed, re.S)
+    assert first_row and "run-waited" not in first_row.group(0)
+    # the run that started at once waited for nothing: no gate, no extra row
+    page = await dash.page(f"/dashboard/runs/{first}")
+    assert "b-gate" not in page and "hrottled" not in page
+    assert await dash.client.engine.store.get_run_wait(first) is None

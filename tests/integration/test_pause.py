@@ -87,3 +87,26 @@ async def test_a_paused_cron_neither_fires_nor_bursts_on_resume_and_runs_now(
         assert [r.output for r in await runs(client, "tick")][-1] == "2026-01-01T00:25:00Z"
     finally:
         worker.close()
+
+
+async def test_a_run_held_by_a_pause_keeps_how_long_the_pause_delayed_its_start(
+    client: Stepline, clock: FakeClock
+) -> None:
+    @client.function(id="held", trigger="t/held", retries=0)
+    async def held(ctx: Any) -> str:
+        return "done"
+
+    fid = "test-app-held"
+    await client.ready()
+    await client.engine.pause_function(fid)
+    await client.send({"name": "t/held", "data": {}})
+    await drain(client)
+    [run] = await runs(client, "held")
+    assert run.status == "queued"
+    clock.advance(90)
+    assert await client.engine.resume_function(fid) is True
+    await drain(client)
+    [run] = await runs(client, "held")
+    assert run.status == "completed"
+    wait = await client.store.get_run_wait(run.id)
+    assert wait is not None and (wait.kind, wait.duration_ms) == ("paused", 90_000)

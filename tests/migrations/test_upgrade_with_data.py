@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from stepline.storage.base import Store
+from stepline.storage.records import RunWait
 
 from .dbs import MigrationDb, SQLiteDb, latest_version
 
@@ -85,6 +86,11 @@ SEEDS: dict[int, list[tuple[str, dict[str, Any]]]] = {
                            "retry_at": T0 + 5}),
         ("run_stats", {"res": 60000, "at": T0 - T0 % 60000, "function_id": "app-fn", "shard": 0, "started": 2,
                        "completed": 1, "failed": 1, "d3": 2, "l1": 2}),
+        ("run_stats", {"res": 3600000, "at": T0 - T0 % 3600000, "function_id": "app-fn", "shard": 0, "started": 2,
+                       "completed": 1, "failed": 1, "d3": 2, "l1": 2}),  # (written with the minutes until 14)
+    ],
+    14: [
+        ("run_waits", {"run_id": RUN["id"], "kind": "throttled", "since": T0, "until": T0 + 1}),
     ],
 }  # fmt: skip
 
@@ -143,6 +149,9 @@ async def _check_readable(store: Store) -> None:
     )  # fmt: skip
     [stats] = await store.run_stats(60000, T0 - 60000, "app-fn")
     assert (stats.started, stats.completed, stats.failed, stats.durations[3], stats.lags[1]) == (2, 1, 1, 2, 2)
+    assert await store.get_run_wait(RUN["id"]) == RunWait("throttled", T0, T0 + 1)
+    [hour] = await store.run_stats(3600000, T0 - 3600000, "app-fn")  # counted once: the hour row or its minutes
+    assert (hour.started, hour.completed, hour.failed) == (2, 1, 1)
 
 
 def _seed(db: MigrationDb, version: int) -> None:

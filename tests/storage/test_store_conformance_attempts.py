@@ -1,12 +1,26 @@
 """Store conformance: the attempts of a step (the run page's timeline), written with the step's own writes,
-and the runs a run invoked."""
+the gate a run waited on before its start, and the runs a run invoked."""
 
 from __future__ import annotations
 
 from stepline.storage.base import Store
-from stepline.storage.records import IngestBatch, RunFinish, StepAttempt
+from stepline.storage.records import IngestBatch, RunFinish, RunWait, StepAttempt
 
-from .builders import DAY, HOUR, MATCH, NOW, OTHER_FN, event, memo, new_run, sid, start_and_claim, update
+from .builders import (
+    DAY,
+    FN,
+    HOUR,
+    MATCH,
+    NOW,
+    OTHER_FN,
+    event,
+    ingest,
+    memo,
+    new_run,
+    sid,
+    start_and_claim,
+    update,  # fmt: skip
+)
 from .test_store_conformance_steps import suspend
 
 E1 = {"name": "RuntimeError", "message": "declined once", "stack": "Traceback 1"}
@@ -81,3 +95,29 @@ async def test_the_runs_a_run_invoked_are_listed_with_their_step(store: Store) -
     [listed] = await store.list_child_runs(c.run.id)
     assert (listed.run_id, listed.parent_step_id) == (child.id, sid("call"))
     assert await store.list_child_runs(child.id) == []
+
+
+async def test_a_run_held_by_a_gate_keeps_what_held_it_from_its_creation_to_its_first_claim(store: Store) -> None:
+    ev, queued_ev = event(data={"n": 1}, received_at=NOW), event(data={"n": 2}, received_at=NOW)
+    await ingest(store, [ev, queued_ev], [])
+    held = new_run(ev, created_at=NOW, due_at=NOW + 1500)
+    await store.create_run(held, [], NOW, idle_reason={"kind": "paused", "message": "Function paused"})
+    queued = new_run(queued_ev, created_at=NOW, due_at=NOW + 1500)
+    await store.create_run(queued, [], NOW, idle_reason={"kind": "queued"})  # no gate
+    assert await store.get_run_wait(held.id) is None, "not started yet"
+    claimed = await store.claim_runs("w1", [FN], NOW + 1500, 10, 60_000)
+    assert {c.run.id for c in claimed} == {held.id, queued.id}
+    assert await store.get_run_wait(held.id) == RunWait("paused", NOW, NOW + 1500)
+    assert (await store.get_run_wait(held.id)).duration_ms == 1500  # type: ignore[union-attr]
+    assert await store.get_run_wait(queued.id) is None
+    assert await store.list_run_waits([held.id, queued.id, "no-such-run"]) == {
+        held.id: RunWait("paused", NOW, NOW + 1500)
+    }
+    assert await store.list_run_waits([]) == {}
+    # a later claim of the same run (its lease lapsed) is no start: the wait stays as it was
+    await store.claim_runs("w2", [FN], NOW + 70_000, 10, 60_000)
+    assert await store.get_run_wait(held.id) == RunWait("paused", NOW, NOW + 1500)
+    await store.finish_run(held.id, "w2", RunFinish("completed", output=1), MATCH, NOW + 80_000)
+    await store.finish_run(queued.id, "w2", RunFinish("completed", output=1), MATCH, NOW + 80_000)
+    assert (await store.prune(NOW + 3 * DAY, NOW + DAY, {})).runs == 2
+    assert await store.get_run_wait(held.id) is None, "pruned with its run"

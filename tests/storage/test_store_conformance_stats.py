@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stepline.storage.base import Store
-from stepline.storage.records import RunFinish
+from stepline.storage.records import RunFinish, RunStatsRow
 from stepline.storage.sql_stats import BOUNDS_MS, BUCKETS, HOUR, MINUTE, bucket_of
 
 from .builders import DAY, LEASE, MATCH, NOW, OTHER_FN, start, start_and_claim
@@ -54,3 +54,28 @@ async def test_old_statistics_are_pruned(store: Store) -> None:
     await store.prune(NOW + 9 * DAY, NOW, {})
     assert await store.run_stats(MINUTE, NOW - DAY) == []
     assert len(await store.run_stats(HOUR, NOW - DAY)) == 1
+
+
+async def test_hours_are_rolled_up_from_the_minutes_once_and_exactly(store: Store) -> None:
+    h0 = NOW - NOW % HOUR
+    for at in (h0 + 5 * MINUTE, h0 + 50 * MINUTE, h0 + HOUR + MINUTE, h0 + 3 * HOUR + 5 * MINUTE):
+        c = await start_and_claim(store, now=at)
+        await store.finish_run(c.run.id, "w1", RunFinish("completed", output=1), MATCH, at + 2000)
+
+    def counts(rows: list[RunStatsRow]) -> list[tuple[int, int, int, int]]:
+        return [(r.at, r.started, r.completed, sum(r.durations)) for r in rows]
+
+    expected = [(h0, 2, 2, 2), (h0 + HOUR, 1, 1, 1), (h0 + 3 * HOUR, 1, 1, 1)]
+    assert counts(await store.run_stats(HOUR, h0 - DAY)) == expected  # rolls up the settled hours h0 and h0 + 1 h
+    assert counts(await store.run_stats(HOUR, h0 - DAY)) == expected, "a second read counts nothing twice"
+    # a run in the hour not rolled up yet still counts; then the minutes are pruned: the hours stay
+    c = await start_and_claim(store, now=h0 + 3 * HOUR + 6 * MINUTE)
+    await store.finish_run(c.run.id, "w1", RunFinish("failed", error={"name": "E"}), MATCH, h0 + 3 * HOUR + 7 * MINUTE)
+    expected[2] = (h0 + 3 * HOUR, 2, 1, 2)
+    assert counts(await store.run_stats(HOUR, h0 - DAY)) == expected
+    assert counts(await store.run_stats(HOUR, h0 + HOUR, OTHER_FN)) == []
+    await store.prune(h0 + 9 * DAY, h0, {})
+    assert await store.run_stats(MINUTE, h0 - DAY) == []
+    assert counts(await store.run_stats(HOUR, h0 - DAY)) == expected
+    [late] = await store.run_stats(HOUR, h0 + 2 * HOUR)
+    assert (late.at, late.failed) == (h0 + 3 * HOUR, 1)

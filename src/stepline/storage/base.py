@@ -38,6 +38,7 @@ from stepline.storage.records import (
     RunRecord,
     RunSpan,
     RunStatsRow,
+    RunWait,
     StepAttempt,
     StepRecord,
     StepUpdate,
@@ -246,6 +247,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_step_attempts(self, run_id: str, limit: int = STEP_ATTEMPT_LIMIT) -> list[StepAttempt]:
         """The attempts of the run's steps that were attempted more than once, by step id then attempt."""
+
+    @abc.abstractmethod
+    async def get_run_wait(self, run_id: str) -> RunWait | None:
+        """What the run waited for before it started when that was a gate (throttle, concurrency, a paused
+        function...); ``None`` when it started at once, was only queued, or has not started."""
+
+    @abc.abstractmethod
+    async def list_run_waits(self, run_ids: list[str]) -> dict[str, RunWait]:
+        """``get_run_wait`` of many runs at once (a page of them): only the runs that waited on a gate."""
 
     @abc.abstractmethod
     async def run_stats(self, res: int, since: int, function_id: str | None = None) -> list[RunStatsRow]:

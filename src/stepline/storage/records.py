@@ -481,6 +481,21 @@ STEP_ATTEMPT_LIMIT = 2000  # attempts listed per run (the run page's timeline)
 
 
 @dataclass(frozen=True, slots=True)
+class RunWait:
+    """What a run waited for before it started, when that was a gate (``run_waits``): ``kind`` is its idle
+    reason's kind at its first claim (``throttled``, ``concurrency``, ``paused``...), from ``since`` (its creation) to
+    ``until`` (that claim)."""
+
+    kind: str
+    since: int  # unix ms
+    until: int
+
+    @property
+    def duration_ms(self) -> int:
+        return self.until - self.since
+
+
+@dataclass(frozen=True, slots=True)
 class StepAttempt:
     """One attempt of a step attempted more than once (``step_attempts``; a step that ran once is its own row)."""
 

@@ -41,6 +41,8 @@ class SqlEventsMixin:
 
         def _notify_work(self, conn: Any, due_at: int) -> None: ...
 
+        def _mark_held_by_pause(self, conn: Any, function_id: str) -> None: ...
+
         async def list_events(self, name: str | None, limit: int, before: str | None = None,
                               max_bytes: int = EVENT_PAGE_BYTES) -> list[StoredEvent]: ...  # fmt: skip
 
@@ -92,6 +94,7 @@ class SqlEventsMixin:
         def op(conn: Any) -> bool:
             resumed = bool(conn.execute(query, {"function_id": function_id}).rowcount)
             if resumed:
+                self._mark_held_by_pause(conn, function_id)
                 self._notify_work(conn, now)  # its held runs are due: every node's workers look now
             return resumed
 

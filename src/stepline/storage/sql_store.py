@@ -379,10 +379,11 @@ class SqlStore(
                 return []
             runs = [_run(r) for r in rows]
             stats = StatsBatch()
-            for r in runs:
-                if r.started_at == now and r.attempt == 0:  # the claim that started it (as metrics count it)
-                    stats.started(r.function_id, now - (r.due_at if r.due_at is not None else r.created_at), now)
+            started = [r for r in runs if r.started_at == now and r.attempt == 0]  # (as metrics count a start)
+            for r in started:
+                stats.started(r.function_id, now - (r.due_at if r.due_at is not None else r.created_at), now)
             self._add_stats(conn, stats)
+            self._record_waits(conn, started, now)
             event_ids = {r.event_id for r in runs}
             for r in runs:
                 event_ids.update(r.batch or ())

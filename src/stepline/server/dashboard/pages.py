@@ -21,7 +21,7 @@ from stepline.server.dashboard.core import MAX_LOGIN_FORM_BYTES, PREFIX, ActionE
 from stepline.server.dashboard.sse import sse_message
 from stepline.server.openapi import MAX_TIME_MS
 from stepline.server.state import state_of
-from stepline.storage.records import ChildRun, RunFilter, RunRecord, StepRecord, is_internal_event
+from stepline.storage.records import ChildRun, RunFilter, RunRecord, RunWait, StepRecord, is_internal_event
 
 PAGE_SIZE = (50, 200)  # (default, maximum) runs per page
 ID_TIME_MARGIN_MS = 60_000
@@ -106,6 +106,11 @@ class RunRow:
     run: RunRecord
     app_id: str | None
     idle: str
+    wait: RunWait | None = None  # what held it before its start (a gate), shown beside its duration
+
+    @property
+    def waited(self) -> str:
+        return "" if self.wait is None else timeline.waited_text(self.run, None, 0, self.wait).lower()
 
     @property
     def duration_ms(self) -> int | None:
@@ -118,7 +123,9 @@ async def run_rows(dash: Dashboard, request: Request, runs: list[RunRecord]) -> 
     apps = await queries.AppIndex.load(state_of(request))
     now = dash.engine.clock.now_ms()
     reasons = [apps.idle_reason(r, now) if r.status in views.LIVE else None for r in runs]
-    return [RunRow(r, apps.of(r.function_id), views.idle_text(why, now)) for r, why in zip(runs, reasons, strict=True)]
+    waits = await dash.engine.store.list_run_waits([r.id for r in runs if r.started_at is not None])
+    return [RunRow(r, apps.of(r.function_id), views.idle_text(why, now), waits.get(r.id))
+            for r, why in zip(runs, reasons, strict=True)]  # fmt: skip
 
 
 def _limit(raw: str | None) -> int:
@@ -184,11 +191,12 @@ async def run_page(dash: Dashboard, request: Request, session: Session) -> Respo
     logs = await store.list_run_logs(run.id) if logs_captured else []
     raw_spans = await store.list_run_spans(run.id)
     children = await store.list_child_runs(run.id)
-    tl = timeline.build(run, steps, await store.list_step_attempts(run.id), raw_spans, children, now)
+    wait = await store.get_run_wait(run.id) if run.started_at is not None else None
+    tl = timeline.build(run, steps, await store.list_step_attempts(run.id), raw_spans, children, now, wait)
     invoked = await _invoked(dash, children[:CHILDREN_SHOWN])
     return dash.render(request, "run.html", session, row=row, run=run, tl=tl, invoked=invoked,
-                       waited=timeline.waited_text(run, row.run.idle_reason if row.idle else None, now),
-                       event=event, batch=batch, siblings=[r for r in same_event if r.id != run.id],
+                       waited=timeline.waited_text(run, row.run.idle_reason if row.idle else None, now, wait),
+                       wait=wait, event=event, batch=batch, siblings=[r for r in same_event if r.id != run.id],
                        idle=row.idle, function=spec, live=run.status in views.LIVE, logs=logs,
                        logs_captured=logs_captured, step_names={s.step_id: s.display_id for s in steps},
                        spans=views.userland_spans(raw_spans))  # fmt: skip

@@ -6,7 +6,8 @@ One lane per step, in the order the steps began (parallel steps are lanes whose 
 - a ``run`` step: one bar per attempt (``step_attempts`` for a step attempted more than once, else the step's own
   row), failed attempts with their errors, and the backoff between an attempt and the next as a gap bar;
 - sleeps, waits and invokes: one span from the step's start to its end (or, while it lasts, to the axis' end);
-- before the first lane, the time the run waited to start (queued, or held by flow control) when there was some;
+- before the first lane, the time the run waited to start when there was some, named by what held it
+  (``Store.get_run_wait``: throttled, blocked by concurrency, a paused function...; else queued);
 - userland spans (``POST /v1/traces/userland``) under the step whose attempt was running when they started, nested
   by their parent span; the others under the run.
 """
@@ -18,16 +19,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stepline.server.dashboard import views
-from stepline.storage.records import ChildRun, RunRecord, RunSpan, StepAttempt, StepRecord
+from stepline.storage.records import ChildRun, RunRecord, RunSpan, RunWait, StepAttempt, StepRecord
 
 MIN_WIDTH_PCT = 0.4  # a bar of no length is still a visible tick
 TICKS = 5
 SPAN_SLACK_MS = 5  # a span that starts this close to an attempt still belongs to it (clocks of app and server)
+# What held a run before its start, in words (``RunWait.kind``, the idle reason's kind at its first claim).
+WAIT_WORDS = {"throttled": "throttled", "debounced": "debounced", "batch": "batched",
+              "concurrency": "blocked by concurrency", "rate_limited": "rate limited",
+              "singleton": "held by a singleton run", "paused": "delayed (function paused)"}  # fmt: skip
+
+
+def wait_words(kind: str) -> str:
+    return WAIT_WORDS.get(kind, kind.replace("_", " "))
 
 
 @dataclass(frozen=True)
 class Bar:
-    kind: str  # attempt, backoff, sleep, wait, invoke, queued, other
+    kind: str  # attempt, backoff, sleep, wait, invoke, queued, gate (held by flow control or a pause), other
     status: str  # completed, failed, running, retrying, sleeping, waiting, invoking, queued
     start: int  # unix ms
     end: int  # unix ms (the axis' end while it lasts)
@@ -37,6 +46,7 @@ class Bar:
     attempt: int | None = None  # from 1, for attempts
     error: dict[str, Any] | None = None
     until: int | None = None  # a sleep's or backoff's planned end
+    label: str | None = None  # a gate: what held the run (``wait_words``)
 
     @property
     def duration_ms(self) -> int:
@@ -46,7 +56,7 @@ class Bar:
     def title(self) -> str:
         """The bar's tooltip: what it is and how long it took."""
         what = {"attempt": f"attempt {self.attempt}", "backoff": "backoff before the next attempt",
-                "queued": "waiting to start"}.get(self.kind, self.kind)  # fmt: skip
+                "queued": "waiting to start"}.get(self.kind, self.label or self.kind)  # fmt: skip
         took = views.duration(self.duration_ms) + (" so far" if self.open else "")
         err = f": {self.error.get('name', 'Error')}: {self.error.get('message', '')}" if self.error else ""
         return f"{what} ({self.status}), {took}{err}"
@@ -178,8 +188,9 @@ def _span_lanes(axis: _Axis, lanes: list[Lane], spans: list[RunSpan]) -> list[Sp
 
 
 def build(run: RunRecord, steps: list[StepRecord], attempts: list[StepAttempt], spans: list[RunSpan],
-          children: list[ChildRun], now: int) -> Timeline:  # fmt: skip
-    """The run's timeline: its axis runs from the run's creation to its end (or now, while it is live)."""
+          children: list[ChildRun], now: int, wait: RunWait | None = None) -> Timeline:  # fmt: skip
+    """The run's timeline: its axis runs from the run's creation to its end (or now, while it is live). ``wait``:
+    what held the run before its start (``Store.get_run_wait``)."""
     end = run.ended_at if run.ended_at is not None else now
     for s in steps:
         end = max(end, s.ended_at or s.started_at)
@@ -190,7 +201,9 @@ def build(run: RunRecord, steps: list[StepRecord], attempts: list[StepAttempt], 
         end = max(end, *(t.ended_at for t in tries))
     axis = _Axis(run.created_at, end)
     before: Bar | None = None
-    if run.started_at is not None and run.started_at > run.created_at:
+    if run.started_at is not None and wait is not None:
+        before = axis.bar("gate", "completed", wait.since, wait.until, label=wait_words(wait.kind))
+    elif run.started_at is not None and run.started_at > run.created_at:
         before = axis.bar("queued", "completed", run.created_at, run.started_at)
     elif run.started_at is None and run.status == "queued":
         before = axis.bar("queued", "queued", run.created_at, None)
@@ -203,10 +216,11 @@ def build(run: RunRecord, steps: list[StepRecord], attempts: list[StepAttempt], 
     return Timeline(axis.start, axis.end, before, lanes, outside, axis.ticks())
 
 
-def waited_text(run: RunRecord, reason: Mapping[str, Any] | None, now: int) -> str:
-    """What the time before the run's start was (or is, while it waits)."""
+def waited_text(run: RunRecord, reason: Mapping[str, Any] | None, now: int, wait: RunWait | None = None) -> str:
+    """What the time before the run's start was (or is, while it waits): ``throttled 1.20 s``."""
     if run.started_at is None:
         why = views.idle_text(reason, now) if reason else "Queued to start"
         return f"{why} for {views.duration(now - run.created_at)} so far"
-    lag = run.started_at - run.created_at
-    return f"Waited {views.duration(lag)} to start (queued, or held by flow control)"
+    if wait is not None:
+        return f"{wait_words(wait.kind).capitalize()} {views.duration(wait.duration_ms)}"
+    return f"Queued {views.duration(run.started_at - run.created_at)}"

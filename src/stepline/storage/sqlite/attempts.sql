@@ -15,3 +15,21 @@ SELECT id, parent_step_id FROM runs INDEXED BY runs_parent WHERE parent_run_id =
 
 -- name: delete_step_attempts_of_runs
 DELETE FROM step_attempts WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: insert_run_wait
+INSERT INTO run_waits (run_id, kind, since, until) VALUES (:run_id, :kind, :since, :until)
+ON CONFLICT (run_id) DO NOTHING
+
+-- name: get_run_wait
+SELECT kind, since, until FROM run_waits WHERE run_id = :run_id
+
+-- name: delete_run_waits_of_runs
+DELETE FROM run_waits WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: list_run_waits
+SELECT run_id, kind, since, until FROM run_waits WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: mark_held_by_pause
+-- On resume: the function's runs that have not started and waited for nothing else were held by the pause.
+UPDATE runs SET idle_reason = :idle_reason
+WHERE status = 'queued' AND function_id = :function_id AND started_at IS NULL AND idle_reason IS NULL

@@ -1,7 +1,7 @@
 -- Run statistics for the dashboard's charts (SQLite). Loaded by ``SqlStatsMixin`` (storage/sql_stats.py).
 
 -- name: add_run_stats
--- Adds to the period's row of this process's shard (a row per res, function, period and shard).
+-- Adds to the minute's row of this process's shard (hour rows are rolled up from minute rows).
 INSERT INTO run_stats (res, at, function_id, shard,
     started, completed, failed, cancelled, d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14, d15,
     d16, d17, d18, d19, d20, d21, d22, l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15, l16,
@@ -86,3 +86,27 @@ GROUP BY at ORDER BY at
 
 -- name: prune_run_stats
 DELETE FROM run_stats WHERE res = :res AND at < :before
+
+-- name: max_run_stats_at
+-- The latest period of a resolution (the (res, at) index): for the hour rows, where the roll-up got to.
+SELECT max(at) FROM run_stats WHERE res = :res
+
+-- name: first_minute_between
+SELECT min(at) FROM run_stats WHERE res = 60000 AND at >= :from AND at < :to
+
+-- name: roll_up_hours
+-- The hour rows of the settled hours in [:from, :to) from their minute rows, per function and shard. Idempotent:
+-- a settled hour's minute rows no longer change, so two nodes rolling up the same hour write the same row.
+INSERT INTO run_stats (res, at, function_id, shard,
+    started, completed, failed, cancelled, d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14, d15,
+    d16, d17, d18, d19, d20, d21, d22, l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15, l16,
+    l17, l18, l19, l20, l21, l22)
+SELECT 3600000, at - at % 3600000, function_id, shard,
+    sum(started), sum(completed), sum(failed), sum(cancelled), sum(d0), sum(d1), sum(d2), sum(d3), sum(d4),
+    sum(d5), sum(d6), sum(d7), sum(d8), sum(d9), sum(d10), sum(d11), sum(d12), sum(d13), sum(d14), sum(d15),
+    sum(d16), sum(d17), sum(d18), sum(d19), sum(d20), sum(d21), sum(d22), sum(l0), sum(l1), sum(l2), sum(l3),
+    sum(l4), sum(l5), sum(l6), sum(l7), sum(l8), sum(l9), sum(l10), sum(l11), sum(l12), sum(l13), sum(l14),
+    sum(l15), sum(l16), sum(l17), sum(l18), sum(l19), sum(l20), sum(l21), sum(l22)
+FROM run_stats WHERE res = 60000 AND at >= :from AND at < :to
+GROUP BY at - at % 3600000, function_id, shard
+ON CONFLICT (res, function_id, at, shard) DO NOTHING
