@@ -25,7 +25,7 @@ from stepline.core.engine import Engine
 from stepline.server.alert_rules import AlertRule, parse_rule
 from stepline.server.app import create_app
 from stepline.server.config import DEFAULT_PORT, ServerConfig, ServerKind, scaled_backoff
-from stepline.server.http_limits import MAX_CONNECTIONS, uvicorn_config
+from stepline.server.http_limits import MAX_CONNECTIONS, QuietServer, uvicorn_config
 
 log = logging.getLogger("stepline.cli")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -163,9 +163,10 @@ async def _serve(spec: ServeSpec, role: Role | None = None) -> None:
     if role is not None and role.index > 0:
         config = dataclasses.replace(config, sync_apps=False)  # apps are synced and discovered by process 0
     app = create_app(engine, config)
-    server = uvicorn.Server(uvicorn_config(app, forwarded_allow_ips=spec.limits.forwarded_allow_ips,
-                                           max_connections=spec.limits.max_connections))  # fmt: skip
+    server = QuietServer(uvicorn_config(app, forwarded_allow_ips=spec.limits.forwarded_allow_ips,
+                                        max_connections=spec.limits.max_connections))  # fmt: skip
     app.state.shutdown_probe = lambda: server.should_exit  # ends the dashboard's live streams at shutdown
+    app.state.shutdown_event = server.exit_requested  # ends the waiting requests at once, without polling
     workers = [c.worker() for c in clients]
     shown = ", ".join(f"http://{f'[{h}]' if ':' in h else h}:{spec.port}" for h in spec.hosts[: len(sockets)])
     which = f", process {role.index} (pid {os.getpid()})," if role is not None else ""
@@ -181,7 +182,7 @@ async def _serve(spec: ServeSpec, role: Role | None = None) -> None:
         if not stopping:
             log.info("%s: stopping", sig.name)
         stopping = True
-        server.should_exit = True
+        server.request_exit()
         for w in workers:
             w.stop()
 

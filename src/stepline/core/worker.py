@@ -224,10 +224,14 @@ class Worker:
     async def _watch_paused(self) -> None:
         """Read the paused functions every ``PAUSE_CHECK_SECONDS``, so pauses and resumes made on other nodes reach
         this worker (a running run stops before its next step; a resumed function's runs are claimed at once)."""
+        version: int | None = None
         while True:
             await asyncio.sleep(PAUSE_CHECK_SECONDS)
             before = self.engine.paused
             try:
+                seen, version = version, self.engine.store.data_version()  # SQLite: nothing committed, nothing to read
+                if version is not None and version == seen:
+                    continue
                 after = await self.engine.refresh_paused(force=True)
             except Exception:
                 continue  # the database went away: the worker loop reports it
@@ -279,7 +283,9 @@ class Worker:
 
     async def _wait_polling(self) -> None:
         loop = asyncio.get_running_loop()
-        timeout = self.poll_interval
+        # With the wake channel, other processes' commits wake this worker: the claim without one is the safety net
+        # only (dead workers' leases), as when pushed; without it, every poll_interval.
+        timeout = safety_poll(self.poll_interval, self.lease_ms) if self._watching else self.poll_interval
         claimable, room = self._claimable()
         if claimable:
             next_due = await self.engine.store.next_due_at(claimable)

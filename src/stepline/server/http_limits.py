@@ -18,9 +18,11 @@ messages save).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
+from types import FrameType
 from typing import Any
 
 import h11
@@ -147,3 +149,31 @@ def uvicorn_config(app: Any, *, forwarded_allow_ips: tuple[str, ...] = (), max_c
     }
     settings.update(options)
     return uvicorn.Config(app, **settings)
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn's server, ticking once a second instead of ten times (an idle node's CPU: issue 19's 0.5 % of a
+    core), and stopping at once when asked: ``request_exit()`` or a signal ends the wait for the next tick.
+    ``exit_requested`` is what the live requests and streams wait on to end at shutdown, without polling."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.exit_requested = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+        self.exit_requested.set()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._loop is not None:  # a signal handler: wake the loop through its self-pipe
+            self._loop.call_soon_threadsafe(self.exit_requested.set)
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        should_exit = await self.on_tick(0)
+        while not should_exit:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.exit_requested.wait(), 1.0)
+            should_exit = await self.on_tick(0)  # every tick is a second: the Date header, the notify callback

@@ -59,6 +59,11 @@ class LiveRequests:
                 await watcher
 
     async def _watch(self, app_state: Any) -> None:
+        event = getattr(app_state, "shutdown_event", None)
+        if isinstance(event, asyncio.Event):  # the CLI's server says when it stops: nothing to poll
+            await event.wait()
+            self.stop()
+            return
         while not self.stopping.is_set():
             await asyncio.sleep(self.probe_interval)
             probe = getattr(app_state, "shutdown_probe", None)
