@@ -63,7 +63,9 @@ def list_events(ctx: click.Context, name: str | None, system: bool, limit: int, 
 @db_option()
 @click.pass_context
 def replay(ctx: click.Context, event_id: str, as_json: bool) -> None:
-    """Send a copy of event EVENT_ID as a new event (new id and time, same name and data).
+    """Send a copy of event EVENT_ID as a new event.
+
+    The copy has a new id and time, and the same name and data.
 
     Prints the new event's id on stdout, then (on stderr) the runs it started. Unlike `stepline runs rerun`, which
     starts one run again, the copy starts every run its name and data trigger now."""

@@ -109,7 +109,7 @@ def report_ingest(look: Look, name: str, result: IngestResult, functions: dict[s
 
 @cli.group("functions")
 def functions_group() -> None:
-    """List the registered functions; pause, resume, run a cron function now."""
+    """List, pause and resume functions; run a cron now."""
 
 
 def describe_triggers(fn: FunctionRecord) -> str:
@@ -127,7 +127,9 @@ def describe_triggers(fn: FunctionRecord) -> str:
 @db_option()
 @click.pass_context
 def list_functions(ctx: click.Context, as_json: bool) -> None:
-    """Functions registered by workers and the server, with their triggers."""
+    """List the registered functions and their triggers.
+
+    Functions registered by workers and the server, with their triggers, flow control and whether paused."""
 
     async def go() -> list[FunctionRecord]:
         async with opened_store(ctx, must_exist=True) as store:
@@ -166,8 +168,10 @@ def _function_action(ctx: click.Context, function_id: str, action: Literal["paus
 @db_option()
 @click.pass_context
 def pause_function(ctx: click.Context, function_id: str) -> None:
-    """Pause FUNCTION_ID on every node sharing the database: its runs are still created but wait ("function
-    paused"), running ones stop before their next step, its crons do not fire. Re-syncing its app keeps it paused."""
+    """Pause FUNCTION_ID on every node.
+
+    On every node sharing the database: its runs are still created but wait ("function paused"), running ones stop
+    before their next step, its crons do not fire. Re-syncing its app keeps it paused."""
     changed = _function_action(ctx, function_id, "pause")
     Look.of("stderr").say("ok" if changed else "note", f"{function_id} {'paused' if changed else 'was paused already'}")
 
@@ -177,8 +181,10 @@ def pause_function(ctx: click.Context, function_id: str) -> None:
 @db_option()
 @click.pass_context
 def resume_function(ctx: click.Context, function_id: str) -> None:
-    """Resume FUNCTION_ID: the runs held while it was paused start in the order they fell due (cron times missed
-    while paused are not fired)."""
+    """Resume FUNCTION_ID; its held runs start.
+
+    The runs held while it was paused start in the order they fell due (cron times missed while paused are not
+    fired)."""
     changed = _function_action(ctx, function_id, "resume")
     Look.of("stderr").say("ok" if changed else "note", f"{function_id} {'resumed' if changed else 'was not paused'}")
 
@@ -188,8 +194,10 @@ def resume_function(ctx: click.Context, function_id: str) -> None:
 @db_option()
 @click.pass_context
 def run_cron(ctx: click.Context, function_id: str) -> None:
-    """Run cron function FUNCTION_ID now: a fresh inngest/scheduled.timer event and its run (printed on stdout);
-    the next scheduled time stays as it was."""
+    """Run cron function FUNCTION_ID now.
+
+    A fresh inngest/scheduled.timer event and its run (printed on stdout); the next scheduled time stays as it
+    was."""
 
     async def go() -> tuple[str, str]:
         async with opened_store(ctx, must_exist=True) as store:

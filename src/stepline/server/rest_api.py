@@ -276,10 +276,11 @@ async def list_events(request: Request) -> Response:
 
 
 def _flag(request: Request, name: str) -> bool:
-    raw = request.query_params.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no"):
+    """A boolean query parameter as the OpenAPI document has it: absent (false), ``true`` or ``false``."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "false":
         return False
-    if raw in ("1", "true", "yes"):
+    if raw == "true":
         return True
     raise HttpError(400, f"{name} must be true or false, got {raw[:40]!r}")
 
