@@ -15,7 +15,7 @@ from stepline.storage.records import RunFilter, RunRecord
 
 @click.group("events")
 def events_group() -> None:
-    """List events and show the runs each one started."""
+    """List events, show the runs each one started, replay one."""
 
 
 @events_group.command("list")
