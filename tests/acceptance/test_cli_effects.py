@@ -137,7 +137,7 @@ def test_events_replay_sends_a_copy_that_starts_a_new_run(worker: WorkerProc) ->
     proc = cli(cwd, "events", "replay", event_id, "--db", "tmp.db")
     assert proc.returncode == 0, proc.stderr
     copy_id = proc.stdout.strip()
-    assert copy_id != event_id and f"replayed {event_id}: the copy started 1 run(s)" in proc.stderr
+    assert copy_id != event_id and f"replayed {event_id}: the copy started 1 run" in proc.stderr
     shown = json.loads(ok(cwd, "events", "show", copy_id, "--json", "--db", "tmp.db"))
     assert shown["name"] == "test/hello" and shown["data"] == {"n": 42}
     [new_run] = shown["runs"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from stepline.cli.common import CliError, NotFoundError, compact, db_option, iso, opened_store, run_async
-from stepline.cli.display import Column, Look, ago, one_line
+from stepline.cli.display import Column, Look, ago, one_line, plural
 from stepline.cli.runs import event_dict, run_dict, runs_table
 from stepline.core.engine import Engine
 from stepline.core.events import StoredEvent
@@ -15,7 +15,7 @@ from stepline.storage.records import RunFilter, RunRecord
 
 @click.group("events")
 def events_group() -> None:
-    """List events and show the runs each one started."""
+    """List events, show the runs each one started, replay one."""
 
 
 @events_group.command("list")
@@ -83,7 +83,8 @@ def replay(ctx: click.Context, event_id: str, as_json: bool) -> None:
         return
     click.echo(done.internal_id)
     look = Look.of("stderr")
-    look.say("ok" if done.run_ids else "note", f"replayed {event_id}: the copy started {len(done.run_ids)} run(s)")
+    started = plural(len(done.run_ids), "run")
+    look.say("ok" if done.run_ids else "note", f"replayed {event_id}: the copy started {started}")
     for run_id in done.run_ids:
         look.line("    " + run_id)
 

@@ -13,7 +13,7 @@ from stepline.cli.common import CliError, NotFoundError, compact, db_option, ope
 from stepline.cli.db import db_group
 from stepline.cli.display import Column, Look, plural
 from stepline.cli.events import events_group
-from stepline.cli.runs import runs_group
+from stepline.cli.runs import resolve_function, runs_group
 from stepline.cli.server import dev_command, start_command
 from stepline.cli.worker import worker_command
 from stepline.core.engine import Engine
@@ -131,34 +131,40 @@ def list_functions(ctx: click.Context, as_json: bool) -> None:
 
     Functions registered by workers and the server, with their triggers, flow control and whether paused."""
 
-    async def go() -> list[FunctionRecord]:
+    async def go() -> tuple[list[FunctionRecord], dict[str, int]]:
         async with opened_store(ctx, must_exist=True) as store:
-            return await store.list_functions()
+            return await store.list_functions(), await store.paused_functions()
 
-    functions = run_async(go())
+    functions, paused = run_async(go())
     if as_json:
         for f in functions:
-            click.echo(compact({"id": f.id, "app_id": f.app_id, "slug": f.slug, "name": f.name, **f.config}))
+            click.echo(compact({"id": f.id, "app_id": f.app_id, "slug": f.slug, "name": f.name, **f.config,
+                                "paused": f.id in paused}))  # fmt: skip
         return
     if not functions:
         Look.of("stderr").say("note", "no registered functions (a worker or `stepline dev --app` registers them)")
         return
     look = Look.of("stdout")
-    table = look.table(Column("ID", max_width=36), Column("APP"), Column("TRIGGERS", wrap=True, min_width=20))
+    table = look.table(Column("ID", max_width=36), Column("APP"), Column("TRIGGERS", wrap=True, min_width=20),
+                       Column("STATE"))  # fmt: skip
     for f in functions:
-        table.add_row(f.id, f.app_id, describe_triggers(f))
+        table.add_row(f.id, f.app_id, describe_triggers(f), look.styled("paused", "yellow") if f.id in paused else "")
     look.print_table(table)
 
 
-def _function_action(ctx: click.Context, function_id: str, action: Literal["pause", "resume"]) -> bool:
-    async def go() -> bool:
+def _function_action(ctx: click.Context, name: str, action: Literal["pause", "resume"]) -> tuple[str, bool]:
+    """The function's full id (``name`` may be its slug, as in ``runs list --function``) and whether it changed."""
+
+    async def go() -> tuple[str, bool]:
         async with opened_store(ctx, must_exist=True) as store:
             engine = Engine(store)
+            function_id = await resolve_function(store, name)
             if await engine.find_function(function_id) is None:
-                raise NotFoundError(f"no registered function has the id {function_id!r}")
+                raise NotFoundError(f"no registered function has the id {name!r} (`stepline functions list` "
+                                    "lists them)")  # fmt: skip
             if action == "pause":
-                return await engine.pause_function(function_id)
-            return await engine.resume_function(function_id)
+                return function_id, await engine.pause_function(function_id)
+            return function_id, await engine.resume_function(function_id)
 
     return run_async(go())
 
@@ -170,9 +176,10 @@ def _function_action(ctx: click.Context, function_id: str, action: Literal["paus
 def pause_function(ctx: click.Context, function_id: str) -> None:
     """Pause FUNCTION_ID on every node.
 
-    On every node sharing the database: its runs are still created but wait ("function paused"), running ones stop
-    before their next step, its crons do not fire. Re-syncing its app keeps it paused."""
-    changed = _function_action(ctx, function_id, "pause")
+    FUNCTION_ID is its full id or its slug. On every node sharing the database: its runs are still created but
+    wait ("function paused"), running ones stop before their next step, its crons do not fire. Re-syncing its app
+    keeps it paused."""
+    function_id, changed = _function_action(ctx, function_id, "pause")
     Look.of("stderr").say("ok" if changed else "note", f"{function_id} {'paused' if changed else 'was paused already'}")
 
 
@@ -183,9 +190,9 @@ def pause_function(ctx: click.Context, function_id: str) -> None:
 def resume_function(ctx: click.Context, function_id: str) -> None:
     """Resume FUNCTION_ID; its held runs start.
 
-    The runs held while it was paused start in the order they fell due (cron times missed while paused are not
-    fired)."""
-    changed = _function_action(ctx, function_id, "resume")
+    FUNCTION_ID is its full id or its slug. The runs held while it was paused start in the order they fell due
+    (cron times missed while paused are not fired)."""
+    function_id, changed = _function_action(ctx, function_id, "resume")
     Look.of("stderr").say("ok" if changed else "note", f"{function_id} {'resumed' if changed else 'was not paused'}")
 
 

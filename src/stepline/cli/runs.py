@@ -4,6 +4,7 @@ every run matching a filter, with a progress display)."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from stepline.cli.common import (
     shorten,
 )
 from stepline.cli.display import Column, Look, ago, plural, took
-from stepline.core.engine import Engine
+from stepline.core.engine import PAUSED_REASON, Engine
 from stepline.core.events import StoredEvent
 from stepline.core.rerun import RerunError, StepNotFoundError, rerun
 from stepline.storage import Store
@@ -90,6 +91,18 @@ def runs_table(look: Look, runs: list[RunRecord]) -> None:
     look.print_table(table)
 
 
+async def with_pause_reason(store: Store, runs: list[RunRecord]) -> list[RunRecord]:
+    """The runs, a live one of a paused function (not executing right now) saying so, as the dashboard does: a
+    held run's stored reason is only written when a worker gets to it."""
+    paused = await store.paused_functions() if any(r.status in LIVE for r in runs) else {}
+    now = int(time.time() * 1000)
+    for r in runs:
+        leased = r.lease_owner is not None and (r.lease_expires_at or 0) > now
+        if r.status in LIVE and r.function_id in paused and not leased:
+            r.idle_reason = PAUSED_REASON
+    return runs
+
+
 async def resolve_function(store: Store, name: str) -> str:
     """A full function id as given, or the id of the only registered function with that slug."""
     functions = await store.list_functions()
@@ -117,7 +130,8 @@ def list_runs(ctx: click.Context, status: str | None, function: str | None, limi
     async def go() -> list[RunRecord]:
         async with opened_store(ctx, must_exist=True) as store:
             fn = await resolve_function(store, function) if function else None
-            return await store.list_runs(RunFilter(status=status, function_id=fn, limit=limit))
+            return await with_pause_reason(store, await store.list_runs(RunFilter(status=status, function_id=fn,
+                                                                                  limit=limit)))  # fmt: skip
 
     runs = run_async(go())
     if as_json:
@@ -214,6 +228,7 @@ def show_run(ctx: click.Context, run_id: str, as_json: bool, last_logs: int) -> 
             if run is None:
                 raise NotFoundError(f"no run with id {run_id!r}")
             logs = await store.list_run_logs(run_id) if last_logs else []
+            [run] = await with_pause_reason(store, [run])
             return run, await store.get_event(run.event_id), await store.list_steps(run_id), logs
 
     run, event, steps, logs = run_async(go())
