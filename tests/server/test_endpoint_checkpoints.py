@@ -4,6 +4,7 @@ and the fake clock. (The real npm SDK end to end: ``tests/compat/test_durable_en
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -126,3 +127,22 @@ async def test_a_failed_step_is_stored_and_an_erring_one_retried_after_the_backo
     run = await s.run(erring_run)
     assert run.lease_owner is None and run.due_at is not None and run.due_at > s.now()
     assert await s.store.list_steps(erring_run) == []
+
+
+async def test_output_waiters_are_capped_and_woken_by_the_runs_end(app: FakeApp, make_stack: MakeStack) -> None:
+    """Anyone holding a run's output token (the endpoint's callers) could open thousands of output requests, each
+    querying the store every 100 ms for 5 minutes: they count against the node's waiting requests (429 beyond)
+    and wait on the engine's run-end notices."""
+    s = await make_stack(max_waiting_requests=1)
+    run_id = new_ulid()
+    data = (await s.api.post("/v1/checkpoint", json=new_run_body(app, run_id, ran("a", 1)))).json()["data"]
+    url, token = f"/v1/http/runs/{run_id}/output", {"token": data["token"]}
+    held = asyncio.create_task(s.api.get(url, params=token))
+    await asyncio.sleep(0.3)
+    extra = await asyncio.wait_for(s.api.get(url, params=token), 5)
+    assert (extra.status_code, extra.headers["retry-after"]) == (429, "1"), extra.text
+    response = {"status": 200, "headers": {}, "body": "ok"}
+    steps_body = {"fn_id": data["fn_id"], "app_id": data["app_id"], "run_id": run_id, "steps": [complete_op(response)]}
+    assert (await s.api.post(f"/v1/checkpoint/{run_id}/steps", json=steps_body)).status_code == 200
+    out = await asyncio.wait_for(held, 5)
+    assert (out.status_code, out.text) == (200, "ok")

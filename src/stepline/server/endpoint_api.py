@@ -19,7 +19,8 @@ the output URL, and the server releases the run so a worker calls the endpoint (
 ``X-Run-ID`` and ``X-Inngest-Signature``, which makes the SDK replay the checkpointed steps and go on in the
 classic flow). An app that dies holding the run loses nothing either: its lease expires and a worker resumes it.
 
-``GET /v1/http/runs/{run_id}/output?token=``: the run's response once it ends (waits up to ``OUTPUT_WAIT_S``),
+``GET /v1/http/runs/{run_id}/output?token=``: the run's response once it ends (waits up to ``OUTPUT_WAIT_S``, as a
+waiting request: counted against the node's cap, 429 beyond),
 answered with the endpoint's status, headers and body. The token (``token`` above) is an HMAC of the run id with a
 secret kept in the store; a missing or wrong one is a ``401``, an unknown run a ``404``.
 """
@@ -32,7 +33,6 @@ import hashlib
 import hmac
 import logging
 import re
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +48,7 @@ from stepline.server.checkpoint_api import Refused, store_ops
 from stepline.server.defers import LAZY_OPS
 from stepline.server.errors import error_response
 from stepline.server.outbound import OutboundRefused
+from stepline.server.rest_api import HttpError, _wait_for
 from stepline.server.sdk_api import unauthorized
 from stepline.server.state import ServerState, state_of
 from stepline.storage.records import FunctionRecord, IngestBatch, RunFinish, StepUpdate, StoredEvent
@@ -55,7 +56,6 @@ from stepline.storage.records import FunctionRecord, IngestBatch, RunFinish, Ste
 log = logging.getLogger("stepline.server.endpoint")
 
 OUTPUT_WAIT_S = 300.0  # as Inngest: the output URL waits this long for the run to end
-_POLL_S = 0.1
 _SECRET_NAME = "endpoint-output"
 _RUN_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 _STORED_OPS = frozenset({"StepRun", "Step", "StepPlanned"}) | LAZY_OPS
@@ -242,16 +242,19 @@ async def run_output(request: Request) -> Response:
     token = request.query_params.get("token") or ""
     if not hmac.compare_digest(token.encode(), (await _output_token(st, run_id)).encode()):
         return error_response(401, "Unable to find run with auth token")
-    until = time.monotonic() + OUTPUT_WAIT_S
-    while True:
+    run = await st.engine.store.get_run(run_id)
+    if run is not None and run.status in ("queued", "running"):
+        # One waiter per request on the engine's run-end notices (no query per waiter), counted against the node's
+        # waiting requests (429 beyond), let go when the caller disconnects or the server stops.
+        try:
+            await _wait_for(request, [run_id], OUTPUT_WAIT_S)
+        except HttpError as exc:
+            return JSONResponse({"error": exc.message, "status": exc.status}, exc.status, headers=exc.headers)
         run = await st.engine.store.get_run(run_id)
-        if run is None:
-            return error_response(404, f"run {run_id!r} not found")
-        if run.status not in ("queued", "running"):
-            break
-        if time.monotonic() >= until:
-            return JSONResponse({"status": "running", "message": "run did not end within 5 minutes"})
-        await asyncio.sleep(_POLL_S)
+    if run is None:
+        return error_response(404, f"run {run_id!r} not found")
+    if run.status in ("queued", "running"):
+        return JSONResponse({"status": "running", "message": "run did not end within 5 minutes"})
     if run.status != "completed":
         return JSONResponse({"status": run.status, "error": run.error}, status_code=500)
     out = run.output
