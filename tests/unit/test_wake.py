@@ -141,3 +141,52 @@ def test_messages_are_one_to_500_bytes(channel: WakeChannel) -> None:
         channel.notify(b"")
     with pytest.raises(ValueError, match="1 to 500 bytes"):
         channel.notify(b"x" * 501)
+
+
+def test_a_wake_directory_another_user_could_write_into_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long database path puts the sockets under the shared temporary directory, where anyone can create
+    ``stepline-wake-<uid>`` first (then unlink our sockets, or plant symlinks that our notifies follow): such a
+    directory, or a world-writable one beside the database, is not used (the store polls instead)."""
+    import tempfile
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    deep = tmp_path / ("d" * 120) / "app.db"
+    squatted = wake_directory(deep).parent
+    squatted.mkdir(mode=0o777)
+    os.chmod(squatted, 0o777)
+    c = WakeChannel(deep)
+    try:
+        assert not c.listen(lambda _: None)
+        if os.getuid() == 0:  # chown needs root: the directory is then another user's
+            os.chmod(squatted, 0o755)
+            os.chown(squatted, 65534, 65534)
+            assert not c.listen(lambda _: None)
+    finally:
+        c.close()
+    beside = tmp_path / "b.db"
+    beside.with_name("b.db.wake").mkdir(mode=0o777)
+    os.chmod(beside.with_name("b.db.wake"), 0o777)
+    c = WakeChannel(beside)
+    try:
+        assert not c.listen(lambda _: None)
+    finally:
+        c.close()
+
+
+def test_notify_sends_to_sockets_only_not_through_symlinks(db: Path, channel: WakeChannel, tmp_path: Path) -> None:
+    assert channel.listen(lambda _: None)
+    elsewhere = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    elsewhere.bind(str(tmp_path / "elsewhere.sock"))
+    elsewhere.setblocking(False)
+    try:
+        os.symlink(tmp_path / "elsewhere.sock", channel.directory / "1-planted")
+        time.sleep(0.15)  # past the listing's settle time
+        assert notify_from_another_process(db, b"w1") == 1  # our socket, not the symlink's target
+        with pytest.raises(BlockingIOError):
+            elsewhere.recv(512)
+    finally:
+        elsewhere.close()
