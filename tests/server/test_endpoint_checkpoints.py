@@ -5,6 +5,7 @@ and the fake clock. (The real npm SDK end to end: ``tests/compat/test_durable_en
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -146,3 +147,25 @@ async def test_output_waiters_are_capped_and_woken_by_the_runs_end(app: FakeApp,
     assert (await s.api.post(f"/v1/checkpoint/{run_id}/steps", json=steps_body)).status_code == 200
     out = await asyncio.wait_for(held, 5)
     assert (out.status_code, out.text) == (200, "ok")
+
+
+async def test_a_checkpoints_event_is_checked_as_any_event(app: FakeApp, make_stack: MakeStack) -> None:
+    """The event a new run's checkpoint carries is stored and matched like a sent one: it gets the event API's
+    checks (a 400 naming the problem, nothing stored) instead of a 500 or an event no API can read back."""
+    s = await make_stack()
+    good = new_run_body(app, new_ulid())
+    data = good["event"]["data"]
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({**good["event"], "ts": 2**70}, "not unix milliseconds"),
+        ({**good["event"], "data": {**data, "n": 2**70}}, "64-bit"),
+        ({**good["event"], "data": {**data, "x": "\ud800"}}, "surrogate"),
+        ({**good["event"], "name": "a\x00b"}, "NUL"),
+        ({**good["event"], "id": "x" * 600}, "the limit is 512"),
+    ]
+    for event, message in cases:
+        body = json.dumps({**good, "event": event})  # ASCII: a lone surrogate goes as its escape
+        res = await s.api.post("/v1/checkpoint", content=body, headers={"content-type": "application/json"})
+        assert res.status_code == 400 and message in res.text, (event, res.text)
+    assert await s.store.get_run(good["run_id"]) is None
+    assert await s.events("inngest/http.request") == []
+    assert (await s.api.post("/v1/checkpoint", json=good)).status_code == 200

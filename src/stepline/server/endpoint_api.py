@@ -41,6 +41,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from stepline.core.engine import new_run
+from stepline.core.errors import EventValidationError
+from stepline.core.events import Event, validate_event
 from stepline.core.ids import new_ulid
 from stepline.protocol import calls
 from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body
@@ -112,6 +114,17 @@ def _ops(raw: Any) -> list[calls.Op]:
     return [op for op in ops if op is not None]
 
 
+def _checked_event(raw: dict[str, Any]) -> Event:
+    """The checkpoint's event with the event API's checks (names, ids, nesting, integers, size ...)."""
+    ts = raw.get("ts")
+    fields = {"name": raw.get("name") or "inngest/http.request", "data": raw.get("data"), "id": raw.get("id") or None,
+              "ts": None if ts in (0, None) else ts, "user": raw.get("user") or {}}  # fmt: skip
+    try:
+        return validate_event(fields, allow_reserved=True)
+    except EventValidationError as exc:
+        raise Refused(400, f"the checkpoint's event is refused: {exc}") from None
+
+
 async def _register(st: ServerState, record: FunctionRecord) -> None:
     """Add the endpoint's function to its app (the app's other endpoints stay)."""
     spec = await st.engine.find_function(record.id)
@@ -177,6 +190,7 @@ async def checkpoint_new_run(request: Request) -> Response:
             raise Refused(400, f"the endpoint's domain {data['domain']!r:.200} is not an http(s) origin")
         if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 20:
             retries = 3  # Infinity and the like: Inngest's default
+        checked = _checked_event(event if isinstance(event, dict) else {})
         ops = _ops(body.get("steps"))
         record = endpoint_function(data, retries)
         try:
@@ -193,11 +207,8 @@ async def checkpoint_new_run(request: Request) -> Response:
     if spec is None:  # another node replaced the app's functions meanwhile: the SDK retries the checkpoint
         return error_response(503, f"the endpoint's function {record.id!r} is being registered; try again")
     now = st.engine.clock.now_ms()
-    assert isinstance(event, dict)
     eid = new_ulid()
-    ts = event.get("ts")
-    stored = StoredEvent(eid, str(event.get("id") or eid), str(event.get("name") or "inngest/http.request"), data,
-                         {}, ts if isinstance(ts, int) and ts > 0 else now, None, now)  # fmt: skip
+    stored = StoredEvent(eid, checked.id or eid, checked.name, checked.data, checked.user, checked.ts or now, None, now)
     await store.ingest(IngestBatch([stored], []), st.engine.matcher, now)
     run = dataclasses.replace(new_run(spec, eid, now), id=run_id)  # the SDK's run id
     if not await store.start_endpoint_run(run, endpoint_owner(run_id), now + int(st.config.call_timeout * 1000), now):
