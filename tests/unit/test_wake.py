@@ -190,3 +190,30 @@ def test_notify_sends_to_sockets_only_not_through_symlinks(db: Path, channel: Wa
             elsewhere.recv(512)
     finally:
         elsewhere.close()
+
+
+def test_a_database_in_a_folder_of_the_temp_dir_keeps_its_wake_directory_shareable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only wake_directory's own per-user folder in the temporary directory is made private: a database kept in
+    ``/tmp/app/`` has its ``app.db.wake`` beside it as usual (other users sharing the file may listen too)."""
+    import shutil
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))  # socket paths must stay short
+    monkeypatch.setattr(tempfile, "tempdir", str(short))
+    folder = short / "app"
+    folder.mkdir()
+    c = WakeChannel(folder / "app.db")
+    try:
+        assert c.listen(lambda _: None)
+        assert os.stat(folder / "app.db.wake").st_mode & 0o777 == 0o777 & ~_umask()
+    finally:
+        c.close()
+        shutil.rmtree(short)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

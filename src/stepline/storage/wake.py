@@ -69,7 +69,8 @@ def _safe_directory(directory: Path) -> None:
     (OSError) one that another user could write into: in a shared temporary directory anyone can create
     ``stepline-wake-<uid>`` first, then unlink or replace the sockets in it or plant symlinks to other sockets."""
     shared = Path(tempfile.gettempdir())
-    private = directory.parent if directory.parent.parent == shared else None
+    fallback = directory.parent.parent == shared and directory.parent.name == f"stepline-wake-{os.getuid()}"
+    private = directory.parent if fallback else None  # wake_directory's own, not a database's folder in /tmp
     for path in (private, directory):
         if path is None:
             continue
