@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from stepline.core.ids import hash_step_id, new_ulid
+from stepline.server.endpoint_api import OUTPUT_CSP
 
 from .fake_app import SIGNING_KEY, Call, FakeApp, MakeStack, Reply, ops
 from .test_checkpoints import complete_op, ran
@@ -169,3 +170,23 @@ async def test_a_checkpoints_event_is_checked_as_any_event(app: FakeApp, make_st
     assert await s.store.get_run(good["run_id"]) is None
     assert await s.events("inngest/http.request") == []
     assert (await s.api.post("/v1/checkpoint", json=good)).status_code == 200
+
+
+async def test_the_output_url_serves_the_endpoints_page_sandboxed(app: FakeApp, make_stack: MakeStack) -> None:
+    """The output URL is on the server's origin, the dashboard's: the endpoint's response (often built from its
+    callers' input) is served in a CSP sandbox (scripts run in an opaque origin, not with the dashboard's cookie),
+    without cookies for that origin, and a header that cannot be sent is left out (it dropped the connection)."""
+    s = await make_stack()
+    run_id = new_ulid()
+    data = (await s.api.post("/v1/checkpoint", json=new_run_body(app, run_id))).json()["data"]
+    page = "<script>fetch('/dashboard')</script>"
+    headers = {"content-type": "text/html", "set-cookie": "stepline_session=planted", "x-ok": "yes",
+               "x-split": "a\r\nx-injected: 1", "content-security-policy": "default-src *"}  # fmt: skip
+    steps_body = {"fn_id": data["fn_id"], "app_id": data["app_id"], "run_id": run_id,
+                  "steps": [complete_op({"status": 200, "headers": headers, "body": page})]}  # fmt: skip
+    assert (await s.api.post(f"/v1/checkpoint/{run_id}/steps", json=steps_body)).status_code == 200
+    out = await s.api.get(f"/v1/http/runs/{run_id}/output", params={"token": data["token"]})
+    assert (out.status_code, out.text, out.headers["x-ok"]) == (200, page, "yes")
+    assert out.headers.get_list("content-security-policy") == [OUTPUT_CSP]
+    assert "set-cookie" not in out.headers and "x-injected" not in out.headers and "x-split" not in out.headers
+    assert out.headers["x-content-type-options"] == "nosniff"

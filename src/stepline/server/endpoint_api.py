@@ -62,6 +62,11 @@ _SECRET_NAME = "endpoint-output"
 _RUN_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 _STORED_OPS = frozenset({"StepRun", "Step", "StepPlanned"}) | LAZY_OPS
 _locks: dict[int, asyncio.Lock] = {}
+OUTPUT_CSP = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_DROPPED_HEADERS = frozenset({"content-length", "set-cookie", "set-cookie2", "content-security-policy",
+                              "x-content-type-options", "transfer-encoding", "connection"})  # fmt: skip
 
 
 def endpoint_owner(run_id: str) -> str:
@@ -270,11 +275,26 @@ async def run_output(request: Request) -> Response:
         return JSONResponse({"status": run.status, "error": run.error}, status_code=500)
     out = run.output
     if isinstance(out, dict) and isinstance(out.get("status"), int) and out["status"] > 0:
-        headers = {str(k): str(v) for k, v in (out.get("headers") or {}).items()}
-        headers.pop("content-length", None)
+        headers = _output_headers(out.get("headers"))
         body = out.get("body")
         return Response(body if isinstance(body, str) else "", status_code=out["status"], headers=headers)
     return JSONResponse(out)
+
+
+def _output_headers(raw: Any) -> dict[str, str]:
+    """The endpoint's headers as the output URL may send them. That URL is on the server's origin, the dashboard's,
+    and the response is the app's (often built from what its callers sent): it is sandboxed (``OUTPUT_CSP``: its
+    scripts run in an opaque origin, without the dashboard's cookie or pages), sets no cookie for the server's
+    origin, and a header that cannot be sent as given (CR, LF, other control characters) is left out."""
+    headers: dict[str, str] = {}
+    for key, value in raw.items() if isinstance(raw, dict) else ():
+        name, text = str(key), str(value)
+        if not _HEADER_NAME.match(name) or _CONTROL.search(text) or name.lower() in _DROPPED_HEADERS:
+            continue
+        headers[name] = text
+    headers["Content-Security-Policy"] = OUTPUT_CSP
+    headers["X-Content-Type-Options"] = "nosniff"
+    return headers
 
 
 def routes() -> list[BaseRoute]:
