@@ -31,6 +31,10 @@ async def test_bad_checkpoints_get_a_precise_error_and_store_nothing(app: FakeAp
         ({**good, "run_id": "no spaces allowed"}, "is not a run id"),
         ({**good, "event": {"name": "inngest/http.request", "data": {}}}, "needs data.domain"),
         ({**good, "event": {"data": {"domain": "ftp://x", "path": "/"}}}, "is not an http(s) origin"),
+        # The app is named after the domain's host: the URL called must be on that host.
+        ({**good, "event": {"data": {**good["event"]["data"], "domain": "http://a.example@127.0.0.1:9"}}}, "origin"),
+        ({**good, "event": {"data": {**good["event"]["data"], "domain": "http://a.example/x"}}}, "origin"),
+        ({**good, "event": {"data": {**good["event"]["data"], "path": ".evil.example/x"}}}, "start with '/'"),
         ({**good, "steps": {"op": "StepRun"}}, "'steps' is a list of ops"),
         ({**good, "steps": [{"op": "StepRun", "data": 1}]}, "needs an 'op' and a step 'id'"),
         ([good], "is a JSON object"),

@@ -119,6 +119,17 @@ def _ops(raw: Any) -> list[calls.Op]:
     return [op for op in ops if op is not None]
 
 
+def _is_origin(domain: str) -> bool:
+    """``scheme://host[:port]`` and nothing else (the app id is named after the host, the URL is domain + path)."""
+    try:
+        parts = urlsplit(domain)
+        parts.port  # noqa: B018 (a bad port raises)
+    except ValueError:
+        return False
+    plain = "@" not in parts.netloc and not parts.query and not parts.fragment and domain.isprintable()
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/") and plain
+
+
 def _checked_event(raw: dict[str, Any]) -> Event:
     """The checkpoint's event with the event API's checks (names, ids, nesting, integers, size ...)."""
     ts = raw.get("ts")
@@ -191,8 +202,10 @@ async def checkpoint_new_run(request: Request) -> Response:
         data = event.get("data") if isinstance(event, dict) else None
         if not isinstance(data, dict) or not isinstance(data.get("domain"), str):
             raise Refused(400, "the checkpoint's event needs data.domain (and data.path): the endpoint's URL")
-        if not str(data["domain"]).startswith(("http://", "https://")):
+        if not _is_origin(str(data["domain"])):
             raise Refused(400, f"the endpoint's domain {data['domain']!r:.200} is not an http(s) origin")
+        if not isinstance(data.get("path") or "/", str) or not str(data.get("path") or "/").startswith("/"):
+            raise Refused(400, f"the endpoint's path {data.get('path')!r:.200} does not start with '/'")
         if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 20:
             retries = 3  # Infinity and the like: Inngest's default
         checked = _checked_event(event if isinstance(event, dict) else {})
