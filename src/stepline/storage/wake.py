@@ -74,15 +74,16 @@ def _safe_directory(directory: Path) -> None:
     for path in (private, directory):
         if path is None:
             continue
-        with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o700 if private is not None else 0o777, parents=path is directory and private is None)
+        unsafe = 0o077 if path is private else 0o002
+        with contextlib.suppress(FileExistsError):  # whatever the umask (a container's 000), never world-writable
+            path.mkdir(mode=0o777 & ~unsafe, parents=path is directory and private is None)
         info = os.lstat(path)
         if not stat.S_ISDIR(info.st_mode):
             raise OSError(errno.ENOTDIR, f"{path} is not a directory (a symlink?)")
-        if info.st_uid != os.getuid() and (path is private or info.st_mode & 0o002):
-            raise OSError(errno.EPERM, f"{path} belongs to another user (uid {info.st_uid})")
-        if info.st_mode & (0o022 if path is private else 0o002):
-            raise OSError(errno.EPERM, f"{path} is writable by other users (mode {stat.S_IMODE(info.st_mode):o})")
+        if info.st_mode & unsafe and info.st_uid == os.getuid():
+            os.chmod(path, stat.S_IMODE(info.st_mode) & ~unsafe)  # ours, made under a permissive umask: close it
+        elif info.st_uid != os.getuid() and (path is private or info.st_mode & unsafe):
+            raise OSError(errno.EPERM, f"{path} belongs to another user (uid {info.st_uid}) who can write into it")
 
 
 class _Endpoint:
