@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from stepline import Context, Stepline
 from stepline.storage.sqlite.store import SQLiteStore
@@ -67,3 +70,17 @@ async def test_an_idle_worker_does_not_poll_and_a_run_sent_from_another_process_
         worker.stop()
         await task
         await client.close()
+
+
+def test_a_malformed_wake_message_means_look_now_and_logs_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any process of the user can send to the sockets: ``w`` with a due time that is not one (or one past any
+    clock) is a plain wake-up, not a traceback in the log per datagram."""
+    store = SQLiteStore(tmp_path / "wake.db", synchronous="OFF")
+    got: list[int | None] = []
+    assert store.watch_commits(got.append)
+    for message in (b"wnope", b"w-5", b"w" + b"9" * 400, b"w12"):
+        store.wake_channel.notify(message)
+    assert got == [None, None, None, 12]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

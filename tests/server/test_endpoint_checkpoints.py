@@ -4,10 +4,13 @@ and the fake clock. (The real npm SDK end to end: ``tests/compat/test_durable_en
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
 from stepline.core.ids import hash_step_id, new_ulid
+from stepline.server.endpoint_api import OUTPUT_CSP
 
 from .fake_app import SIGNING_KEY, Call, FakeApp, MakeStack, Reply, ops
 from .test_checkpoints import complete_op, ran
@@ -28,6 +31,10 @@ async def test_bad_checkpoints_get_a_precise_error_and_store_nothing(app: FakeAp
         ({**good, "run_id": "no spaces allowed"}, "is not a run id"),
         ({**good, "event": {"name": "inngest/http.request", "data": {}}}, "needs data.domain"),
         ({**good, "event": {"data": {"domain": "ftp://x", "path": "/"}}}, "is not an http(s) origin"),
+        # The app is named after the domain's host: the URL called must be on that host.
+        ({**good, "event": {"data": {**good["event"]["data"], "domain": "http://a.example@127.0.0.1:9"}}}, "origin"),
+        ({**good, "event": {"data": {**good["event"]["data"], "domain": "http://a.example/x"}}}, "origin"),
+        ({**good, "event": {"data": {**good["event"]["data"], "path": ".evil.example/x"}}}, "start with '/'"),
         ({**good, "steps": {"op": "StepRun"}}, "'steps' is a list of ops"),
         ({**good, "steps": [{"op": "StepRun", "data": 1}]}, "needs an 'op' and a step 'id'"),
         ([good], "is a JSON object"),
@@ -126,3 +133,64 @@ async def test_a_failed_step_is_stored_and_an_erring_one_retried_after_the_backo
     run = await s.run(erring_run)
     assert run.lease_owner is None and run.due_at is not None and run.due_at > s.now()
     assert await s.store.list_steps(erring_run) == []
+
+
+async def test_output_waiters_are_capped_and_woken_by_the_runs_end(app: FakeApp, make_stack: MakeStack) -> None:
+    """Anyone holding a run's output token (the endpoint's callers) could open thousands of output requests, each
+    querying the store every 100 ms for 5 minutes: they count against the node's waiting requests (429 beyond)
+    and wait on the engine's run-end notices."""
+    s = await make_stack(max_waiting_requests=1)
+    run_id = new_ulid()
+    data = (await s.api.post("/v1/checkpoint", json=new_run_body(app, run_id, ran("a", 1)))).json()["data"]
+    url, token = f"/v1/http/runs/{run_id}/output", {"token": data["token"]}
+    held = asyncio.create_task(s.api.get(url, params=token))
+    await asyncio.sleep(0.3)
+    extra = await asyncio.wait_for(s.api.get(url, params=token), 5)
+    assert (extra.status_code, extra.headers["retry-after"]) == (429, "1"), extra.text
+    response = {"status": 200, "headers": {}, "body": "ok"}
+    steps_body = {"fn_id": data["fn_id"], "app_id": data["app_id"], "run_id": run_id, "steps": [complete_op(response)]}
+    assert (await s.api.post(f"/v1/checkpoint/{run_id}/steps", json=steps_body)).status_code == 200
+    out = await asyncio.wait_for(held, 5)
+    assert (out.status_code, out.text) == (200, "ok")
+
+
+async def test_a_checkpoints_event_is_checked_as_any_event(app: FakeApp, make_stack: MakeStack) -> None:
+    """The event a new run's checkpoint carries is stored and matched like a sent one: it gets the event API's
+    checks (a 400 naming the problem, nothing stored) instead of a 500 or an event no API can read back."""
+    s = await make_stack()
+    good = new_run_body(app, new_ulid())
+    data = good["event"]["data"]
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({**good["event"], "ts": 2**70}, "not unix milliseconds"),
+        ({**good["event"], "data": {**data, "n": 2**70}}, "64-bit"),
+        ({**good["event"], "data": {**data, "x": "\ud800"}}, "surrogate"),
+        ({**good["event"], "name": "a\x00b"}, "NUL"),
+        ({**good["event"], "id": "x" * 600}, "the limit is 512"),
+    ]
+    for event, message in cases:
+        body = json.dumps({**good, "event": event})  # ASCII: a lone surrogate goes as its escape
+        res = await s.api.post("/v1/checkpoint", content=body, headers={"content-type": "application/json"})
+        assert res.status_code == 400 and message in res.text, (event, res.text)
+    assert await s.store.get_run(good["run_id"]) is None
+    assert await s.events("inngest/http.request") == []
+    assert (await s.api.post("/v1/checkpoint", json=good)).status_code == 200
+
+
+async def test_the_output_url_serves_the_endpoints_page_sandboxed(app: FakeApp, make_stack: MakeStack) -> None:
+    """The output URL is on the server's origin, the dashboard's: the endpoint's response (often built from its
+    callers' input) is served in a CSP sandbox (scripts run in an opaque origin, not with the dashboard's cookie),
+    without cookies for that origin, and a header that cannot be sent is left out (it dropped the connection)."""
+    s = await make_stack()
+    run_id = new_ulid()
+    data = (await s.api.post("/v1/checkpoint", json=new_run_body(app, run_id))).json()["data"]
+    page = "<script>fetch('/dashboard')</script>"
+    headers = {"content-type": "text/html", "set-cookie": "stepline_session=planted", "x-ok": "yes",
+               "x-split": "a\r\nx-injected: 1", "content-security-policy": "default-src *"}  # fmt: skip
+    steps_body = {"fn_id": data["fn_id"], "app_id": data["app_id"], "run_id": run_id,
+                  "steps": [complete_op({"status": 200, "headers": headers, "body": page})]}  # fmt: skip
+    assert (await s.api.post(f"/v1/checkpoint/{run_id}/steps", json=steps_body)).status_code == 200
+    out = await s.api.get(f"/v1/http/runs/{run_id}/output", params={"token": data["token"]})
+    assert (out.status_code, out.text, out.headers["x-ok"]) == (200, page, "yes")
+    assert out.headers.get_list("content-security-policy") == [OUTPUT_CSP]
+    assert "set-cookie" not in out.headers and "x-injected" not in out.headers and "x-split" not in out.headers
+    assert out.headers["x-content-type-options"] == "nosniff"

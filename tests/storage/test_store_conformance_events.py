@@ -44,6 +44,13 @@ async def test_name_patterns_match_prefixes_and_wildcards_literally_otherwise(st
     assert await _names(store, "app/order%*") == ["app/order%x"]
     assert await _names(store, "app/a?b") == ["app/a?b"] and await _names(store, "app/[x]") == ["app/[x]"]
     assert await _names(store, "nothing/*") == []
+    for name in ("esc/back\\slash", "esc/backXslash", "esc/a?b", "esc/axb", "esc/[x]", "esc/x", "esc/_", "esc/%"):
+        await ingest(store, [event(name)], [])
+    assert await _names(store, "esc/back\\*") == ["esc/back\\slash"]  # a backslash is no escape
+    assert await _names(store, "*\\slash") == ["esc/back\\slash"]
+    assert await _names(store, "esc/a?*") == ["esc/a?b"] and await _names(store, "*/[x*") == ["esc/[x]", "app/[x]"]
+    assert await _names(store, "esc/[*") == ["esc/[x]"] and await _names(store, "*]") == ["esc/[x]", "app/[x]"]
+    assert await _names(store, "esc/_*") == ["esc/_"] and await _names(store, "esc/%*") == ["esc/%"]
 
 
 async def test_pattern_pages_with_before_and_byte_budget(store: Store) -> None:

@@ -141,3 +141,81 @@ def test_messages_are_one_to_500_bytes(channel: WakeChannel) -> None:
         channel.notify(b"")
     with pytest.raises(ValueError, match="1 to 500 bytes"):
         channel.notify(b"x" * 501)
+
+
+def test_a_wake_directory_another_user_could_write_into_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long database path puts the sockets under the shared temporary directory, where anyone can create
+    ``stepline-wake-<uid>`` first (then unlink our sockets, or plant symlinks that our notifies follow): such a
+    directory is not used (the store polls instead). One of ours left open by a permissive umask is closed."""
+    import tempfile
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    deep = tmp_path / ("d" * 120) / "app.db"
+    squatted = wake_directory(deep).parent
+    squatted.mkdir(mode=0o777)
+    os.chmod(squatted, 0o777)
+    c = WakeChannel(deep)
+    try:
+        if os.getuid() == 0:  # chown needs root: the directory is then another user's
+            os.chown(squatted, 65534, 65534)
+            assert not c.listen(lambda _: None)
+            os.chown(squatted, 0, 0)
+        c.listen(lambda _: None)  # (this test's socket path is too long to bind: polling either way)
+        assert os.stat(squatted).st_mode & 0o777 == 0o700  # ours: made private
+    finally:
+        c.close()
+    beside = tmp_path / "b.db"
+    beside.with_name("b.db.wake").mkdir(mode=0o777)
+    os.chmod(beside.with_name("b.db.wake"), 0o777)
+    c = WakeChannel(beside)
+    try:
+        assert c.listen(lambda _: None)
+        assert os.stat(beside.with_name("b.db.wake")).st_mode & 0o777 == 0o775
+    finally:
+        c.close()
+
+
+def test_notify_sends_to_sockets_only_not_through_symlinks(db: Path, channel: WakeChannel, tmp_path: Path) -> None:
+    assert channel.listen(lambda _: None)
+    elsewhere = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    elsewhere.bind(str(tmp_path / "elsewhere.sock"))
+    elsewhere.setblocking(False)
+    try:
+        os.symlink(tmp_path / "elsewhere.sock", channel.directory / "1-planted")
+        time.sleep(0.15)  # past the listing's settle time
+        assert notify_from_another_process(db, b"w1") == 1  # our socket, not the symlink's target
+        with pytest.raises(BlockingIOError):
+            elsewhere.recv(512)
+    finally:
+        elsewhere.close()
+
+
+def test_a_database_in_a_folder_of_the_temp_dir_keeps_its_wake_directory_shareable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only wake_directory's own per-user folder in the temporary directory is made private: a database kept in
+    ``/tmp/app/`` has its ``app.db.wake`` beside it as usual (other users sharing the file may listen too)."""
+    import shutil
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))  # socket paths must stay short
+    monkeypatch.setattr(tempfile, "tempdir", str(short))
+    folder = short / "app"
+    folder.mkdir()
+    c = WakeChannel(folder / "app.db")
+    try:
+        assert c.listen(lambda _: None)
+        assert os.stat(folder / "app.db.wake").st_mode & 0o777 == 0o777 & ~_umask()
+    finally:
+        c.close()
+        shutil.rmtree(short)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

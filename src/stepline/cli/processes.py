@@ -86,6 +86,9 @@ class Supervisor:
         os.set_blocking(read_fd, False)
         self.children[index] = Child(index, proc, os.fdopen(read_fd, "rb", buffering=0), time.monotonic())
         log.info("process %d started (pid %d)", index, proc.pid)
+        if self.signals:  # a signal came while it was being started: on_signal did not know it yet
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL if self.signals > 2 else signal.SIGTERM)
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.signals += 1

@@ -19,7 +19,8 @@ the output URL, and the server releases the run so a worker calls the endpoint (
 ``X-Run-ID`` and ``X-Inngest-Signature``, which makes the SDK replay the checkpointed steps and go on in the
 classic flow). An app that dies holding the run loses nothing either: its lease expires and a worker resumes it.
 
-``GET /v1/http/runs/{run_id}/output?token=``: the run's response once it ends (waits up to ``OUTPUT_WAIT_S``),
+``GET /v1/http/runs/{run_id}/output?token=``: the run's response once it ends (waits up to ``OUTPUT_WAIT_S``, as a
+waiting request: counted against the node's cap, 429 beyond),
 answered with the endpoint's status, headers and body. The token (``token`` above) is an HMAC of the run id with a
 secret kept in the store; a missing or wrong one is a ``401``, an unknown run a ``404``.
 """
@@ -32,7 +33,6 @@ import hashlib
 import hmac
 import logging
 import re
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +41,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from stepline.core.engine import new_run
+from stepline.core.errors import EventValidationError
+from stepline.core.events import Event, validate_event
 from stepline.core.ids import new_ulid
 from stepline.protocol import calls
 from stepline.server.bodies import BodyTimeout, BodyTooLarge, InvalidBody, parse_json, read_body
@@ -48,6 +50,7 @@ from stepline.server.checkpoint_api import Refused, store_ops
 from stepline.server.defers import LAZY_OPS
 from stepline.server.errors import error_response
 from stepline.server.outbound import OutboundRefused
+from stepline.server.rest_api import HttpError, _wait_for
 from stepline.server.sdk_api import unauthorized
 from stepline.server.state import ServerState, state_of
 from stepline.storage.records import FunctionRecord, IngestBatch, RunFinish, StepUpdate, StoredEvent
@@ -55,11 +58,15 @@ from stepline.storage.records import FunctionRecord, IngestBatch, RunFinish, Ste
 log = logging.getLogger("stepline.server.endpoint")
 
 OUTPUT_WAIT_S = 300.0  # as Inngest: the output URL waits this long for the run to end
-_POLL_S = 0.1
 _SECRET_NAME = "endpoint-output"
 _RUN_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 _STORED_OPS = frozenset({"StepRun", "Step", "StepPlanned"}) | LAZY_OPS
 _locks: dict[int, asyncio.Lock] = {}
+OUTPUT_CSP = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_DROPPED_HEADERS = frozenset({"content-length", "set-cookie", "set-cookie2", "content-security-policy",
+                              "x-content-type-options", "transfer-encoding", "connection"})  # fmt: skip
 
 
 def endpoint_owner(run_id: str) -> str:
@@ -110,6 +117,28 @@ def _ops(raw: Any) -> list[calls.Op]:
     if any(op is None or (op.op in calls.STEP_OPS and not op.id) for op in ops):
         raise Refused(400, "every checkpointed op needs an 'op' and a step 'id'")
     return [op for op in ops if op is not None]
+
+
+def _is_origin(domain: str) -> bool:
+    """``scheme://host[:port]`` and nothing else (the app id is named after the host, the URL is domain + path)."""
+    try:
+        parts = urlsplit(domain)
+        parts.port  # noqa: B018 (a bad port raises)
+    except ValueError:
+        return False
+    plain = "@" not in parts.netloc and not parts.query and not parts.fragment and domain.isprintable()
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/") and plain
+
+
+def _checked_event(raw: dict[str, Any]) -> Event:
+    """The checkpoint's event with the event API's checks (names, ids, nesting, integers, size ...)."""
+    ts = raw.get("ts")
+    fields = {"name": raw.get("name") or "inngest/http.request", "data": raw.get("data"), "id": raw.get("id") or None,
+              "ts": None if ts in (0, None) else ts, "user": raw.get("user") or {}}  # fmt: skip
+    try:
+        return validate_event(fields, allow_reserved=True)
+    except EventValidationError as exc:
+        raise Refused(400, f"the checkpoint's event is refused: {exc}") from None
 
 
 async def _register(st: ServerState, record: FunctionRecord) -> None:
@@ -173,10 +202,13 @@ async def checkpoint_new_run(request: Request) -> Response:
         data = event.get("data") if isinstance(event, dict) else None
         if not isinstance(data, dict) or not isinstance(data.get("domain"), str):
             raise Refused(400, "the checkpoint's event needs data.domain (and data.path): the endpoint's URL")
-        if not str(data["domain"]).startswith(("http://", "https://")):
+        if not _is_origin(str(data["domain"])):
             raise Refused(400, f"the endpoint's domain {data['domain']!r:.200} is not an http(s) origin")
+        if not isinstance(data.get("path") or "/", str) or not str(data.get("path") or "/").startswith("/"):
+            raise Refused(400, f"the endpoint's path {data.get('path')!r:.200} does not start with '/'")
         if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 20:
             retries = 3  # Infinity and the like: Inngest's default
+        checked = _checked_event(event if isinstance(event, dict) else {})
         ops = _ops(body.get("steps"))
         record = endpoint_function(data, retries)
         try:
@@ -193,11 +225,8 @@ async def checkpoint_new_run(request: Request) -> Response:
     if spec is None:  # another node replaced the app's functions meanwhile: the SDK retries the checkpoint
         return error_response(503, f"the endpoint's function {record.id!r} is being registered; try again")
     now = st.engine.clock.now_ms()
-    assert isinstance(event, dict)
     eid = new_ulid()
-    ts = event.get("ts")
-    stored = StoredEvent(eid, str(event.get("id") or eid), str(event.get("name") or "inngest/http.request"), data,
-                         {}, ts if isinstance(ts, int) and ts > 0 else now, None, now)  # fmt: skip
+    stored = StoredEvent(eid, checked.id or eid, checked.name, checked.data, checked.user, checked.ts or now, None, now)
     await store.ingest(IngestBatch([stored], []), st.engine.matcher, now)
     run = dataclasses.replace(new_run(spec, eid, now), id=run_id)  # the SDK's run id
     if not await store.start_endpoint_run(run, endpoint_owner(run_id), now + int(st.config.call_timeout * 1000), now):
@@ -242,25 +271,43 @@ async def run_output(request: Request) -> Response:
     token = request.query_params.get("token") or ""
     if not hmac.compare_digest(token.encode(), (await _output_token(st, run_id)).encode()):
         return error_response(401, "Unable to find run with auth token")
-    until = time.monotonic() + OUTPUT_WAIT_S
-    while True:
+    run = await st.engine.store.get_run(run_id)
+    if run is not None and run.status in ("queued", "running"):
+        # One waiter per request on the engine's run-end notices (no query per waiter), counted against the node's
+        # waiting requests (429 beyond), let go when the caller disconnects or the server stops.
+        try:
+            await _wait_for(request, [run_id], OUTPUT_WAIT_S)
+        except HttpError as exc:
+            return JSONResponse({"error": exc.message, "status": exc.status}, exc.status, headers=exc.headers)
         run = await st.engine.store.get_run(run_id)
-        if run is None:
-            return error_response(404, f"run {run_id!r} not found")
-        if run.status not in ("queued", "running"):
-            break
-        if time.monotonic() >= until:
-            return JSONResponse({"status": "running", "message": "run did not end within 5 minutes"})
-        await asyncio.sleep(_POLL_S)
+    if run is None:
+        return error_response(404, f"run {run_id!r} not found")
+    if run.status in ("queued", "running"):
+        return JSONResponse({"status": "running", "message": "run did not end within 5 minutes"})
     if run.status != "completed":
         return JSONResponse({"status": run.status, "error": run.error}, status_code=500)
     out = run.output
     if isinstance(out, dict) and isinstance(out.get("status"), int) and out["status"] > 0:
-        headers = {str(k): str(v) for k, v in (out.get("headers") or {}).items()}
-        headers.pop("content-length", None)
+        headers = _output_headers(out.get("headers"))
         body = out.get("body")
         return Response(body if isinstance(body, str) else "", status_code=out["status"], headers=headers)
     return JSONResponse(out)
+
+
+def _output_headers(raw: Any) -> dict[str, str]:
+    """The endpoint's headers as the output URL may send them. That URL is on the server's origin, the dashboard's,
+    and the response is the app's (often built from what its callers sent): it is sandboxed (``OUTPUT_CSP``: its
+    scripts run in an opaque origin, without the dashboard's cookie or pages), sets no cookie for the server's
+    origin, and a header that cannot be sent as given (CR, LF, other control characters) is left out."""
+    headers: dict[str, str] = {}
+    for key, value in raw.items() if isinstance(raw, dict) else ():
+        name, text = str(key), str(value)
+        if not _HEADER_NAME.match(name) or _CONTROL.search(text) or name.lower() in _DROPPED_HEADERS:
+            continue
+        headers[name] = text
+    headers["Content-Security-Policy"] = OUTPUT_CSP
+    headers["X-Content-Type-Options"] = "nosniff"
+    return headers
 
 
 def routes() -> list[BaseRoute]:

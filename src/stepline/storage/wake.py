@@ -37,6 +37,7 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -63,6 +64,28 @@ def wake_directory(db_path: str | os.PathLike[str]) -> Path:
     return Path(tempfile.gettempdir()) / f"stepline-wake-{os.getuid()}" / digest
 
 
+def _safe_directory(directory: Path) -> None:
+    """Create ``directory`` (and the per-user one above it in the temporary directory) if missing, and refuse
+    (OSError) one that another user could write into: in a shared temporary directory anyone can create
+    ``stepline-wake-<uid>`` first, then unlink or replace the sockets in it or plant symlinks to other sockets."""
+    shared = Path(tempfile.gettempdir())
+    fallback = directory.parent.parent == shared and directory.parent.name == f"stepline-wake-{os.getuid()}"
+    private = directory.parent if fallback else None  # wake_directory's own, not a database's folder in /tmp
+    for path in (private, directory):
+        if path is None:
+            continue
+        unsafe = 0o077 if path is private else 0o002
+        with contextlib.suppress(FileExistsError):  # whatever the umask (a container's 000), never world-writable
+            path.mkdir(mode=0o777 & ~unsafe, parents=path is directory and private is None)
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode):
+            raise OSError(errno.ENOTDIR, f"{path} is not a directory (a symlink?)")
+        if info.st_mode & unsafe and info.st_uid == os.getuid():
+            os.chmod(path, stat.S_IMODE(info.st_mode) & ~unsafe)  # ours, made under a permissive umask: close it
+        elif info.st_uid != os.getuid() and (path is private or info.st_mode & unsafe):
+            raise OSError(errno.EPERM, f"{path} belongs to another user (uid {info.st_uid}) who can write into it")
+
+
 class _Endpoint:
     """This process's socket for one database, its receiving thread, and the listeners of all its handles."""
 
@@ -87,7 +110,7 @@ class _Endpoint:
         if self.sock is not None:
             return True
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            _safe_directory(self.directory)
             name = f"{os.getpid()}-{secrets.token_hex(4)}"
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             try:
@@ -158,8 +181,10 @@ class _Endpoint:
         if self._peers_valid and mtime == self._peers_mtime:
             return self._peers
         prefix = f"{self._pid}-"
-        try:
-            names = [n for n in os.listdir(self.directory) if not n.startswith(prefix)]
+        try:  # sockets only: sendto follows a symlink, wherever it points
+            with os.scandir(self.directory) as entries:
+                names = [e.name for e in entries if not e.name.startswith(prefix)
+                         and stat.S_ISSOCK(e.stat(follow_symlinks=False).st_mode)]  # fmt: skip
         except FileNotFoundError:
             return []
         self._peers, self._peers_mtime = names, mtime

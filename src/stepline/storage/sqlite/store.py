@@ -102,8 +102,9 @@ class SQLiteStore(SqlStore):
         earliest due time it created; None: unknown, look). True: the wake channel works here."""
 
         def on_message(message: bytes) -> None:
-            if message[:1] == b"w":
-                callback(int(message[1:]) if len(message) > 1 else None)
+            if message[:1] == b"w":  # a malformed due time (not this code's message) means: look now
+                due = message[1:]
+                callback(int(due) if due.isdigit() and len(due) <= 18 else None)
             elif message == OVERFLOW:
                 callback(None)
 
