@@ -67,7 +67,7 @@ async def test_the_rest_api_matches_its_openapi_document(backend: Backend, engin
         events = [{"name": "fuzz/go", "data": {"n": i, "nap": i % 2 == 0}} for i in range(6)]
         assert httpx.post(f"{base}/e/key", json=events).status_code == 200
         (tmp_path / "schemathesis.toml").write_text(CONFIG)
-        budget = os.environ.get("STEPLINE_FUZZ_SECONDS", "30")
+        budget = os.environ.get("STEPLINE_FUZZ_SECONDS", "20")
         proc = subprocess.run(
             [str(SCHEMATHESIS), "--config-file", str(tmp_path / "schemathesis.toml"), "run", f"{base}/openapi.json",
              "--max-examples", "25", "--max-time", budget, "--seed", "20261207",

@@ -23,7 +23,6 @@ from stepline.cli.common import CliError, NotFoundError, db_location, db_option,
 from stepline.cli.worker import load_client
 from stepline.core.engine import Engine
 from stepline.server.alert_rules import AlertRule, parse_rule
-from stepline.server.app import create_app
 from stepline.server.config import DEFAULT_PORT, ServerConfig, ServerKind, scaled_backoff
 from stepline.server.http_limits import MAX_CONNECTIONS, QuietServer, uvicorn_config
 
@@ -162,6 +161,8 @@ async def _serve(spec: ServeSpec, role: Role | None = None) -> None:
     sockets = role.sockets if role is not None else _sockets(list(spec.hosts), spec.port)
     if role is not None and role.index > 0:
         config = dataclasses.replace(config, sync_apps=False)  # apps are synced and discovered by process 0
+    from stepline.server.app import create_app  # here: every other CLI command starts without the server
+
     app = create_app(engine, config)
     server = QuietServer(uvicorn_config(app, forwarded_allow_ips=spec.limits.forwarded_allow_ips,
                                         max_connections=spec.limits.max_connections))  # fmt: skip

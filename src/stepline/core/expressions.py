@@ -16,13 +16,17 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from typing import Any
-
-import cel
+from typing import TYPE_CHECKING, Any
 
 from stepline.core import cel_limits
 from stepline.core.cel_sandbox import SandboxError, evaluate_isolated
 from stepline.core.errors import SteplineError
+from stepline.core.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import cel
+else:  # imported at the first expression: the library's package also loads its CLI (prompt_toolkit, ~0.2 s)
+    cel = lazy_module("cel")
 
 __all__ = [
     "Bindings",
