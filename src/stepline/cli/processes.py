@@ -108,8 +108,8 @@ class Supervisor:
         child.ready.close()
         process_exited(child.proc.pid)
         if self.signals:
-            if code not in (0, -signal.SIGTERM, -signal.SIGINT):
-                self.exit_code = 1
+            if code not in (0, -signal.SIGTERM, -signal.SIGINT) and not self.exit_code:
+                self.exit_code = 1  # the first failure's code stands (a child that could not start: its own)
             return
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
         if not self.ever_served and code > 0:  # it could not start (it said why): the others will not either
