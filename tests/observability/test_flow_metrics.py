@@ -9,26 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from stepline import Concurrency, Debounce, FakeClock, RateLimit, Stepline, Throttle
-from stepline.observability import disable, enable_metrics
 from stepline.observability.metrics import Metrics
 
 from ..integration.helpers import runs
-
-
-@pytest.fixture
-def metrics() -> Iterator[Metrics]:
-    disable()
-    m = enable_metrics()
-    try:
-        yield m
-    finally:
-        disable()
 
 
 def flow_counts(m: Metrics, function: str) -> dict[tuple[str, str], float]:

@@ -6,28 +6,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 from stepline import Backoff, FakeClock, Stepline
-from stepline.observability import disable, enable_metrics
 from stepline.observability.metrics import Metrics
 
 from ..integration.helpers import advance, drain, runs
 
 QUICK = Backoff(schedule=(dt.timedelta(seconds=1),), jitter=dt.timedelta(0))
-
-
-@pytest.fixture
-def metrics() -> Iterator[Metrics]:
-    disable()
-    m = enable_metrics()
-    try:
-        yield m
-    finally:
-        disable()
 
 
 def samples(m: Metrics, metric: Any, **match: str) -> dict[tuple[str, ...], float]:
